@@ -1,0 +1,254 @@
+//! Encoder: `Packet` -> bytes in a caller-owned `BytesMut`.
+//!
+//! `encoded_len` and `encode` run the same writer (once into a counter, once into the
+//! buffer), so the length is exact by construction. 5.0-only fields are not written
+//! for 3.1 and 3.1.1.
+
+use bytes::BytesMut;
+
+use crate::error::EncodeError;
+use crate::io::{vbi_len, Counter, Sink, MAX_VARIABLE_BYTE_INTEGER};
+use crate::packet::*;
+use crate::properties::write_block;
+use crate::reason::ReasonCode;
+use crate::types::{ProtocolVersion, QoS};
+
+impl Packet {
+    /// Bytes this packet takes on the wire at `version`, fixed header included.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> usize {
+        let body = self.body_len(version);
+        1 + vbi_len(body.min(MAX_VARIABLE_BYTE_INTEGER as usize) as u32) + body
+    }
+
+    /// Appends the packet, encoded for `version`, to `buf`.
+    ///
+    /// On error nothing is written.
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        self.check(version)?;
+        let body = self.body_len(version);
+        if body > MAX_VARIABLE_BYTE_INTEGER as usize {
+            return Err(EncodeError::PacketTooLarge {
+                remaining_length: body,
+            });
+        }
+        buf.reserve(1 + vbi_len(body as u32) + body);
+        buf.put_u8(self.first_byte());
+        buf.put_vbi(body as u32);
+        self.write_body(version, buf);
+        Ok(())
+    }
+
+    fn first_byte(&self) -> u8 {
+        let flags = match self {
+            Packet::Publish(p) => {
+                (u8::from(p.dup) << 3) | (p.qos.as_u8() << 1) | u8::from(p.retain)
+            }
+            Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => 0b0010,
+            _ => 0,
+        };
+        (self.packet_type() << 4) | flags
+    }
+
+    fn body_len(&self, v: ProtocolVersion) -> usize {
+        let mut c = Counter::default();
+        self.write_body(v, &mut c);
+        c.0
+    }
+
+    /// Fields the wire format cannot carry at this version.
+    fn check(&self, v: ProtocolVersion) -> Result<(), EncodeError> {
+        const BIN: &str = "binary data longer than 65535 bytes";
+        let too_long = |b: Option<&[u8]>| b.is_some_and(|b| b.len() > u16::MAX as usize);
+        match self {
+            Packet::Connect(c) => {
+                if too_long(c.password.as_deref())
+                    || too_long(c.properties.authentication_data.as_deref())
+                {
+                    return Err(EncodeError::Unrepresentable(BIN));
+                }
+                if let Some(w) = &c.will {
+                    if too_long(Some(&w.payload))
+                        || too_long(w.properties.correlation_data.as_deref())
+                    {
+                        return Err(EncodeError::Unrepresentable(BIN));
+                    }
+                }
+                if c.password.is_some() && c.username.is_none() && !c.protocol.is_v5() {
+                    return Err(EncodeError::Unrepresentable(
+                        "a password without a user name before 5.0",
+                    ));
+                }
+            }
+            Packet::Publish(p) => {
+                if too_long(p.properties.correlation_data.as_deref()) {
+                    return Err(EncodeError::Unrepresentable(BIN));
+                }
+                if (p.qos == QoS::AtMostOnce) != p.packet_id.is_none() {
+                    return Err(EncodeError::Unrepresentable(
+                        "a PUBLISH has a packet identifier exactly when its QoS is above 0",
+                    ));
+                }
+            }
+            Packet::ConnAck(c) if too_long(c.properties.authentication_data.as_deref()) => {
+                return Err(EncodeError::Unrepresentable(BIN));
+            }
+            Packet::Auth(a) => {
+                if !v.is_v5() {
+                    return Err(EncodeError::Unrepresentable("AUTH before 5.0"));
+                }
+                if too_long(a.properties.authentication_data.as_deref()) {
+                    return Err(EncodeError::Unrepresentable(BIN));
+                }
+            }
+            Packet::SubAck(s)
+                if v == ProtocolVersion::V3_1 && s.reason_codes.iter().any(|c| !c.is_success()) =>
+            {
+                return Err(EncodeError::Unrepresentable("a SUBACK failure in MQTT 3.1"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn write_body<S: Sink>(&self, v: ProtocolVersion, s: &mut S) {
+        let v5 = v.is_v5();
+        match self {
+            Packet::Connect(c) => write_connect(c, s),
+            Packet::ConnAck(c) => {
+                s.put_u8(u8::from(c.session_present));
+                if v5 {
+                    s.put_u8(c.reason_code.as_u8());
+                    write_block(s, |s| c.properties.write(s));
+                } else {
+                    s.put_u8(c.reason_code.connack_v3_code());
+                }
+            }
+            Packet::Publish(p) => {
+                s.put_lp(p.topic.as_bytes());
+                if p.qos != QoS::AtMostOnce {
+                    s.put_u16(p.packet_id.map_or(0, |id| id.get()));
+                }
+                if v5 {
+                    write_block(s, |s| p.properties.write(s));
+                }
+                s.put_slice(&p.payload);
+            }
+            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+                s.put_u16(a.packet_id.get());
+                // [MQTT-3.4.2.1] Success without properties is sent as the short form.
+                if v5 && (a.reason_code != ReasonCode::Success || !a.properties.is_empty()) {
+                    s.put_u8(a.reason_code.as_u8());
+                    if !a.properties.is_empty() {
+                        write_block(s, |s| a.properties.write(s));
+                    }
+                }
+            }
+            Packet::Subscribe(sub) => {
+                s.put_u16(sub.packet_id.get());
+                if v5 {
+                    write_block(s, |s| sub.properties.write(s));
+                }
+                for (filter, options) in &sub.filters {
+                    s.put_lp(filter.as_bytes());
+                    s.put_u8(if v5 {
+                        options.to_byte()
+                    } else {
+                        options.qos.as_u8()
+                    });
+                }
+            }
+            Packet::SubAck(a) => {
+                s.put_u16(a.packet_id.get());
+                if v5 {
+                    write_block(s, |s| a.properties.write(s));
+                }
+                for code in &a.reason_codes {
+                    s.put_u8(if v5 {
+                        code.as_u8()
+                    } else {
+                        suback_v3_code(*code)
+                    });
+                }
+            }
+            Packet::Unsubscribe(u) => {
+                s.put_u16(u.packet_id.get());
+                if v5 {
+                    write_block(s, |s| u.properties.write(s));
+                }
+                for filter in &u.filters {
+                    s.put_lp(filter.as_bytes());
+                }
+            }
+            Packet::UnsubAck(a) => {
+                s.put_u16(a.packet_id.get());
+                if v5 {
+                    write_block(s, |s| a.properties.write(s));
+                    for code in &a.reason_codes {
+                        s.put_u8(code.as_u8());
+                    }
+                }
+            }
+            Packet::PingReq | Packet::PingResp => {}
+            Packet::Disconnect(d) => {
+                // [MQTT-3.14.2.1] Normal disconnection without properties: no body.
+                if v5 && (d.reason_code != ReasonCode::Success || !d.properties.is_empty()) {
+                    s.put_u8(d.reason_code.as_u8());
+                    if !d.properties.is_empty() {
+                        write_block(s, |s| d.properties.write(s));
+                    }
+                }
+            }
+            Packet::Auth(a) => {
+                // [MQTT-3.15.2.1] Success without properties: Remaining Length 0.
+                if v5 && (a.reason_code != ReasonCode::Success || !a.properties.is_empty()) {
+                    s.put_u8(a.reason_code.as_u8());
+                    write_block(s, |s| a.properties.write(s));
+                }
+            }
+        }
+    }
+}
+
+fn suback_v3_code(code: ReasonCode) -> u8 {
+    match code {
+        ReasonCode::Success => 0x00,
+        ReasonCode::GrantedQoS1 => 0x01,
+        ReasonCode::GrantedQoS2 => 0x02,
+        _ => 0x80,
+    }
+}
+
+fn write_connect<S: Sink>(c: &Connect, s: &mut S) {
+    let v5 = c.protocol.is_v5();
+    s.put_lp(c.protocol.protocol_name());
+    s.put_u8(c.protocol.level());
+    let mut flags = u8::from(c.clean_start) << 1;
+    if let Some(w) = &c.will {
+        flags |= 0x04 | (w.qos.as_u8() << 3) | (u8::from(w.retain) << 5);
+    }
+    if c.password.is_some() {
+        flags |= 0x40;
+    }
+    if c.username.is_some() {
+        flags |= 0x80;
+    }
+    s.put_u8(flags);
+    s.put_u16(c.keep_alive);
+    if v5 {
+        write_block(s, |s| c.properties.write(s));
+    }
+    s.put_lp(c.client_id.as_bytes());
+    if let Some(w) = &c.will {
+        if v5 {
+            write_block(s, |s| w.properties.write(s));
+        }
+        s.put_lp(w.topic.as_bytes());
+        s.put_lp(&w.payload);
+    }
+    if let Some(u) = &c.username {
+        s.put_lp(u.as_bytes());
+    }
+    if let Some(p) = &c.password {
+        s.put_lp(p);
+    }
+}

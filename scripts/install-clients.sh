@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Install the third-party MQTT clients (and the reference broker) that brokk's
+# interop tooling drives:
+#   * Debian's mosquitto (broker) and mosquitto-clients (mosquitto_pub/_sub) via apt-get
+#   * paho-mqtt 2.x for Python via pip
+#   * MQTT.js (npm package `mqtt`, pinned 5.x) into tests/clients/js/ via `npm ci`
+#
+# Idempotent: when everything is already present it does nothing but print the
+# versions. Any failed install aborts with a non-zero exit status.
+#
+# Usage: scripts/install-clients.sh
+# Env:   PYTHON  python interpreter to install paho-mqtt for (default: python3)
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+JS_DIR="$REPO_ROOT/tests/clients/js"
+PYTHON="${PYTHON:-python3}"
+PAHO_SPEC='paho-mqtt==2.1.0'
+
+log() { printf '[install-clients] %s\n' "$*" >&2; }
+die() { printf '[install-clients] ERROR: %s\n' "$*" >&2; exit 1; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "not root and sudo is not available"
+    SUDO=(sudo)
+fi
+
+# ---------------------------------------------------------------- apt packages
+apt_pkgs=(mosquitto mosquitto-clients)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; cannot install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    log "apt-get install ${missing[*]}"
+    if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; then
+        log "install failed; running apt-get update and retrying"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update \
+            || die "apt-get update failed"
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" \
+            || die "apt-get install ${missing[*]} failed"
+    fi
+fi
+for b in mosquitto mosquitto_pub mosquitto_sub; do
+    command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || die "$b not found after install"
+done
+
+# ---------------------------------------------------------------- paho-mqtt
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
+paho_ok() {
+    "$PYTHON" - <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+v = version("paho-mqtt")
+sys.exit(0 if v.split(".")[0] == "2" else 1)
+PY
+}
+if ! paho_ok; then
+    log "pip install $PAHO_SPEC"
+    "$PYTHON" -m pip install --disable-pip-version-check -q "$PAHO_SPEC" \
+        || die "pip install $PAHO_SPEC failed"
+    paho_ok || die "paho-mqtt 2.x not importable after install"
+fi
+
+# ---------------------------------------------------------------- MQTT.js
+command -v node >/dev/null 2>&1 || die "node not found (install nodejs first)"
+command -v npm >/dev/null 2>&1 || die "npm not found (install npm first)"
+[ -f "$JS_DIR/package.json" ] || die "$JS_DIR/package.json missing"
+js_ok() {
+    # Installed and matching the lock file's pinned version?
+    (cd "$JS_DIR" && node -e '
+        const want = require("./package-lock.json").packages["node_modules/mqtt"].version;
+        const have = require("mqtt/package.json").version;
+        process.exit(want === have ? 0 : 1);
+    ') >/dev/null 2>&1
+}
+if ! js_ok; then
+    if [ -f "$JS_DIR/package-lock.json" ]; then
+        log "npm ci in tests/clients/js"
+        (cd "$JS_DIR" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed"
+    else
+        log "npm install in tests/clients/js (no lock file yet; creating one)"
+        (cd "$JS_DIR" && npm install --no-audit --no-fund --loglevel=error) || die "npm install failed"
+    fi
+    js_ok || die "mqtt not installed correctly in $JS_DIR"
+fi
+
+# ---------------------------------------------------------------- versions
+mosq_ver="$(dpkg-query -W -f='${Version}' mosquitto)"
+mosq_cli_ver="$(dpkg-query -W -f='${Version}' mosquitto-clients)"
+paho_ver="$("$PYTHON" -c 'from importlib.metadata import version; print(version("paho-mqtt"))')"
+mqttjs_ver="$(cd "$JS_DIR" && node -p 'require("mqtt/package.json").version')"
+echo "mosquitto          $mosq_ver"
+echo "mosquitto-clients  $mosq_cli_ver"
+echo "paho-mqtt          $paho_ver ($("$PYTHON" --version 2>&1))"
+echo "mqtt (MQTT.js)     $mqttjs_ver (node $(node --version))"

@@ -61,8 +61,15 @@ sys.exit(0 if v.split(".")[0] == "2" else 1)
 PY
 }
 if ! paho_ok; then
-    log "pip install $PAHO_SPEC"
-    "$PYTHON" -m pip install --disable-pip-version-check -q "$PAHO_SPEC" \
+    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is not available for $PYTHON"
+    pip_extra=()
+    # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv one is not.
+    if "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
+        pip_extra=(--user --break-system-packages)
+    fi
+    log "pip install $PAHO_SPEC ${pip_extra[*]}"
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q \
+        "${pip_extra[@]}" "$PAHO_SPEC" \
         || die "pip install $PAHO_SPEC failed"
     paho_ok || die "paho-mqtt 2.x not importable after install"
 fi

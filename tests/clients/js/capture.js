@@ -25,6 +25,16 @@ const overall = setTimeout(() => {
   process.exit(3)
 }, 20000)
 
+// Hands out 1, 2, 3, ... (the interface of MQTT.js's message id providers).
+class CountingMessageIdProvider {
+  constructor () { this.next = 1; this.last = 0 }
+  allocate () { this.last = this.next; this.next = (this.next % 65535) + 1; return this.last }
+  getLastAllocated () { return this.last }
+  register (id) { return true }
+  deallocate (id) {}
+  clear () { this.next = 1; this.last = 0 }
+}
+
 // Resolves when the client writes a packet of the given type.
 function sent (client, cmd) {
   return new Promise((resolve) => {
@@ -46,6 +56,9 @@ function connect (opts) {
       protocol: 'mqtt',
       reconnectPeriod: 0,
       connectTimeout: 10000,
+      // Deterministic packet ids (1, 2, 3, ...) so the manifest can state
+      // them; MQTT.js's default provider starts at a random id.
+      messageIdProvider: new CountingMessageIdProvider(),
       ...opts
     })
     client.once('connect', () => resolve(client))

@@ -1,0 +1,1893 @@
+//! The broker state machine.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use core::num::{NonZeroU16, NonZeroU32};
+use mqtt_proto::{
+    AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttString,
+    Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    TopicName, UnsubAck, Unsubscribe,
+};
+
+use crate::config::{Config, OverflowPolicy};
+use crate::event::{Event, Input, Now, PeerInfo, SessionRecord, StoreOp, StoredMessage};
+use crate::hash::{Map, SeededState};
+use crate::hooks::{refusal_code, AllowAll, AuthRequest, Authenticator, Authorizer, ClientInfo};
+use crate::ids::{ConnId, Key, Slab};
+use crate::rng::Rng;
+use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
+use crate::session::{
+    approx_size, qos_min, Conn, ConnState, FlightState, InFlight, PendingWill, Queued, Session,
+    Subscription,
+};
+use crate::timer::{TimerKind, Timers};
+
+/// Counters of what the broker did and dropped. Every drop is counted here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// PUBLISH packets received from clients.
+    pub publishes_received: u64,
+    /// PUBLISH packets queued for delivery to clients.
+    pub deliveries: u64,
+    /// QoS 0 messages dropped because a connection's outbound buffer was full.
+    pub dropped_qos0_slow_consumer: u64,
+    /// QoS 1/2 messages dropped from a full online session queue (oldest QoS 1 first).
+    pub dropped_online_queue_full: u64,
+    /// Messages dropped from a full offline session queue (drop-oldest/newest policy).
+    pub dropped_offline_queue_full: u64,
+    /// Sessions ended because their offline queue overflowed (end-session policy).
+    pub sessions_ended_by_overflow: u64,
+    /// Messages not sent because they exceed the receiver's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Messages whose Message Expiry Interval ran out before delivery.
+    pub expired: u64,
+    /// Retained messages refused because the retained store was full.
+    pub retained_refused: u64,
+    /// Publications refused by the authorization hook.
+    pub publish_not_authorized: u64,
+    /// Takeovers of a live session by a new connection.
+    pub takeovers: u64,
+}
+
+struct Retained {
+    publish: Publish,
+    expires_at: Option<Instant>,
+    size: usize,
+}
+
+/// The sans-IO MQTT broker. See the crate documentation for the run-loop contract.
+pub struct Broker {
+    config: Config,
+    conns: Slab<Conn>,
+    sessions: Slab<Session>,
+    by_client_id: Map<Bytes, Key>,
+    sessions_per_auth: Map<String, usize>,
+    router: Router,
+    retained: Map<Bytes, Retained>,
+    retained_bytes: usize,
+    timers: Timers,
+    events: VecDeque<Event>,
+    rng: Rng,
+    authenticator: Box<dyn Authenticator + Send>,
+    authorizer: Box<dyn Authorizer + Send>,
+    scratch: Vec<Match>,
+    route_epoch: u64,
+    route_marks: Map<Key, u64>,
+    stats: Stats,
+}
+
+impl Picker for Rng {
+    fn pick(&mut self, n: usize) -> usize {
+        self.below(n)
+    }
+}
+
+/// Outcome of routing one message.
+struct Routed {
+    matched: usize,
+}
+
+impl Broker {
+    /// A broker with `config`, randomness from `rng_seed` (assigned client ids,
+    /// shared-subscription picks), and hooks that accept everything.
+    pub fn new(config: Config, rng_seed: [u8; 32]) -> Self {
+        let mut rng = Rng::from_seed(rng_seed);
+        let hasher = SeededState::new(rng.next_u64());
+        Broker {
+            config,
+            conns: Slab::new(),
+            sessions: Slab::new(),
+            by_client_id: Map::with_hasher(hasher),
+            sessions_per_auth: Map::with_hasher(hasher),
+            router: Router::new(hasher),
+            retained: Map::with_hasher(hasher),
+            retained_bytes: 0,
+            timers: Timers::default(),
+            events: VecDeque::new(),
+            rng,
+            authenticator: Box::new(AllowAll),
+            authorizer: Box::new(AllowAll),
+            scratch: Vec::new(),
+            route_epoch: 0,
+            route_marks: Map::with_hasher(hasher),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Replaces the authentication hook.
+    pub fn set_authenticator(&mut self, hook: Box<dyn Authenticator + Send>) {
+        self.authenticator = hook;
+    }
+
+    /// Replaces the authorization hook.
+    pub fn set_authorizer(&mut self, hook: Box<dyn Authorizer + Send>) {
+        self.authorizer = hook;
+    }
+
+    // ---------------------------------------------------------------- getters
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Open connections (including ones not yet past CONNECT).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Sessions, online and offline.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Retained messages held.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Protocol version of a connection once its CONNECT was seen.
+    pub fn protocol(&self, conn: ConnId) -> Option<ProtocolVersion> {
+        let c = self.conns.get(key(conn))?;
+        match c.state {
+            ConnState::AwaitingConnect { .. } => None,
+            _ => Some(c.version),
+        }
+    }
+
+    /// Client identifier bound to a connection.
+    pub fn client_id(&self, conn: ConnId) -> Option<&MqttString> {
+        self.conns.get(key(conn))?.client_id.as_ref()
+    }
+
+    /// The transport details given at accept.
+    pub fn peer(&self, conn: ConnId) -> Option<&PeerInfo> {
+        self.conns.get(key(conn)).map(|c| &c.peer)
+    }
+
+    /// The Maximum Packet Size the broker accepts from this connection (for the
+    /// adapter's decoder).
+    pub fn max_packet_size(&self) -> u32 {
+        self.config.max_packet_size
+    }
+
+    /// Whether `poll_transmit` has bytes for this connection.
+    pub fn has_pending_output(&self, conn: ConnId) -> bool {
+        self.conns.get(key(conn)).is_some_and(|c| !c.out.is_empty())
+    }
+
+    /// Messages queued (not in flight) for a session, by client id.
+    pub fn queued_messages(&self, client_id: &str) -> Option<usize> {
+        let k = *self.by_client_id.get(client_id.as_bytes())?;
+        self.sessions.get(k).map(|s| s.queue.len())
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Feeds one [`Input`]; returns the new connection's id for `Input::Accept`.
+    pub fn handle(&mut self, now: Now, input: Input) -> Option<ConnId> {
+        match input {
+            Input::Accept(peer) => return Some(self.handle_accept(now, peer)),
+            Input::Packet(conn, p) => self.handle_packet(now, conn, p),
+            Input::DecodeError(conn, e) => self.handle_decode_error(now, conn, &e),
+            Input::Closed(conn) => self.handle_closed(now, conn),
+            Input::Timeout => self.handle_timeout(now),
+        }
+        None
+    }
+
+    /// A transport connection was accepted. The client has `connect_timeout` to send
+    /// CONNECT.
+    pub fn handle_accept(&mut self, now: Now, peer: PeerInfo) -> ConnId {
+        let deadline = now.instant + self.config.connect_timeout;
+        let k = self.conns.insert(Conn::new(peer, deadline, now.instant));
+        let id = conn_id(k);
+        self.timers.schedule(deadline, TimerKind::Connect(k));
+        if self.conns.len() > self.config.max_connections {
+            self.close(k, ReasonCode::ServerBusy);
+        }
+        id
+    }
+
+    /// A decoded packet from a connection. Protocol violations become output
+    /// (DISCONNECT with a reason code, then `Event::Close`), never an error.
+    pub fn handle_packet(&mut self, now: Now, conn: ConnId, packet: Packet) {
+        let k = key(conn);
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.last_rx = now.instant;
+        let session = match c.state {
+            ConnState::Closing => return,
+            ConnState::AwaitingConnect { .. } => {
+                match packet {
+                    Packet::Connect(connect) => self.on_connect(now, k, connect),
+                    // [MQTT-3.1.0-1] the first packet must be CONNECT.
+                    _ => self.close(k, ReasonCode::ProtocolError),
+                }
+                return;
+            }
+            ConnState::Active { session } => session,
+        };
+        match packet {
+            // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
+            Packet::Connect(_) => self.violation(now, k, ReasonCode::ProtocolError),
+            Packet::Publish(p) => self.on_publish(now, k, session, p),
+            Packet::PubAck(a) => self.on_puback(now, k, session, a),
+            Packet::PubRec(a) => self.on_pubrec(now, k, session, a),
+            Packet::PubRel(a) => self.on_pubrel(k, session, a),
+            Packet::PubComp(a) => self.on_pubcomp(now, k, session, a),
+            Packet::Subscribe(s) => self.on_subscribe(now, k, session, s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(k, session, u),
+            Packet::PingReq => self.push_out(k, Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(now, k, session, d),
+            // No authentication method was agreed at CONNECT, so AUTH is a protocol
+            // error [MQTT-4.12.0-1] (enhanced authentication comes with its hook).
+            Packet::Auth(_) => self.violation(now, k, ReasonCode::ProtocolError),
+            // Packets only a server sends.
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.violation(now, k, ReasonCode::ProtocolError)
+            }
+        }
+    }
+
+    /// Bytes from a connection failed to decode. A malformed CONNECT of an unknown
+    /// protocol level is answered with CONNACK 0x01 (3.1.1 form, [MQTT-3.1.2-2]);
+    /// after CONNECT a 5.0 client gets DISCONNECT with the error's reason code
+    /// [MQTT-4.13.1-1]; a 3.1.1 client is disconnected [MQTT-4.8.0-1].
+    pub fn handle_decode_error(&mut self, now: Now, conn: ConnId, error: &DecodeError) {
+        let k = key(conn);
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        let code = error.reason_code();
+        match c.state {
+            ConnState::Closing => {}
+            ConnState::AwaitingConnect { .. } => {
+                match error {
+                    DecodeError::UnsupportedProtocolVersion(_) => {
+                        c.version = ProtocolVersion::V3_1_1;
+                        self.push_out(k, connack(false, ReasonCode::UnsupportedProtocolVersion));
+                    }
+                    DecodeError::ClientIdRejected => {
+                        c.version = ProtocolVersion::V3_1;
+                        self.push_out(k, connack(false, ReasonCode::ClientIdentifierNotValid));
+                    }
+                    _ => {}
+                }
+                self.close(k, code);
+            }
+            ConnState::Active { .. } => self.violation(now, k, code),
+        }
+    }
+
+    /// The transport closed. Without a prior DISCONNECT this is an abnormal close:
+    /// the will is published (after its delay) [MQTT-3.1.2-8].
+    pub fn handle_closed(&mut self, now: Now, conn: ConnId) {
+        let k = key(conn);
+        let Some(c) = self.conns.get(k) else {
+            return;
+        };
+        if let ConnState::Active { .. } = c.state {
+            self.lose_connection(now, k, true);
+        }
+        self.conns.remove(k);
+    }
+
+    /// Time passed: fires every due timer. Safe to call at any time; a call with
+    /// nothing due does nothing.
+    pub fn handle_timeout(&mut self, now: Now) {
+        while let Some((at, kind)) = self.timers.pop_due(now.instant) {
+            match kind {
+                TimerKind::Connect(k) => {
+                    if let Some(c) = self.conns.get(k) {
+                        if matches!(c.state, ConnState::AwaitingConnect { deadline } if deadline == at)
+                        {
+                            self.close(k, ReasonCode::MaximumConnectTime);
+                        }
+                    }
+                }
+                TimerKind::KeepAlive(k) => self.check_keep_alive(now, k, at),
+                TimerKind::SessionExpiry(k) => {
+                    if let Some(s) = self.sessions.get(k) {
+                        if s.conn.is_none() && s.expires_at == Some(at) {
+                            self.end_session(now, k);
+                        }
+                    }
+                }
+                TimerKind::WillDelay(k) => {
+                    let due = self
+                        .sessions
+                        .get(k)
+                        .is_some_and(|s| s.delayed_will.as_ref().is_some_and(|(d, _)| *d == at));
+                    if due {
+                        if let Some((_, will)) =
+                            self.sessions.get_mut(k).and_then(|s| s.delayed_will.take())
+                        {
+                            self.publish_will(now, will);
+                        }
+                    }
+                }
+            }
+        }
+        let bound = 4 * (self.conns.len() + self.sessions.len());
+        let (conns, sessions) = (&self.conns, &self.sessions);
+        self.timers.compact_if_over(bound, |kind, at| match *kind {
+            TimerKind::Connect(k) | TimerKind::KeepAlive(k) => conns.get(k).is_some(),
+            TimerKind::SessionExpiry(k) => {
+                sessions.get(k).is_some_and(|s| s.expires_at == Some(at))
+            }
+            TimerKind::WillDelay(k) => sessions
+                .get(k)
+                .is_some_and(|s| s.delayed_will.as_ref().is_some_and(|(d, _)| *d == at)),
+        });
+    }
+
+    /// Restores one record from the store into a fresh broker, before any
+    /// connection is accepted. Sessions come back offline, with their
+    /// subscriptions and queued messages; expiry deadlines continue from the wall
+    /// clock.
+    pub fn handle_restore(&mut self, now: Now, op: StoreOp) {
+        match op {
+            StoreOp::SessionUpsert(rec) => {
+                let k = match self.by_client_id.get(rec.client_id.as_bytes()) {
+                    Some(&k) => k,
+                    None => {
+                        let k = self.sessions.insert(Session::new(
+                            rec.client_id.clone(),
+                            rec.authentication_name.clone(),
+                        ));
+                        self.by_client_id
+                            .insert(rec.client_id.as_shared().clone(), k);
+                        if let Some(a) = &rec.authentication_name {
+                            *self.sessions_per_auth.entry(a.clone()).or_default() += 1;
+                        }
+                        k
+                    }
+                };
+                let Some(s) = self.sessions.get_mut(k) else {
+                    return;
+                };
+                s.expiry_interval = rec.expiry_interval;
+                let remaining = rec
+                    .expires_at_unix_ms
+                    .map(|at| Duration::from_millis(at.saturating_sub(now.unix_ms)));
+                let subs: Vec<_> = rec.subscriptions.clone();
+                for (filter, options, id) in subs {
+                    self.add_subscription(k, filter, options, id);
+                }
+                if rec.expiry_interval != u32::MAX {
+                    let d =
+                        remaining.unwrap_or(Duration::from_secs(u64::from(rec.expiry_interval)));
+                    let at = now.instant + d;
+                    if let Some(s) = self.sessions.get_mut(k) {
+                        s.expires_at = Some(at);
+                    }
+                    self.timers.schedule(at, TimerKind::SessionExpiry(k));
+                }
+            }
+            StoreOp::SessionRemove { client_id } => {
+                if let Some(&k) = self.by_client_id.get(client_id.as_bytes()) {
+                    self.end_session(now, k);
+                }
+            }
+            StoreOp::MessageEnqueue {
+                client_id,
+                seq,
+                message,
+            } => {
+                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                    return;
+                };
+                let Some(expires_at) = wall_to_instant(now, message.expires_at_unix_ms) else {
+                    return;
+                };
+                if let Some(s) = self.sessions.get_mut(k) {
+                    let size = approx_size(&message.publish);
+                    s.next_seq = s.next_seq.max(seq);
+                    s.queue_bytes += size;
+                    s.queue.push_back(Queued {
+                        publish: message.publish,
+                        expires_at,
+                        seq,
+                        size,
+                    });
+                }
+            }
+            StoreOp::MessageRemove { client_id, seq } => {
+                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                    return;
+                };
+                if let Some(s) = self.sessions.get_mut(k) {
+                    if let Some(i) = s.queue.iter().position(|q| q.seq == seq) {
+                        if let Some(q) = s.queue.remove(i) {
+                            s.queue_bytes -= q.size;
+                        }
+                    }
+                }
+            }
+            StoreOp::RetainSet(m) => {
+                if let Some(expires_at) = wall_to_instant(now, m.expires_at_unix_ms) {
+                    let size = approx_size(&m.publish);
+                    self.retained_bytes += size;
+                    if let Some(old) = self.retained.insert(
+                        m.publish.topic.as_shared().clone(),
+                        Retained {
+                            publish: m.publish,
+                            expires_at,
+                            size,
+                        },
+                    ) {
+                        self.retained_bytes -= old.size;
+                    }
+                }
+            }
+            StoreOp::RetainClear { topic } => {
+                if let Some(old) = self.retained.remove(topic.as_bytes()) {
+                    self.retained_bytes -= old.size;
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- outputs
+
+    /// The next event, if any. Drain after every input.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Encodes waiting packets for `conn` into `buf`, as many as fit in `budget`
+    /// bytes (at least one if `buf` gets nothing otherwise). Returns the bytes written;
+    /// 0 when nothing is waiting. Call while the transport is writable.
+    pub fn poll_transmit(&mut self, conn: ConnId, buf: &mut BytesMut, budget: usize) -> usize {
+        let Some(c) = self.conns.get_mut(key(conn)) else {
+            return 0;
+        };
+        let start = buf.len();
+        let v = c.version;
+        while let Some(p) = c.out.front() {
+            let len = p.encoded_len(v);
+            let written = buf.len() - start;
+            if written > 0 && written + len > budget {
+                break;
+            }
+            // Encoding can only fail for packets the version cannot express, which
+            // the broker does not queue; such a packet is skipped rather than sent wrong.
+            let _ = p.encode(v, buf);
+            let size = out_size(p);
+            c.out_bytes = c.out_bytes.saturating_sub(size);
+            c.out.pop_front();
+        }
+        if c.out.is_empty() {
+            c.transmit_signalled = false;
+        }
+        buf.len() - start
+    }
+
+    /// When the broker next needs `handle_timeout`.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    // ---------------------------------------------------------------- CONNECT
+
+    fn on_connect(&mut self, now: Now, k: Key, p: Connect) {
+        let v5 = p.protocol.is_v5();
+        if let Some(c) = self.conns.get_mut(k) {
+            c.version = p.protocol;
+        }
+        // Client identifier rules.
+        if p.client_id.len() > self.config.max_client_id_length {
+            return self.refuse(k, ReasonCode::ClientIdentifierNotValid);
+        }
+        let mut assigned = None;
+        let client_id = if p.client_id.is_empty() {
+            // [MQTT-3.1.3-8] 3.1.1: a zero-length id needs Clean Session 1.
+            if !v5 && !p.clean_start {
+                return self.refuse(k, ReasonCode::ClientIdentifierNotValid);
+            }
+            // [MQTT-3.1.3-6] assign a unique identifier.
+            let id = self.assign_client_id();
+            assigned = Some(id.clone());
+            id
+        } else {
+            p.client_id.clone()
+        };
+        // Keep alive (Mosquitto's max_keepalive rule for 3.1.1, Server Keep Alive in 5.0).
+        let mut keep_alive = p.keep_alive;
+        let mut server_keep_alive = None;
+        let max_ka = self.config.max_keep_alive;
+        if max_ka < u16::MAX && (keep_alive == 0 || keep_alive > max_ka) {
+            if v5 {
+                keep_alive = max_ka;
+                server_keep_alive = Some(max_ka);
+            } else {
+                return self.refuse(k, ReasonCode::ClientIdentifierNotValid);
+            }
+        }
+        // Enhanced authentication needs a method this broker supports; none yet.
+        if p.properties.authentication_method.is_some() {
+            return self.refuse(k, ReasonCode::BadAuthenticationMethod);
+        }
+        // Authentication hook.
+        let decision = {
+            let Some(c) = self.conns.get(k) else { return };
+            self.authenticator.authenticate(&AuthRequest {
+                peer: &c.peer,
+                protocol: p.protocol,
+                client_id: client_id.as_str(),
+                username: p.username.as_ref().map(|u| u.as_str()),
+                password: p.password.as_deref(),
+            })
+        };
+        let auth_name = match decision {
+            Ok(name) => name,
+            Err(code) => return self.refuse(k, refusal_code(code)),
+        };
+        // Session ownership (Event Grid): a session owned by another authentication
+        // name is not for this client.
+        let existing = self.by_client_id.get(client_id.as_bytes()).copied();
+        if let Some(sk) = existing {
+            if let Some(s) = self.sessions.get(sk) {
+                if s.auth_name.is_some() && s.auth_name != auth_name {
+                    return self.refuse(k, ReasonCode::NotAuthorized);
+                }
+            }
+        }
+        if existing.is_none() {
+            if self.sessions.len() >= self.config.max_sessions {
+                return self.refuse(k, ReasonCode::QuotaExceeded);
+            }
+            if let (Some(max), Some(name)) =
+                (self.config.max_sessions_per_authentication_name, &auth_name)
+            {
+                if self.sessions_per_auth.get(name).copied().unwrap_or(0) >= max {
+                    return self.refuse(k, ReasonCode::QuotaExceeded);
+                }
+            }
+        }
+        // Will: validated and authorized now, published only on an abnormal end.
+        let mut will = None;
+        if let Some(w) = p.will {
+            if !self.topic_within_limits(&w.topic) {
+                return self.refuse(k, ReasonCode::TopicNameInvalid);
+            }
+            if w.retain && !self.config.retain_available {
+                return self.refuse(k, ReasonCode::RetainNotSupported);
+            }
+            let allowed = self.authorizer.may_publish(
+                ClientInfo {
+                    client_id: client_id.as_str(),
+                    authentication_name: auth_name.as_deref(),
+                },
+                &w.topic,
+                w.retain,
+            );
+            if !allowed {
+                if v5 {
+                    return self.refuse(k, ReasonCode::NotAuthorized);
+                }
+                // 3.1.1 has no way to say so: the will is dropped.
+                self.stats.publish_not_authorized += 1;
+            } else {
+                let props = w.properties;
+                let delay = props.will_delay_interval.unwrap_or(0);
+                will = Some(PendingWill {
+                    publish: Publish {
+                        dup: false,
+                        qos: w.qos,
+                        retain: w.retain,
+                        topic: w.topic,
+                        packet_id: None,
+                        properties: mqtt_proto::PublishProperties {
+                            payload_format_indicator: props.payload_format_indicator,
+                            message_expiry_interval: props.message_expiry_interval,
+                            content_type: props.content_type,
+                            response_topic: props.response_topic,
+                            correlation_data: props.correlation_data,
+                            subscription_identifiers: Vec::new(),
+                            topic_alias: None,
+                            user_properties: props.user_properties,
+                        },
+                        payload: w.payload,
+                    },
+                    delay,
+                });
+            }
+        }
+        // Session expiry granted.
+        let requested = if v5 {
+            p.properties.session_expiry_interval.unwrap_or(0)
+        } else if p.clean_start {
+            0
+        } else {
+            self.config.default_session_expiry
+        };
+        let granted = requested.min(self.config.max_session_expiry);
+        // Takeover [MQTT-3.1.4-3]: the old connection gets DISCONNECT 0x8E (5.0).
+        let mut existing = existing;
+        if let Some(sk) = existing {
+            if let Some(old) = self.sessions.get(sk).and_then(|s| s.conn) {
+                self.stats.takeovers += 1;
+                let ok = key(old);
+                self.push_disconnect(ok, ReasonCode::SessionTakenOver);
+                if let Some(c) = self.conns.get_mut(ok) {
+                    c.state = ConnState::Closing;
+                }
+                self.events.push_back(Event::Close {
+                    conn: old,
+                    reason: ReasonCode::SessionTakenOver,
+                });
+                self.detach(now, ok, sk, true);
+            }
+            // Clean Start, or a session that ended with its connection, starts anew.
+            if p.clean_start
+                || self
+                    .sessions
+                    .get(sk)
+                    .is_some_and(|s| s.expiry_interval == 0)
+            {
+                self.end_session(now, sk);
+                existing = None;
+            }
+        }
+        let session_present = existing.is_some();
+        let sk = match existing {
+            Some(sk) => sk,
+            None => {
+                let sk = self
+                    .sessions
+                    .insert(Session::new(client_id.clone(), auth_name.clone()));
+                self.by_client_id.insert(client_id.as_shared().clone(), sk);
+                if let Some(a) = &auth_name {
+                    *self.sessions_per_auth.entry(a.clone()).or_default() += 1;
+                }
+                sk
+            }
+        };
+        let conn = conn_id(k);
+        if let Some(s) = self.sessions.get_mut(sk) {
+            s.conn = Some(conn);
+            s.expires_at = None;
+            s.expiry_interval = granted;
+            // [MQTT-3.1.3-9] a resumed session cancels a will whose delay is running.
+            s.delayed_will = None;
+        }
+        let keep_alive_deadline = if keep_alive > 0 {
+            // [MQTT-3.1.2-24] 1.5 times the Keep Alive.
+            let ka = Duration::from_millis(u64::from(keep_alive) * 1500);
+            Some((ka, now.instant + ka))
+        } else {
+            None
+        };
+        if let Some(c) = self.conns.get_mut(k) {
+            c.state = ConnState::Active { session: sk };
+            c.client_id = Some(client_id.clone());
+            c.will = will;
+            c.connect_expiry_zero = requested == 0;
+            if v5 {
+                c.peer_receive_max = p.properties.receive_maximum.map_or(u16::MAX, |r| r.get());
+                c.peer_max_packet = p
+                    .properties
+                    .maximum_packet_size
+                    .map_or(u32::MAX, |m| m.get());
+                c.problem_info = p.properties.request_problem_information.unwrap_or(true);
+            } else {
+                c.peer_receive_max = self.config.max_inflight_v3;
+            }
+            if let Some((ka, deadline)) = keep_alive_deadline {
+                c.keep_alive = Some(ka);
+                c.keep_alive_deadline = Some(deadline);
+            }
+        }
+        if let Some((_, deadline)) = keep_alive_deadline {
+            self.timers.schedule(deadline, TimerKind::KeepAlive(k));
+        }
+        self.store_session(now, sk);
+        // CONNACK.
+        let mut ack = ConnAck {
+            session_present,
+            reason_code: ReasonCode::Success,
+            properties: ConnAckProperties::default(),
+        };
+        if v5 {
+            let props = &mut ack.properties;
+            props.receive_maximum = NonZeroU16::new(self.config.receive_maximum);
+            props.maximum_packet_size = NonZeroU32::new(self.config.max_packet_size);
+            props.topic_alias_maximum =
+                (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
+            props.assigned_client_identifier = assigned;
+            props.server_keep_alive = server_keep_alive;
+            if granted != requested {
+                props.session_expiry_interval = Some(granted);
+            }
+            if !self.config.retain_available {
+                props.retain_available = Some(false);
+            }
+            if !self.config.wildcard_subscriptions {
+                props.wildcard_subscription_available = Some(false);
+            }
+            if !self.config.shared_subscriptions {
+                props.shared_subscription_available = Some(false);
+            }
+            if !self.config.subscription_identifiers {
+                props.subscription_identifiers_available = Some(false);
+            }
+            if p.properties.request_response_information == Some(true) {
+                if let Some(prefix) = &self.config.response_information_prefix {
+                    let info = format!("{prefix}{}", client_id.as_str());
+                    props.response_information = MqttString::copy_from_str(&info).ok();
+                }
+            }
+        }
+        self.push_out(k, Packet::ConnAck(ack));
+        self.events.push_back(Event::Connected {
+            conn,
+            client_id,
+            protocol: p.protocol,
+            session_present,
+        });
+        if session_present {
+            self.resend_inflight(now, k, sk);
+        }
+        self.fill_window(now, sk);
+    }
+
+    fn assign_client_id(&mut self) -> MqttString {
+        loop {
+            let id = format!("brokk-{:016x}", self.rng.next_u64());
+            if !self.by_client_id.contains_key(id.as_bytes()) {
+                // Only ASCII hex digits: always a valid MQTT string.
+                if let Ok(s) = MqttString::copy_from_str(&id) {
+                    return s;
+                }
+            }
+        }
+    }
+
+    /// Refuses a CONNECT: CONNACK with `code` (mapped for 3.1.1), then close.
+    fn refuse(&mut self, k: Key, code: ReasonCode) {
+        self.push_out(k, connack(false, code));
+        self.close(k, code);
+    }
+
+    /// [MQTT-4.4.0-1] on reconnect, resend unacknowledged PUBLISH (DUP set) and PUBREL,
+    /// in their original order; never at any other time.
+    fn resend_inflight(&mut self, now: Now, k: Key, sk: Key) {
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        let mut packets = Vec::with_capacity(s.inflight.len());
+        let mut expired = Vec::new();
+        for f in s.inflight.iter_mut() {
+            match f.state {
+                FlightState::Published => {
+                    let mut p = f.msg.publish.clone();
+                    if !refresh_expiry(&mut p, f.msg.expires_at, now.instant) {
+                        expired.push(f.packet_id);
+                        continue;
+                    }
+                    p.dup = true;
+                    p.packet_id = Some(f.packet_id);
+                    packets.push(Packet::Publish(p));
+                }
+                FlightState::Released => packets.push(Packet::PubRel(PubAck::new(f.packet_id))),
+            }
+        }
+        for id in expired {
+            self.stats.expired += 1;
+            self.remove_inflight(now, sk, id);
+        }
+        for p in packets {
+            self.push_out(k, p);
+        }
+    }
+
+    // ---------------------------------------------------------------- PUBLISH in
+
+    fn on_publish(&mut self, now: Now, k: Key, sk: Key, mut p: Publish) {
+        self.stats.publishes_received += 1;
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        let v5 = c.version.is_v5();
+        if v5 {
+            // [MQTT-3.3.4-6] a client may not send Subscription Identifiers.
+            if !p.properties.subscription_identifiers.is_empty() {
+                return self.violation(now, k, ReasonCode::ProtocolError);
+            }
+            if let Some(alias) = p.properties.topic_alias.take() {
+                let max = self.config.topic_alias_maximum;
+                // [MQTT-3.3.2-9] alias above the maximum we announced.
+                if alias.get() > max {
+                    return self.violation(now, k, ReasonCode::TopicAliasInvalid);
+                }
+                let slot = usize::from(alias.get() - 1);
+                if c.inbound_aliases.len() < usize::from(max) {
+                    c.inbound_aliases.resize(usize::from(max), None);
+                }
+                if p.topic.is_empty() {
+                    match &c.inbound_aliases[slot] {
+                        Some(t) => p.topic = t.clone(),
+                        // [MQTT-3.3.4-?] an unknown alias with an empty topic.
+                        None => return self.violation(now, k, ReasonCode::ProtocolError),
+                    }
+                } else {
+                    // Aliases live as long as the connection: keep the topic, not the
+                    // read buffer it points into.
+                    c.inbound_aliases[slot] = Some(detach_topic(&p.topic));
+                }
+            }
+        }
+        if p.retain && !self.config.retain_available {
+            // [MQTT-3.3.1-?] Retain not supported was announced in CONNACK.
+            return self.violation(now, k, ReasonCode::RetainNotSupported);
+        }
+        let id = p.packet_id;
+        // QoS 2 duplicate: acknowledge again, do not route again [MQTT-4.3.3-?].
+        if p.qos == QoS::ExactlyOnce {
+            let Some(s) = self.sessions.get(sk) else {
+                return;
+            };
+            if let Some(id) = id {
+                if s.incoming_qos2.contains(&id) {
+                    return self.push_out(k, Packet::PubRec(PubAck::new(id)));
+                }
+                // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
+                if s.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
+                    return self.violation(now, k, ReasonCode::ReceiveMaximumExceeded);
+                }
+            }
+        }
+        let mut code = ReasonCode::Success;
+        if !self.topic_within_limits(&p.topic) {
+            code = ReasonCode::TopicNameInvalid;
+        } else if p.properties.user_properties.len() > self.config.max_user_properties {
+            code = ReasonCode::ImplementationSpecificError;
+        } else {
+            let allowed = {
+                let Some(s) = self.sessions.get(sk) else {
+                    return;
+                };
+                self.authorizer.may_publish(
+                    ClientInfo {
+                        client_id: s.client_id.as_str(),
+                        authentication_name: s.auth_name.as_deref(),
+                    },
+                    &p.topic,
+                    p.retain,
+                )
+            };
+            if !allowed {
+                self.stats.publish_not_authorized += 1;
+                code = ReasonCode::NotAuthorized;
+            }
+        }
+        if code == ReasonCode::Success {
+            let expires_at = p
+                .properties
+                .message_expiry_interval
+                .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
+            if p.retain && !self.set_retained(now, &p, expires_at) {
+                code = ReasonCode::QuotaExceeded;
+            }
+            if code == ReasonCode::Success {
+                p.dup = false;
+                p.packet_id = None;
+                let routed = self.route(now, Some(sk), &p, expires_at);
+                if routed.matched == 0 {
+                    code = ReasonCode::NoMatchingSubscribers;
+                }
+            }
+        }
+        // 3.1.1 cannot report a refusal: the message is acknowledged and dropped
+        // [MQTT-3.3.5-2].
+        if !v5 {
+            code = ReasonCode::Success;
+        }
+        match (p.qos, id) {
+            (QoS::AtLeastOnce, Some(id)) => {
+                let mut ack = PubAck::new(id);
+                ack.reason_code = code;
+                self.push_out(k, Packet::PubAck(ack));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                if code.is_success() {
+                    if let Some(s) = self.sessions.get_mut(sk) {
+                        s.incoming_qos2.push(id);
+                    }
+                }
+                let mut ack = PubAck::new(id);
+                ack.reason_code = code;
+                self.push_out(k, Packet::PubRec(ack));
+            }
+            _ => {}
+        }
+    }
+
+    fn topic_within_limits(&self, topic: &TopicName) -> bool {
+        topic.len() <= self.config.max_topic_length
+            && topic.levels().count() <= self.config.max_topic_levels
+    }
+
+    /// Routes a message to every matching subscription. Overlapping subscriptions of
+    /// one session give one delivery at the highest granted QoS [MQTT-3.3.5-1], with
+    /// all their subscription identifiers.
+    fn route(
+        &mut self,
+        now: Now,
+        publisher: Option<Key>,
+        p: &Publish,
+        expires_at: Option<Instant>,
+    ) -> Routed {
+        let mut matches = core::mem::take(&mut self.scratch);
+        matches.clear();
+        self.router
+            .matches(p.topic.as_bytes(), &mut self.rng, &mut matches);
+        // No Local [MQTT-3.8.3-3]: not to the publisher's own non-shared subscriptions.
+        if let Some(publisher) = publisher {
+            matches.retain(|m| {
+                m.shared || !(m.entry.options.no_local && m.entry.session == publisher)
+            });
+        }
+        let matched = matches.len();
+        // Merge duplicates only when a session appears twice (overlapping filters).
+        let dup = matches.len() > 1 && {
+            self.route_epoch += 1;
+            let epoch = self.route_epoch;
+            let marks = &mut self.route_marks;
+            marks.clear();
+            matches
+                .iter()
+                .any(|m| marks.insert(m.entry.session, epoch).is_some())
+        };
+        if dup {
+            matches.sort_by_key(|m| m.entry.session);
+            let mut i = 0;
+            while i < matches.len() {
+                let mut j = i + 1;
+                let mut qos = matches[i].entry.options.qos;
+                let mut rap = matches[i].entry.options.retain_as_published;
+                let mut ids: Vec<NonZeroU32> = matches[i].entry.id.into_iter().collect();
+                while j < matches.len() && matches[j].entry.session == matches[i].entry.session {
+                    qos = qos.max(matches[j].entry.options.qos);
+                    rap |= matches[j].entry.options.retain_as_published;
+                    ids.extend(matches[j].entry.id);
+                    j += 1;
+                }
+                let m = matches[i];
+                let retain = rap && p.retain;
+                self.deliver(
+                    now,
+                    m.entry.session,
+                    p,
+                    qos_min(p.qos, qos),
+                    retain,
+                    ids,
+                    expires_at,
+                );
+                i = j;
+            }
+        } else {
+            for m in &matches {
+                let retain = m.entry.options.retain_as_published && p.retain;
+                let ids = m.entry.id.into_iter().collect();
+                self.deliver(
+                    now,
+                    m.entry.session,
+                    p,
+                    qos_min(p.qos, m.entry.options.qos),
+                    retain,
+                    ids,
+                    expires_at,
+                );
+            }
+        }
+        self.route_marks.clear();
+        self.scratch = matches;
+        Routed { matched }
+    }
+
+    /// Delivers one message to one session: straight out if the connection is
+    /// online and the window allows, else into the session queue.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        now: Now,
+        sk: Key,
+        template: &Publish,
+        qos: QoS,
+        retain: bool,
+        sub_ids: Vec<NonZeroU32>,
+        expires_at: Option<Instant>,
+    ) {
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        let mut p = template.clone();
+        p.qos = qos;
+        p.retain = retain;
+        p.properties.subscription_identifiers = sub_ids;
+        let online = s.conn.and_then(|c| {
+            let ck = key(c);
+            self.conns
+                .get(ck)
+                .filter(|c| c.session() == Some(sk))
+                .map(|c| (ck, c))
+        });
+        match online {
+            Some((ck, c)) => {
+                if c.peer_max_packet != u32::MAX {
+                    let mut probe = p.clone();
+                    if qos != QoS::AtMostOnce {
+                        probe.packet_id = NonZeroU16::new(1);
+                    }
+                    if Packet::Publish(probe).encoded_len(c.version) > c.peer_max_packet as usize {
+                        // [MQTT-3.1.2-25] too large for this client: dropped for it.
+                        self.stats.dropped_too_large += 1;
+                        return;
+                    }
+                }
+                if qos == QoS::AtMostOnce {
+                    if c.out_bytes >= self.config.outbound_buffer_bytes {
+                        self.stats.dropped_qos0_slow_consumer += 1;
+                        return;
+                    }
+                    if !refresh_expiry(&mut p, expires_at, now.instant) {
+                        self.stats.expired += 1;
+                        return;
+                    }
+                    self.stats.deliveries += 1;
+                    return self.push_out(ck, Packet::Publish(p));
+                }
+                let size = approx_size(&p);
+                let seq = s.take_seq();
+                let q = Queued {
+                    publish: p,
+                    expires_at,
+                    seq,
+                    size,
+                };
+                let window = usize::from(c.peer_receive_max);
+                if s.inflight.len() < window && s.queue.is_empty() {
+                    self.store_enqueue(sk, &q, now);
+                    self.send_inflight(now, ck, sk, q);
+                } else {
+                    self.enqueue(now, sk, q, true);
+                }
+            }
+            None => {
+                // QoS 0 is not queued for offline sessions.
+                if qos == QoS::AtMostOnce || !s.persistent() {
+                    return;
+                }
+                // A queued message may wait hours: copy it out of the read buffer it
+                // shares, so it does not pin that buffer.
+                detach_publish(&mut p);
+                let size = approx_size(&p);
+                let seq = s.take_seq();
+                self.enqueue(
+                    now,
+                    sk,
+                    Queued {
+                        publish: p,
+                        expires_at,
+                        seq,
+                        size,
+                    },
+                    false,
+                );
+            }
+        }
+    }
+
+    /// Puts a QoS 1/2 message in flight on an online connection.
+    fn send_inflight(&mut self, now: Now, ck: Key, sk: Key, q: Queued) {
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        let mut p = q.publish.clone();
+        if !refresh_expiry(&mut p, q.expires_at, now.instant) {
+            self.stats.expired += 1;
+            let seq = q.seq;
+            let client_id = s.client_id.clone();
+            let persistent = s.persistent();
+            self.store_remove(persistent, client_id, seq);
+            return;
+        }
+        let Some(id) = s.next_packet_id() else {
+            // All 65,535 ids in flight: keep it queued.
+            s.queue_bytes += q.size;
+            s.queue.push_front(q);
+            return;
+        };
+        p.packet_id = Some(id);
+        let allocated = s.allocations;
+        s.inflight.push_back(InFlight {
+            packet_id: id,
+            state: FlightState::Published,
+            msg: q,
+            allocated,
+        });
+        self.stats.deliveries += 1;
+        self.push_out(ck, Packet::Publish(p));
+    }
+
+    /// Adds to a session queue within its limits (online or offline).
+    fn enqueue(&mut self, now: Now, sk: Key, q: Queued, online: bool) {
+        let limits = if online {
+            self.config.online_queue
+        } else {
+            self.config.offline_queue
+        };
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        let full = |s: &Session, extra: usize| {
+            s.queue.len() + 1 > limits.messages || s.queue_bytes + extra > limits.bytes
+        };
+        let mut removed = Vec::new();
+        if full(s, q.size) {
+            if online {
+                // Slow consumer, online: drop the oldest QoS 1 message; if only QoS 2
+                // messages wait, drop the new one (QoS 2 is never dropped once queued).
+                while full(s, q.size) {
+                    match s
+                        .queue
+                        .iter()
+                        .position(|m| m.publish.qos == QoS::AtLeastOnce)
+                    {
+                        Some(i) => {
+                            if let Some(old) = s.queue.remove(i) {
+                                s.queue_bytes -= old.size;
+                                removed.push(old.seq);
+                            }
+                            self.stats.dropped_online_queue_full += 1;
+                        }
+                        None => {
+                            self.stats.dropped_online_queue_full += 1;
+                            return;
+                        }
+                    }
+                }
+            } else {
+                match self.config.offline_overflow {
+                    OverflowPolicy::EndSession => {
+                        self.stats.sessions_ended_by_overflow += 1;
+                        self.end_session(now, sk);
+                        return;
+                    }
+                    OverflowPolicy::DropNewest => {
+                        self.stats.dropped_offline_queue_full += 1;
+                        return;
+                    }
+                    OverflowPolicy::DropOldest => {
+                        while full(s, q.size) {
+                            match s.queue.pop_front() {
+                                Some(old) => {
+                                    s.queue_bytes -= old.size;
+                                    removed.push(old.seq);
+                                    self.stats.dropped_offline_queue_full += 1;
+                                }
+                                None => {
+                                    // A single message larger than the byte limit.
+                                    self.stats.dropped_offline_queue_full += 1;
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        s.queue_bytes += q.size;
+        let persistent = s.persistent();
+        let client_id = s.client_id.clone();
+        s.queue.push_back(q);
+        for seq in removed {
+            self.store_remove(persistent, client_id.clone(), seq);
+        }
+        if self.config.store_effects && persistent {
+            if let Some(q) = self.sessions.get(sk).and_then(|s| s.queue.back()) {
+                let op = enqueue_op(client_id, q, now);
+                self.events.push_back(Event::Store(op));
+            }
+        }
+    }
+
+    /// Moves queued messages into flight while the peer's window allows.
+    fn fill_window(&mut self, now: Now, sk: Key) {
+        loop {
+            let Some(s) = self.sessions.get_mut(sk) else {
+                return;
+            };
+            let Some(ck) = s.conn.map(key) else { return };
+            let Some(c) = self.conns.get(ck) else { return };
+            if c.session() != Some(sk) || s.inflight.len() >= usize::from(c.peer_receive_max) {
+                return;
+            }
+            let Some(q) = s.queue.pop_front() else { return };
+            s.queue_bytes -= q.size;
+            self.send_inflight(now, ck, sk, q);
+        }
+    }
+
+    fn publish_will(&mut self, now: Now, will: Publish) {
+        let expires_at = will
+            .properties
+            .message_expiry_interval
+            .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
+        if will.retain && !self.set_retained(now, &will, expires_at) {
+            self.stats.retained_refused += 1;
+        }
+        self.route(now, None, &will, expires_at);
+    }
+
+    // ---------------------------------------------------------------- retained
+
+    /// Sets or clears (empty payload, [MQTT-3.3.1-6] [MQTT-3.3.1-7]) the retained
+    /// message of a topic. False when the retained store is full.
+    fn set_retained(&mut self, now: Now, p: &Publish, expires_at: Option<Instant>) -> bool {
+        let topic = p.topic.as_bytes();
+        if p.payload.is_empty() {
+            if let Some(old) = self.retained.remove(topic) {
+                self.retained_bytes -= old.size;
+                if self.config.store_effects {
+                    self.events.push_back(Event::Store(StoreOp::RetainClear {
+                        topic: old.publish.topic,
+                    }));
+                }
+            }
+            return true;
+        }
+        let size = approx_size(p);
+        let old_size = self.retained.get(topic).map(|r| r.size);
+        let count_after = self.retained.len() + usize::from(old_size.is_none());
+        if count_after > self.config.max_retained_messages
+            || self.retained_bytes - old_size.unwrap_or(0) + size > self.config.max_retained_bytes
+        {
+            self.stats.retained_refused += 1;
+            return false;
+        }
+        let mut publish = p.clone();
+        publish.retain = true;
+        publish.dup = false;
+        publish.packet_id = None;
+        publish.properties.topic_alias = None;
+        publish.properties.subscription_identifiers = Vec::new();
+        detach_publish(&mut publish);
+        self.retained_bytes = self.retained_bytes - old_size.unwrap_or(0) + size;
+        if self.config.store_effects {
+            self.events
+                .push_back(Event::Store(StoreOp::RetainSet(StoredMessage {
+                    publish: publish.clone(),
+                    expires_at_unix_ms: expiry_wall(now, expires_at),
+                })));
+        }
+        self.retained.insert(
+            publish.topic.as_shared().clone(),
+            Retained {
+                publish,
+                expires_at,
+                size,
+            },
+        );
+        true
+    }
+
+    // ---------------------------------------------------------------- acks
+
+    fn on_puback(&mut self, now: Now, _k: Key, sk: Key, a: PubAck) {
+        let done = self.sessions.get(sk).is_some_and(|s| {
+            s.inflight.iter().any(|f| {
+                f.packet_id == a.packet_id
+                    && f.state == FlightState::Published
+                    && f.msg.publish.qos == QoS::AtLeastOnce
+            })
+        });
+        if done {
+            self.remove_inflight(now, sk, a.packet_id);
+            self.fill_window(now, sk);
+        }
+    }
+
+    fn on_pubrec(&mut self, now: Now, k: Key, sk: Key, a: PubAck) {
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        let found = s
+            .inflight
+            .iter_mut()
+            .find(|f| f.packet_id == a.packet_id && f.msg.publish.qos == QoS::ExactlyOnce);
+        match found {
+            // [MQTT-4.3.3] a PUBREC with an error code ends the flow.
+            Some(_) if !a.reason_code.is_success() => {
+                self.remove_inflight(now, sk, a.packet_id);
+                self.fill_window(now, sk);
+            }
+            Some(f) => {
+                if f.state == FlightState::Published {
+                    // The message is delivered; only the id remains until PUBCOMP.
+                    f.state = FlightState::Released;
+                    f.msg.publish.payload = Bytes::new();
+                }
+                self.push_out(k, Packet::PubRel(PubAck::new(a.packet_id)));
+            }
+            None => {
+                let mut rel = PubAck::new(a.packet_id);
+                rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+                self.push_out(k, Packet::PubRel(rel));
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, k: Key, sk: Key, a: PubAck) {
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        let mut comp = PubAck::new(a.packet_id);
+        match s.incoming_qos2.iter().position(|id| *id == a.packet_id) {
+            Some(i) => {
+                s.incoming_qos2.swap_remove(i);
+            }
+            None => comp.reason_code = ReasonCode::PacketIdentifierNotFound,
+        }
+        self.push_out(k, Packet::PubComp(comp));
+    }
+
+    fn on_pubcomp(&mut self, now: Now, _k: Key, sk: Key, a: PubAck) {
+        let done = self.sessions.get(sk).is_some_and(|s| {
+            s.inflight
+                .iter()
+                .any(|f| f.packet_id == a.packet_id && f.state == FlightState::Released)
+        });
+        if done {
+            self.remove_inflight(now, sk, a.packet_id);
+            self.fill_window(now, sk);
+        }
+    }
+
+    fn remove_inflight(&mut self, _now: Now, sk: Key, id: mqtt_proto::PacketId) {
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        // Acks usually come in order: the entry is at or near the front.
+        if let Some(i) = s.inflight.iter().position(|f| f.packet_id == id) {
+            if let Some(f) = s.inflight.remove(i) {
+                let persistent = s.persistent();
+                let client_id = s.client_id.clone();
+                self.store_remove(persistent, client_id, f.msg.seq);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- SUBSCRIBE
+
+    fn on_subscribe(&mut self, now: Now, k: Key, sk: Key, sub: Subscribe) {
+        let Some(c) = self.conns.get(k) else { return };
+        let version = c.version;
+        let v5 = version.is_v5();
+        let sub_id = sub.properties.subscription_identifier;
+        if sub_id.is_some() && !self.config.subscription_identifiers {
+            return self.violation(now, k, ReasonCode::SubscriptionIdentifiersNotSupported);
+        }
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut retained_for: Vec<(mqtt_proto::TopicFilter, QoS)> = Vec::new();
+        for (filter, options) in sub.filters {
+            let shared = filter.shared().is_some();
+            let code = if filter.len() > self.config.max_topic_length
+                || mqtt_proto::split_levels(filter.match_filter()).count()
+                    > self.config.max_topic_levels
+            {
+                ReasonCode::TopicFilterInvalid
+            } else if shared && !self.config.shared_subscriptions {
+                ReasonCode::SharedSubscriptionsNotSupported
+            } else if filter.has_wildcards() && !self.config.wildcard_subscriptions {
+                ReasonCode::WildcardSubscriptionsNotSupported
+            } else {
+                let (client_id, auth) = match self.sessions.get(sk) {
+                    Some(s) => (s.client_id.clone(), s.auth_name.clone()),
+                    None => return,
+                };
+                let allowed = self.authorizer.may_subscribe(
+                    ClientInfo {
+                        client_id: client_id.as_str(),
+                        authentication_name: auth.as_deref(),
+                    },
+                    &filter,
+                );
+                let Some(s) = self.sessions.get(sk) else {
+                    return;
+                };
+                let existed = s.subscriptions.iter().any(|x| x.filter == filter);
+                if !allowed {
+                    ReasonCode::NotAuthorized
+                } else if !existed
+                    && s.subscriptions.len() >= self.config.max_subscriptions_per_session
+                {
+                    ReasonCode::QuotaExceeded
+                } else {
+                    self.add_subscription(sk, filter.clone(), options, sub_id);
+                    let send_retained = !shared
+                        && match options.retain_handling {
+                            RetainHandling::SendAtSubscribe => true,
+                            RetainHandling::SendIfNew => !existed,
+                            RetainHandling::DoNotSend => false,
+                        };
+                    if send_retained {
+                        retained_for.push((filter, options.qos));
+                    }
+                    match options.qos {
+                        QoS::AtMostOnce => ReasonCode::Success,
+                        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                    }
+                }
+            };
+            codes.push(code);
+        }
+        // MQTT 3.1 has no SUBACK failure code: a refused subscription closes the
+        // connection rather than pretend it was granted.
+        if version == ProtocolVersion::V3_1 && codes.iter().any(|c| !c.is_success()) {
+            return self.violation(now, k, ReasonCode::NotAuthorized);
+        }
+        self.push_out(
+            k,
+            Packet::SubAck(SubAck {
+                packet_id: sub.packet_id,
+                reason_codes: codes,
+                properties: AckProperties::default(),
+            }),
+        );
+        let _ = v5;
+        self.store_session(now, sk);
+        // Retained messages after the SUBACK [MQTT-3.8.4-4], RETAIN set [MQTT-3.3.1-8].
+        for (filter, granted) in retained_for {
+            let mut matching: Vec<(Publish, Option<Instant>)> = self
+                .retained
+                .values()
+                .filter(|r| filter_matches(filter.match_filter(), r.publish.topic.as_bytes()))
+                .map(|r| (r.publish.clone(), r.expires_at))
+                .collect();
+            matching.sort_by(|a, b| a.0.topic.cmp(&b.0.topic));
+            for (p, expires_at) in matching {
+                let qos = qos_min(p.qos, granted);
+                self.deliver(
+                    now,
+                    sk,
+                    &p,
+                    qos,
+                    true,
+                    sub_id.into_iter().collect(),
+                    expires_at,
+                );
+            }
+        }
+    }
+
+    fn add_subscription(
+        &mut self,
+        sk: Key,
+        filter: mqtt_proto::TopicFilter,
+        options: mqtt_proto::SubscriptionOptions,
+        id: Option<NonZeroU32>,
+    ) {
+        let (group, match_filter) = split_shared(&filter);
+        self.router.subscribe(
+            group.as_ref(),
+            &match_filter,
+            SubEntry {
+                session: sk,
+                options,
+                id,
+            },
+        );
+        if let Some(s) = self.sessions.get_mut(sk) {
+            match s.subscriptions.iter_mut().find(|x| x.filter == filter) {
+                Some(x) => {
+                    x.options = options;
+                    x.id = id;
+                }
+                None => s.subscriptions.push(Subscription {
+                    filter,
+                    options,
+                    id,
+                }),
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, k: Key, sk: Key, u: Unsubscribe) {
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in u.filters {
+            let Some(s) = self.sessions.get_mut(sk) else {
+                return;
+            };
+            let code = match s.subscriptions.iter().position(|x| x.filter == filter) {
+                Some(i) => {
+                    s.subscriptions.swap_remove(i);
+                    let (group, match_filter) = split_shared(&filter);
+                    self.router.unsubscribe(group.as_ref(), &match_filter, sk);
+                    ReasonCode::Success
+                }
+                None => ReasonCode::NoSubscriptionExisted,
+            };
+            codes.push(code);
+        }
+        let v5 = self.conns.get(k).is_some_and(|c| c.version.is_v5());
+        self.push_out(
+            k,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reason_codes: if v5 { codes } else { Vec::new() },
+                properties: AckProperties::default(),
+            }),
+        );
+        if let Some(s) = self.sessions.get(sk) {
+            if s.persistent() && self.config.store_effects {
+                let op = StoreOp::SessionUpsert(session_record(s, None));
+                self.events.push_back(Event::Store(op));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- DISCONNECT
+
+    fn on_disconnect(&mut self, now: Now, k: Key, sk: Key, d: Disconnect) {
+        let Some(c) = self.conns.get(k) else { return };
+        if let Some(expiry) = d.properties.session_expiry_interval {
+            // [MQTT-3.14.2-2] a session expiry of 0 at CONNECT cannot be raised.
+            if c.connect_expiry_zero && expiry != 0 {
+                return self.violation(now, k, ReasonCode::ProtocolError);
+            }
+            let granted = expiry.min(self.config.max_session_expiry);
+            if let Some(s) = self.sessions.get_mut(sk) {
+                s.expiry_interval = granted;
+            }
+        }
+        // [MQTT-3.1.2-10] a normal DISCONNECT discards the will; 0x04 keeps it.
+        let with_will = d.reason_code == ReasonCode::DisconnectWithWillMessage;
+        if let Some(c) = self.conns.get_mut(k) {
+            c.state = ConnState::Closing;
+        }
+        self.events.push_back(Event::Close {
+            conn: conn_id(k),
+            reason: d.reason_code,
+        });
+        self.detach(now, k, sk, with_will);
+    }
+
+    // ---------------------------------------------------------------- ending
+
+    /// A protocol violation or server-side decision ends the connection: DISCONNECT
+    /// with `code` for 5.0 [MQTT-4.13.1-1], the will is published (abnormal end).
+    fn violation(&mut self, now: Now, k: Key, code: ReasonCode) {
+        let Some(c) = self.conns.get(k) else { return };
+        let sk = c.session();
+        self.push_disconnect(k, code);
+        if let Some(c) = self.conns.get_mut(k) {
+            c.state = ConnState::Closing;
+        }
+        self.events.push_back(Event::Close {
+            conn: conn_id(k),
+            reason: code,
+        });
+        if let Some(sk) = sk {
+            self.detach(now, k, sk, true);
+        }
+    }
+
+    fn push_disconnect(&mut self, k: Key, code: ReasonCode) {
+        if self.conns.get(k).is_some_and(|c| c.version.is_v5()) {
+            self.push_out(k, Packet::Disconnect(Disconnect::new(code)));
+        }
+    }
+
+    /// Marks a connection closing without a session (before CONNACK or a refusal).
+    fn close(&mut self, k: Key, reason: ReasonCode) {
+        if let Some(c) = self.conns.get_mut(k) {
+            if matches!(c.state, ConnState::Closing) {
+                return;
+            }
+            c.state = ConnState::Closing;
+            self.events.push_back(Event::Close {
+                conn: conn_id(k),
+                reason,
+            });
+        }
+    }
+
+    /// The transport dropped without DISCONNECT.
+    fn lose_connection(&mut self, now: Now, k: Key, publish_will: bool) {
+        let Some(sk) = self.conns.get(k).and_then(|c| c.session()) else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(k) {
+            c.state = ConnState::Closing;
+        }
+        self.detach(now, k, sk, publish_will);
+    }
+
+    /// Separates a session from its connection: the will (if it is to be published)
+    /// goes out now or after its delay, and the session either ends (expiry 0) or
+    /// starts its expiry timer.
+    fn detach(&mut self, now: Now, k: Key, sk: Key, publish_will: bool) {
+        let will = self.conns.get_mut(k).and_then(|c| c.will.take());
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        if s.conn != Some(conn_id(k)) {
+            return;
+        }
+        s.conn = None;
+        let expiry = s.expiry_interval;
+        if let (true, Some(w)) = (publish_will, will) {
+            // [MQTT-3.1.3-9] the will waits for the smaller of its delay and the
+            // session's expiry.
+            let delay = w.delay.min(expiry);
+            if delay == 0 {
+                self.publish_will(now, w.publish);
+            } else {
+                let at = now.instant + Duration::from_secs(u64::from(delay));
+                if let Some(s) = self.sessions.get_mut(sk) {
+                    s.delayed_will = Some((at, w.publish));
+                }
+                self.timers.schedule(at, TimerKind::WillDelay(sk));
+            }
+        }
+        if expiry == 0 {
+            return self.end_session(now, sk);
+        }
+        // QoS 1 messages in flight stay with the session for redelivery; QoS 0 in
+        // the connection's output are dropped with it.
+        if expiry != u32::MAX {
+            let at = now.instant + Duration::from_secs(u64::from(expiry));
+            if let Some(s) = self.sessions.get_mut(sk) {
+                s.expires_at = Some(at);
+            }
+            self.timers.schedule(at, TimerKind::SessionExpiry(sk));
+        }
+        self.store_session(now, sk);
+    }
+
+    /// Ends a session: subscriptions removed, a pending will published [MQTT-3.1.3-9],
+    /// queued messages discarded.
+    fn end_session(&mut self, now: Now, sk: Key) {
+        let Some(s) = self.sessions.remove(sk) else {
+            return;
+        };
+        self.by_client_id.remove(s.client_id.as_bytes());
+        if let Some(a) = &s.auth_name {
+            if let Some(n) = self.sessions_per_auth.get_mut(a) {
+                *n -= 1;
+                if *n == 0 {
+                    self.sessions_per_auth.remove(a);
+                }
+            }
+        }
+        for sub in &s.subscriptions {
+            let (group, match_filter) = split_shared(&sub.filter);
+            self.router.unsubscribe(group.as_ref(), &match_filter, sk);
+        }
+        if self.config.store_effects && s.persistent() {
+            self.events.push_back(Event::Store(StoreOp::SessionRemove {
+                client_id: s.client_id.clone(),
+            }));
+        }
+        // A session ended while online (overflow cannot happen online; clean start
+        // replaces offline sessions) leaves nothing bound to a connection.
+        if let Some(c) = s.conn {
+            self.close(key(c), ReasonCode::SessionTakenOver);
+        }
+        if let Some((_, will)) = s.delayed_will {
+            self.publish_will(now, will);
+        }
+    }
+
+    fn check_keep_alive(&mut self, now: Now, k: Key, at: Instant) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        if c.keep_alive_deadline != Some(at) || !matches!(c.state, ConnState::Active { .. }) {
+            return;
+        }
+        let Some(ka) = c.keep_alive else { return };
+        let deadline = c.last_rx + ka;
+        if deadline > now.instant {
+            c.keep_alive_deadline = Some(deadline);
+            self.timers.schedule(deadline, TimerKind::KeepAlive(k));
+            return;
+        }
+        // [MQTT-3.1.2-24] nothing received for 1.5 x Keep Alive.
+        self.violation(now, k, ReasonCode::KeepAliveTimeout);
+    }
+
+    // ---------------------------------------------------------------- plumbing
+
+    fn push_out(&mut self, k: Key, packet: Packet) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.out_bytes += out_size(&packet);
+        c.out.push_back(packet);
+        if !c.transmit_signalled {
+            c.transmit_signalled = true;
+            self.events.push_back(Event::Transmit(conn_id(k)));
+        }
+    }
+
+    fn store_session(&mut self, now: Now, sk: Key) {
+        if !self.config.store_effects {
+            return;
+        }
+        if let Some(s) = self.sessions.get(sk) {
+            if s.persistent() {
+                let expires = s.expires_at.map(|at| {
+                    now.unix_ms + at.saturating_duration_since(now.instant).as_millis() as u64
+                });
+                let op = StoreOp::SessionUpsert(session_record(s, expires));
+                self.events.push_back(Event::Store(op));
+            }
+        }
+    }
+
+    fn store_enqueue(&mut self, sk: Key, q: &Queued, now: Now) {
+        if !self.config.store_effects {
+            return;
+        }
+        if let Some(s) = self.sessions.get(sk) {
+            if s.persistent() {
+                let op = enqueue_op(s.client_id.clone(), q, now);
+                self.events.push_back(Event::Store(op));
+            }
+        }
+    }
+
+    fn store_remove(&mut self, persistent: bool, client_id: MqttString, seq: u64) {
+        if self.config.store_effects && persistent {
+            self.events
+                .push_back(Event::Store(StoreOp::MessageRemove { client_id, seq }));
+        }
+    }
+}
+
+fn session_record(s: &Session, expires_at_unix_ms: Option<u64>) -> SessionRecord {
+    SessionRecord {
+        client_id: s.client_id.clone(),
+        authentication_name: s.auth_name.clone(),
+        expiry_interval: s.expiry_interval,
+        expires_at_unix_ms,
+        subscriptions: s
+            .subscriptions
+            .iter()
+            .map(|x| (x.filter.clone(), x.options, x.id))
+            .collect(),
+    }
+}
+
+fn enqueue_op(client_id: MqttString, q: &Queued, now: Now) -> StoreOp {
+    let mut publish = q.publish.clone();
+    detach_publish(&mut publish);
+    StoreOp::MessageEnqueue {
+        client_id,
+        seq: q.seq,
+        message: StoredMessage {
+            publish,
+            expires_at_unix_ms: expiry_wall(now, q.expires_at),
+        },
+    }
+}
+
+fn expiry_wall(now: Now, at: Option<Instant>) -> Option<u64> {
+    at.map(|at| now.unix_ms + at.saturating_duration_since(now.instant).as_millis() as u64)
+}
+
+/// `Some(deadline)` for a stored wall-clock expiry (`Some(None)`: never expires);
+/// `None` when it has already passed.
+fn wall_to_instant(now: Now, at: Option<u64>) -> Option<Option<Instant>> {
+    match at {
+        None => Some(None),
+        Some(ms) if ms <= now.unix_ms => None,
+        Some(ms) => Some(Some(now.instant + Duration::from_millis(ms - now.unix_ms))),
+    }
+}
+
+/// Sets the Message Expiry Interval to the time left [MQTT-3.3.2-6]; false if the
+/// message has expired [MQTT-3.3.2-5].
+fn refresh_expiry(p: &mut Publish, expires_at: Option<Instant>, now: Instant) -> bool {
+    let Some(at) = expires_at else { return true };
+    if at <= now {
+        return false;
+    }
+    let left = at - now;
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    p.properties.message_expiry_interval = Some(secs.min(u64::from(u32::MAX)) as u32);
+    true
+}
+
+/// Copies a message's bytes out of the (possibly large) buffer it was decoded from.
+fn detach_publish(p: &mut Publish) {
+    p.topic = detach_topic(&p.topic);
+    p.payload = Bytes::copy_from_slice(&p.payload);
+}
+
+fn detach_topic(t: &TopicName) -> TopicName {
+    TopicName::new(Bytes::copy_from_slice(t.as_bytes())).unwrap_or_else(|_| t.clone())
+}
+
+fn split_shared(filter: &mqtt_proto::TopicFilter) -> (Option<Bytes>, Bytes) {
+    let bytes = filter.as_shared();
+    match filter.shared() {
+        Some((group, f)) => {
+            let g_start = "$share/".len();
+            let f_start = g_start + group.len() + 1;
+            (
+                Some(bytes.slice(g_start..g_start + group.len())),
+                bytes.slice(f_start..f_start + f.len()),
+            )
+        }
+        None => (None, bytes.clone()),
+    }
+}
+
+fn connack(session_present: bool, reason_code: ReasonCode) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present,
+        reason_code,
+        properties: ConnAckProperties::default(),
+    })
+}
+
+fn out_size(p: &Packet) -> usize {
+    match p {
+        Packet::Publish(p) => approx_size(p),
+        _ => 8,
+    }
+}
+
+fn key(c: ConnId) -> Key {
+    Key {
+        index: c.index,
+        generation: c.generation,
+    }
+}
+
+fn conn_id(k: Key) -> ConnId {
+    ConnId {
+        index: k.index,
+        generation: k.generation,
+    }
+}

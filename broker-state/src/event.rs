@@ -1,0 +1,189 @@
+//! What goes in besides packets (time, peers) and what comes out besides bytes.
+
+use std::time::Instant;
+
+use mqtt_proto::{
+    DecodeError, MqttString, Packet, ProtocolVersion, Publish, ReasonCode, SubscriptionOptions,
+    TopicFilter, TopicName,
+};
+
+use crate::ids::ConnId;
+
+/// The time of an input: the monotonic instant that drives timers, and the wall
+/// clock (milliseconds since the Unix epoch) for deadlines that must survive a
+/// restart. The core reads neither clock; the caller supplies both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Now {
+    /// Monotonic time.
+    pub instant: Instant,
+    /// Wall-clock time, milliseconds since 1970-01-01T00:00:00Z.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// Bundles both clocks.
+    pub fn new(instant: Instant, unix_ms: u64) -> Self {
+        Now { instant, unix_ms }
+    }
+
+    /// `self` moved forward by `d` on both clocks (simulations and tests).
+    pub fn after(self, d: core::time::Duration) -> Now {
+        Now {
+            instant: self.instant + d,
+            unix_ms: self.unix_ms + d.as_millis() as u64,
+        }
+    }
+}
+
+/// How a connection reached the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// MQTT over TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    WebSocket,
+    /// MQTT over WebSocket over TLS.
+    SecureWebSocket,
+    /// In-process (tests, embedding).
+    Memory,
+}
+
+/// What the adapter knows about a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Transport.
+    pub transport: Transport,
+    /// Listener name or address, for logs.
+    pub listener: String,
+    /// Remote address as text, for logs and the authentication hook.
+    pub remote: String,
+}
+
+impl PeerInfo {
+    /// A peer for tests and in-process clients.
+    pub fn memory(name: &str) -> Self {
+        PeerInfo {
+            transport: Transport::Memory,
+            listener: "memory".into(),
+            remote: name.into(),
+        }
+    }
+}
+
+/// An output of the broker other than bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // store operations move once, by value, to the store
+pub enum Event {
+    /// The connection has bytes to send: call [`crate::Broker::poll_transmit`] while
+    /// the transport is writable until it returns 0. Emitted when the connection's
+    /// output goes from empty to non-empty.
+    Transmit(ConnId),
+    /// A CONNECT was accepted (CONNACK 0x00 is queued). For logs and metrics.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// Client identifier (assigned by the broker if the client sent none).
+        client_id: MqttString,
+        /// Protocol version.
+        protocol: ProtocolVersion,
+        /// Whether an existing session was resumed.
+        session_present: bool,
+    },
+    /// Close the transport: first write out what `poll_transmit` still yields (a
+    /// CONNACK or DISCONNECT with the reason), then close, then call
+    /// [`crate::Broker::handle_closed`]. The broker has already finished with the
+    /// connection (its will, if due, is published).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why: Success for a normal DISCONNECT by the client, otherwise the reason
+        /// code sent (5.0) or that would have been sent (3.1.1).
+        reason: ReasonCode,
+    },
+    /// A durable change for the store (only when `Config::store_effects` is set).
+    Store(StoreOp),
+}
+
+/// An input, mirroring the `handle_*` methods, so that fuzzers and model tests can
+/// replay sequences directly through [`crate::Broker::handle`].
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a packet is the common case, not the outlier
+pub enum Input {
+    /// A connection was accepted; its id is the next one the broker hands out.
+    Accept(PeerInfo),
+    /// A decoded packet from a connection.
+    Packet(ConnId, Packet),
+    /// Bytes from a connection failed to decode.
+    DecodeError(ConnId, DecodeError),
+    /// The transport of a connection closed.
+    Closed(ConnId),
+    /// Time passed.
+    Timeout,
+}
+
+/// A message as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The PUBLISH as it will be delivered (no packet id, no topic alias, no
+    /// subscription identifiers: those belong to one delivery).
+    pub publish: Publish,
+    /// Wall-clock expiry, milliseconds since the epoch, from Message Expiry Interval.
+    pub expires_at_unix_ms: Option<u64>,
+}
+
+/// A session's durable state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Client identifier (Event Grid's session name).
+    pub client_id: MqttString,
+    /// Owner.
+    pub authentication_name: Option<String>,
+    /// Session Expiry Interval in seconds (`u32::MAX`: never).
+    pub expiry_interval: u32,
+    /// When the session expires if it stays offline (wall clock, ms), `None` while
+    /// connected.
+    pub expires_at_unix_ms: Option<u64>,
+    /// Subscriptions: filter as sent (with any `$share/` prefix), options, identifier.
+    pub subscriptions: Vec<(
+        TopicFilter,
+        SubscriptionOptions,
+        Option<core::num::NonZeroU32>,
+    )>,
+}
+
+/// A durable change. The store applies them in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Create or replace a session's record.
+    SessionUpsert(SessionRecord),
+    /// Forget a session and everything queued for it.
+    SessionRemove {
+        /// Client identifier.
+        client_id: MqttString,
+    },
+    /// A message queued (or in flight) for a session; `seq` orders them.
+    MessageEnqueue {
+        /// Client identifier.
+        client_id: MqttString,
+        /// Per-session sequence number.
+        seq: u64,
+        /// The message.
+        message: StoredMessage,
+    },
+    /// A queued message was acknowledged, dropped or expired.
+    MessageRemove {
+        /// Client identifier.
+        client_id: MqttString,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// Set the retained message of a topic.
+    RetainSet(StoredMessage),
+    /// Clear the retained message of a topic.
+    RetainClear {
+        /// Topic.
+        topic: TopicName,
+    },
+}

@@ -1,0 +1,126 @@
+//! Connection ids with generations, and the slab that hands them out.
+
+use core::fmt;
+
+/// A connection, as the adapter knows it. The generation makes a reused slot
+/// distinct from the connection that held it before.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+impl ConnId {
+    /// A number unique among live connections, for logs and adapter tables.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}.{}", self.index, self.generation)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A key into a [`Slab`]: index plus generation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub(crate) struct Key {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+enum Slot<T> {
+    Full { generation: u32, value: T },
+    Free { generation: u32, next: u32 },
+}
+
+/// A slab with generations: O(1) insert, remove and lookup; stale keys miss.
+pub(crate) struct Slab<T> {
+    slots: Vec<Slot<T>>,
+    free: u32,
+    len: usize,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl<T> Slab<T> {
+    pub(crate) fn new() -> Self {
+        Slab {
+            slots: Vec::new(),
+            free: NONE,
+            len: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn insert(&mut self, value: T) -> Key {
+        self.len += 1;
+        if self.free != NONE {
+            let index = self.free;
+            let slot = &mut self.slots[index as usize];
+            let Slot::Free { generation, next } = *slot else {
+                unreachable!("the free list only links free slots")
+            };
+            self.free = next;
+            let generation = generation.wrapping_add(1);
+            *slot = Slot::Full { generation, value };
+            return Key { index, generation };
+        }
+        let index = self.slots.len() as u32;
+        self.slots.push(Slot::Full {
+            generation: 0,
+            value,
+        });
+        Key {
+            index,
+            generation: 0,
+        }
+    }
+
+    pub(crate) fn get(&self, key: Key) -> Option<&T> {
+        match self.slots.get(key.index as usize) {
+            Some(Slot::Full { generation, value }) if *generation == key.generation => Some(value),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, key: Key) -> Option<&mut T> {
+        match self.slots.get_mut(key.index as usize) {
+            Some(Slot::Full { generation, value }) if *generation == key.generation => Some(value),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remove(&mut self, key: Key) -> Option<T> {
+        let slot = self.slots.get_mut(key.index as usize)?;
+        match slot {
+            Slot::Full { generation, .. } if *generation == key.generation => {
+                let generation = *generation;
+                let old = core::mem::replace(
+                    slot,
+                    Slot::Free {
+                        generation,
+                        next: self.free,
+                    },
+                );
+                self.free = key.index;
+                self.len -= 1;
+                match old {
+                    Slot::Full { value, .. } => Some(value),
+                    Slot::Free { .. } => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}

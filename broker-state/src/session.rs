@@ -1,0 +1,220 @@
+//! Sessions (keyed by client id, outliving connections) and connections.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use core::num::NonZeroU32;
+use mqtt_proto::{
+    MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions, TopicFilter,
+    TopicName,
+};
+
+use crate::event::PeerInfo;
+use crate::ids::{ConnId, Key};
+
+/// A message waiting in a session queue or in flight.
+#[derive(Debug, Clone)]
+pub(crate) struct Queued {
+    /// Delivery form: QoS already reduced to the granted QoS, no packet id.
+    pub(crate) publish: Publish,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) seq: u64,
+    pub(crate) size: usize,
+}
+
+/// Where an outbound QoS 1/2 message is in its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREC received, PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight {
+    pub(crate) packet_id: PacketId,
+    pub(crate) state: FlightState,
+    pub(crate) msg: Queued,
+    /// Allocation counter when the packet id was taken (see `Session::next_id`).
+    pub(crate) allocated: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    pub(crate) filter: TopicFilter,
+    pub(crate) options: SubscriptionOptions,
+    pub(crate) id: Option<NonZeroU32>,
+}
+
+/// A will waiting for its connection to end abnormally, or for its delay.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingWill {
+    pub(crate) publish: Publish,
+    pub(crate) delay: u32,
+}
+
+pub(crate) struct Session {
+    pub(crate) client_id: MqttString,
+    pub(crate) auth_name: Option<String>,
+    pub(crate) conn: Option<ConnId>,
+    /// Seconds; 0 ends the session with its connection, `u32::MAX` never expires.
+    pub(crate) expiry_interval: u32,
+    /// Deadline while offline.
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) inflight: VecDeque<InFlight>,
+    pub(crate) queue: VecDeque<Queued>,
+    pub(crate) queue_bytes: usize,
+    /// Incoming QoS 2 packet ids received and not yet released (PUBREL).
+    pub(crate) incoming_qos2: Vec<PacketId>,
+    pub(crate) last_packet_id: u16,
+    pub(crate) allocations: u64,
+    pub(crate) next_seq: u64,
+    /// A will whose delay is running (the connection is gone).
+    pub(crate) delayed_will: Option<(Instant, Publish)>,
+}
+
+impl Session {
+    pub(crate) fn new(client_id: MqttString, auth_name: Option<String>) -> Self {
+        Session {
+            client_id,
+            auth_name,
+            conn: None,
+            expiry_interval: 0,
+            expires_at: None,
+            subscriptions: Vec::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            incoming_qos2: Vec::new(),
+            last_packet_id: 0,
+            allocations: 0,
+            next_seq: 0,
+            delayed_will: None,
+        }
+    }
+
+    pub(crate) fn persistent(&self) -> bool {
+        self.expiry_interval > 0
+    }
+
+    /// The next free packet id for an outbound message, or `None` if all 65,535 are
+    /// in flight.
+    ///
+    /// Ids are handed out in sequence and `inflight` is kept in allocation order, so
+    /// the candidate can only be taken if the oldest in-flight entry was allocated at
+    /// least 65,535 allocations ago; only then is the in-flight list searched.
+    pub(crate) fn next_packet_id(&mut self) -> Option<PacketId> {
+        if self.inflight.len() >= u16::MAX as usize {
+            return None;
+        }
+        loop {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            if self.last_packet_id == 0 {
+                self.last_packet_id = 1;
+            }
+            self.allocations += 1;
+            let candidate = self.last_packet_id;
+            let maybe_taken = self
+                .inflight
+                .front()
+                .is_some_and(|f| self.allocations - f.allocated >= u64::from(u16::MAX) - 1);
+            if !maybe_taken || !self.inflight.iter().any(|f| f.packet_id.get() == candidate) {
+                return PacketId::new(candidate);
+            }
+        }
+    }
+
+    pub(crate) fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+}
+
+/// Per-connection state.
+pub(crate) enum ConnState {
+    /// Accepted, waiting for CONNECT until the deadline.
+    AwaitingConnect { deadline: Instant },
+    /// CONNECT accepted; bound to a session.
+    Active { session: Key },
+    /// The broker is done with it; the adapter drains the output and closes it.
+    Closing,
+}
+
+pub(crate) struct Conn {
+    pub(crate) peer: PeerInfo,
+    pub(crate) state: ConnState,
+    pub(crate) version: ProtocolVersion,
+    /// Packets waiting for `poll_transmit`, encoded lazily into the caller's buffer.
+    pub(crate) out: VecDeque<Packet>,
+    /// Approximate bytes in `out`, bounded by `outbound_buffer_bytes` for QoS 0.
+    pub(crate) out_bytes: usize,
+    /// A Transmit event is outstanding.
+    pub(crate) transmit_signalled: bool,
+    /// 1.5 x Keep Alive, or `None` when keep-alive is off.
+    pub(crate) keep_alive: Option<core::time::Duration>,
+    pub(crate) last_rx: Instant,
+    pub(crate) keep_alive_deadline: Option<Instant>,
+    /// Peer's Maximum Packet Size (u32::MAX when it set none).
+    pub(crate) peer_max_packet: u32,
+    /// Peer's Receive Maximum (our window towards it).
+    pub(crate) peer_receive_max: u16,
+    /// Inbound topic aliases, indexed by alias - 1; allocated on first use.
+    pub(crate) inbound_aliases: Vec<Option<TopicName>>,
+    pub(crate) will: Option<crate::session::PendingWill>,
+    /// Whether the client asked for Reason Strings and User Properties on failures
+    /// (Request Problem Information, default true).
+    pub(crate) problem_info: bool,
+    pub(crate) client_id: Option<MqttString>,
+    /// Session expiry requested at CONNECT was 0 (a DISCONNECT may not raise it
+    /// [MQTT-3.14.2-2]).
+    pub(crate) connect_expiry_zero: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(peer: PeerInfo, deadline: Instant, now: Instant) -> Self {
+        Conn {
+            peer,
+            state: ConnState::AwaitingConnect { deadline },
+            version: ProtocolVersion::V3_1_1,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            transmit_signalled: false,
+            keep_alive: None,
+            last_rx: now,
+            keep_alive_deadline: None,
+            peer_max_packet: u32::MAX,
+            peer_receive_max: u16::MAX,
+            inbound_aliases: Vec::new(),
+            will: None,
+            problem_info: true,
+            client_id: None,
+            connect_expiry_zero: true,
+        }
+    }
+
+    pub(crate) fn session(&self) -> Option<Key> {
+        match self.state {
+            ConnState::Active { session } => Some(session),
+            _ => None,
+        }
+    }
+}
+
+/// Approximate wire size of a PUBLISH, for queue byte limits. Cheap on purpose: the
+/// exact size is computed only where a peer's Maximum Packet Size needs it.
+pub(crate) fn approx_size(p: &Publish) -> usize {
+    let props = &p.properties;
+    p.topic.len()
+        + p.payload.len()
+        + props.user_properties.encoded_len()
+        + props.correlation_data.as_ref().map_or(0, |b| b.len())
+        + props.response_topic.as_ref().map_or(0, |t| t.len())
+        + props.content_type.as_ref().map_or(0, |t| t.len())
+        + 16
+}
+
+pub(crate) fn qos_min(a: QoS, b: QoS) -> QoS {
+    a.min(b)
+}

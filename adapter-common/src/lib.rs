@@ -1,1 +1,69 @@
-//! stub
+//! The parts of brokk's server that do not depend on an async runtime, shared by
+//! the tokio adapter (the `brokk` binary) and the smol adapter so that both read the
+//! same config, accept the same flags, check passwords the same way and speak the
+//! same WebSocket.
+//!
+//! - [`config`]: the TOML config file, the built-in defaults and the rules a config
+//!   must pass before anything listens; errors name the file, the key and what was
+//!   expected.
+//! - [`cli`]: the `brokk` command line and how its flags override the file.
+//! - [`passwd`]: the password file (Argon2id PHC hashes) and `brokk passwd`.
+//! - [`tls`]: a rustls server config from PEM files, or from a self-signed
+//!   development CA (`--dev-tls`).
+//! - [`websocket`]: a sans-IO RFC 6455 server: upgrade handshake, frame decoder
+//!   producing the MQTT byte stream, frame encoder.
+//! - [`core`]: the config's limits mapped onto the broker core, and the password
+//!   file as its authentication hook.
+//! - [`driver`]: the connection driver's decisions (decode batches, pull output,
+//!   wake tasks, close) around one `broker_state::Broker`, behind a `Wake` trait.
+//!
+//! What this crate never does: it depends on no async runtime (tokio, smol,
+//! async-std, futures), opens no socket, spawns no thread or task and reads no
+//! clock. The WebSocket code works on buffers the adapter owns; the adapter reads
+//! and writes the sockets. The only I/O here is on files the operator names (config,
+//! password file, PEM files, the dev TLS directory) and standard input for
+//! `brokk passwd`, all of it at startup or from the command line, never per
+//! connection.
+//!
+//! An adapter's `main` goes roughly like this:
+//!
+//! ```no_run
+//! use adapter_common::cli::{load_config, run_passwd, Cli, Command};
+//! use adapter_common::config::TlsSource;
+//! use adapter_common::passwd::PasswordFile;
+//! use adapter_common::tls;
+//! use clap::Parser;
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let cli = Cli::parse();
+//!     if let Some(Command::Passwd(args)) = &cli.command {
+//!         run_passwd(args, &mut std::io::stdin().lock())?;
+//!         return Ok(());
+//!     }
+//!     let config = load_config(&cli.run)?;
+//!     let passwords = config.password_file.as_deref().map(PasswordFile::load).transpose()?;
+//!     let dev = if config.dev_tls { Some(tls::dev_tls(&config.data_dir)?) } else { None };
+//!     for listener in &config.listeners {
+//!         let tls_config = match (&listener.tls, &dev) {
+//!             (Some(TlsSource::Files { cert, key }), _) => Some(tls::server_config(cert, key)?),
+//!             (Some(TlsSource::Dev), Some(dev)) => Some(dev.server_config()?),
+//!             _ => None,
+//!         };
+//!         // bind listener.bind, wrap in TLS, run websocket::parse_handshake when
+//!         // listener.kind.is_websocket(), and hand MQTT bytes to the broker core
+//!         let _ = (tls_config, &passwords);
+//!     }
+//!     Ok(())
+//! }
+//! ```
+
+#![warn(missing_docs)]
+
+mod atomic;
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod driver;
+pub mod passwd;
+pub mod tls;
+pub mod websocket;

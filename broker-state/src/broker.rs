@@ -350,6 +350,27 @@ impl Broker {
         });
     }
 
+    /// The server is shutting down: every connection gets DISCONNECT 0x8B (5.0) and
+    /// `Event::Close`; no will is published, since the broker, not the client, ends
+    /// the connection and its sessions go with the process.
+    pub fn handle_shutdown(&mut self, _now: Now) {
+        let mut live = Vec::new();
+        for (k, c) in self.conns.iter() {
+            if !matches!(c.state, ConnState::Closing) {
+                live.push((k, c.session()));
+            }
+        }
+        for (k, session) in live {
+            if session.is_some() {
+                self.push_disconnect(k, ReasonCode::ServerShuttingDown);
+            }
+            if let Some(c) = self.conns.get_mut(k) {
+                c.will = None;
+            }
+            self.close(k, ReasonCode::ServerShuttingDown);
+        }
+    }
+
     /// Restores one record from the store into a fresh broker, before any
     /// connection is accepted. Sessions come back offline, with their
     /// subscriptions and queued messages; expiry deadlines continue from the wall
@@ -651,11 +672,13 @@ impl Broker {
                 self.detach(now, ok, sk, true);
             }
             // Clean Start, or a session that ended with its connection, starts anew.
+            // A taken-over session with expiry 0 was already ended by `detach`: its
+            // key is stale, and Session Present must be 0 [MQTT-3.2.2-2].
             if p.clean_start
                 || self
                     .sessions
                     .get(sk)
-                    .is_some_and(|s| s.expiry_interval == 0)
+                    .is_none_or(|s| s.expiry_interval == 0)
             {
                 self.end_session(now, sk);
                 existing = None;

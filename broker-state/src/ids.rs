@@ -123,4 +123,17 @@ impl<T> Slab<T> {
             _ => None,
         }
     }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| match s {
+            Slot::Full { generation, value } => Some((
+                Key {
+                    index: i as u32,
+                    generation: *generation,
+                },
+                value,
+            )),
+            Slot::Free { .. } => None,
+        })
+    }
 }

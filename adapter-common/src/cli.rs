@@ -1,0 +1,441 @@
+//! The `brokk` command line, shared by every adapter's binary:
+//!
+//! ```text
+//! brokk [--config FILE] [--listen URL]... [--dev-tls] [--data-dir DIR] [--allow-anonymous]
+//! brokk passwd FILE USERNAME [--password PASSWORD]
+//! ```
+//!
+//! Flags override the config file; `--listen` replaces the file's listeners (or the
+//! defaults) as a whole, so what the operator typed is exactly what listens.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{parse_bind, Config, ConfigError, Listener, ListenerKind, Origin};
+use crate::passwd::{PasswdError, PasswordFile, SetPassword};
+
+/// The parsed command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "brokk",
+    version,
+    about = "A self-hostable MQTT 3.1, 3.1.1 and 5.0 broker",
+    long_about = "A self-hostable MQTT 3.1, 3.1.1 and 5.0 broker.\n\n\
+        With no options it accepts MQTT on 127.0.0.1:1883 and MQTT over WebSocket on \
+        127.0.0.1:8083, without passwords, reachable from this machine only.",
+    after_help = "Examples:\n  \
+        brokk\n  \
+        brokk --listen mqtts://0.0.0.0:8883 --dev-tls --allow-anonymous\n  \
+        brokk --config /etc/brokk/brokk.toml\n  \
+        brokk passwd /etc/brokk/passwords alice",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Options for running the broker.
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// A maintenance command instead of running the broker.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options for running the broker.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Read settings from this TOML file (see brokk.example.toml); the flags below
+    /// override it
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Accept connections at URL instead of the configured listeners; repeat for
+    /// several. 127.0.0.1:1884 or mqtt://HOST:PORT is plain MQTT, mqtts://HOST:PORT
+    /// MQTT over TLS, ws://HOST:PORT[/PATH] and wss://HOST:PORT[/PATH] MQTT over
+    /// WebSocket (without PATH any path is accepted). HOST is an IP address or
+    /// localhost; `[::]` for IPv6
+    #[arg(long = "listen", value_name = "URL")]
+    pub listen: Vec<ListenUrl>,
+
+    /// Serve TLS listeners that have no cert and key with a self-signed certificate
+    /// for localhost, 127.0.0.1 and ::1, created in the data directory (clients trust
+    /// its ca.pem)
+    #[arg(long)]
+    pub dev_tls: bool,
+
+    /// Keep the development certificates and broker state in DIR [default:
+    /// ./brokk-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Accept clients without a username and password, also on listeners other
+    /// machines can reach
+    #[arg(long)]
+    pub allow_anonymous: bool,
+}
+
+/// Maintenance commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Add a user to a password file, or change the password of an existing one. The
+    /// password is read from the first line of standard input unless --password is
+    /// given.
+    Passwd(PasswdArgs),
+}
+
+/// Arguments of `brokk passwd`.
+#[derive(Debug, Clone, Args)]
+pub struct PasswdArgs {
+    /// The password file; created if it does not exist
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// The user to add or update
+    #[arg(value_name = "USERNAME")]
+    pub username: String,
+
+    /// The password (visible to other users of this machine in the process list;
+    /// prefer standard input)
+    #[arg(long, value_name = "PASSWORD")]
+    pub password: Option<String>,
+}
+
+/// A `--listen` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenUrl {
+    /// The transport, from the scheme (`mqtt` when there is none).
+    pub kind: ListenerKind,
+    /// Address and port.
+    pub bind: std::net::SocketAddr,
+    /// The only WebSocket path served, if given.
+    pub path: Option<String>,
+    /// The text as typed, for error messages.
+    pub text: String,
+}
+
+impl ListenUrl {
+    /// The listener this URL declares.
+    pub fn to_listener(&self) -> Listener {
+        let mut listener = Listener::new(
+            self.kind,
+            self.bind,
+            Origin::Flag {
+                flag: "--listen",
+                value: self.text.clone(),
+            },
+        );
+        listener.path = self.path.clone();
+        listener
+    }
+}
+
+impl FromStr for ListenUrl {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| ConfigError::BadListenUrl {
+            url: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (kind, rest) = match text.split_once("://") {
+            Some((scheme, rest)) => match ListenerKind::from_name(scheme) {
+                Some(kind) => (kind, rest),
+                None => {
+                    return Err(bad(&format!(
+                        "expected the scheme mqtt://, mqtts://, ws:// or wss://, found {scheme:?}"
+                    )))
+                }
+            },
+            None => (ListenerKind::Mqtt, text),
+        };
+        let (host_port, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], Some(&rest[i..])),
+            None => (rest, None),
+        };
+        if path.is_some() && !kind.is_websocket() {
+            return Err(bad("a path only applies to ws:// and wss://"));
+        }
+        let bind = parse_bind(host_port).ok_or_else(|| {
+            bad(&format!(
+                "expected HOST:PORT with an IP address or localhost, such as 0.0.0.0:1883 or \
+                 [::1]:1883, found {host_port:?}"
+            ))
+        })?;
+        Ok(ListenUrl {
+            kind,
+            bind,
+            path: path.map(str::to_owned),
+            text: text.to_owned(),
+        })
+    }
+}
+
+/// Reads the `--config` file, if any, and applies the flags: the final, validated
+/// config the broker runs with.
+pub fn load_config(args: &RunArgs) -> Result<Config, ConfigError> {
+    let file = args.config.as_deref().map(Config::read).transpose()?;
+    build_config(args, file)
+}
+
+/// Applies the flags to a parsed config file (or the defaults, without one) and
+/// validates the result.
+pub fn build_config(args: &RunArgs, file: Option<Config>) -> Result<Config, ConfigError> {
+    let mut config = file.unwrap_or_default();
+    if !args.listen.is_empty() {
+        config.listeners = args.listen.iter().map(ListenUrl::to_listener).collect();
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if args.allow_anonymous {
+        config.allow_anonymous = Some(true);
+    }
+    if args.dev_tls {
+        config.enable_dev_tls();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Runs `brokk passwd`: takes the password from `--password` or the first line of
+/// `stdin`, then adds or updates the user and rewrites the file atomically.
+pub fn run_passwd(args: &PasswdArgs, stdin: &mut dyn BufRead) -> Result<SetPassword, PasswdError> {
+    let password = match &args.password {
+        Some(password) => password.clone(),
+        None => {
+            let mut line = String::new();
+            stdin
+                .read_line(&mut line)
+                .map_err(|source| PasswdError::ReadPassword { source })?;
+            let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+            trimmed.strip_suffix('\r').unwrap_or(trimmed).to_owned()
+        }
+    };
+    let mut file = PasswordFile::load_or_new(&args.file)?;
+    let outcome = file.set_password(&args.username, password.as_bytes())?;
+    file.write(&args.file)?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsSource;
+    use clap::CommandFactory;
+    use std::path::Path;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("brokk").chain(args.iter().copied()))
+    }
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let cli = parse(args).map_err(|e| e.to_string())?;
+        build_config(&cli.run, None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_documents_every_flag_and_the_passwd_command() {
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "--config <FILE>",
+            "Read settings from this TOML file",
+            "--listen <URL>",
+            "mqtts://HOST:PORT",
+            "--dev-tls",
+            "self-signed certificate",
+            "--data-dir <DIR>",
+            "--allow-anonymous",
+            "Accept clients without a username and password",
+            "passwd",
+            "127.0.0.1:1883",
+        ] {
+            assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
+        }
+        let passwd_help = Cli::command()
+            .find_subcommand_mut("passwd")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "<FILE>",
+            "<USERNAME>",
+            "--password <PASSWORD>",
+            "standard input",
+        ] {
+            assert!(
+                passwd_help.contains(needle),
+                "{needle:?} missing from:\n{passwd_help}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_flags_gives_the_loopback_defaults() {
+        assert_eq!(config(&[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn listen_urls_replace_the_defaults() {
+        let config = config(&[
+            "--listen",
+            "127.0.0.1:1884",
+            "--listen",
+            "ws://[::1]:8080/mqtt",
+            "--listen",
+            "mqtt://localhost:1885",
+        ])
+        .unwrap();
+        let got: Vec<_> = config
+            .listeners
+            .iter()
+            .map(|l| (l.kind, l.bind.to_string(), l.path.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (ListenerKind::Mqtt, "127.0.0.1:1884".to_owned(), None),
+                (ListenerKind::Ws, "[::1]:8080".to_owned(), Some("/mqtt")),
+                (ListenerKind::Mqtt, "127.0.0.1:1885".to_owned(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_listen_urls_are_refused_by_the_parser() {
+        for (url, reason) in [
+            (
+                "tcp://127.0.0.1:1883",
+                "expected the scheme mqtt://, mqtts://, ws:// or wss://, found \"tcp\"",
+            ),
+            (
+                "mqtt://127.0.0.1:1883/mqtt",
+                "a path only applies to ws:// and wss://",
+            ),
+            ("mqtt://example.com:1883", "expected HOST:PORT"),
+            ("ws://127.0.0.1", "expected HOST:PORT"),
+        ] {
+            let e = parse(&["--listen", url]).unwrap_err().to_string();
+            assert!(e.contains(reason), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn tls_listener_from_the_command_line_needs_dev_tls() {
+        let e = config(&["--listen", "mqtts://127.0.0.1:8883"]).unwrap_err();
+        assert!(
+            e.starts_with("--listen mqtts://127.0.0.1:8883: this mqtts listener needs a certificate: pass --dev-tls"),
+            "{e}"
+        );
+        let config = config(&["--listen", "mqtts://127.0.0.1:8883", "--dev-tls"]).unwrap();
+        assert_eq!(config.listeners[0].tls, Some(TlsSource::Dev));
+        assert!(config.dev_tls);
+    }
+
+    #[test]
+    fn public_listeners_from_the_command_line_follow_the_same_rules() {
+        let e = config(&["--listen", "mqtt://0.0.0.0:1883", "--allow-anonymous"]).unwrap_err();
+        assert!(
+            e.starts_with("--listen mqtt://0.0.0.0:1883: 0.0.0.0:1883 is reachable"),
+            "{e}"
+        );
+        assert!(e.contains("declare the listener in a config file"), "{e}");
+
+        let e = config(&["--listen", "mqtts://0.0.0.0:8883", "--dev-tls"]).unwrap_err();
+        assert!(e.contains("no password file is set"), "{e}");
+        let ok = config(&[
+            "--listen",
+            "mqtts://0.0.0.0:8883",
+            "--dev-tls",
+            "--allow-anonymous",
+        ])
+        .unwrap();
+        assert!(ok.anonymous_allowed());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = Config::parse(
+            Path::new("/etc/brokk/brokk.toml"),
+            "data_dir = \"data\"\npassword_file = \"pw\"\n\
+             [[listener]]\nkind = \"wss\"\nbind = \"0.0.0.0:443\"\n",
+        )
+        .unwrap();
+        let cli = parse(&["--dev-tls", "--data-dir", "/var/lib/brokk"]).unwrap();
+        let config = build_config(&cli.run, Some(file.clone())).unwrap();
+        assert_eq!(config.data_dir, Path::new("/var/lib/brokk"));
+        assert_eq!(config.listeners[0].tls, Some(TlsSource::Dev));
+        assert!(!config.anonymous_allowed());
+
+        let cli = parse(&["--listen", "127.0.0.1:1884"]).unwrap();
+        let config = build_config(&cli.run, Some(file)).unwrap();
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].bind.to_string(), "127.0.0.1:1884");
+        assert_eq!(
+            config.password_file.as_deref(),
+            Some(Path::new("/etc/brokk/pw"))
+        );
+    }
+
+    #[test]
+    fn load_config_names_a_missing_file() {
+        let cli = parse(&["--config", "/nonexistent/brokk.toml"]).unwrap();
+        let e = load_config(&cli.run).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/nonexistent/brokk.toml: cannot read the config file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn passwd_reads_stdin_and_adds_then_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("passwords");
+        let file_arg = file.to_str().unwrap();
+        let cli = parse(&["passwd", file_arg, "alice"]).unwrap();
+        let Some(Command::Passwd(args)) = cli.command else {
+            panic!("passwd not parsed")
+        };
+        assert_eq!(
+            run_passwd(&args, &mut &b"s3cret\r\nignored\n"[..]).unwrap(),
+            SetPassword::Added
+        );
+        let loaded = PasswordFile::load(&file).unwrap();
+        assert!(loaded.verify("alice", b"s3cret"));
+
+        let cli = parse(&["passwd", file_arg, "alice", "--password", "new"]).unwrap();
+        let Some(Command::Passwd(args)) = cli.command else {
+            panic!("passwd not parsed")
+        };
+        assert_eq!(
+            run_passwd(&args, &mut &b""[..]).unwrap(),
+            SetPassword::Replaced
+        );
+        let loaded = PasswordFile::load(&file).unwrap();
+        assert!(loaded.verify("alice", b"new"));
+        assert!(!loaded.verify("alice", b"s3cret"));
+    }
+
+    #[test]
+    fn passwd_refuses_an_empty_password_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("passwords");
+        let cli = parse(&["passwd", file.to_str().unwrap(), "alice"]).unwrap();
+        let Some(Command::Passwd(args)) = cli.command else {
+            panic!("passwd not parsed")
+        };
+        let e = run_passwd(&args, &mut &b"\n"[..]).unwrap_err();
+        assert_eq!(e.to_string(), "the password is empty");
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn run_flags_do_not_mix_with_passwd() {
+        assert!(parse(&["--dev-tls", "passwd", "f", "u"]).is_err());
+    }
+}

@@ -1,0 +1,320 @@
+//! The connection driver's decisions, free of any runtime: what to do with bytes
+//! read, what to write, when to wake whom, when to close. The tokio and smol
+//! adapters only move bytes between sockets and these functions, and arm one timer.
+//!
+//! One [`Hub`] owns the broker core and a table of connections. A connection task
+//! owns a [`ConnIo`] (its buffers and framing). After any input the hub drains the
+//! core's events at once: a `Transmit` wakes the connection's task (through its
+//! [`Wake`] handle), a `Close` marks it closing and wakes it, and an earlier timer
+//! deadline wakes the timer task. Each wake-up of a connection decodes every complete
+//! packet in its read buffer and hands them to the core together, then pulls all the
+//! core has for it into one write.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use broker_state::{Broker, ConnId, Event, Now, PeerInfo};
+use bytes::BytesMut;
+use mqtt_proto::{Decoder, FixedHeader, ReasonCode};
+
+use crate::websocket::{self, DecodeStatus, FrameDecoder};
+
+/// Wakes a task: a connection that has output or must close, or the timer task.
+pub trait Wake {
+    /// Schedules the task to run. Coalescing several wakes into one run is fine.
+    fn wake(&self);
+}
+
+/// How MQTT bytes travel on the transport.
+pub enum Framing {
+    /// MQTT directly on TCP or TLS.
+    Raw,
+    /// MQTT in WebSocket binary frames (a frame may hold part of a packet or several).
+    WebSocket(Box<FrameDecoder>),
+}
+
+/// One connection's buffers and framing, owned by its task.
+pub struct ConnIo {
+    decoder: Decoder,
+    framing: Framing,
+    /// Bytes read from the transport and not yet consumed.
+    pub input: BytesMut,
+    /// The MQTT stream unwrapped from WebSocket frames (unused for raw framing).
+    mqtt: BytesMut,
+    /// Bytes to write to the transport.
+    pub output: BytesMut,
+    /// WebSocket: the MQTT bytes of one pull before framing.
+    stage: BytesMut,
+    /// The transport must close after `output` is written (WebSocket close, decode
+    /// failure handled).
+    pub finished: bool,
+}
+
+/// Read size when no packet is in progress.
+const READ_CHUNK: usize = 4096;
+
+impl ConnIo {
+    /// Buffers for a new connection; the decoder learns the version from CONNECT and
+    /// refuses packets above `max_packet_size` from their fixed header.
+    pub fn new(framing: Framing, max_packet_size: u32) -> Self {
+        ConnIo {
+            decoder: Decoder::new(max_packet_size),
+            framing,
+            input: BytesMut::new(),
+            mqtt: BytesMut::new(),
+            output: BytesMut::new(),
+            stage: BytesMut::new(),
+            finished: false,
+        }
+    }
+
+    /// Makes room in `input` for the next read: the rest of a packet in progress
+    /// (bounded by the maximum packet size, which the decoder enforces from the fixed
+    /// header), or a small chunk.
+    pub fn reserve_for_read(&mut self) {
+        let want = match (&self.framing, FixedHeader::parse(&self.input)) {
+            (Framing::Raw, Ok(Some(h))) => h.packet_len().saturating_sub(self.input.len()),
+            _ => 0,
+        };
+        self.input.reserve(want.clamp(READ_CHUNK, 1024 * 1024));
+    }
+
+    /// Gives back buffer memory a large packet left behind once it is consumed, so a
+    /// connection that was busy once does not hold a large buffer while idle.
+    pub fn release_idle_buffers(&mut self) {
+        const KEEP: usize = 4 * READ_CHUNK;
+        if self.input.is_empty() && self.input.capacity() > KEEP {
+            self.input = BytesMut::new();
+        }
+        if self.mqtt.is_empty() && self.mqtt.capacity() > KEEP {
+            self.mqtt = BytesMut::new();
+        }
+        if self.output.is_empty() && self.output.capacity() > 16 * KEEP {
+            self.output = BytesMut::new();
+        }
+    }
+}
+
+struct Entry<W> {
+    waker: W,
+    closing: Option<ReasonCode>,
+}
+
+/// The broker core and its connections, for one runtime thread.
+pub struct Hub<W: Wake> {
+    broker: Broker,
+    conns: HashMap<ConnId, Entry<W>>,
+    timer: Option<W>,
+    armed: Option<Instant>,
+}
+
+impl<W: Wake> Hub<W> {
+    /// A hub around a configured broker.
+    pub fn new(broker: Broker) -> Self {
+        Hub {
+            broker,
+            conns: HashMap::new(),
+            timer: None,
+            armed: None,
+        }
+    }
+
+    /// The core, for getters.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The waker of the timer task, woken when the core's next deadline moves earlier
+    /// than the one the timer sleeps to.
+    pub fn set_timer_waker(&mut self, waker: W) {
+        self.timer = Some(waker);
+    }
+
+    /// Connections open.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// True when no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// A transport connection was accepted.
+    pub fn accept(&mut self, now: Now, peer: PeerInfo, waker: W) -> ConnId {
+        let conn = self.broker.handle_accept(now, peer);
+        self.conns.insert(
+            conn,
+            Entry {
+                waker,
+                closing: None,
+            },
+        );
+        self.dispatch();
+        conn
+    }
+
+    /// Consumes what was read into `io.input`: unwraps WebSocket frames, decodes every
+    /// complete packet and hands them to the core together, then drains the core.
+    pub fn feed(&mut self, now: Now, conn: ConnId, io: &mut ConnIo) {
+        if io.finished || self.closing(conn).is_some() {
+            io.input.clear();
+            return;
+        }
+        let stream = match &mut io.framing {
+            Framing::Raw => &mut io.input,
+            Framing::WebSocket(frames) => {
+                let status = frames.decode(&mut io.input, &mut io.mqtt);
+                let _ = frames.poll_control(&mut io.output);
+                if let DecodeStatus::Close(reason) = status {
+                    tracing::debug!(%conn, %reason, "websocket closed");
+                    io.finished = true;
+                }
+                &mut io.mqtt
+            }
+        };
+        loop {
+            match io.decoder.decode(stream) {
+                Ok(Some(packet)) => self.broker.handle_packet(now, conn, packet),
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%conn, %error, "undecodable input");
+                    self.broker.handle_decode_error(now, conn, &error);
+                    stream.clear();
+                    break;
+                }
+            }
+        }
+        self.dispatch();
+    }
+
+    /// Appends what the core has for this connection to `io.output` (framed for
+    /// WebSocket), at most about `budget` bytes. Returns the MQTT bytes pulled.
+    pub fn pull(&mut self, conn: ConnId, io: &mut ConnIo, budget: usize) -> usize {
+        match &mut io.framing {
+            Framing::Raw => self.broker.poll_transmit(conn, &mut io.output, budget),
+            Framing::WebSocket(frames) => {
+                let _ = frames.poll_control(&mut io.output);
+                io.stage.clear();
+                let n = self.broker.poll_transmit(conn, &mut io.stage, budget);
+                if n > 0 {
+                    websocket::encode_binary(&io.stage, &mut io.output);
+                }
+                n
+            }
+        }
+    }
+
+    /// Pulls everything the core has for the connection (the last bytes before a
+    /// close), and starts the WebSocket close handshake if there is one.
+    pub fn pull_final(&mut self, conn: ConnId, io: &mut ConnIo) {
+        while self.pull(conn, io, usize::MAX) > 0 {}
+        if let Framing::WebSocket(frames) = &mut io.framing {
+            frames.close(websocket::close_code::NORMAL);
+            let _ = frames.poll_control(&mut io.output);
+        }
+    }
+
+    /// Whether the core wants this connection closed (after its output is written),
+    /// and why.
+    pub fn closing(&self, conn: ConnId) -> Option<ReasonCode> {
+        self.conns.get(&conn).and_then(|e| e.closing)
+    }
+
+    /// The transport is closed; the core forgets the connection.
+    pub fn closed(&mut self, now: Now, conn: ConnId) {
+        if let Some(entry) = self.conns.remove(&conn) {
+            if entry.closing.is_none() {
+                self.log_disconnect(conn, "connection lost");
+            }
+        }
+        self.broker.handle_closed(now, conn);
+        self.dispatch();
+    }
+
+    /// Fires the core's due timers.
+    pub fn timeout(&mut self, now: Now) {
+        self.armed = None;
+        self.broker.handle_timeout(now);
+        self.dispatch();
+    }
+
+    /// The deadline the timer task should sleep to; remembered so that an earlier
+    /// one wakes the timer task.
+    pub fn arm_timer(&mut self) -> Option<Instant> {
+        self.armed = self.broker.poll_timeout();
+        self.armed
+    }
+
+    /// Graceful shutdown: DISCONNECT 0x8B to 5.0 clients and close every connection.
+    pub fn shutdown(&mut self, now: Now) {
+        self.broker.handle_shutdown(now);
+        self.dispatch();
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(event) = self.broker.poll_event() {
+            match event {
+                Event::Transmit(conn) => {
+                    if let Some(e) = self.conns.get(&conn) {
+                        e.waker.wake();
+                    }
+                }
+                Event::Close { conn, reason } => {
+                    let label = if reason == ReasonCode::Success {
+                        "client disconnected".to_owned()
+                    } else {
+                        reason.to_string()
+                    };
+                    self.log_disconnect(conn, &label);
+                    if let Some(e) = self.conns.get_mut(&conn) {
+                        e.closing = Some(reason);
+                        e.waker.wake();
+                    }
+                }
+                Event::Connected {
+                    conn,
+                    client_id,
+                    protocol,
+                    session_present,
+                } => {
+                    let peer = self.broker.peer(conn);
+                    tracing::info!(
+                        client_id = client_id.as_str(),
+                        protocol = %protocol,
+                        listener = peer.map_or("", |p| p.listener.as_str()),
+                        remote = peer.map_or("", |p| p.remote.as_str()),
+                        session_present,
+                        "connect"
+                    );
+                }
+                // Sessions, queues and retained messages live in the core's memory
+                // until a durable store arrives; store effects are off.
+                Event::Store(_) => {}
+            }
+        }
+        if let (Some(next), Some(timer)) = (self.broker.poll_timeout(), &self.timer) {
+            if self.armed.is_none_or(|armed| next < armed) {
+                self.armed = Some(next);
+                timer.wake();
+            }
+        }
+    }
+
+    fn log_disconnect(&self, conn: ConnId, reason: &str) {
+        let peer = self.broker.peer(conn);
+        let client_id = self.broker.client_id(conn).map_or("", |c| c.as_str());
+        let protocol = self
+            .broker
+            .protocol(conn)
+            .map_or_else(String::new, |p| p.to_string());
+        tracing::info!(
+            client_id,
+            protocol,
+            listener = peer.map_or("", |p| p.listener.as_str()),
+            remote = peer.map_or("", |p| p.remote.as_str()),
+            reason,
+            "disconnect"
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! TLS server settings: a [`rustls::ServerConfig`] from the operator's PEM files, or
+//! from a self-signed development CA that [`dev_tls`] creates in the data directory.
+//!
+//! Only TLS 1.2 and 1.3 are offered, with rustls' `ring` provider. No ALPN protocol is
+//! configured, so clients that send ALPN (Event Grid documents `mqtt`) and clients
+//! that do not are both accepted.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+
+use crate::atomic;
+
+/// The crypto provider every config in brokk uses.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server side of TLS from a PEM certificate chain (leaf first) and a PEM
+/// private key (PKCS#8, PKCS#1 or SEC1).
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, TlsError> {
+    let certs = read_certs(cert_path)?;
+    let key = read_private_key(key_path)?;
+    let rejected = |source| TlsError::Rejected {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        source,
+    };
+    ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rejected)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(rejected)
+}
+
+/// Reads every certificate in a PEM file, in file order.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let mut reader = open(path)?;
+    let certs = rustls_pemfile::certs(&mut reader)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::BadPem {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key in a PEM file.
+pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let mut reader = open(path)?;
+    rustls_pemfile::private_key(&mut reader)
+        .map_err(|source| TlsError::BadPem {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::NoPrivateKey {
+            path: path.to_path_buf(),
+        })
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
+    File::open(path)
+        .map(BufReader::new)
+        .map_err(|source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The development TLS material in the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevTls {
+    /// The CA certificate clients must trust, e.g. `mosquitto_sub --cafile`.
+    pub ca_cert: PathBuf,
+    /// The server certificate for `localhost`, `127.0.0.1` and `::1`.
+    pub server_cert: PathBuf,
+    /// The server's private key.
+    pub server_key: PathBuf,
+    /// Whether this call created the files (clients must trust the new CA) rather
+    /// than reusing them.
+    pub created: bool,
+}
+
+impl DevTls {
+    /// The server config for the development certificate.
+    pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
+        server_config(&self.server_cert, &self.server_key)
+    }
+}
+
+/// File names of the development material inside the data directory.
+pub const DEV_CA_CERT: &str = "ca.pem";
+/// See [`DEV_CA_CERT`].
+pub const DEV_SERVER_CERT: &str = "server.pem";
+/// See [`DEV_CA_CERT`].
+pub const DEV_SERVER_KEY: &str = "server.key";
+
+/// Creates a self-signed CA and a server certificate for `localhost`, `127.0.0.1` and
+/// `::1` signed by it, as `ca.pem`, `server.pem` and `server.key` in `data_dir`; or
+/// reuses them when all three are present, so clients that trust the CA keep working
+/// across restarts.
+///
+/// The CA's private key is never written: nobody who reads the data directory can
+/// mint certificates that clients trusting `ca.pem` would accept. The price is that
+/// when any file is missing, all three are made anew and clients must fetch the new
+/// `ca.pem`.
+pub fn dev_tls(data_dir: &Path) -> Result<DevTls, TlsError> {
+    let mut dev = DevTls {
+        ca_cert: data_dir.join(DEV_CA_CERT),
+        server_cert: data_dir.join(DEV_SERVER_CERT),
+        server_key: data_dir.join(DEV_SERVER_KEY),
+        created: false,
+    };
+    if dev.ca_cert.is_file() && dev.server_cert.is_file() && dev.server_key.is_file() {
+        return Ok(dev);
+    }
+    std::fs::create_dir_all(data_dir).map_err(|source| TlsError::Write {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let generated = generate_dev_certificates()?;
+    // The key goes first and the CA last, so an interrupted run leaves ca.pem missing
+    // and the next start generates everything again instead of reusing a mismatch.
+    for (path, contents, access) in [
+        (
+            &dev.server_key,
+            &generated.server_key,
+            atomic::Access::Owner,
+        ),
+        (
+            &dev.server_cert,
+            &generated.server_cert,
+            atomic::Access::Public,
+        ),
+        (&dev.ca_cert, &generated.ca_cert, atomic::Access::Public),
+    ] {
+        atomic::write(path, contents.as_bytes(), access).map_err(|source| TlsError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    dev.created = true;
+    Ok(dev)
+}
+
+struct GeneratedPems {
+    ca_cert: String,
+    server_cert: String,
+    server_key: String,
+}
+
+fn generate_dev_certificates() -> Result<GeneratedPems, TlsError> {
+    let generate = |source| TlsError::Generate { source };
+
+    let ca_key = KeyPair::generate().map_err(generate)?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = DistinguishedName::new();
+    ca.distinguished_name
+        .push(DnType::CommonName, "brokk development CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(generate)?;
+
+    let server_key = KeyPair::generate().map_err(generate)?;
+    let mut server = CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])
+    .map_err(generate)?;
+    server.distinguished_name = DistinguishedName::new();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "brokk development server");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    server.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let server_cert = server
+        .signed_by(&server_key, &ca_cert, &ca_key)
+        .map_err(generate)?;
+
+    Ok(GeneratedPems {
+        ca_cert: ca_cert.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+    })
+}
+
+/// Everything that can go wrong setting up TLS, naming the file involved.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A certificate or key file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file has a malformed PEM section.
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation.
+        source: io::Error,
+    },
+    /// A certificate file holds no `CERTIFICATE` section.
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key file holds no private key section.
+    NoPrivateKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls refused the pair: the key does not match the certificate, or its type is
+    /// unsupported.
+    Rejected {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls' explanation.
+        source: rustls::Error,
+    },
+    /// The development certificates could not be generated.
+    Generate {
+        /// rcgen's explanation.
+        source: rcgen::Error,
+    },
+    /// A development TLS file or its directory could not be written.
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsError::Read { path, source } => {
+                write!(f, "{}: cannot read: {source}", path.display())
+            }
+            TlsError::BadPem { path, source } => {
+                write!(f, "{}: invalid PEM: {source}", path.display())
+            }
+            TlsError::NoCertificate { path } => write!(
+                f,
+                "{}: expected a PEM file with at least one \"-----BEGIN CERTIFICATE-----\" section",
+                path.display()
+            ),
+            TlsError::NoPrivateKey { path } => write!(
+                f,
+                "{}: expected a PEM file with a private key (\"-----BEGIN PRIVATE KEY-----\", \
+                 \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\")",
+                path.display()
+            ),
+            TlsError::Rejected { cert, key, source } => write!(
+                f,
+                "{} with {}: cannot serve TLS with this certificate and key: {source}",
+                cert.display(),
+                key.display()
+            ),
+            TlsError::Generate { source } => {
+                write!(f, "cannot generate the development certificates: {source}")
+            }
+            TlsError::Write { path, source } => {
+                write!(f, "{}: cannot write: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Read { source, .. }
+            | TlsError::BadPem { source, .. }
+            | TlsError::Write { source, .. } => Some(source),
+            TlsError::Rejected { source, .. } => Some(source),
+            TlsError::Generate { source } => Some(source),
+            TlsError::NoCertificate { .. } | TlsError::NoPrivateKey { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
+    use std::io::{Read, Write};
+
+    /// Shuttles TLS records between the two sides until neither has anything to
+    /// say, the in-memory stand-in for a socket pair.
+    fn handshake(
+        client: &mut ClientConnection,
+        server: &mut ServerConnection,
+    ) -> Result<(), rustls::Error> {
+        for _ in 0..20 {
+            let mut buf = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut buf).unwrap();
+            }
+            let to_server = !buf.is_empty();
+            let mut slice = &buf[..];
+            while !slice.is_empty() {
+                server.read_tls(&mut slice).unwrap();
+            }
+            server.process_new_packets()?;
+
+            let mut buf = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut buf).unwrap();
+            }
+            let to_client = !buf.is_empty();
+            let mut slice = &buf[..];
+            while !slice.is_empty() {
+                client.read_tls(&mut slice).unwrap();
+            }
+            client.process_new_packets()?;
+
+            if !to_server && !to_client {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn client_trusting(ca: &Path) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs(ca).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        Arc::new(
+            ClientConfig::builder_with_provider(crypto_provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    #[test]
+    fn client_trusting_only_the_dev_ca_connects_by_name_and_by_ip() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dev_tls(dir.path()).unwrap();
+        assert!(dev.created);
+        assert_eq!(dev.ca_cert, dir.path().join("ca.pem"));
+        let server_config = Arc::new(dev.server_config().unwrap());
+        let client_config = client_trusting(&dev.ca_cert);
+
+        for name in ["localhost", "127.0.0.1", "::1"] {
+            let server_name = ServerName::try_from(name).unwrap().to_owned();
+            let mut client = ClientConnection::new(client_config.clone(), server_name).unwrap();
+            let mut server = ServerConnection::new(server_config.clone()).unwrap();
+            handshake(&mut client, &mut server).unwrap();
+            assert!(
+                !client.is_handshaking() && !server.is_handshaking(),
+                "{name}"
+            );
+
+            // Application data flows once the handshake is done.
+            client.writer().write_all(b"\x10\x00").unwrap();
+            handshake(&mut client, &mut server).unwrap();
+            let mut got = [0u8; 2];
+            server.reader().read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"\x10\x00");
+        }
+    }
+
+    #[test]
+    fn dev_certificate_is_refused_for_other_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dev_tls(dir.path()).unwrap();
+        let server_name = ServerName::try_from("broker.example.com").unwrap();
+        let mut client = ClientConnection::new(client_trusting(&dev.ca_cert), server_name).unwrap();
+        let mut server = ServerConnection::new(Arc::new(dev.server_config().unwrap())).unwrap();
+        assert!(handshake(&mut client, &mut server).is_err());
+    }
+
+    #[test]
+    fn dev_tls_reuses_existing_files_and_keeps_the_ca_key_off_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dev_tls(dir.path()).unwrap();
+        let ca = std::fs::read(&first.ca_cert).unwrap();
+        let second = dev_tls(dir.path()).unwrap();
+        assert!(!second.created);
+        assert_eq!(std::fs::read(&second.ca_cert).unwrap(), ca);
+
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ca.pem", "server.key", "server.pem"]);
+
+        // A missing server key means a fresh set, so no mismatched pair is served.
+        std::fs::remove_file(&first.server_key).unwrap();
+        let third = dev_tls(dir.path()).unwrap();
+        assert!(third.created);
+        assert_ne!(std::fs::read(&third.ca_cert).unwrap(), ca);
+        third.server_config().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = server_config(&missing, &missing).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with(&format!("{}: cannot read", missing.display())));
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not pem\n").unwrap();
+        let e = server_config(&empty, &empty).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: expected a PEM file with at least one \"-----BEGIN CERTIFICATE-----\" section",
+                empty.display()
+            )
+        );
+
+        let dev = dev_tls(dir.path()).unwrap();
+        let e = server_config(&dev.server_cert, &dev.server_cert).unwrap_err();
+        assert!(matches!(e, TlsError::NoPrivateKey { .. }), "{e}");
+
+        // The CA certificate does not belong to the server key.
+        let e = server_config(&dev.ca_cert, &dev.server_key).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "{} with {}: cannot serve TLS",
+                dev.ca_cert.display(),
+                dev.server_key.display()
+            )),
+            "{e}"
+        );
+    }
+}

@@ -16,6 +16,9 @@
 //!   file as its authentication hook.
 //! - [`driver`]: the connection driver's decisions (decode batches, pull output,
 //!   wake tasks, close) around one `broker_state::Broker`, behind a `Wake` trait.
+//! - [`connection`]: one connection's life (WebSocket upgrade, the read/feed/pull/
+//!   write loop, the last flush) over a poll-based [`connection::Transport`], so the
+//!   tokio and smol adapters share it and only wrap their socket types.
 //!
 //! What this crate never does: it depends on no async runtime (tokio, smol,
 //! async-std, futures), opens no socket, spawns no thread or task and reads no
@@ -62,6 +65,7 @@
 mod atomic;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod core;
 pub mod driver;
 pub mod passwd;

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use adapter_common::config::{Config, ListenerKind, TlsSource};
+use adapter_common::connection::{self, Connection, LocalNotify, SharedHub};
 use adapter_common::core::{broker_config, PasswordAuthenticator};
 use adapter_common::driver::Hub;
 use adapter_common::passwd::{PasswdError, PasswordFile};
@@ -16,10 +17,10 @@ use adapter_common::tls::{self, TlsError};
 use broker_state::{Broker, PeerInfo, Transport};
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
-use crate::conn::{self, now, SharedHub, Waker};
+use crate::conn::{now, TokioIo};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -138,7 +139,10 @@ impl Server {
             .name("brokk".into())
             .spawn(move || {
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, serve(broker, bound, handshake_timeout, stop_rx));
+                local.block_on(
+                    &runtime,
+                    run_server(broker, bound, handshake_timeout, stop_rx),
+                );
             })
             .map_err(StartError::Runtime)?;
         Ok(Server {
@@ -193,16 +197,15 @@ impl Drop for Server {
     }
 }
 
-async fn serve(
+async fn run_server(
     broker: Broker,
     listeners: Vec<Bound>,
     handshake_timeout: Duration,
     stop: oneshot::Receiver<()>,
 ) {
     let hub: SharedHub = Rc::new(RefCell::new(Hub::new(broker)));
-    let timer_notify = Rc::new(Notify::new());
-    hub.borrow_mut()
-        .set_timer_waker(Waker(timer_notify.clone()));
+    let timer_notify = LocalNotify::new();
+    hub.borrow_mut().set_timer_waker(timer_notify.clone());
     let timer = tokio::task::spawn_local(run_timer(hub.clone(), timer_notify));
     let mut accept_tasks = Vec::new();
     for l in listeners {
@@ -234,7 +237,7 @@ async fn serve(
     tracing::info!("stopped");
 }
 
-async fn run_timer(hub: SharedHub, notify: Rc<Notify>) {
+async fn run_timer(hub: SharedHub, notify: Rc<LocalNotify>) {
     loop {
         let deadline = hub.borrow_mut().arm_timer();
         match deadline {
@@ -303,11 +306,29 @@ async fn handle_socket(
     handshake_timeout: Duration,
 ) {
     match tls {
-        None => upgrade_and_run(hub, socket, peer, websocket, path, handshake_timeout).await,
+        None => {
+            serve(
+                hub,
+                TokioIo(socket),
+                peer,
+                websocket,
+                path,
+                handshake_timeout,
+            )
+            .await
+        }
         Some(acceptor) => {
             match tokio::time::timeout(handshake_timeout, acceptor.accept(socket)).await {
                 Ok(Ok(stream)) => {
-                    upgrade_and_run(hub, stream, peer, websocket, path, handshake_timeout).await
+                    serve(
+                        hub,
+                        TokioIo(stream),
+                        peer,
+                        websocket,
+                        path,
+                        handshake_timeout,
+                    )
+                    .await
                 }
                 Ok(Err(error)) => {
                     tracing::debug!(remote = %peer.remote, %error, "TLS handshake failed")
@@ -318,26 +339,31 @@ async fn handle_socket(
     }
 }
 
-async fn upgrade_and_run<S>(
+/// Time a closing connection gets to take its last bytes.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn serve<T: connection::Transport>(
     hub: SharedHub,
-    mut stream: S,
+    mut t: T,
     peer: PeerInfo,
     websocket: bool,
     path: Option<String>,
     handshake_timeout: Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+) {
     let initial = if websocket {
-        let handshake = conn::websocket_handshake(&mut stream, path.as_deref());
-        match tokio::time::timeout(handshake_timeout, handshake).await {
+        let upgrade = connection::handshake(&mut t, path.as_deref());
+        match tokio::time::timeout(handshake_timeout, upgrade).await {
             Ok(Some(rest)) => rest,
             _ => return,
         }
     } else {
         BytesMut::new()
     };
-    conn::run(hub, stream, peer, websocket, initial).await;
+    let mut conn = Connection::open(&hub, now(), peer, websocket, initial);
+    if conn.run(&hub, &mut t, now).await {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, conn.finish(&hub, &mut t)).await;
+    }
+    conn.closed(&hub, now());
 }
 
 /// 32 bytes from the operating system for the core's seed (assigned client ids,

@@ -1,0 +1,247 @@
+//! One connection's life, written once for every runtime: the WebSocket upgrade,
+//! then the loop that reads, feeds the core, pulls its output and writes, until the
+//! core or the peer ends it.
+//!
+//! An adapter wraps its socket type in [`Transport`] (poll-based read, write and
+//! close, as tokio's and futures-io's traits both are) and its timer in a timeout
+//! around [`handshake`] and [`finish`]. The loop itself needs no timer: the core's
+//! timers (connect timeout, keep-alive) end a silent connection.
+
+use std::cell::{Cell, RefCell};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use broker_state::{ConnId, Now, PeerInfo};
+use bytes::{Buf, BytesMut};
+
+use crate::driver::{ConnIo, Framing, Hub, Wake};
+use crate::websocket::{self, FrameDecoder, Handshake};
+
+/// A byte stream as the connection loop needs it.
+pub trait Transport: Unpin {
+    /// Reads into the spare capacity of `buf` (the caller reserved some), appending.
+    /// `Ok(0)` is end of stream.
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>>;
+    /// Writes some of `data`.
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>>;
+    /// Flushes and closes the write side.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+/// A single-threaded notification: `wake` sets a flag and wakes the task waiting in
+/// [`LocalNotify::notified`]. Wakes before the wait are not lost; several coalesce.
+#[derive(Default)]
+pub struct LocalNotify {
+    flag: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl LocalNotify {
+    /// A notification with no wake pending.
+    pub fn new() -> Rc<Self> {
+        Rc::new(LocalNotify::default())
+    }
+
+    /// Consumes a pending wake, or registers the task to be woken.
+    pub fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.flag.replace(false) {
+            return Poll::Ready(());
+        }
+        let mut slot = self.waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *slot = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Waits for a wake.
+    pub fn notified(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| self.poll_notified(cx))
+    }
+}
+
+impl Wake for Rc<LocalNotify> {
+    fn wake(&self) {
+        self.flag.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// The hub as connection tasks on one thread share it.
+pub type SharedHub = Rc<RefCell<Hub<Rc<LocalNotify>>>>;
+
+/// Bytes pulled from the core per write.
+const WRITE_BUDGET: usize = 64 * 1024;
+
+/// Reads the WebSocket upgrade request and answers it. Returns the bytes that
+/// followed the request (already frames), or `None` if the request was refused or
+/// the peer went away. The adapter bounds it with its handshake timeout.
+pub async fn handshake<T: Transport>(t: &mut T, path: Option<&str>) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match websocket::parse_handshake(&buf, path) {
+            Handshake::NeedMore => {
+                if buf.len() >= websocket::MAX_HANDSHAKE_LEN {
+                    return None;
+                }
+                buf.reserve(1024);
+                match poll_fn(|cx| t.poll_read_buf(cx, &mut buf)).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+            Handshake::Error(e) => {
+                tracing::debug!(error = %e, "websocket handshake refused");
+                let mut out = BytesMut::new();
+                e.write_response(&mut out);
+                let _ = write_all(t, &mut out).await;
+                let _ = poll_fn(|cx| t.poll_close(cx)).await;
+                return None;
+            }
+            Handshake::Request(req) => {
+                let mut out = BytesMut::new();
+                req.write_response(&mut out);
+                write_all(t, &mut out).await.ok()?;
+                return Some(buf.split_off(req.header_len));
+            }
+        }
+    }
+}
+
+async fn write_all<T: Transport>(t: &mut T, out: &mut BytesMut) -> io::Result<()> {
+    while !out.is_empty() {
+        let n = poll_fn(|cx| t.poll_write(cx, out)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        out.advance(n);
+    }
+    Ok(())
+}
+
+/// A connection registered with the hub, between [`Connection::open`] and
+/// [`Connection::finish`].
+pub struct Connection {
+    conn: ConnId,
+    io: ConnIo,
+    notify: Rc<LocalNotify>,
+}
+
+impl Connection {
+    /// Registers a transport connection with the core. `initial` holds bytes already
+    /// read (after a WebSocket upgrade).
+    pub fn open(
+        hub: &SharedHub,
+        now: Now,
+        peer: PeerInfo,
+        websocket: bool,
+        initial: BytesMut,
+    ) -> Self {
+        let max_packet = hub.borrow().broker().max_packet_size();
+        let framing = if websocket {
+            // A WebSocket message may hold several packets: allow some slack over one.
+            let max = max_packet as usize;
+            Framing::WebSocket(Box::new(FrameDecoder::new(max + 16, max.saturating_mul(2))))
+        } else {
+            Framing::Raw
+        };
+        let notify = LocalNotify::new();
+        let conn = hub.borrow_mut().accept(now, peer, notify.clone());
+        let mut io = ConnIo::new(framing, max_packet);
+        io.input = initial;
+        if !io.input.is_empty() {
+            hub.borrow_mut().feed(now, conn, &mut io);
+        }
+        Connection { conn, io, notify }
+    }
+
+    /// Runs until the core closes the connection or the peer goes away. Returns true
+    /// when there is a last output to flush ([`Connection::finish`]).
+    pub async fn run<T: Transport>(
+        &mut self,
+        hub: &SharedHub,
+        t: &mut T,
+        clock: impl Fn() -> Now,
+    ) -> bool {
+        poll_fn(|cx| self.poll_run(cx, hub, t, &clock)).await
+    }
+
+    fn poll_run<T: Transport>(
+        &mut self,
+        cx: &mut Context<'_>,
+        hub: &SharedHub,
+        t: &mut T,
+        clock: &impl Fn() -> Now,
+    ) -> Poll<bool> {
+        let conn = self.conn;
+        // A peer that floods must not starve the other connections on this thread:
+        // after this many rounds of progress the task yields.
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if rounds > 32 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            // Everything the core has for us, up to a write's worth.
+            {
+                let mut hub = hub.borrow_mut();
+                while self.io.output.len() < WRITE_BUDGET
+                    && hub.pull(conn, &mut self.io, WRITE_BUDGET) > 0
+                {}
+                if hub.closing(conn).is_some() || self.io.finished {
+                    return Poll::Ready(true);
+                }
+            }
+            let mut progressed = false;
+            if !self.io.output.is_empty() {
+                match t.poll_write(cx, &self.io.output) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Ready(Ok(n)) => {
+                        self.io.output.advance(n);
+                        progressed = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            self.io.release_idle_buffers();
+            self.io.reserve_for_read();
+            match t.poll_read_buf(cx, &mut self.io.input) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Ready(Ok(_)) => {
+                    hub.borrow_mut().feed(clock(), conn, &mut self.io);
+                    progressed = true;
+                }
+                Poll::Pending => {}
+            }
+            if self.notify.poll_notified(cx).is_ready() {
+                progressed = true;
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Writes the last output (a CONNACK refusal, a DISCONNECT, the WebSocket close)
+    /// and closes the transport. The adapter bounds it with a timeout.
+    pub async fn finish<T: Transport>(&mut self, hub: &SharedHub, t: &mut T) {
+        hub.borrow_mut().pull_final(self.conn, &mut self.io);
+        if write_all(t, &mut self.io.output).await.is_ok() {
+            let _ = poll_fn(|cx| t.poll_close(cx)).await;
+        }
+    }
+
+    /// Tells the core the transport is gone. Call last, always.
+    pub fn closed(self, hub: &SharedHub, now: Now) {
+        hub.borrow_mut().closed(now, self.conn);
+    }
+}

@@ -16,6 +16,8 @@
 //!   file as its authentication hook.
 //! - [`driver`]: the connection driver's decisions (decode batches, pull output,
 //!   wake tasks, close) around one `broker_state::Broker`, behind a `Wake` trait.
+//! - [`server`]: binding listeners and configuring the core before a runtime
+//!   starts, and the `brokk` command-line `main` every adapter's binary calls.
 //! - [`connection`]: one connection's life (WebSocket upgrade, the read/feed/pull/
 //!   write loop, the last flush) over a poll-based [`connection::Transport`], so the
 //!   tokio and smol adapters share it and only wrap their socket types.
@@ -69,5 +71,6 @@ pub mod connection;
 pub mod core;
 pub mod driver;
 pub mod passwd;
+pub mod server;
 pub mod tls;
 pub mod websocket;

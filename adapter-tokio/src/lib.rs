@@ -19,4 +19,5 @@
 mod conn;
 mod server;
 
-pub use server::{Server, StartError};
+pub use adapter_common::server::StartError;
+pub use server::Server;

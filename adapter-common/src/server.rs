@@ -1,0 +1,271 @@
+//! Starting a server, the parts every adapter shares: TLS material and passwords
+//! loaded, listeners bound (so their addresses are known before any runtime
+//! starts), the core configured; and the `brokk` command-line `main`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_state::{Broker, PeerInfo, Transport};
+use clap::Parser;
+
+use crate::cli::{load_config, run_passwd, Cli, Command};
+use crate::config::{Config, ListenerKind, TlsSource};
+use crate::core::{broker_config, PasswordAuthenticator};
+use crate::passwd::{PasswdError, PasswordFile, SetPassword};
+use crate::tls::{self, TlsError};
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener could not bind.
+    Bind {
+        /// The listener's address.
+        addr: SocketAddr,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The TLS material could not be loaded or created.
+    Tls(TlsError),
+    /// The password file could not be read.
+    Passwords(PasswdError),
+    /// The runtime or its thread could not start.
+    Runtime(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            StartError::Tls(e) => write!(f, "{e}"),
+            StartError::Passwords(e) => write!(f, "{e}"),
+            StartError::Runtime(e) => write!(f, "cannot start the runtime: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A bound listener, ready to be handed to a runtime.
+pub struct BoundListener {
+    /// The transport.
+    pub kind: ListenerKind,
+    /// The bound socket, non-blocking.
+    pub socket: std::net::TcpListener,
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    /// TLS server config for `mqtts` and `wss`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// WebSocket path required, if any.
+    pub path: Option<String>,
+    /// `kind://addr`, for logs.
+    pub label: Arc<str>,
+}
+
+impl BoundListener {
+    /// What the core is told about a connection accepted here.
+    pub fn peer(&self, remote: SocketAddr) -> PeerInfo {
+        PeerInfo {
+            transport: match self.kind {
+                ListenerKind::Mqtt => Transport::Tcp,
+                ListenerKind::Mqtts => Transport::Tls,
+                ListenerKind::Ws => Transport::WebSocket,
+                ListenerKind::Wss => Transport::SecureWebSocket,
+            },
+            listener: self.label.to_string(),
+            remote: remote.to_string(),
+        }
+    }
+}
+
+/// Everything a runtime needs to serve a config.
+pub struct Prepared {
+    /// The configured core.
+    pub broker: Broker,
+    /// The listeners, bound.
+    pub listeners: Vec<BoundListener>,
+    /// Time for TLS and WebSocket handshakes.
+    pub handshake_timeout: Duration,
+    /// With dev TLS, the CA clients should trust.
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// How long a connection has for its TLS and WebSocket handshakes by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a closing connection gets to take its last bytes.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time connections get to flush their DISCONNECT at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+impl Prepared {
+    /// The addresses, in the order of the config's listeners.
+    pub fn addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.listeners.iter().map(|l| (l.kind, l.addr)).collect()
+    }
+}
+
+/// Loads TLS material and passwords, binds every listener and configures the core.
+pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    let dev = if config.dev_tls {
+        Some(tls::dev_tls(&config.data_dir).map_err(StartError::Tls)?)
+    } else {
+        None
+    };
+    let passwords = match &config.password_file {
+        Some(path) => Some(PasswordFile::load(path).map_err(StartError::Passwords)?),
+        None => None,
+    };
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let tls = match (&l.tls, &dev) {
+            (Some(TlsSource::Files { cert, key }), _) => {
+                Some(tls::server_config(cert, key).map_err(StartError::Tls)?)
+            }
+            (Some(TlsSource::Dev), Some(dev)) => {
+                Some(dev.server_config().map_err(StartError::Tls)?)
+            }
+            _ => None,
+        };
+        let bind_err = |error| StartError::Bind {
+            addr: l.bind,
+            error,
+        };
+        let socket = std::net::TcpListener::bind(l.bind).map_err(bind_err)?;
+        socket.set_nonblocking(true).map_err(bind_err)?;
+        let addr = socket.local_addr().map_err(bind_err)?;
+        let label: Arc<str> = format!("{}://{addr}", l.kind.as_str()).into();
+        tracing::info!(listener = %label, "listening");
+        listeners.push(BoundListener {
+            kind: l.kind,
+            socket,
+            addr,
+            tls: tls.map(Arc::new),
+            path: l.path.clone(),
+            label,
+        });
+    }
+    let handshake_timeout = config
+        .limits
+        .tls_handshake_timeout_secs
+        .map_or(DEFAULT_HANDSHAKE_TIMEOUT, Duration::from_secs);
+    let mut broker = Broker::new(broker_config(&config.limits), os_seed());
+    broker.set_authenticator(Box::new(PasswordAuthenticator::new(config, passwords)));
+    Ok(Prepared {
+        broker,
+        listeners,
+        handshake_timeout,
+        ca_cert: dev.map(|d| d.ca_cert),
+    })
+}
+
+/// 32 bytes from the operating system for the core's seed (assigned client ids,
+/// shared-subscription picks, hash seeds).
+pub fn os_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        if f.read_exact(&mut seed).is_ok() {
+            return seed;
+        }
+    }
+    // No /dev/urandom: the std hasher's per-process random keys are the fallback.
+    use std::hash::{BuildHasher, Hasher};
+    for chunk in seed.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    seed
+}
+
+/// A server some adapter started.
+pub trait RunningServer {
+    /// Bound addresses.
+    fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)>;
+    /// The dev CA, with `--dev-tls`.
+    fn dev_ca_cert(&self) -> Option<&Path>;
+    /// Graceful shutdown; returns when done.
+    fn shutdown(self: Box<Self>);
+}
+
+/// The `brokk` command line, for any adapter: `brokk passwd`, or load the config,
+/// start the server with `start`, print where it listens, wait for SIGINT/SIGTERM,
+/// shut down gracefully and exit 0.
+pub fn main<F>(start: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Result<Box<dyn RunningServer>, StartError>,
+{
+    let cli = Cli::parse();
+    if let Some(Command::Passwd(args)) = &cli.command {
+        return match run_passwd(args, &mut std::io::stdin().lock()) {
+            Ok(SetPassword::Added) => {
+                println!("added {} to {}", args.username, args.file.display());
+                ExitCode::SUCCESS
+            }
+            Ok(SetPassword::Replaced) => {
+                println!(
+                    "changed the password of {} in {}",
+                    args.username,
+                    args.file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("brokk passwd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // Block the signals before any thread starts, so every thread inherits the mask
+    // and the main thread alone takes them.
+    let signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("brokk: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match load_config(&cli.run) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("brokk: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("brokk: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(ca) = server.dev_ca_cert() {
+        println!(
+            "dev TLS: clients should trust the CA certificate at {}",
+            ca.display()
+        );
+    }
+    for (kind, addr) in server.local_addrs() {
+        println!("brokk listening: {}://{addr}", kind.as_str());
+    }
+    let mut signals = signals;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "signal received");
+    }
+    server.shutdown();
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,19 @@
+//! `adapter-smol`: brokk's broker core driven by smol over TCP, TLS
+//! (futures-rustls) and WebSocket, and the `brokk-smol` server binary.
+//!
+//! Written against the futures-io traits, so the same code also runs under
+//! async-std (feature `async-std`, [`Flavor::AsyncStd`]). async-std is deprecated in
+//! favour of smol; it is supported as a tested compatibility target only.
+//!
+//! Everything that is not runtime-specific (config, TLS setup, WebSocket rules, the
+//! connection loop and the driver's decisions) comes from `adapter-common`, shared
+//! with the tokio adapter; this crate only accepts sockets, wraps them, arms the
+//! timer and spawns tasks.
+//!
+//! Embedding it in a smol program: see `examples/embed.rs`.
+#![warn(missing_docs)]
+
+mod server;
+
+pub use adapter_common::server::StartError;
+pub use server::{serve_on, Flavor, Server};

@@ -1,0 +1,397 @@
+//! Listeners, the timer task and graceful shutdown on one server thread, with a
+//! smol `LocalExecutor` driven by smol's or async-std's `block_on`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use adapter_common::config::{Config, ListenerKind};
+use adapter_common::connection::{self, Connection, LocalNotify, SharedHub, Transport};
+use adapter_common::driver::Hub;
+use adapter_common::server::{
+    prepare, BoundListener, Prepared, RunningServer, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
+};
+use broker_state::{Now, PeerInfo};
+use bytes::BytesMut;
+use smol::io::{AsyncRead, AsyncWrite};
+use smol::{LocalExecutor, Timer};
+
+/// Which runtime drives the executor and owns the sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// smol.
+    #[default]
+    Smol,
+    /// async-std (compatibility target).
+    #[cfg(feature = "async-std")]
+    AsyncStd,
+}
+
+/// A running server. Dropping it shuts the server down.
+pub struct Server {
+    addrs: Vec<(ListenerKind, SocketAddr)>,
+    ca_cert: Option<PathBuf>,
+    stop: Option<smol::channel::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn now() -> Now {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Now::new(Instant::now(), unix_ms)
+}
+
+impl Server {
+    /// Starts on smol.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_with(config, Flavor::Smol)
+    }
+
+    /// Binds every listener of `config` (so the addresses are known when this
+    /// returns) and serves on a thread of its own, on the given runtime.
+    pub fn start_with(config: Config, flavor: Flavor) -> Result<Server, StartError> {
+        let prepared = prepare(&config)?;
+        let addrs = prepared.addrs();
+        let ca_cert = prepared.ca_cert.clone();
+        let (stop_tx, stop_rx) = smol::channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("brokk".into())
+            .spawn(move || {
+                let ex = Rc::new(LocalExecutor::new());
+                let fut = ex.run(run_server(ex.clone(), prepared, flavor, stop_rx));
+                match flavor {
+                    Flavor::Smol => smol::block_on(fut),
+                    #[cfg(feature = "async-std")]
+                    Flavor::AsyncStd => async_std::task::block_on(fut),
+                }
+            })
+            .map_err(StartError::Runtime)?;
+        Ok(Server {
+            addrs,
+            ca_cert,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound addresses, in the order of the config's listeners.
+    pub fn local_addrs(&self) -> &[(ListenerKind, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The first bound address of a kind.
+    pub fn addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// With dev TLS, the CA certificate clients should trust.
+    pub fn dev_ca_cert(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    /// Graceful shutdown: stop accepting, DISCONNECT 0x8B to 5.0 clients, close every
+    /// connection, return when done.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.try_send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl RunningServer for Server {
+    fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.addrs.clone()
+    }
+
+    fn dev_ca_cert(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    fn shutdown(self: Box<Self>) {
+        Server::shutdown(*self);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Serves `config` on the caller's executor, for programs that embed the broker in
+/// their own smol runtime: returns the bound addresses and the future to spawn (or
+/// run). It ends, after a graceful shutdown, when `stop` receives a message or is
+/// closed.
+pub fn serve_on(
+    ex: Rc<LocalExecutor<'static>>,
+    config: &Config,
+    stop: smol::channel::Receiver<()>,
+) -> Result<(Vec<(ListenerKind, SocketAddr)>, impl Future<Output = ()>), StartError> {
+    let prepared = prepare(config)?;
+    let addrs = prepared.addrs();
+    Ok((addrs, run_server(ex, prepared, Flavor::Smol, stop)))
+}
+
+/// `Some(output)`, or `None` if `d` passed first.
+async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
+    smol::future::or(async { Some(fut.await) }, async {
+        Timer::after(d).await;
+        None
+    })
+    .await
+}
+
+async fn run_server(
+    ex: Rc<LocalExecutor<'static>>,
+    prepared: Prepared,
+    flavor: Flavor,
+    stop: smol::channel::Receiver<()>,
+) {
+    let Prepared {
+        broker,
+        listeners,
+        handshake_timeout,
+        ..
+    } = prepared;
+    let hub: SharedHub = Rc::new(RefCell::new(Hub::new(broker)));
+    let timer_notify = LocalNotify::new();
+    hub.borrow_mut().set_timer_waker(timer_notify.clone());
+    let timer = ex.spawn(run_timer(hub.clone(), timer_notify));
+    let mut accept_tasks = Vec::new();
+    for l in listeners {
+        let socket = match l.socket.try_clone() {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::error!(listener = %l.label, %error, "cannot register listener");
+                continue;
+            }
+        };
+        let task = match flavor {
+            Flavor::Smol => match smol::net::TcpListener::try_from(socket) {
+                Ok(listener) => ex.spawn(accept_loop(
+                    ex.clone(),
+                    hub.clone(),
+                    listener,
+                    l,
+                    handshake_timeout,
+                )),
+                Err(error) => {
+                    tracing::error!(listener = %l.label, %error, "cannot register listener");
+                    continue;
+                }
+            },
+            #[cfg(feature = "async-std")]
+            Flavor::AsyncStd => {
+                let listener = async_std::net::TcpListener::from(socket);
+                ex.spawn(accept_loop(
+                    ex.clone(),
+                    hub.clone(),
+                    listener,
+                    l,
+                    handshake_timeout,
+                ))
+            }
+        };
+        accept_tasks.push(task);
+    }
+    let _ = stop.recv().await;
+    tracing::info!("shutting down");
+    drop(accept_tasks);
+    hub.borrow_mut().shutdown(now());
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while !hub.borrow().is_empty() && Instant::now() < deadline {
+        Timer::after(Duration::from_millis(10)).await;
+    }
+    drop(timer);
+    tracing::info!("stopped");
+}
+
+async fn run_timer(hub: SharedHub, notify: Rc<LocalNotify>) {
+    loop {
+        let deadline = hub.borrow_mut().arm_timer();
+        match deadline {
+            Some(at) => {
+                let fired = smol::future::or(
+                    async {
+                        Timer::at(at).await;
+                        true
+                    },
+                    async {
+                        notify.notified().await;
+                        false
+                    },
+                )
+                .await;
+                if fired {
+                    hub.borrow_mut().timeout(now());
+                }
+            }
+            None => notify.notified().await,
+        }
+    }
+}
+
+/// A listening socket of smol or async-std.
+trait Accept {
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
+    fn set_nodelay(stream: &Self::Stream);
+}
+
+impl Accept for smol::net::TcpListener {
+    type Stream = smol::net::TcpStream;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> {
+        smol::net::TcpListener::accept(self)
+    }
+    fn set_nodelay(stream: &Self::Stream) {
+        let _ = stream.set_nodelay(true);
+    }
+}
+
+#[cfg(feature = "async-std")]
+impl Accept for async_std::net::TcpListener {
+    type Stream = async_std::net::TcpStream;
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> {
+        async_std::net::TcpListener::accept(self)
+    }
+    fn set_nodelay(stream: &Self::Stream) {
+        let _ = stream.set_nodelay(true);
+    }
+}
+
+async fn accept_loop<L: Accept>(
+    ex: Rc<LocalExecutor<'static>>,
+    hub: SharedHub,
+    listener: L,
+    l: BoundListener,
+    handshake_timeout: Duration,
+) {
+    let tls = l.tls.clone().map(futures_rustls::TlsAcceptor::from);
+    loop {
+        let (socket, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(error) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(listener = %l.label, %error, "accept failed");
+                Timer::after(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        L::set_nodelay(&socket);
+        let peer = l.peer(remote);
+        let (hub, tls, websocket, path) = (
+            hub.clone(),
+            tls.clone(),
+            l.kind.is_websocket(),
+            l.path.clone(),
+        );
+        ex.spawn(async move {
+            match tls {
+                None => {
+                    serve(
+                        hub,
+                        FuturesIo(socket),
+                        peer,
+                        websocket,
+                        path,
+                        handshake_timeout,
+                    )
+                    .await
+                }
+                Some(acceptor) => match timeout(handshake_timeout, acceptor.accept(socket)).await {
+                    Some(Ok(stream)) => {
+                        serve(
+                            hub,
+                            FuturesIo(stream),
+                            peer,
+                            websocket,
+                            path,
+                            handshake_timeout,
+                        )
+                        .await
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(remote = %peer.remote, %error, "TLS handshake failed")
+                    }
+                    None => tracing::debug!(remote = %peer.remote, "TLS handshake timed out"),
+                },
+            }
+        })
+        .detach();
+    }
+}
+
+async fn serve<T: Transport>(
+    hub: SharedHub,
+    mut t: T,
+    peer: PeerInfo,
+    websocket: bool,
+    path: Option<String>,
+    handshake_timeout: Duration,
+) {
+    let initial = if websocket {
+        match timeout(
+            handshake_timeout,
+            connection::handshake(&mut t, path.as_deref()),
+        )
+        .await
+        {
+            Some(Some(rest)) => rest,
+            _ => return,
+        }
+    } else {
+        BytesMut::new()
+    };
+    let mut conn = Connection::open(&hub, now(), peer, websocket, initial);
+    if conn.run(&hub, &mut t, now).await {
+        let _ = timeout(FLUSH_TIMEOUT, conn.finish(&hub, &mut t)).await;
+    }
+    conn.closed(&hub, now());
+}
+
+/// Any futures-io stream (smol or async-std TCP, futures-rustls) as a [`Transport`].
+struct FuturesIo<S>(S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Transport for FuturesIo<S> {
+    fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        // futures-io reads into initialised memory: zero the spare capacity, read,
+        // keep what was read.
+        let start = buf.len();
+        let spare = (buf.capacity() - start).max(1);
+        buf.resize(start + spare, 0);
+        let r = Pin::new(&mut self.0).poll_read(cx, &mut buf[start..]);
+        let n = match &r {
+            Poll::Ready(Ok(n)) => *n,
+            _ => 0,
+        };
+        buf.truncate(start + n);
+        r
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}

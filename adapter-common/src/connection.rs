@@ -212,6 +212,15 @@ impl Connection {
                     Poll::Pending => {}
                 }
             }
+            // A peer that does not read while it keeps sending would make the core
+            // queue ever more acknowledgements for it: while its socket does not drain,
+            // its input is not read either (its keep-alive then runs out).
+            if self.io.output.len() >= WRITE_BUDGET {
+                if progressed {
+                    continue;
+                }
+                return Poll::Pending;
+            }
             self.io.release_idle_buffers();
             self.io.reserve_for_read();
             match t.poll_read_buf(cx, &mut self.io.input) {

@@ -24,6 +24,8 @@ use crate::session::{
 };
 use crate::timer::{TimerKind, Timers};
 
+mod invariants;
+
 /// Counters of what the broker did and dropped. Every drop is counted here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -245,7 +247,7 @@ impl Broker {
             Packet::PubRel(a) => self.on_pubrel(k, session, a),
             Packet::PubComp(a) => self.on_pubcomp(now, k, session, a),
             Packet::Subscribe(s) => self.on_subscribe(now, k, session, s),
-            Packet::Unsubscribe(u) => self.on_unsubscribe(k, session, u),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(now, k, session, u),
             Packet::PingReq => self.push_out(k, Packet::PingResp),
             Packet::Disconnect(d) => self.on_disconnect(now, k, session, d),
             // No authentication method was agreed at CONNECT, so AUTH is a protocol
@@ -397,6 +399,7 @@ impl Broker {
                     return;
                 };
                 s.expiry_interval = rec.expiry_interval;
+                s.stored = true;
                 let remaining = rec
                     .expires_at_unix_ms
                     .map(|at| Duration::from_millis(at.saturating_sub(now.unix_ms)));
@@ -674,12 +677,7 @@ impl Broker {
             // Clean Start, or a session that ended with its connection, starts anew.
             // A taken-over session with expiry 0 was already ended by `detach`: its
             // key is stale, and Session Present must be 0 [MQTT-3.2.2-2].
-            if p.clean_start
-                || self
-                    .sessions
-                    .get(sk)
-                    .is_none_or(|s| s.expiry_interval == 0)
-            {
+            if p.clean_start || self.sessions.get(sk).is_none_or(|s| s.expiry_interval == 0) {
                 self.end_session(now, sk);
                 existing = None;
             }
@@ -807,11 +805,12 @@ impl Broker {
     /// [MQTT-4.4.0-1] on reconnect, resend unacknowledged PUBLISH (DUP set) and PUBREL,
     /// in their original order; never at any other time.
     fn resend_inflight(&mut self, now: Now, k: Key, sk: Key) {
-        let Some(s) = self.sessions.get_mut(sk) else {
+        let (Some(s), Some(c)) = (self.sessions.get_mut(sk), self.conns.get(k)) else {
             return;
         };
         let mut packets = Vec::with_capacity(s.inflight.len());
         let mut expired = Vec::new();
+        let mut too_large = Vec::new();
         for f in s.inflight.iter_mut() {
             match f.state {
                 FlightState::Published => {
@@ -822,13 +821,24 @@ impl Broker {
                     }
                     p.dup = true;
                     p.packet_id = Some(f.packet_id);
-                    packets.push(Packet::Publish(p));
+                    let packet = Packet::Publish(p);
+                    // [MQTT-3.1.2-25] the client came back with a smaller Maximum
+                    // Packet Size: discarded as if its delivery had completed.
+                    if !fits(&packet, c) {
+                        too_large.push(f.packet_id);
+                        continue;
+                    }
+                    packets.push(packet);
                 }
                 FlightState::Released => packets.push(Packet::PubRel(PubAck::new(f.packet_id))),
             }
         }
         for id in expired {
             self.stats.expired += 1;
+            self.remove_inflight(now, sk, id);
+        }
+        for id in too_large {
+            self.stats.dropped_too_large += 1;
             self.remove_inflight(now, sk, id);
         }
         for p in packets {
@@ -984,7 +994,9 @@ impl Broker {
             });
         }
         let matched = matches.len();
-        // Merge duplicates only when a session appears twice (overlapping filters).
+        // Merge duplicates only when a session appears twice through non-shared
+        // subscriptions (overlapping filters). A shared subscription delivers its own
+        // copy, even to a client that also has a matching non-shared one (5.0 4.8.2).
         let dup = matches.len() > 1 && {
             self.route_epoch += 1;
             let epoch = self.route_epoch;
@@ -992,17 +1004,21 @@ impl Broker {
             marks.clear();
             matches
                 .iter()
-                .any(|m| marks.insert(m.entry.session, epoch).is_some())
+                .any(|m| !m.shared && marks.insert(m.entry.session, epoch).is_some())
         };
         if dup {
-            matches.sort_by_key(|m| m.entry.session);
+            // Non-shared matches first, grouped by session; shared ones after, alone.
+            matches.sort_by_key(|m| (m.shared, m.entry.session));
             let mut i = 0;
             while i < matches.len() {
                 let mut j = i + 1;
                 let mut qos = matches[i].entry.options.qos;
                 let mut rap = matches[i].entry.options.retain_as_published;
                 let mut ids: Vec<NonZeroU32> = matches[i].entry.id.into_iter().collect();
-                while j < matches.len() && matches[j].entry.session == matches[i].entry.session {
+                while j < matches.len()
+                    && !matches[j].shared
+                    && matches[j].entry.session == matches[i].entry.session
+                {
                     qos = qos.max(matches[j].entry.options.qos);
                     rap |= matches[j].entry.options.retain_as_published;
                     ids.extend(matches[j].entry.id);
@@ -1070,17 +1086,6 @@ impl Broker {
         });
         match online {
             Some((ck, c)) => {
-                if c.peer_max_packet != u32::MAX {
-                    let mut probe = p.clone();
-                    if qos != QoS::AtMostOnce {
-                        probe.packet_id = NonZeroU16::new(1);
-                    }
-                    if Packet::Publish(probe).encoded_len(c.version) > c.peer_max_packet as usize {
-                        // [MQTT-3.1.2-25] too large for this client: dropped for it.
-                        self.stats.dropped_too_large += 1;
-                        return;
-                    }
-                }
                 if qos == QoS::AtMostOnce {
                     if c.out_bytes >= self.config.outbound_buffer_bytes {
                         self.stats.dropped_qos0_slow_consumer += 1;
@@ -1090,9 +1095,17 @@ impl Broker {
                         self.stats.expired += 1;
                         return;
                     }
+                    let packet = Packet::Publish(p);
+                    if !fits(&packet, c) {
+                        // [MQTT-3.1.2-25] too large for this client: dropped for it.
+                        self.stats.dropped_too_large += 1;
+                        return;
+                    }
                     self.stats.deliveries += 1;
-                    return self.push_out(ck, Packet::Publish(p));
+                    return self.push_out(ck, packet);
                 }
+                // QoS 1/2: the size is checked where the message goes out, in
+                // `send_inflight`, which queued messages pass through as well.
                 let size = approx_size(&p);
                 let seq = s.take_seq();
                 let q = Queued {
@@ -1136,12 +1149,24 @@ impl Broker {
 
     /// Puts a QoS 1/2 message in flight on an online connection.
     fn send_inflight(&mut self, now: Now, ck: Key, sk: Key, q: Queued) {
-        let Some(s) = self.sessions.get_mut(sk) else {
+        let (Some(s), Some(c)) = (self.sessions.get_mut(sk), self.conns.get(ck)) else {
             return;
         };
         let mut p = q.publish.clone();
-        if !refresh_expiry(&mut p, q.expires_at, now.instant) {
-            self.stats.expired += 1;
+        let live = refresh_expiry(&mut p, q.expires_at, now.instant);
+        // The length depends on the packet id's presence, not its value.
+        p.packet_id = NonZeroU16::new(1);
+        let mut packet = Packet::Publish(p);
+        // [MQTT-3.1.2-25] a message too large for the client (which may have
+        // reconnected with a smaller Maximum Packet Size than when it was queued) is
+        // discarded as if it had been sent.
+        let too_large = live && !fits(&packet, c);
+        if !live || too_large {
+            if too_large {
+                self.stats.dropped_too_large += 1;
+            } else {
+                self.stats.expired += 1;
+            }
             let seq = q.seq;
             let client_id = s.client_id.clone();
             let persistent = s.persistent();
@@ -1154,7 +1179,9 @@ impl Broker {
             s.queue.push_front(q);
             return;
         };
-        p.packet_id = Some(id);
+        if let Packet::Publish(p) = &mut packet {
+            p.packet_id = Some(id);
+        }
         let allocated = s.allocations;
         s.inflight.push_back(InFlight {
             packet_id: id,
@@ -1163,7 +1190,7 @@ impl Broker {
             allocated,
         });
         self.stats.deliveries += 1;
-        self.push_out(ck, Packet::Publish(p));
+        self.push_out(ck, packet);
     }
 
     /// Adds to a session queue within its limits (online or offline).
@@ -1179,7 +1206,19 @@ impl Broker {
         let full = |s: &Session, extra: usize| {
             s.queue.len() + 1 > limits.messages || s.queue_bytes + extra > limits.bytes
         };
+        // A message larger than the queue's whole byte limit can never be queued:
+        // drop it alone, whatever the policy, instead of first discarding (or ending
+        // the session with) everything queued before it.
+        if q.size > limits.bytes {
+            if online {
+                self.stats.dropped_online_queue_full += 1;
+            } else {
+                self.stats.dropped_offline_queue_full += 1;
+            }
+            return;
+        }
         let mut removed = Vec::new();
+        let mut drop_new = false;
         if full(s, q.size) {
             if online {
                 // Slow consumer, online: drop the oldest QoS 1 message; if only QoS 2
@@ -1199,7 +1238,8 @@ impl Broker {
                         }
                         None => {
                             self.stats.dropped_online_queue_full += 1;
-                            return;
+                            drop_new = true;
+                            break;
                         }
                     }
                 }
@@ -1223,9 +1263,10 @@ impl Broker {
                                     self.stats.dropped_offline_queue_full += 1;
                                 }
                                 None => {
-                                    // A single message larger than the byte limit.
+                                    // A message limit of 0: nothing can be queued.
                                     self.stats.dropped_offline_queue_full += 1;
-                                    return;
+                                    drop_new = true;
+                                    break;
                                 }
                             }
                         }
@@ -1236,14 +1277,18 @@ impl Broker {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
-        s.queue_bytes += q.size;
         let persistent = s.persistent();
         let client_id = s.client_id.clone();
-        s.queue.push_back(q);
+        if !drop_new {
+            s.queue_bytes += q.size;
+            s.queue.push_back(q);
+        }
+        // The store forgets what was dropped, also when the new message was dropped
+        // too (otherwise a restart would bring the dropped messages back).
         for seq in removed {
             self.store_remove(persistent, client_id.clone(), seq);
         }
-        if self.config.store_effects && persistent {
+        if self.config.store_effects && persistent && !drop_new {
             if let Some(q) = self.sessions.get(sk).and_then(|s| s.queue.back()) {
                 let op = enqueue_op(client_id, q, now);
                 self.events.push_back(Event::Store(op));
@@ -1553,7 +1598,7 @@ impl Broker {
         }
     }
 
-    fn on_unsubscribe(&mut self, k: Key, sk: Key, u: Unsubscribe) {
+    fn on_unsubscribe(&mut self, now: Now, k: Key, sk: Key, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in u.filters {
             let Some(s) = self.sessions.get_mut(sk) else {
@@ -1579,12 +1624,7 @@ impl Broker {
                 properties: AckProperties::default(),
             }),
         );
-        if let Some(s) = self.sessions.get(sk) {
-            if s.persistent() && self.config.store_effects {
-                let op = StoreOp::SessionUpsert(session_record(s, None));
-                self.events.push_back(Event::Store(op));
-            }
-        }
+        self.store_session(now, sk);
     }
 
     // ---------------------------------------------------------------- DISCONNECT
@@ -1725,7 +1765,8 @@ impl Broker {
             let (group, match_filter) = split_shared(&sub.filter);
             self.router.unsubscribe(group.as_ref(), &match_filter, sk);
         }
-        if self.config.store_effects && s.persistent() {
+        // `stored`, not `persistent()`: a DISCONNECT may have set the expiry to 0.
+        if self.config.store_effects && s.stored {
             self.events.push_back(Event::Store(StoreOp::SessionRemove {
                 client_id: s.client_id.clone(),
             }));
@@ -1772,18 +1813,29 @@ impl Broker {
         }
     }
 
+    /// Writes the session's record, or removes it once the session is no longer
+    /// persistent (expiry 0 from a resuming CONNECT or a DISCONNECT): such a
+    /// session ends with its connection and must not come back after a restart.
     fn store_session(&mut self, now: Now, sk: Key) {
         if !self.config.store_effects {
             return;
         }
-        if let Some(s) = self.sessions.get(sk) {
-            if s.persistent() {
+        if let Some(s) = self.sessions.get_mut(sk) {
+            let op = if s.persistent() {
+                s.stored = true;
                 let expires = s.expires_at.map(|at| {
                     now.unix_ms + at.saturating_duration_since(now.instant).as_millis() as u64
                 });
-                let op = StoreOp::SessionUpsert(session_record(s, expires));
-                self.events.push_back(Event::Store(op));
-            }
+                StoreOp::SessionUpsert(session_record(s, expires))
+            } else if s.stored {
+                s.stored = false;
+                StoreOp::SessionRemove {
+                    client_id: s.client_id.clone(),
+                }
+            } else {
+                return;
+            };
+            self.events.push_back(Event::Store(op));
         }
     }
 
@@ -1884,6 +1936,11 @@ fn split_shared(filter: &mqtt_proto::TopicFilter) -> (Option<Bytes>, Bytes) {
         }
         None => (None, bytes.clone()),
     }
+}
+
+/// Whether a packet fits the client's Maximum Packet Size [MQTT-3.1.2-24].
+fn fits(packet: &Packet, c: &Conn) -> bool {
+    c.peer_max_packet == u32::MAX || packet.encoded_len(c.version) <= c.peer_max_packet as usize
 }
 
 fn connack(session_present: bool, reason_code: ReasonCode) -> Packet {

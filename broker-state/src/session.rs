@@ -73,6 +73,10 @@ pub(crate) struct Session {
     pub(crate) next_seq: u64,
     /// A will whose delay is running (the connection is gone).
     pub(crate) delayed_will: Option<(Instant, Publish)>,
+    /// The store holds a record of this session (an upsert went out, no removal
+    /// since). A session can stop being persistent while it lives (a resume or a
+    /// DISCONNECT with expiry 0), and its record must then still be removed.
+    pub(crate) stored: bool,
 }
 
 impl Session {
@@ -92,6 +96,7 @@ impl Session {
             allocations: 0,
             next_seq: 0,
             delayed_will: None,
+            stored: false,
         }
     }
 

@@ -9,7 +9,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use broker_state::{Broker, Config, ConnId, Event, MemoryStore, Now, PeerInfo, StoreOp};
+use broker_state::{
+    Authorizer, Broker, ClientInfo, Config, ConnId, Event, MemoryStore, Now, PeerInfo, StoreOp,
+};
 use mqtt_proto::bytes::{Bytes, BytesMut};
 use mqtt_proto::*;
 
@@ -21,6 +23,8 @@ pub struct Client {
     pub inbox: VecDeque<Packet>,
     /// Reason the broker gave when it closed this connection.
     pub closed: Option<ReasonCode>,
+    /// Every byte the broker wrote to this connection, in order.
+    pub raw: Vec<u8>,
     next_id: u16,
 }
 
@@ -42,9 +46,13 @@ pub type C = usize;
 
 impl Sim {
     pub fn new(config: Config) -> Sim {
+        Sim::with_seed(config, [42; 32])
+    }
+
+    pub fn with_seed(config: Config, seed: [u8; 32]) -> Sim {
         let start = Instant::now();
         Sim {
-            broker: Broker::new(config, [42; 32]),
+            broker: Broker::new(config, seed),
             now: Now::new(start, 1_800_000_000_000),
             start,
             clients: Vec::new(),
@@ -83,6 +91,7 @@ impl Sim {
             wire: BytesMut::new(),
             inbox: VecDeque::new(),
             closed: None,
+            raw: Vec::new(),
             next_id: 0,
         });
         self.reading.push(true);
@@ -176,7 +185,9 @@ impl Sim {
         let conn = self.clients[i].conn;
         let budget = self.budget;
         let client = &mut self.clients[i];
+        let before = client.wire.len();
         while self.broker.poll_transmit(conn, &mut client.wire, budget) > 0 {}
+        client.raw.extend_from_slice(&client.wire[before..]);
         while let Some(p) = client
             .decoder
             .decode(&mut client.wire)
@@ -310,6 +321,92 @@ impl Sim {
         packet_id
     }
 
+    /// Sends a PUBLISH as given (packet id, properties and flags untouched).
+    pub fn send_publish(&mut self, c: C, p: Publish) {
+        self.send(c, Packet::Publish(p));
+    }
+
+    /// A 5.0 CONNECT with a Session Expiry Interval (`None`: property absent).
+    pub fn connect_v5(
+        &mut self,
+        client_id: &str,
+        clean: bool,
+        expiry: Option<u32>,
+    ) -> (C, ConnAck) {
+        let mut p = connect_packet(ProtocolVersion::V5, client_id, clean);
+        p.properties.session_expiry_interval = expiry;
+        self.connect_with(p)
+    }
+
+    /// Subscribes to several filters in one SUBSCRIBE.
+    pub fn subscribe_many(&mut self, c: C, filters: &[(&str, QoS)]) -> SubAck {
+        let packet_id = self.next_id(c);
+        self.send(
+            c,
+            Packet::Subscribe(Subscribe {
+                packet_id,
+                filters: filters
+                    .iter()
+                    .map(|(f, q)| {
+                        (
+                            TopicFilter::copy_from_str(f).expect("filter"),
+                            SubscriptionOptions::qos(*q),
+                        )
+                    })
+                    .collect(),
+                properties: Default::default(),
+            }),
+        );
+        match self.recv(c) {
+            Some(Packet::SubAck(a)) => a,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// The next packet must be a PUBACK; returns it.
+    pub fn expect_puback(&mut self, c: C) -> PubAck {
+        match self.recv(c) {
+            Some(Packet::PubAck(a)) => a,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+
+    /// The next packet must be a PUBREC; returns it.
+    pub fn expect_pubrec(&mut self, c: C) -> PubAck {
+        match self.recv(c) {
+            Some(Packet::PubRec(a)) => a,
+            other => panic!("expected PUBREC, got {other:?}"),
+        }
+    }
+
+    /// The next packet must be a DISCONNECT; returns its reason code.
+    pub fn expect_disconnect(&mut self, c: C) -> ReasonCode {
+        match self.recv(c) {
+            Some(Packet::Disconnect(d)) => d.reason_code,
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+
+    /// Nothing waits in the client's inbox.
+    pub fn assert_silent(&mut self, c: C) {
+        let got = self.recv_all(c);
+        assert!(got.is_empty(), "expected nothing, got {got:?}");
+    }
+
+    /// Publishes QoS 2 and completes the flow (PUBREC, PUBREL, PUBCOMP).
+    pub fn publish_qos2_complete(&mut self, c: C, topic: &str, payload: &[u8]) {
+        let id = self
+            .publish(c, topic, QoS::ExactlyOnce, false, payload)
+            .expect("QoS 2 has an id");
+        let rec = self.expect_pubrec(c);
+        assert_eq!(rec.packet_id, id);
+        self.send(c, Packet::PubRel(PubAck::new(id)));
+        match self.recv(c) {
+            Some(Packet::PubComp(a)) => assert_eq!(a.packet_id, id),
+            other => panic!("expected PUBCOMP, got {other:?}"),
+        }
+    }
+
     pub fn disconnect(&mut self, c: C) {
         self.send(c, Packet::Disconnect(Disconnect::new(ReasonCode::Success)));
     }
@@ -365,6 +462,29 @@ pub fn publish_packet(
     }
 }
 
+/// A will for a CONNECT.
+pub fn will(topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Will {
+    Will {
+        topic: TopicName::copy_from_str(topic).expect("topic"),
+        payload: Bytes::copy_from_slice(payload),
+        qos,
+        retain,
+        properties: WillProperties::default(),
+    }
+}
+
 pub fn payloads(ps: &[Publish]) -> Vec<&[u8]> {
     ps.iter().map(|p| &p.payload[..]).collect()
+}
+
+/// Authorizes everything except topics and filters starting with `secret`.
+pub struct DenySecret;
+
+impl Authorizer for DenySecret {
+    fn may_subscribe(&mut self, _client: ClientInfo<'_>, filter: &TopicFilter) -> bool {
+        !filter.as_str().starts_with("secret")
+    }
+    fn may_publish(&mut self, _client: ClientInfo<'_>, topic: &TopicName, _retain: bool) -> bool {
+        !topic.as_str().starts_with("secret")
+    }
 }

@@ -1,0 +1,120 @@
+//! Consistency checks over the broker's internal state, for the fuzzer and the model
+//! test: they run after every input there, so a state that only goes wrong later
+//! (a dangling session key, a queue over its bound, a byte count that drifts) is
+//! reported at the input that caused it.
+
+use super::{out_size, Broker};
+use crate::session::ConnState;
+
+impl Broker {
+    /// Checks that the broker's internal state is consistent; `Err` names the first
+    /// broken rule. Not part of the API: for fuzzers and tests, and not cheap (it
+    /// walks every connection and session).
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (k, c) in self.conns.iter() {
+            let id = super::conn_id(k);
+            if let ConnState::Active { session } = c.state {
+                let Some(s) = self.sessions.get(session) else {
+                    return Err(format!("{id} is bound to a session that is gone"));
+                };
+                if s.conn != Some(id) {
+                    return Err(format!(
+                        "{id} is bound to session {:?}, which is bound to {:?}",
+                        s.client_id, s.conn
+                    ));
+                }
+            }
+            let out: usize = c.out.iter().map(out_size).sum();
+            if out != c.out_bytes {
+                return Err(format!(
+                    "{id}: out_bytes {} but {out} bytes are waiting",
+                    c.out_bytes
+                ));
+            }
+            if !c.out.is_empty() && !c.transmit_signalled {
+                return Err(format!(
+                    "{id} has output waiting and no Transmit outstanding"
+                ));
+            }
+        }
+        let max_queue = self
+            .config
+            .online_queue
+            .messages
+            .max(self.config.offline_queue.messages);
+        let max_queue_bytes = self
+            .config
+            .online_queue
+            .bytes
+            .max(self.config.offline_queue.bytes);
+        let mut subscriptions = 0;
+        let mut owned = 0;
+        for (sk, s) in self.sessions.iter() {
+            let name = &s.client_id;
+            if self.by_client_id.get(name.as_bytes()) != Some(&sk) {
+                return Err(format!("session {name:?} is not indexed by its client id"));
+            }
+            if let Some(c) = s.conn {
+                let bound = self
+                    .conns
+                    .get(super::key(c))
+                    .is_some_and(|conn| conn.session() == Some(sk));
+                if !bound {
+                    return Err(format!("session {name:?} is bound to {c}, not bound to it"));
+                }
+                if s.expires_at.is_some() {
+                    return Err(format!("online session {name:?} has an expiry deadline"));
+                }
+            }
+            let bytes: usize = s.queue.iter().map(|q| q.size).sum();
+            if bytes != s.queue_bytes {
+                return Err(format!(
+                    "session {name:?}: queue_bytes {} but {bytes} bytes queued",
+                    s.queue_bytes
+                ));
+            }
+            if s.queue.len() > max_queue || s.queue_bytes > max_queue_bytes {
+                return Err(format!(
+                    "session {name:?}: {} messages / {} bytes queued, over the limits",
+                    s.queue.len(),
+                    s.queue_bytes
+                ));
+            }
+            for (i, f) in s.inflight.iter().enumerate() {
+                if s.inflight
+                    .iter()
+                    .skip(i + 1)
+                    .any(|g| g.packet_id == f.packet_id)
+                {
+                    return Err(format!(
+                        "session {name:?}: packet id {} in flight twice",
+                        f.packet_id
+                    ));
+                }
+            }
+            subscriptions += s.subscriptions.len();
+            owned += usize::from(s.auth_name.is_some());
+        }
+        if self.by_client_id.len() != self.sessions.len() {
+            return Err(format!(
+                "{} client ids indexed for {} sessions",
+                self.by_client_id.len(),
+                self.sessions.len()
+            ));
+        }
+        if self.router.len() != subscriptions {
+            return Err(format!(
+                "the route table holds {} subscriptions, the sessions {subscriptions}",
+                self.router.len()
+            ));
+        }
+        let counted: usize = self.sessions_per_auth.values().sum();
+        if counted != owned {
+            return Err(format!(
+                "{counted} sessions counted per authentication name, {owned} owned"
+            ));
+        }
+        Ok(())
+    }
+}

@@ -7,14 +7,17 @@ use bytes::{Bytes, BytesMut};
 use core::num::{NonZeroU16, NonZeroU32};
 use mqtt_proto::{
     AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttString,
-    Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    TopicName, UnsubAck, Unsubscribe,
+    Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, ReasonContext, RetainHandling,
+    SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
 use crate::config::{Config, OverflowPolicy};
 use crate::event::{Event, Input, Now, PeerInfo, SessionRecord, StoreOp, StoredMessage};
 use crate::hash::{Map, SeededState};
-use crate::hooks::{refusal_code, AllowAll, AuthRequest, Authenticator, Authorizer, ClientInfo};
+use crate::hooks::{
+    refusal_code, AllowAll, AuthRequest, Authenticator, Authorizer, ClientInfo,
+    EnhancedAuthenticator,
+};
 use crate::ids::{ConnId, Key, Slab};
 use crate::rng::Rng;
 use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
@@ -24,6 +27,7 @@ use crate::session::{
 };
 use crate::timer::{TimerKind, Timers};
 
+mod auth;
 mod invariants;
 
 /// Counters of what the broker did and dropped. Every drop is counted here.
@@ -51,6 +55,9 @@ pub struct Stats {
     pub publish_not_authorized: u64,
     /// Takeovers of a live session by a new connection.
     pub takeovers: u64,
+    /// QoS 1 messages of a shared subscription sent to another member because the
+    /// session they were in flight to ended.
+    pub shared_redeliveries: u64,
 }
 
 struct Retained {
@@ -74,16 +81,57 @@ pub struct Broker {
     rng: Rng,
     authenticator: Box<dyn Authenticator + Send>,
     authorizer: Box<dyn Authorizer + Send>,
+    enhanced: Option<Box<dyn EnhancedAuthenticator + Send>>,
     scratch: Vec<Match>,
     route_epoch: u64,
     route_marks: Map<Key, u64>,
     stats: Stats,
 }
 
-impl Picker for Rng {
-    fn pick(&mut self, n: usize) -> usize {
-        self.below(n)
+/// Picks a shared-subscription member: uniformly among those whose session is
+/// online (a member that left stops receiving), else among all of them; drawn from
+/// the seeded rng so the choice is deterministic.
+struct OnlinePicker<'a> {
+    rng: &'a mut Rng,
+    sessions: &'a Slab<Session>,
+    /// A member not to pick (the one whose session ended, on redelivery).
+    exclude: Option<Key>,
+}
+
+impl Picker for OnlinePicker<'_> {
+    fn pick(&mut self, members: &[SubEntry]) -> usize {
+        let eligible = |e: &SubEntry| Some(e.session) != self.exclude;
+        let online = |e: &SubEntry| {
+            eligible(e)
+                && self
+                    .sessions
+                    .get(e.session)
+                    .is_some_and(|s| s.conn.is_some())
+        };
+        let n_online = members.iter().filter(|e| online(e)).count();
+        let (n, pred): (usize, &dyn Fn(&SubEntry) -> bool) = if n_online > 0 {
+            (n_online, &online)
+        } else {
+            (members.iter().filter(|e| eligible(e)).count(), &eligible)
+        };
+        if n == 0 {
+            return 0;
+        }
+        let nth = self.rng.below(n);
+        members
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| pred(e))
+            .nth(nth)
+            .map_or(0, |(i, _)| i)
     }
+}
+
+/// A successful enhanced authentication, carried into the rest of CONNECT.
+struct EnhancedOutcome {
+    method: MqttString,
+    data: Option<Bytes>,
+    authentication_name: Option<String>,
 }
 
 /// Outcome of routing one message.
@@ -111,6 +159,7 @@ impl Broker {
             rng,
             authenticator: Box::new(AllowAll),
             authorizer: Box::new(AllowAll),
+            enhanced: None,
             scratch: Vec::new(),
             route_epoch: 0,
             route_marks: Map::with_hasher(hasher),
@@ -121,6 +170,12 @@ impl Broker {
     /// Replaces the authentication hook.
     pub fn set_authenticator(&mut self, hook: Box<dyn Authenticator + Send>) {
         self.authenticator = hook;
+    }
+
+    /// Enables enhanced authentication (AUTH packets, re-authentication) with this
+    /// hook.
+    pub fn set_enhanced_authenticator(&mut self, hook: Box<dyn EnhancedAuthenticator + Send>) {
+        self.enhanced = Some(hook);
     }
 
     /// Replaces the authorization hook.
@@ -230,8 +285,12 @@ impl Broker {
             ConnState::Closing => return,
             ConnState::AwaitingConnect { .. } => {
                 match packet {
-                    Packet::Connect(connect) => self.on_connect(now, k, connect),
-                    // [MQTT-3.1.0-1] the first packet must be CONNECT.
+                    Packet::Connect(connect) if !c.pending_auth() => {
+                        self.on_connect(now, k, connect)
+                    }
+                    Packet::Auth(a) if c.pending_auth() => self.on_auth(now, k, a),
+                    // [MQTT-3.1.0-1] the first packet must be CONNECT; during the AUTH
+                    // exchange only AUTH may follow it.
                     _ => self.close(k, ReasonCode::ProtocolError),
                 }
                 return;
@@ -250,9 +309,7 @@ impl Broker {
             Packet::Unsubscribe(u) => self.on_unsubscribe(now, k, session, u),
             Packet::PingReq => self.push_out(k, Packet::PingResp),
             Packet::Disconnect(d) => self.on_disconnect(now, k, session, d),
-            // No authentication method was agreed at CONNECT, so AUTH is a protocol
-            // error [MQTT-4.12.0-1] (enhanced authentication comes with its hook).
-            Packet::Auth(_) => self.violation(now, k, ReasonCode::ProtocolError),
+            Packet::Auth(a) => self.on_auth(now, k, a),
             // Packets only a server sends.
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.violation(now, k, ReasonCode::ProtocolError)
@@ -286,7 +343,18 @@ impl Broker {
                 }
                 self.close(k, code);
             }
-            ConnState::Active { .. } => self.violation(now, k, code),
+            // Some codes exist only in CONNACK (a second CONNECT of an unknown level
+            // or a 3.1 client id the decoder refuses); after CONNECT that CONNECT is
+            // itself the Protocol Error [MQTT-3.1.0-2], and DISCONNECT may only carry
+            // codes from its own table [MQTT-3.14.2.1].
+            ConnState::Active { .. } => {
+                let code = if code.valid_in(ReasonContext::Disconnect) {
+                    code
+                } else {
+                    ReasonCode::ProtocolError
+                };
+                self.violation(now, k, code)
+            }
         }
     }
 
@@ -442,6 +510,7 @@ impl Broker {
                         expires_at,
                         seq,
                         size,
+                        shared: None,
                     });
                 }
             }
@@ -498,7 +567,17 @@ impl Broker {
         };
         let start = buf.len();
         let v = c.version;
-        while let Some(p) = c.out.front() {
+        while let Some(p) = c.out.front_mut() {
+            // Measured as queued, before an alias shortens it.
+            let size = out_size(p);
+            // Outbound topic aliases, assigned here so that they follow the order in
+            // which packets reach the wire; only for clients that allow them.
+            if c.peer_topic_alias_max > 0 {
+                if let Packet::Publish(p) = p {
+                    c.out_aliases
+                        .apply(p, c.peer_topic_alias_max, c.peer_max_packet, v);
+                }
+            }
             let len = p.encoded_len(v);
             let written = buf.len() - start;
             if written > 0 && written + len > budget {
@@ -507,7 +586,6 @@ impl Broker {
             // Encoding can only fail for packets the version cannot express, which
             // the broker does not queue; such a packet is skipped rather than sent wrong.
             let _ = p.encode(v, buf);
-            let size = out_size(p);
             c.out_bytes = c.out_bytes.saturating_sub(size);
             c.out.pop_front();
         }
@@ -525,7 +603,8 @@ impl Broker {
 
     // ---------------------------------------------------------------- CONNECT
 
-    fn on_connect(&mut self, now: Now, k: Key, p: Connect) {
+    /// The rest of CONNECT, once any enhanced authentication has succeeded.
+    fn finish_connect(&mut self, now: Now, k: Key, p: Connect, enhanced: Option<EnhancedOutcome>) {
         let v5 = p.protocol.is_v5();
         if let Some(c) = self.conns.get_mut(k) {
             c.version = p.protocol;
@@ -559,24 +638,25 @@ impl Broker {
                 return self.refuse(k, ReasonCode::ClientIdentifierNotValid);
             }
         }
-        // Enhanced authentication needs a method this broker supports; none yet.
-        if p.properties.authentication_method.is_some() {
-            return self.refuse(k, ReasonCode::BadAuthenticationMethod);
-        }
-        // Authentication hook.
-        let decision = {
-            let Some(c) = self.conns.get(k) else { return };
-            self.authenticator.authenticate(&AuthRequest {
-                peer: &c.peer,
-                protocol: p.protocol,
-                client_id: client_id.as_str(),
-                username: p.username.as_ref().map(|u| u.as_str()),
-                password: p.password.as_deref(),
-            })
-        };
-        let auth_name = match decision {
-            Ok(name) => name,
-            Err(code) => return self.refuse(k, refusal_code(code)),
+        // Authentication: the enhanced exchange already decided, else the hook.
+        let (auth_name, enhanced_ack) = match enhanced {
+            Some(e) => (e.authentication_name, Some((e.method, e.data))),
+            None => {
+                let decision = {
+                    let Some(c) = self.conns.get(k) else { return };
+                    self.authenticator.authenticate(&AuthRequest {
+                        peer: &c.peer,
+                        protocol: p.protocol,
+                        client_id: client_id.as_str(),
+                        username: p.username.as_ref().map(|u| u.as_str()),
+                        password: p.password.as_deref(),
+                    })
+                };
+                match decision {
+                    Ok(name) => (name, None),
+                    Err(code) => return self.refuse(k, refusal_code(code)),
+                }
+            }
         };
         // Session ownership (Event Grid): a session owned by another authentication
         // name is not for this client.
@@ -722,6 +802,7 @@ impl Broker {
                     .properties
                     .maximum_packet_size
                     .map_or(u32::MAX, |m| m.get());
+                c.peer_topic_alias_max = p.properties.topic_alias_maximum.unwrap_or(0);
                 c.problem_info = p.properties.request_problem_information.unwrap_or(true);
             } else {
                 c.peer_receive_max = self.config.max_inflight_v3;
@@ -743,6 +824,10 @@ impl Broker {
         };
         if v5 {
             let props = &mut ack.properties;
+            if let Some((method, data)) = enhanced_ack {
+                props.authentication_method = Some(method);
+                props.authentication_data = data;
+            }
             props.receive_maximum = NonZeroU16::new(self.config.receive_maximum);
             props.maximum_packet_size = NonZeroU32::new(self.config.max_packet_size);
             props.topic_alias_maximum =
@@ -798,7 +883,12 @@ impl Broker {
 
     /// Refuses a CONNECT: CONNACK with `code` (mapped for 3.1.1), then close.
     fn refuse(&mut self, k: Key, code: ReasonCode) {
-        self.push_out(k, connack(false, code));
+        let mut ack = connack(false, code);
+        if let Packet::ConnAck(a) = &mut ack {
+            // The encoder drops properties for 3.1.1.
+            a.properties.reason_string = reason_string(code);
+        }
+        self.push_out(k, ack);
         self.close(k, code);
     }
 
@@ -952,6 +1042,7 @@ impl Broker {
             (QoS::AtLeastOnce, Some(id)) => {
                 let mut ack = PubAck::new(id);
                 ack.reason_code = code;
+                ack.properties = self.ack_properties(k, code);
                 self.push_out(k, Packet::PubAck(ack));
             }
             (QoS::ExactlyOnce, Some(id)) => {
@@ -962,6 +1053,7 @@ impl Broker {
                 }
                 let mut ack = PubAck::new(id);
                 ack.reason_code = code;
+                ack.properties = self.ack_properties(k, code);
                 self.push_out(k, Packet::PubRec(ack));
             }
             _ => {}
@@ -985,12 +1077,17 @@ impl Broker {
     ) -> Routed {
         let mut matches = core::mem::take(&mut self.scratch);
         matches.clear();
+        let mut picker = OnlinePicker {
+            rng: &mut self.rng,
+            sessions: &self.sessions,
+            exclude: None,
+        };
         self.router
-            .matches(p.topic.as_bytes(), &mut self.rng, &mut matches);
+            .matches(p.topic.as_bytes(), &mut picker, &mut matches);
         // No Local [MQTT-3.8.3-3]: not to the publisher's own non-shared subscriptions.
         if let Some(publisher) = publisher {
             matches.retain(|m| {
-                m.shared || !(m.entry.options.no_local && m.entry.session == publisher)
+                m.shared.is_some() || !(m.entry.options.no_local && m.entry.session == publisher)
             });
         }
         let matched = matches.len();
@@ -1004,11 +1101,11 @@ impl Broker {
             marks.clear();
             matches
                 .iter()
-                .any(|m| !m.shared && marks.insert(m.entry.session, epoch).is_some())
+                .any(|m| m.shared.is_none() && marks.insert(m.entry.session, epoch).is_some())
         };
         if dup {
             // Non-shared matches first, grouped by session; shared ones after, alone.
-            matches.sort_by_key(|m| (m.shared, m.entry.session));
+            matches.sort_by_key(|m| (m.shared.is_some(), m.entry.session));
             let mut i = 0;
             while i < matches.len() {
                 let mut j = i + 1;
@@ -1016,7 +1113,7 @@ impl Broker {
                 let mut rap = matches[i].entry.options.retain_as_published;
                 let mut ids: Vec<NonZeroU32> = matches[i].entry.id.into_iter().collect();
                 while j < matches.len()
-                    && !matches[j].shared
+                    && matches[j].shared.is_none()
                     && matches[j].entry.session == matches[i].entry.session
                 {
                     qos = qos.max(matches[j].entry.options.qos);
@@ -1024,16 +1121,18 @@ impl Broker {
                     ids.extend(matches[j].entry.id);
                     j += 1;
                 }
-                let m = matches[i];
+                let session = matches[i].entry.session;
+                let shared = matches[i].shared.clone();
                 let retain = rap && p.retain;
                 self.deliver(
                     now,
-                    m.entry.session,
+                    session,
                     p,
                     qos_min(p.qos, qos),
                     retain,
                     ids,
                     expires_at,
+                    shared,
                 );
                 i = j;
             }
@@ -1049,6 +1148,7 @@ impl Broker {
                     retain,
                     ids,
                     expires_at,
+                    m.shared.clone(),
                 );
             }
         }
@@ -1069,6 +1169,7 @@ impl Broker {
         retain: bool,
         sub_ids: Vec<NonZeroU32>,
         expires_at: Option<Instant>,
+        shared: Option<TopicFilter>,
     ) {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
@@ -1113,6 +1214,7 @@ impl Broker {
                     expires_at,
                     seq,
                     size,
+                    shared,
                 };
                 let window = usize::from(c.peer_receive_max);
                 if s.inflight.len() < window && s.queue.is_empty() {
@@ -1140,6 +1242,7 @@ impl Broker {
                         expires_at,
                         seq,
                         size,
+                        shared,
                     },
                     false,
                 );
@@ -1532,15 +1635,19 @@ impl Broker {
         if version == ProtocolVersion::V3_1 && codes.iter().any(|c| !c.is_success()) {
             return self.violation(now, k, ReasonCode::NotAuthorized);
         }
+        let first_failure = codes.iter().copied().find(|c| !c.is_success());
+        let properties = match first_failure {
+            Some(code) if v5 => self.ack_properties(k, code),
+            _ => AckProperties::default(),
+        };
         self.push_out(
             k,
             Packet::SubAck(SubAck {
                 packet_id: sub.packet_id,
                 reason_codes: codes,
-                properties: AckProperties::default(),
+                properties,
             }),
         );
-        let _ = v5;
         self.store_session(now, sk);
         // Retained messages after the SUBACK [MQTT-3.8.4-4], RETAIN set [MQTT-3.3.1-8].
         for (filter, granted) in retained_for {
@@ -1561,6 +1668,7 @@ impl Broker {
                     true,
                     sub_id.into_iter().collect(),
                     expires_at,
+                    None,
                 );
             }
         }
@@ -1577,6 +1685,7 @@ impl Broker {
         self.router.subscribe(
             group.as_ref(),
             &match_filter,
+            &filter,
             SubEntry {
                 session: sk,
                 options,
@@ -1673,9 +1782,31 @@ impl Broker {
         }
     }
 
+    /// DISCONNECT with a Reason Code and Reason String (5.0 only; a 3.1.1 client is
+    /// just disconnected). Reason Strings are allowed on DISCONNECT even when the
+    /// client asked for no problem information [MQTT-3.1.2-29].
     fn push_disconnect(&mut self, k: Key, code: ReasonCode) {
         if self.conns.get(k).is_some_and(|c| c.version.is_v5()) {
-            self.push_out(k, Packet::Disconnect(Disconnect::new(code)));
+            let mut d = Disconnect::new(code);
+            d.properties.reason_string = reason_string(code);
+            self.push_out(k, Packet::Disconnect(d));
+        }
+    }
+
+    /// Reason String for a negative acknowledgement, if the client wants problem
+    /// information (Request Problem Information, default 1 [MQTT-3.1.2-29]).
+    fn ack_properties(&self, k: Key, code: ReasonCode) -> AckProperties {
+        let wanted = self
+            .conns
+            .get(k)
+            .is_some_and(|c| c.version.is_v5() && c.problem_info);
+        AckProperties {
+            reason_string: if wanted && !code.is_success() {
+                reason_string(code)
+            } else {
+                None
+            },
+            ..AckProperties::default()
         }
     }
 
@@ -1765,6 +1896,7 @@ impl Broker {
             let (group, match_filter) = split_shared(&sub.filter);
             self.router.unsubscribe(group.as_ref(), &match_filter, sk);
         }
+        self.redeliver_shared(now, sk, &s);
         // `stored`, not `persistent()`: a DISCONNECT may have set the expiry to 0.
         if self.config.store_effects && s.stored {
             self.events.push_back(Event::Store(StoreOp::SessionRemove {
@@ -1778,6 +1910,54 @@ impl Broker {
         }
         if let Some((_, will)) = s.delayed_will {
             self.publish_will(now, will);
+        }
+    }
+
+    /// QoS 1 messages a shared subscription gave to a session that ended without
+    /// acknowledging them go to another member of the group [MQTT-4.8.2] (5.0
+    /// section 4.8.2: "the Server SHOULD send the Application Message to another
+    /// Client that is subscribed to the same Shared Subscription"). QoS 2 stays with
+    /// its session: once PUBREC may have been seen, a second delivery would break
+    /// exactly once.
+    fn redeliver_shared(&mut self, now: Now, ended: Key, s: &Session) {
+        let unacked = s
+            .inflight
+            .iter()
+            .filter(|f| f.state == FlightState::Published)
+            .map(|f| &f.msg)
+            .chain(s.queue.iter());
+        for q in unacked {
+            let Some(filter) = &q.shared else { continue };
+            if q.publish.qos != QoS::AtLeastOnce {
+                continue;
+            }
+            let members = self.router.shared_members(filter);
+            if members.is_empty() {
+                continue;
+            }
+            let mut picker = OnlinePicker {
+                rng: &mut self.rng,
+                sessions: &self.sessions,
+                exclude: Some(ended),
+            };
+            let entry = members[picker.pick(members)];
+            if entry.session == ended {
+                continue;
+            }
+            let mut p = q.publish.clone();
+            p.dup = false;
+            p.packet_id = None;
+            self.stats.shared_redeliveries += 1;
+            self.deliver(
+                now,
+                entry.session,
+                &p,
+                qos_min(p.qos, entry.options.qos),
+                false,
+                entry.id.into_iter().collect(),
+                q.expires_at,
+                Some(filter.clone()),
+            );
         }
     }
 
@@ -1941,6 +2121,10 @@ fn split_shared(filter: &mqtt_proto::TopicFilter) -> (Option<Bytes>, Bytes) {
 /// Whether a packet fits the client's Maximum Packet Size [MQTT-3.1.2-24].
 fn fits(packet: &Packet, c: &Conn) -> bool {
     c.peer_max_packet == u32::MAX || packet.encoded_len(c.version) <= c.peer_max_packet as usize
+}
+
+fn reason_string(code: ReasonCode) -> Option<MqttString> {
+    MqttString::from_static(code.description()).ok()
 }
 
 fn connack(session_present: bool, reason_code: ReasonCode) -> Packet {

@@ -73,3 +73,41 @@ pub(crate) fn refusal_code(code: ReasonCode) -> ReasonCode {
         code
     }
 }
+
+/// One step of enhanced authentication (MQTT 5.0 section 4.12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send AUTH 0x18 (Continue authentication) with this Authentication Data and
+    /// wait for the client's next AUTH.
+    Continue(Option<bytes::Bytes>),
+    /// Authenticated: CONNACK 0x00 (or AUTH 0x00 on re-authentication) with this
+    /// final Authentication Data; the session's owner is `authentication_name`.
+    Success {
+        /// Final Authentication Data for the client, if the method has any.
+        data: Option<bytes::Bytes>,
+        /// The authentication name that owns the session.
+        authentication_name: Option<String>,
+    },
+    /// Refused: CONNACK (or, on re-authentication, DISCONNECT) with this code,
+    /// typically 0x87 Not authorized or 0x8C Bad authentication method.
+    Failure(ReasonCode),
+}
+
+/// Enhanced authentication through AUTH packets: SCRAM, Kerberos, token exchanges
+/// and the like. Without one, a CONNECT naming an Authentication Method is refused
+/// with 0x8C [MQTT-4.12.0-1].
+pub trait EnhancedAuthenticator {
+    /// Whether the broker accepts this Authentication Method.
+    fn supports(&self, method: &str) -> bool;
+    /// The first step, with the Authentication Data of CONNECT, or of AUTH 0x19 when
+    /// an authenticated client re-authenticates (`reauthenticate`).
+    fn start(
+        &mut self,
+        method: &str,
+        client_id: &str,
+        data: Option<&[u8]>,
+        reauthenticate: bool,
+    ) -> AuthStep;
+    /// A further step, with the Authentication Data of the client's AUTH 0x18.
+    fn step(&mut self, method: &str, client_id: &str, data: Option<&[u8]>) -> AuthStep;
+}

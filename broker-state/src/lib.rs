@@ -70,6 +70,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod alias;
 mod broker;
 mod config;
 mod event;
@@ -85,6 +86,9 @@ mod timer;
 pub use broker::{Broker, Stats};
 pub use config::{Config, OverflowPolicy, QueueLimits};
 pub use event::{Event, Input, Now, PeerInfo, SessionRecord, StoreOp, StoredMessage, Transport};
-pub use hooks::{AllowAll, AuthDecision, AuthRequest, Authenticator, Authorizer, ClientInfo};
+pub use hooks::{
+    AllowAll, AuthDecision, AuthRequest, AuthStep, Authenticator, Authorizer, ClientInfo,
+    EnhancedAuthenticator,
+};
 pub use ids::ConnId;
 pub use store::MemoryStore;

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use core::num::NonZeroU32;
-use mqtt_proto::{split_levels, SubscriptionOptions};
+use mqtt_proto::{split_levels, SubscriptionOptions, TopicFilter};
 
 use crate::hash::{Map, SeededState};
 use crate::ids::Key;
@@ -20,16 +20,19 @@ pub(crate) struct SubEntry {
 }
 
 /// A matching subscription, before per-session merging.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Match {
     pub(crate) entry: SubEntry,
-    /// Matched through a shared subscription group: never merged away, never
-    /// subject to No Local (which shared subscriptions cannot set [MQTT-3.8.3-4]).
-    pub(crate) shared: bool,
+    /// The `$share/{group}/{filter}` it matched through, if shared: never merged
+    /// away, never subject to No Local (which shared subscriptions cannot set
+    /// [MQTT-3.8.3-4]).
+    pub(crate) shared: Option<TopicFilter>,
 }
 
 struct Group {
     name: Bytes,
+    /// The whole `$share/{group}/{filter}`.
+    filter: TopicFilter,
     members: Vec<SubEntry>,
 }
 
@@ -69,9 +72,10 @@ pub(crate) struct Router {
     subscriptions: usize,
 }
 
-/// Picks one member of a shared group; given the broker's seeded rng.
+/// Picks one member of a shared group (the broker prefers online members, and
+/// draws from its seeded rng).
 pub(crate) trait Picker {
-    fn pick(&mut self, n: usize) -> usize;
+    fn pick(&mut self, members: &[SubEntry]) -> usize;
 }
 
 impl Router {
@@ -147,12 +151,52 @@ impl Router {
         Some((node, false))
     }
 
+    /// The node of a filter, if it exists; the final `#` is not a node.
+    fn find_node(&self, filter: &[u8]) -> Option<(u32, bool)> {
+        let mut node = ROOT;
+        let mut levels = split_levels(filter).peekable();
+        while let Some(level) = levels.next() {
+            if level == b"#" && levels.peek().is_none() {
+                return Some((node, true));
+            }
+            let n = &self.nodes[node as usize];
+            node = if level == PLUS {
+                n.plus?
+            } else {
+                *n.children.as_ref()?.get(level)?
+            };
+        }
+        Some((node, false))
+    }
+
+    /// The members of a shared subscription group (`$share/{group}/{filter}`).
+    pub(crate) fn shared_members(&self, full: &TopicFilter) -> &[SubEntry] {
+        let Some((group, filter)) = full.shared() else {
+            return &[];
+        };
+        let Some((node, hash)) = self.find_node(filter.as_bytes()) else {
+            return &[];
+        };
+        let n = &self.nodes[node as usize];
+        let groups = if hash {
+            &n.shared_hash
+        } else {
+            &n.shared_exact
+        };
+        groups
+            .iter()
+            .find(|g| g.name == group.as_bytes())
+            .map_or(&[], |g| &g.members[..])
+    }
+
     /// Adds or replaces `session`'s subscription to `filter` (the part after any
-    /// `$share/{group}/`). Returns true if it replaced one.
+    /// `$share/{group}/`; `full` is the whole filter). Returns true if it replaced
+    /// one.
     pub(crate) fn subscribe(
         &mut self,
         group: Option<&Bytes>,
         filter: &Bytes,
+        full: &TopicFilter,
         entry: SubEntry,
     ) -> bool {
         let Some((node, hash)) = self.node_for(filter, true) else {
@@ -178,6 +222,7 @@ impl Router {
                     None => {
                         groups.push(Group {
                             name: name.clone(),
+                            filter: full.clone(),
                             members: Vec::new(),
                         });
                         groups.len() - 1
@@ -309,14 +354,14 @@ impl Router {
 fn push_all(list: &[SubEntry], groups: &[Group], picker: &mut dyn Picker, out: &mut Vec<Match>) {
     out.extend(list.iter().map(|&entry| Match {
         entry,
-        shared: false,
+        shared: None,
     }));
     for g in groups {
         if !g.members.is_empty() {
-            let i = picker.pick(g.members.len());
+            let i = picker.pick(&g.members);
             out.push(Match {
                 entry: g.members[i],
-                shared: true,
+                shared: Some(g.filter.clone()),
             });
         }
     }

@@ -20,6 +20,8 @@ pub(crate) struct Queued {
     pub(crate) expires_at: Option<Instant>,
     pub(crate) seq: u64,
     pub(crate) size: usize,
+    /// The shared subscription (`$share/{group}/{filter}`) it came through, if any.
+    pub(crate) shared: Option<TopicFilter>,
 }
 
 /// Where an outbound QoS 1/2 message is in its flow.
@@ -167,6 +169,16 @@ pub(crate) struct Conn {
     pub(crate) peer_receive_max: u16,
     /// Inbound topic aliases, indexed by alias - 1; allocated on first use.
     pub(crate) inbound_aliases: Vec<Option<TopicName>>,
+    /// The Authentication Method agreed at CONNECT (enhanced authentication).
+    pub(crate) auth_method: Option<MqttString>,
+    /// A CONNECT waiting for its AUTH exchange to finish.
+    pub(crate) pending_connect: Option<Box<mqtt_proto::Connect>>,
+    /// A re-authentication (AUTH 0x19) is in progress.
+    pub(crate) reauthenticating: bool,
+    /// Peer's Topic Alias Maximum: how many aliases the broker may set towards it.
+    pub(crate) peer_topic_alias_max: u16,
+    /// Aliases the broker set towards the peer.
+    pub(crate) out_aliases: crate::alias::OutboundAliases,
     pub(crate) will: Option<crate::session::PendingWill>,
     /// Whether the client asked for Reason Strings and User Properties on failures
     /// (Request Problem Information, default true).
@@ -192,11 +204,21 @@ impl Conn {
             peer_max_packet: u32::MAX,
             peer_receive_max: u16::MAX,
             inbound_aliases: Vec::new(),
+            peer_topic_alias_max: 0,
+            auth_method: None,
+            pending_connect: None,
+            reauthenticating: false,
+            out_aliases: crate::alias::OutboundAliases::default(),
             will: None,
             problem_info: true,
             client_id: None,
             connect_expiry_zero: true,
         }
+    }
+
+    /// A CONNECT is waiting for its AUTH exchange.
+    pub(crate) fn pending_auth(&self) -> bool {
+        self.pending_connect.is_some()
     }
 
     pub(crate) fn session(&self) -> Option<Key> {

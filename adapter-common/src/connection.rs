@@ -221,16 +221,32 @@ impl Connection {
                 }
                 return Poll::Pending;
             }
-            self.io.release_idle_buffers();
-            self.io.reserve_for_read();
-            match t.poll_read_buf(cx, &mut self.io.input) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+            // Between packets, read into the thread's shared buffer, so an idle
+            // connection holds no read buffer and only a partial packet's bytes are
+            // copied into its own; with a packet in progress, read into its own buffer
+            // (sized for the rest of that packet) to avoid copying it again.
+            let shared = self.io.input.is_empty();
+            let mut buf = if shared {
+                hub.borrow_mut().take_read_buffer()
+            } else {
+                self.io.reserve_for_read();
+                core::mem::take(&mut self.io.input)
+            };
+            let read = t.poll_read_buf(cx, &mut buf);
+            self.io.input = buf;
+            match read {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.give_back(hub, shared);
+                    return Poll::Ready(false);
+                }
                 Poll::Ready(Ok(_)) => {
                     hub.borrow_mut().feed(clock(), conn, &mut self.io);
+                    self.give_back(hub, shared);
                     progressed = true;
                 }
-                Poll::Pending => {}
+                Poll::Pending => self.give_back(hub, shared),
             }
+            self.io.release_idle_buffers();
             if self.notify.poll_notified(cx).is_ready() {
                 progressed = true;
             }
@@ -238,6 +254,20 @@ impl Connection {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// After a read into the shared buffer: a partial packet left in it is copied
+    /// into the connection's own buffer, and the shared buffer goes back.
+    fn give_back(&mut self, hub: &SharedHub, shared: bool) {
+        if !shared {
+            return;
+        }
+        let mut rest = core::mem::take(&mut self.io.input);
+        if !rest.is_empty() {
+            self.io.input = BytesMut::from(&rest[..]);
+            rest.clear();
+        }
+        hub.borrow_mut().put_read_buffer(rest);
     }
 
     /// Writes the last output (a CONNACK refusal, a DISCONNECT, the WebSocket close)

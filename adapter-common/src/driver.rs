@@ -52,6 +52,8 @@ pub struct ConnIo {
 
 /// Read size when no packet is in progress.
 const READ_CHUNK: usize = 4096;
+/// Size of a block of the shared read buffer.
+const SHARED_READ_BLOCK: usize = 64 * 1024;
 
 impl ConnIo {
     /// Buffers for a new connection; the decoder learns the version from CONNECT and
@@ -83,10 +85,10 @@ impl ConnIo {
     /// connection that was busy once does not hold a large buffer while idle.
     pub fn release_idle_buffers(&mut self) {
         const KEEP: usize = 4 * READ_CHUNK;
-        if self.input.is_empty() && self.input.capacity() > KEEP {
+        if self.input.is_empty() && self.input.capacity() > 0 {
             self.input = BytesMut::new();
         }
-        if self.mqtt.is_empty() && self.mqtt.capacity() > KEEP {
+        if self.mqtt.is_empty() && self.mqtt.capacity() > 0 {
             self.mqtt = BytesMut::new();
         }
         if self.output.is_empty() && self.output.capacity() > 16 * KEEP {
@@ -106,6 +108,8 @@ pub struct Hub<W: Wake> {
     conns: HashMap<ConnId, Entry<W>>,
     timer: Option<W>,
     armed: Option<Instant>,
+    /// The read buffer every connection of this thread reads into, one at a time.
+    read_buffer: BytesMut,
 }
 
 impl<W: Wake> Hub<W> {
@@ -116,12 +120,30 @@ impl<W: Wake> Hub<W> {
             conns: HashMap::new(),
             timer: None,
             armed: None,
+            read_buffer: BytesMut::new(),
         }
     }
 
     /// The core, for getters.
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// The shared read buffer, empty, with room for a read. Decoded packets keep
+    /// slices of it alive; once they are gone its memory is reused, else a fresh
+    /// block is allocated (one allocation per many reads, not per message).
+    pub fn take_read_buffer(&mut self) -> BytesMut {
+        let mut buf = core::mem::take(&mut self.read_buffer);
+        if buf.capacity() - buf.len() < READ_CHUNK {
+            buf.reserve(SHARED_READ_BLOCK);
+        }
+        buf
+    }
+
+    /// Returns the shared read buffer (emptied by the caller).
+    pub fn put_read_buffer(&mut self, buf: BytesMut) {
+        debug_assert!(buf.is_empty());
+        self.read_buffer = buf;
     }
 
     /// The waker of the timer task, woken when the core's next deadline moves earlier

@@ -214,7 +214,9 @@ impl Broker {
     pub fn protocol(&self, conn: ConnId) -> Option<ProtocolVersion> {
         let c = self.conns.get(key(conn))?;
         match c.state {
-            ConnState::AwaitingConnect { .. } => None,
+            // During an enhanced-authentication exchange CONNECT was seen, and AUTH
+            // packets (5.0 only) flow both ways before CONNACK.
+            ConnState::AwaitingConnect { .. } if !c.pending_auth() => None,
             _ => Some(c.version),
         }
     }
@@ -578,14 +580,22 @@ impl Broker {
                         .apply(p, c.peer_topic_alias_max, c.peer_max_packet, v);
                 }
             }
-            let len = p.encoded_len(v);
-            let written = buf.len() - start;
-            if written > 0 && written + len > budget {
-                break;
+            // [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3] and their kin: Reason
+            // String and User Properties are left out of a packet they would push over
+            // the client's Maximum Packet Size (PUBLISH was checked when queued).
+            if c.peer_max_packet != u32::MAX && p.encoded_len(v) > c.peer_max_packet as usize {
+                strip_problem_info(p);
             }
+            // Encode, and take it back if it overshot the budget: one encoding pass
+            // per packet instead of measuring first.
+            let before = buf.len();
             // Encoding can only fail for packets the version cannot express, which
             // the broker does not queue; such a packet is skipped rather than sent wrong.
             let _ = p.encode(v, buf);
+            if before > start && buf.len() - start > budget {
+                buf.truncate(before);
+                break;
+            }
             c.out_bytes = c.out_bytes.saturating_sub(size);
             c.out.pop_front();
         }
@@ -624,7 +634,9 @@ impl Broker {
             assigned = Some(id.clone());
             id
         } else {
-            p.client_id.clone()
+            // Sessions outlive connections: own the id rather than pin the read buffer
+            // the CONNECT was decoded from.
+            MqttString::copy_from_str(p.client_id.as_str()).unwrap_or_else(|_| p.client_id.clone())
         };
         // Keep alive (Mosquitto's max_keepalive rule for 3.1.1, Server Keep Alive in 5.0).
         let mut keep_alive = p.keep_alive;
@@ -706,27 +718,28 @@ impl Broker {
             } else {
                 let props = w.properties;
                 let delay = props.will_delay_interval.unwrap_or(0);
-                will = Some(PendingWill {
-                    publish: Publish {
-                        dup: false,
-                        qos: w.qos,
-                        retain: w.retain,
-                        topic: w.topic,
-                        packet_id: None,
-                        properties: mqtt_proto::PublishProperties {
-                            payload_format_indicator: props.payload_format_indicator,
-                            message_expiry_interval: props.message_expiry_interval,
-                            content_type: props.content_type,
-                            response_topic: props.response_topic,
-                            correlation_data: props.correlation_data,
-                            subscription_identifiers: Vec::new(),
-                            topic_alias: None,
-                            user_properties: props.user_properties,
-                        },
-                        payload: w.payload,
+                let mut publish = Publish {
+                    dup: false,
+                    qos: w.qos,
+                    retain: w.retain,
+                    topic: w.topic,
+                    packet_id: None,
+                    properties: mqtt_proto::PublishProperties {
+                        payload_format_indicator: props.payload_format_indicator,
+                        message_expiry_interval: props.message_expiry_interval,
+                        content_type: props.content_type,
+                        response_topic: props.response_topic,
+                        correlation_data: props.correlation_data,
+                        subscription_identifiers: Vec::new(),
+                        topic_alias: None,
+                        user_properties: props.user_properties,
                     },
-                    delay,
-                });
+                    payload: w.payload,
+                };
+                // The will waits for the connection's end: it must not pin the read
+                // buffer the CONNECT came in.
+                detach_publish(&mut publish);
+                will = Some(PendingWill { publish, delay });
             }
         }
         // Session expiry granted.
@@ -1520,6 +1533,7 @@ impl Broker {
             None => {
                 let mut rel = PubAck::new(a.packet_id);
                 rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+                rel.properties = self.ack_properties(k, rel.reason_code);
                 self.push_out(k, Packet::PubRel(rel));
             }
         }
@@ -1535,6 +1549,10 @@ impl Broker {
                 s.incoming_qos2.swap_remove(i);
             }
             None => comp.reason_code = ReasonCode::PacketIdentifierNotFound,
+        }
+        // [MQTT-3.7.2.2] a Reason String with the error, as on every negative ack.
+        if !comp.reason_code.is_success() {
+            comp.properties = self.ack_properties(k, comp.reason_code);
         }
         self.push_out(k, Packet::PubComp(comp));
     }
@@ -1681,6 +1699,9 @@ impl Broker {
         options: mqtt_proto::SubscriptionOptions,
         id: Option<NonZeroU32>,
     ) {
+        // The subscription outlives the SUBSCRIBE's read buffer: own the filter.
+        let filter = mqtt_proto::TopicFilter::new(Bytes::copy_from_slice(filter.as_bytes()))
+            .unwrap_or(filter);
         let (group, match_filter) = split_shared(&filter);
         self.router.subscribe(
             group.as_ref(),
@@ -1769,6 +1790,11 @@ impl Broker {
     fn violation(&mut self, now: Now, k: Key, code: ReasonCode) {
         let Some(c) = self.conns.get(k) else { return };
         let sk = c.session();
+        // [MQTT-3.14.0-1] no DISCONNECT before CONNACK: a violation during the AUTH
+        // exchange of CONNECT is refused with CONNACK [MQTT-4.12.0-4].
+        if matches!(c.state, ConnState::AwaitingConnect { .. }) {
+            return self.refuse(k, code);
+        }
         self.push_disconnect(k, code);
         if let Some(c) = self.conns.get_mut(k) {
             c.state = ConnState::Closing;
@@ -2093,10 +2119,28 @@ fn refresh_expiry(p: &mut Publish, expires_at: Option<Instant>, now: Instant) ->
     true
 }
 
-/// Copies a message's bytes out of the (possibly large) buffer it was decoded from.
+/// Copies a message's bytes out of the (possibly large) buffer it was decoded from,
+/// for messages that outlive the moment (wills, offline queues, retained messages).
+/// Properties are copied only when present.
 fn detach_publish(p: &mut Publish) {
     p.topic = detach_topic(&p.topic);
     p.payload = Bytes::copy_from_slice(&p.payload);
+    let props = &mut p.properties;
+    if let Some(t) = &props.response_topic {
+        props.response_topic = Some(detach_topic(t));
+    }
+    if let Some(c) = &props.content_type {
+        props.content_type =
+            Some(MqttString::copy_from_str(c.as_str()).unwrap_or_else(|_| c.clone()));
+    }
+    if let Some(d) = &props.correlation_data {
+        props.correlation_data = Some(Bytes::copy_from_slice(d));
+    }
+    if !props.user_properties.is_empty() {
+        if let Ok(u) = mqtt_proto::UserProperties::from_pairs(props.user_properties.iter()) {
+            props.user_properties = u;
+        }
+    }
 }
 
 fn detach_topic(t: &TopicName) -> TopicName {
@@ -2123,6 +2167,39 @@ fn fits(packet: &Packet, c: &Conn) -> bool {
     c.peer_max_packet == u32::MAX || packet.encoded_len(c.version) <= c.peer_max_packet as usize
 }
 
+/// Drops the Reason String and User Properties of a packet other than PUBLISH.
+fn strip_problem_info(p: &mut Packet) {
+    let (reason, user) = match p {
+        Packet::ConnAck(a) => (
+            &mut a.properties.reason_string,
+            &mut a.properties.user_properties,
+        ),
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => (
+            &mut a.properties.reason_string,
+            &mut a.properties.user_properties,
+        ),
+        Packet::SubAck(a) => (
+            &mut a.properties.reason_string,
+            &mut a.properties.user_properties,
+        ),
+        Packet::UnsubAck(a) => (
+            &mut a.properties.reason_string,
+            &mut a.properties.user_properties,
+        ),
+        Packet::Disconnect(d) => (
+            &mut d.properties.reason_string,
+            &mut d.properties.user_properties,
+        ),
+        Packet::Auth(a) => (
+            &mut a.properties.reason_string,
+            &mut a.properties.user_properties,
+        ),
+        _ => return,
+    };
+    *reason = None;
+    *user = mqtt_proto::UserProperties::new();
+}
+
 fn reason_string(code: ReasonCode) -> Option<MqttString> {
     MqttString::from_static(code.description()).ok()
 }
@@ -2135,11 +2212,14 @@ fn connack(session_present: bool, reason_code: ReasonCode) -> Packet {
     })
 }
 
+/// Memory a queued packet holds: the queue slot itself plus, for a PUBLISH, the
+/// bytes it keeps alive (an estimate; shared buffers are counted per receiver).
 fn out_size(p: &Packet) -> usize {
-    match p {
-        Packet::Publish(p) => approx_size(p),
-        _ => 8,
-    }
+    core::mem::size_of::<Packet>()
+        + match p {
+            Packet::Publish(p) => approx_size(p),
+            _ => 0,
+        }
 }
 
 fn key(c: ConnId) -> Key {

@@ -74,8 +74,10 @@ pub struct Config {
     /// Limits of an online session's queue of QoS 1/2 messages waiting for the
     /// in-flight window. Beyond it the oldest QoS 1 message is dropped.
     pub online_queue: QueueLimits,
-    /// Bytes of packets waiting to be written to one connection. QoS 0 messages
-    /// beyond it are dropped for that connection.
+    /// Memory of packets waiting to be written to one connection (queue slots and
+    /// the message bytes they hold). QoS 0 messages beyond it are dropped for that
+    /// connection. Default 256 KiB: a subscriber that keeps up never comes near it,
+    /// and 100 stalled subscribers hold at most 25 MiB.
     pub outbound_buffer_bytes: usize,
     /// What a full offline queue does.
     pub offline_overflow: OverflowPolicy,
@@ -124,7 +126,7 @@ impl Default for Config {
                 messages: 10_000,
                 bytes: 16 * 1024 * 1024,
             },
-            outbound_buffer_bytes: 1024 * 1024,
+            outbound_buffer_bytes: 256 * 1024,
             offline_overflow: OverflowPolicy::EndSession,
             response_information_prefix: None,
             retain_available: true,

@@ -67,7 +67,8 @@ impl Authorizer for AllowAll {}
 
 /// Maps a refused authentication to what a 3.1.1 client can be told.
 pub(crate) fn refusal_code(code: ReasonCode) -> ReasonCode {
-    if code.is_success() {
+    // A code CONNACK cannot carry would reach the client as a malformed packet.
+    if code.is_success() || !code.valid_in(mqtt_proto::ReasonContext::ConnAck) {
         ReasonCode::NotAuthorized
     } else {
         code

@@ -1,6 +1,6 @@
 //! Enhanced authentication and re-authentication (MQTT 5.0 section 4.12).
 
-use mqtt_proto::{Auth, AuthProperties, Connect, MqttString, Packet, ReasonCode};
+use mqtt_proto::{Auth, AuthProperties, Connect, MqttString, Packet, ReasonCode, ReasonContext};
 
 use super::{Broker, EnhancedOutcome};
 use crate::event::Now;
@@ -12,6 +12,10 @@ impl Broker {
     /// CONNECT: with an Authentication Method the exchange starts here; without one,
     /// straight on to the rest of CONNECT handling.
     pub(super) fn on_connect(&mut self, now: Now, k: Key, p: Connect) {
+        // [MQTT-3.2.2-19] even a refusal must fit the client's Maximum Packet Size.
+        if let (Some(c), Some(max)) = (self.conns.get_mut(k), p.properties.maximum_packet_size) {
+            c.peer_max_packet = max.get();
+        }
         let Some(method) = p.properties.authentication_method.clone() else {
             return self.finish_connect(now, k, p, None);
         };
@@ -53,7 +57,7 @@ impl Broker {
                     authentication_name,
                 }),
             ),
-            AuthStep::Failure(code) => self.refuse(k, failure_code(code)),
+            AuthStep::Failure(code) => self.refuse(k, failure_code(code, ReasonContext::ConnAck)),
         }
     }
 
@@ -113,7 +117,9 @@ impl Broker {
                 self.push_auth(k, ReasonCode::Success, agreed, data);
             }
             // [MQTT-4.12.1-2] a failed re-authentication disconnects.
-            AuthStep::Failure(code) => self.violation(now, k, failure_code(code)),
+            AuthStep::Failure(code) => {
+                self.violation(now, k, failure_code(code, ReasonContext::Disconnect))
+            }
         }
     }
 
@@ -138,9 +144,12 @@ impl Broker {
     }
 }
 
-/// A hook's failure code as CONNACK/DISCONNECT can carry it.
-fn failure_code(code: ReasonCode) -> ReasonCode {
-    if code.is_success() {
+/// A hook's failure code as CONNACK or DISCONNECT can carry it: a success code, or
+/// one the packet's table lacks (0x86 Bad User Name or Password exists in CONNACK
+/// only [MQTT-3.14.2.1]), is Not authorized; a peer would take any other code as a
+/// malformed packet.
+fn failure_code(code: ReasonCode, packet: ReasonContext) -> ReasonCode {
+    if code.is_success() || !code.valid_in(packet) {
         ReasonCode::NotAuthorized
     } else {
         code

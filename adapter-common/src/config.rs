@@ -609,7 +609,9 @@ fn validate_listener(l: &Listener) -> Result<(), ConfigError> {
 /// Two binds collide when the OS would refuse the second: the same address and
 /// port, or the same port where one side is the wildcard address of its family.
 fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
+    // Port 0 asks the system for a free port: two of them never collide.
+    a.port() != 0
+        && a.port() == b.port()
         && (a.ip() == b.ip()
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }

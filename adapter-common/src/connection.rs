@@ -191,26 +191,49 @@ impl Connection {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            // Everything the core has for us, up to a write's worth.
-            {
+            // Everything the core has for us, up to a write's worth, pulled into the
+            // thread's shared write buffer when nothing of ours is pending, so an idle
+            // connection holds no write buffer; only what the socket does not take
+            // stays with the connection.
+            let own = !self.io.output.is_empty();
+            let mut out = if own {
+                core::mem::take(&mut self.io.output)
+            } else {
+                hub.borrow_mut().take_write_buffer()
+            };
+            let closing = {
                 let mut hub = hub.borrow_mut();
-                while self.io.output.len() < WRITE_BUDGET
-                    && hub.pull(conn, &mut self.io, WRITE_BUDGET) > 0
+                while out.len() < WRITE_BUDGET
+                    && hub.pull(conn, &mut self.io, &mut out, WRITE_BUDGET) > 0
                 {}
-                if hub.closing(conn).is_some() || self.io.finished {
-                    return Poll::Ready(true);
-                }
-            }
+                hub.closing(conn).is_some() || self.io.finished
+            };
             let mut progressed = false;
-            if !self.io.output.is_empty() {
-                match t.poll_write(cx, &self.io.output) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+            let mut failed = false;
+            if !closing && !out.is_empty() {
+                match t.poll_write(cx, &out) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => failed = true,
                     Poll::Ready(Ok(n)) => {
-                        self.io.output.advance(n);
+                        out.advance(n);
                         progressed = true;
                     }
                     Poll::Pending => {}
                 }
+            }
+            if own {
+                self.io.output = out;
+            } else {
+                if !out.is_empty() {
+                    self.io.output = BytesMut::from(&out[..]);
+                    out.clear();
+                }
+                hub.borrow_mut().put_write_buffer(out);
+            }
+            if closing {
+                return Poll::Ready(true);
+            }
+            if failed {
+                return Poll::Ready(false);
             }
             // A peer that does not read while it keeps sending would make the core
             // queue ever more acknowledgements for it: while its socket does not drain,

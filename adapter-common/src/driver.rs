@@ -81,17 +81,16 @@ impl ConnIo {
         self.input.reserve(want.clamp(READ_CHUNK, 1024 * 1024));
     }
 
-    /// Gives back buffer memory a large packet left behind once it is consumed, so a
-    /// connection that was busy once does not hold a large buffer while idle.
+    /// Gives back the memory of buffers that are empty: reads and writes go through
+    /// the thread's shared buffers, so an idle connection holds none of its own.
     pub fn release_idle_buffers(&mut self) {
-        const KEEP: usize = 4 * READ_CHUNK;
         if self.input.is_empty() && self.input.capacity() > 0 {
             self.input = BytesMut::new();
         }
         if self.mqtt.is_empty() && self.mqtt.capacity() > 0 {
             self.mqtt = BytesMut::new();
         }
-        if self.output.is_empty() && self.output.capacity() > 16 * KEEP {
+        if self.output.is_empty() && self.output.capacity() > 0 {
             self.output = BytesMut::new();
         }
     }
@@ -110,6 +109,8 @@ pub struct Hub<W: Wake> {
     armed: Option<Instant>,
     /// The read buffer every connection of this thread reads into, one at a time.
     read_buffer: BytesMut,
+    /// The write buffer every connection of this thread writes from, one at a time.
+    write_buffer: BytesMut,
 }
 
 impl<W: Wake> Hub<W> {
@@ -121,6 +122,7 @@ impl<W: Wake> Hub<W> {
             timer: None,
             armed: None,
             read_buffer: BytesMut::new(),
+            write_buffer: BytesMut::new(),
         }
     }
 
@@ -144,6 +146,18 @@ impl<W: Wake> Hub<W> {
     pub fn put_read_buffer(&mut self, buf: BytesMut) {
         debug_assert!(buf.is_empty());
         self.read_buffer = buf;
+    }
+
+    /// The shared write buffer, empty. A connection pulls its output into it and
+    /// keeps only what its socket did not take.
+    pub fn take_write_buffer(&mut self) -> BytesMut {
+        core::mem::take(&mut self.write_buffer)
+    }
+
+    /// Returns the shared write buffer (emptied by the caller).
+    pub fn put_write_buffer(&mut self, buf: BytesMut) {
+        debug_assert!(buf.is_empty());
+        self.write_buffer = buf;
     }
 
     /// The waker of the timer task, woken when the core's next deadline moves earlier
@@ -210,17 +224,23 @@ impl<W: Wake> Hub<W> {
         self.dispatch();
     }
 
-    /// Appends what the core has for this connection to `io.output` (framed for
+    /// Appends what the core has for this connection to `out` (framed for
     /// WebSocket), at most about `budget` bytes. Returns the MQTT bytes pulled.
-    pub fn pull(&mut self, conn: ConnId, io: &mut ConnIo, budget: usize) -> usize {
+    pub fn pull(
+        &mut self,
+        conn: ConnId,
+        io: &mut ConnIo,
+        out: &mut BytesMut,
+        budget: usize,
+    ) -> usize {
         match &mut io.framing {
-            Framing::Raw => self.broker.poll_transmit(conn, &mut io.output, budget),
+            Framing::Raw => self.broker.poll_transmit(conn, out, budget),
             Framing::WebSocket(frames) => {
-                let _ = frames.poll_control(&mut io.output);
+                let _ = frames.poll_control(out);
                 io.stage.clear();
                 let n = self.broker.poll_transmit(conn, &mut io.stage, budget);
                 if n > 0 {
-                    websocket::encode_binary(&io.stage, &mut io.output);
+                    websocket::encode_binary(&io.stage, out);
                 }
                 n
             }
@@ -230,7 +250,9 @@ impl<W: Wake> Hub<W> {
     /// Pulls everything the core has for the connection (the last bytes before a
     /// close), and starts the WebSocket close handshake if there is one.
     pub fn pull_final(&mut self, conn: ConnId, io: &mut ConnIo) {
-        while self.pull(conn, io, usize::MAX) > 0 {}
+        let mut out = core::mem::take(&mut io.output);
+        while self.pull(conn, io, &mut out, usize::MAX) > 0 {}
+        io.output = out;
         if let Framing::WebSocket(frames) = &mut io.framing {
             frames.close(websocket::close_code::NORMAL);
             let _ = frames.poll_control(&mut io.output);

@@ -221,7 +221,12 @@ where
             }
         };
     }
+    // Logs go to stderr, so stdout carries only what scripts read (the bound
+    // addresses); colours only on a terminal.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

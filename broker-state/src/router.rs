@@ -351,7 +351,12 @@ impl Router {
     }
 }
 
+#[inline]
 fn push_all(list: &[SubEntry], groups: &[Group], picker: &mut dyn Picker, out: &mut Vec<Match>) {
+    // Most nodes on a walk hold no subscribers of the kind asked for.
+    if list.is_empty() && groups.is_empty() {
+        return;
+    }
     out.extend(list.iter().map(|&entry| Match {
         entry,
         shared: None,

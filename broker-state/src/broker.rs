@@ -30,6 +30,12 @@ use crate::timer::{TimerKind, Timers};
 mod auth;
 mod invariants;
 
+/// Drained output queues kept for reuse: enough for every connection of a 256-way
+/// fan-out to take one without allocating, at most 256 x 16 packet slots (~1.8 MiB).
+const OUT_POOL_BUFFERS: usize = 256;
+/// Larger drained queues (a burst) are freed rather than pooled.
+const OUT_POOL_SLOTS: usize = 16;
+
 /// Counters of what the broker did and dropped. Every drop is counted here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -85,6 +91,10 @@ pub struct Broker {
     authorizer_is_default: bool,
     enhanced: Option<Box<dyn EnhancedAuthenticator + Send>>,
     scratch: Vec<Match>,
+    /// Empty output queues of drained connections, reused by the next connection
+    /// with output: idle connections hold no queue memory, and routing allocates
+    /// none per message.
+    out_pool: Vec<VecDeque<Packet>>,
     route_epoch: u64,
     route_marks: Map<Key, u64>,
     stats: Stats,
@@ -164,6 +174,7 @@ impl Broker {
             authorizer_is_default: true,
             enhanced: None,
             scratch: Vec::new(),
+            out_pool: Vec::new(),
             route_epoch: 0,
             route_marks: Map::with_hasher(hasher),
             stats: Stats::default(),
@@ -606,8 +617,13 @@ impl Broker {
         if c.out.is_empty() {
             c.transmit_signalled = false;
             // An idle connection keeps no queue memory (a Packet slot is ~450 bytes).
+            // The drained buffer goes to a small pool that `push_out` takes from, so
+            // that a busy connection does not allocate a new one for every message.
             if c.out.capacity() > 0 {
-                c.out = VecDeque::new();
+                let drained = core::mem::take(&mut c.out);
+                if drained.capacity() <= OUT_POOL_SLOTS && self.out_pool.len() < OUT_POOL_BUFFERS {
+                    self.out_pool.push(drained);
+                }
             }
         }
         buf.len() - start
@@ -2022,6 +2038,11 @@ impl Broker {
             return;
         };
         c.out_bytes += out_size(&packet);
+        if c.out.capacity() == 0 {
+            if let Some(pooled) = self.out_pool.pop() {
+                c.out = pooled;
+            }
+        }
         c.out.push_back(packet);
         if !c.transmit_signalled {
             c.transmit_signalled = true;

@@ -1,7 +1,7 @@
 //! Streaming decoder: bytes in a `BytesMut` -> `Packet`s.
 
 use alloc::vec::Vec;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::io::{decode_vbi, Reader};
@@ -119,9 +119,15 @@ impl Decoder {
         if buf.len() < size {
             return Ok(None);
         }
-        let mut frame = buf.split_to(size);
-        let body = frame.split_off(header.header_len).freeze();
-        let packet = decode_body(self.version, header.first_byte, body)?;
+        // One reference to the read buffer for the whole packet; the fields are
+        // slices of it (and a PUBLISH payload takes this reference over).
+        let frame = buf.split_to(size).freeze();
+        if let (packet_type::PUBLISH, Some(v)) = (header.packet_type(), self.version) {
+            // The hot path returns what `decode_publish` built, where it built it: a
+            // `Packet` is a few hundred bytes, and every move of one is a memcpy.
+            return decode_publish(frame, header.header_len, v.is_v5());
+        }
+        let packet = decode_frame(self.version, frame, header.header_len)?;
         if let Packet::Connect(c) = &packet {
             if self.version.is_none() {
                 self.version = Some(c.protocol);
@@ -145,37 +151,41 @@ pub fn decode_packet(
     if bytes.len() > header.packet_len() {
         return Err(DecodeError::TrailingBytes);
     }
-    decode_body(version, header.first_byte, bytes.slice(header.header_len..))
+    decode_frame(version, bytes, header.header_len)
 }
 
-fn decode_body(
+/// Decodes one whole packet, `frame`, whose body starts at `body_start`.
+fn decode_frame(
     version: Option<ProtocolVersion>,
-    first_byte: u8,
-    body: Bytes,
+    frame: Bytes,
+    body_start: usize,
 ) -> Result<Packet, DecodeError> {
+    let first_byte = frame[0];
     let ptype = first_byte >> 4;
     let flags = first_byte & 0x0F;
-    let mut r = Reader::new(body);
-    let v = match version {
-        Some(v) => v,
-        None if ptype == packet_type::CONNECT => {
-            check_flags(ptype, flags, 0)?;
-            return decode_connect(&mut r).map(Packet::Connect);
-        }
-        None => return Err(DecodeError::FirstPacketNotConnect),
+    if let (packet_type::PUBLISH, Some(v)) = (ptype, version) {
+        // `decode_publish` never returns `Ok(None)`.
+        return decode_publish(frame, body_start, v.is_v5())?.ok_or(DecodeError::UnexpectedEnd);
+    }
+    let mut r = Reader::new(&frame, body_start);
+    // Before CONNECT the version is unknown and only CONNECT may arrive
+    // [MQTT-3.1.0-1]; CONNECT itself names its version, so it decodes alike either way.
+    if ptype == packet_type::CONNECT {
+        check_flags(ptype, flags, 0)?;
+        let connect = decode_connect(&mut r)?;
+        r.expect_end()?;
+        return Ok(Packet::Connect(connect));
+    }
+    let Some(v) = version else {
+        return Err(DecodeError::FirstPacketNotConnect);
     };
     let v5 = v.is_v5();
     use packet_type::*;
     let packet = match ptype {
-        CONNECT => {
-            check_flags(ptype, flags, 0)?;
-            Packet::Connect(decode_connect(&mut r)?)
-        }
         CONNACK => {
             check_flags(ptype, flags, 0)?;
             Packet::ConnAck(decode_connack(&mut r, v)?)
         }
-        PUBLISH => Packet::Publish(decode_publish(&mut r, flags, v5)?),
         PUBACK => {
             check_flags(ptype, flags, 0)?;
             Packet::PubAck(decode_puback(&mut r, v5, ReasonContext::PubAckOrPubRec)?)
@@ -377,7 +387,18 @@ fn decode_connack(r: &mut Reader, v: ProtocolVersion) -> Result<ConnAck, DecodeE
     })
 }
 
-fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
+/// Decodes a PUBLISH, `frame`, whose body starts at `body_start`.
+///
+/// Returns `Ok(Some(_))` or `Err`: the `Option` is the shape [`Decoder::decode`]
+/// returns, so that the packet is built once, in the caller's return slot. The payload
+/// takes over `frame` instead of adding a reference to it.
+fn decode_publish(
+    frame: Bytes,
+    body_start: usize,
+    v5: bool,
+) -> Result<Option<Packet>, DecodeError> {
+    let flags = frame[0] & 0x0F;
+    let r = &mut Reader::new(&frame, body_start);
     let dup = flags & 0b1000 != 0;
     // [MQTT-3.3.1-4] QoS 3 is malformed.
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
@@ -402,8 +423,16 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
     if topic.is_empty() && properties.topic_alias.is_none() {
         return Err(DecodeError::EmptyTopicWithoutAlias);
     }
-    let payload = r.rest();
-    Ok(Publish {
+    // The payload is the rest of the packet: the packet's own reference, advanced,
+    // which costs no reference-count update.
+    let payload_start = r.position();
+    let mut payload = frame;
+    payload.advance(payload_start);
+    // One struct expression of locals in the return position, so the packet is
+    // written (nearly) straight into the caller's return slot. Building it in a local,
+    // filling it in afterwards, or calling a function inside the expression made the
+    // compiler copy a few hundred bytes once or twice more (seen in the disassembly).
+    Ok(Some(Packet::Publish(Publish {
         dup,
         qos,
         retain,
@@ -411,7 +440,7 @@ fn decode_publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, Decode
         packet_id,
         properties,
         payload,
-    })
+    })))
 }
 
 fn decode_puback(r: &mut Reader, v5: bool, ctx: ReasonContext) -> Result<PubAck, DecodeError> {
@@ -427,6 +456,29 @@ fn decode_puback(r: &mut Reader, v5: bool, ctx: ReasonContext) -> Result<PubAck,
     Ok(ack)
 }
 
+/// How many complete entries (a non-empty length-prefixed topic filter followed by
+/// `trailer` bytes) the payload of a SUBSCRIBE or UNSUBSCRIBE starts with: the
+/// capacity of its filter list. Walking the length prefixes is cheaper than growing
+/// the list, and it bounds what a hostile payload can make the decoder allocate to
+/// one element per 3 (UNSUBSCRIBE) or 4 (SUBSCRIBE) bytes of input: an empty filter
+/// is invalid and a truncated entry is not counted.
+fn count_entries(payload: &[u8], trailer: usize) -> usize {
+    let mut n = 0;
+    let mut rest = payload;
+    while let [hi, lo, ..] = *rest {
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        let Some(after) = rest.get(2 + len + trailer..) else {
+            break;
+        };
+        if len == 0 {
+            break;
+        }
+        n += 1;
+        rest = after;
+    }
+    n
+}
+
 fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     let packet_id = packet_id(r)?;
     let properties = if v5 {
@@ -434,14 +486,14 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
     } else {
         SubscribeProperties::default()
     };
-    let mut filters = Vec::new();
+    let mut filters = Vec::with_capacity(count_entries(r.rest_slice(), 1));
     while r.remaining() > 0 {
         let filter = r.topic_filter()?;
         let b = r.u8()?;
         let qos = QoS::from_u8(b & 0b11).ok_or(DecodeError::InvalidQoS)?;
         let options = if v5 {
-            // [MQTT-3.8.3-5] bits 6 and 7 are reserved; Retain Handling 3 is a
-            // protocol error [MQTT-3.8.3.1].
+            // [MQTT-3.8.3-5] bits 6 and 7 are reserved: malformed; Retain Handling 3
+            // is a protocol error (3.8.3.1).
             if b & 0xC0 != 0 {
                 return Err(DecodeError::InvalidSubscriptionOptions);
             }
@@ -449,7 +501,7 @@ fn decode_subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> 
                 0 => RetainHandling::SendAtSubscribe,
                 1 => RetainHandling::SendIfNew,
                 2 => RetainHandling::DoNotSend,
-                _ => return Err(DecodeError::InvalidSubscriptionOptions),
+                _ => return Err(DecodeError::InvalidRetainHandling),
             };
             let no_local = b & 0b100 != 0;
             // [MQTT-3.8.3-4] No Local on a shared subscription is a protocol error.
@@ -523,7 +575,7 @@ fn decode_unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeErr
     } else {
         UnsubscribeProperties::default()
     };
-    let mut filters = Vec::new();
+    let mut filters = Vec::with_capacity(count_entries(r.rest_slice(), 0));
     while r.remaining() > 0 {
         filters.push(r.topic_filter()?);
     }

@@ -5,6 +5,7 @@
 //! for 3.1 and 3.1.1.
 
 use bytes::BytesMut;
+use core::num::NonZeroU32;
 
 use crate::error::EncodeError;
 use crate::io::{vbi_len, Counter, Sink, MAX_VARIABLE_BYTE_INTEGER};
@@ -58,7 +59,10 @@ impl Packet {
     /// Fields the wire format cannot carry at this version.
     fn check(&self, v: ProtocolVersion) -> Result<(), EncodeError> {
         const BIN: &str = "binary data longer than 65535 bytes";
+        const SUB_ID: &str = "a subscription identifier above 268435455";
         let too_long = |b: Option<&[u8]>| b.is_some_and(|b| b.len() > u16::MAX as usize);
+        // A Subscription Identifier is a Variable Byte Integer [MQTT-3.3.2.3.8].
+        let too_big = |id: NonZeroU32| id.get() > MAX_VARIABLE_BYTE_INTEGER;
         match self {
             Packet::Connect(c) => {
                 if too_long(c.password.as_deref())
@@ -83,6 +87,13 @@ impl Packet {
                 if too_long(p.properties.correlation_data.as_deref()) {
                     return Err(EncodeError::Unrepresentable(BIN));
                 }
+                if p.properties
+                    .subscription_identifiers
+                    .iter()
+                    .any(|id| too_big(*id))
+                {
+                    return Err(EncodeError::Unrepresentable(SUB_ID));
+                }
                 if (p.qos == QoS::AtMostOnce) != p.packet_id.is_none() {
                     return Err(EncodeError::Unrepresentable(
                         "a PUBLISH has a packet identifier exactly when its QoS is above 0",
@@ -100,8 +111,14 @@ impl Packet {
                     return Err(EncodeError::Unrepresentable(BIN));
                 }
             }
+            Packet::Subscribe(s) if s.properties.subscription_identifier.is_some_and(too_big) => {
+                return Err(EncodeError::Unrepresentable(SUB_ID));
+            }
+            // 3.1 has only the granted QoS codes: no failure code, and a 5.0 success code
+            // such as 0x10 has no 3.1 form either.
             Packet::SubAck(s)
-                if v == ProtocolVersion::V3_1 && s.reason_codes.iter().any(|c| !c.is_success()) =>
+                if v == ProtocolVersion::V3_1
+                    && s.reason_codes.iter().any(|c| suback_v3_code(*c) == 0x80) =>
             {
                 return Err(EncodeError::Unrepresentable("a SUBACK failure in MQTT 3.1"));
             }
@@ -118,7 +135,7 @@ impl Packet {
                 s.put_u8(u8::from(c.session_present));
                 if v5 {
                     s.put_u8(c.reason_code.as_u8());
-                    write_block(s, |s| c.properties.write(s));
+                    write_block(s, &c.properties);
                 } else {
                     s.put_u8(c.reason_code.connack_v3_code());
                 }
@@ -129,7 +146,7 @@ impl Packet {
                     s.put_u16(p.packet_id.map_or(0, |id| id.get()));
                 }
                 if v5 {
-                    write_block(s, |s| p.properties.write(s));
+                    write_block(s, &p.properties);
                 }
                 s.put_slice(&p.payload);
             }
@@ -139,14 +156,14 @@ impl Packet {
                 if v5 && (a.reason_code != ReasonCode::Success || !a.properties.is_empty()) {
                     s.put_u8(a.reason_code.as_u8());
                     if !a.properties.is_empty() {
-                        write_block(s, |s| a.properties.write(s));
+                        write_block(s, &a.properties);
                     }
                 }
             }
             Packet::Subscribe(sub) => {
                 s.put_u16(sub.packet_id.get());
                 if v5 {
-                    write_block(s, |s| sub.properties.write(s));
+                    write_block(s, &sub.properties);
                 }
                 for (filter, options) in &sub.filters {
                     s.put_lp(filter.as_bytes());
@@ -160,7 +177,7 @@ impl Packet {
             Packet::SubAck(a) => {
                 s.put_u16(a.packet_id.get());
                 if v5 {
-                    write_block(s, |s| a.properties.write(s));
+                    write_block(s, &a.properties);
                 }
                 for code in &a.reason_codes {
                     s.put_u8(if v5 {
@@ -173,7 +190,7 @@ impl Packet {
             Packet::Unsubscribe(u) => {
                 s.put_u16(u.packet_id.get());
                 if v5 {
-                    write_block(s, |s| u.properties.write(s));
+                    write_block(s, &u.properties);
                 }
                 for filter in &u.filters {
                     s.put_lp(filter.as_bytes());
@@ -182,7 +199,7 @@ impl Packet {
             Packet::UnsubAck(a) => {
                 s.put_u16(a.packet_id.get());
                 if v5 {
-                    write_block(s, |s| a.properties.write(s));
+                    write_block(s, &a.properties);
                     for code in &a.reason_codes {
                         s.put_u8(code.as_u8());
                     }
@@ -194,7 +211,7 @@ impl Packet {
                 if v5 && (d.reason_code != ReasonCode::Success || !d.properties.is_empty()) {
                     s.put_u8(d.reason_code.as_u8());
                     if !d.properties.is_empty() {
-                        write_block(s, |s| d.properties.write(s));
+                        write_block(s, &d.properties);
                     }
                 }
             }
@@ -202,7 +219,7 @@ impl Packet {
                 // [MQTT-3.15.2.1] Success without properties: Remaining Length 0.
                 if v5 && (a.reason_code != ReasonCode::Success || !a.properties.is_empty()) {
                     s.put_u8(a.reason_code.as_u8());
-                    write_block(s, |s| a.properties.write(s));
+                    write_block(s, &a.properties);
                 }
             }
         }
@@ -235,12 +252,12 @@ fn write_connect<S: Sink>(c: &Connect, s: &mut S) {
     s.put_u8(flags);
     s.put_u16(c.keep_alive);
     if v5 {
-        write_block(s, |s| c.properties.write(s));
+        write_block(s, &c.properties);
     }
     s.put_lp(c.client_id.as_bytes());
     if let Some(w) = &c.will {
         if v5 {
-            write_block(s, |s| w.properties.write(s));
+            write_block(s, &w.properties);
         }
         s.put_lp(w.topic.as_bytes());
         s.put_lp(&w.payload);

@@ -72,9 +72,12 @@ pub enum DecodeError {
     InvalidReasonCode(u8),
     /// SUBSCRIBE or UNSUBSCRIBE without any topic filter [MQTT-3.8.3-3] [MQTT-3.10.3-2].
     NoTopicFilters,
-    /// Reserved bits of a subscription options byte set [MQTT-3.8.3-5], or
-    /// Retain Handling 3.
+    /// Reserved bits of a subscription options byte set: a Malformed Packet
+    /// [MQTT-3.8.3-5] (3.1.1: [MQTT-3.8.3-4]).
     InvalidSubscriptionOptions,
+    /// Retain Handling 3 in a subscription options byte: a Protocol Error (5.0
+    /// section 3.8.3.1).
+    InvalidRetainHandling,
     /// No Local on a shared subscription [MQTT-3.8.3-4].
     NoLocalOnSharedSubscription,
     /// A 5.0 PUBLISH with an empty topic name and no Topic Alias [MQTT-3.3.2-1] /
@@ -92,22 +95,23 @@ impl DecodeError {
             PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
             UnsupportedProtocolVersion(_) => ReasonCode::UnsupportedProtocolVersion,
             ClientIdRejected => ReasonCode::ClientIdentifierNotValid,
-            InvalidString(StringError::WildcardInTopicName) | EmptyTopicWithoutAlias => {
-                ReasonCode::TopicNameInvalid
-            }
+            InvalidString(StringError::WildcardInTopicName) => ReasonCode::TopicNameInvalid,
             InvalidString(
                 StringError::Empty
                 | StringError::InvalidWildcard
                 | StringError::InvalidSharedSubscription,
             ) => ReasonCode::TopicFilterInvalid,
-            DuplicateProperty(_)
+            // "It is a Protocol Error if the Topic Name is zero length and there is no
+            // Topic Alias" (5.0 section 3.3.2.3.4).
+            EmptyTopicWithoutAlias
+            | DuplicateProperty(_)
             | FirstPacketNotConnect
             | NoLocalOnSharedSubscription
             | InvalidPropertyValue(_)
             | InvalidReasonCode(_)
             | NoTopicFilters
             | AuthBeforeV5
-            | InvalidSubscriptionOptions => ReasonCode::ProtocolError,
+            | InvalidRetainHandling => ReasonCode::ProtocolError,
             MalformedVariableByteInteger
             | InvalidPacketType(_)
             | InvalidFixedHeaderFlags { .. }
@@ -121,6 +125,7 @@ impl DecodeError {
             | ConnectReservedFlag
             | WillFlagsWithoutWill
             | PasswordWithoutUsername
+            | InvalidSubscriptionOptions
             | InvalidPropertyId(_) => ReasonCode::MalformedPacket,
         }
     }
@@ -164,7 +169,8 @@ impl fmt::Display for DecodeError {
             InvalidPropertyValue(id) => write!(f, "property 0x{id:02X} has an invalid value"),
             InvalidReasonCode(c) => write!(f, "reason code 0x{c:02X} not valid in this packet"),
             NoTopicFilters => f.write_str("no topic filters"),
-            InvalidSubscriptionOptions => f.write_str("invalid subscription options"),
+            InvalidSubscriptionOptions => f.write_str("reserved subscription option bits set"),
+            InvalidRetainHandling => f.write_str("retain handling 3"),
             NoLocalOnSharedSubscription => f.write_str("No Local set on a shared subscription"),
             EmptyTopicWithoutAlias => f.write_str("empty topic name without a topic alias"),
             AuthBeforeV5 => f.write_str("AUTH packet before MQTT 5.0"),

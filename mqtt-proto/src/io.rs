@@ -6,7 +6,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::DecodeError;
-use crate::string::{MqttString, TopicFilter, TopicName};
+use crate::string::{
+    validate_topic_filter, validate_topic_name, validate_utf8, MqttString, StringError,
+    TopicFilter, TopicName,
+};
 
 /// The largest value a Variable Byte Integer can carry [MQTT-1.5.5].
 pub const MAX_VARIABLE_BYTE_INTEGER: u32 = 268_435_455;
@@ -33,6 +36,11 @@ pub(crate) trait Sink {
         self.put_u16(bytes.len() as u16);
         self.put_slice(bytes);
     }
+    /// A counter adds `n` bytes it has already counted and returns true; a buffer
+    /// returns false, and the caller writes them.
+    fn add_counted(&mut self, _n: usize) -> bool {
+        false
+    }
 }
 
 /// Counts bytes without writing them.
@@ -55,6 +63,10 @@ impl Sink for Counter {
     fn put_vbi(&mut self, v: u32) {
         self.0 += vbi_len(v);
     }
+    fn add_counted(&mut self, n: usize) -> bool {
+        self.0 += n;
+        true
+    }
 }
 
 impl Sink for BytesMut {
@@ -63,6 +75,12 @@ impl Sink for BytesMut {
     }
     fn put_u8(&mut self, b: u8) {
         BufMut::put_u8(self, b);
+    }
+    fn put_u16(&mut self, v: u16) {
+        BufMut::put_u16(self, v);
+    }
+    fn put_u32(&mut self, v: u32) {
+        BufMut::put_u32(self, v);
     }
 }
 
@@ -118,27 +136,40 @@ pub(crate) fn decode_vbi(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError
     Err(DecodeError::MalformedVariableByteInteger)
 }
 
-/// A cursor over one packet's body. Slices it hands out share the packet's buffer.
-pub(crate) struct Reader {
-    buf: Bytes,
+/// A cursor over part of one packet's bytes, borrowing the packet.
+///
+/// Fields that outlive decoding (topics, strings, binary data) are handed out as
+/// `Bytes` slices of the packet; everything else is read from the borrowed bytes, so
+/// walking the packet costs no reference-count traffic. Sub-readers over a property
+/// block share the same buffer, and positions are always relative to the whole
+/// packet.
+pub(crate) struct Reader<'a> {
+    buf: &'a Bytes,
     pos: usize,
+    end: usize,
 }
 
-impl Reader {
-    pub(crate) fn new(buf: Bytes) -> Self {
-        Reader { buf, pos: 0 }
+impl<'a> Reader<'a> {
+    /// A reader over `buf[start..]`.
+    pub(crate) fn new(buf: &'a Bytes, start: usize) -> Self {
+        Reader {
+            buf,
+            pos: start.min(buf.len()),
+            end: buf.len(),
+        }
     }
 
     pub(crate) fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
     pub(crate) fn position(&self) -> usize {
         self.pos
     }
 
-    pub(crate) fn buffer(&self) -> &Bytes {
-        &self.buf
+    /// The whole packet this reader walks.
+    pub(crate) fn buffer(&self) -> &'a Bytes {
+        self.buf
     }
 
     pub(crate) fn expect_end(&self) -> Result<(), DecodeError> {
@@ -150,9 +181,8 @@ impl Reader {
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        let b = *self.buf.get(self.pos).ok_or(DecodeError::UnexpectedEnd)?;
-        self.pos += 1;
-        Ok(b)
+        let s = self.take_slice(1)?;
+        Ok(s[0])
     }
 
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
@@ -166,7 +196,7 @@ impl Reader {
     }
 
     pub(crate) fn vbi(&mut self) -> Result<u32, DecodeError> {
-        match decode_vbi(&self.buf[self.pos..])? {
+        match decode_vbi(self.rest_slice())? {
             Some((v, n)) => {
                 self.pos += n;
                 Ok(v)
@@ -175,7 +205,13 @@ impl Reader {
         }
     }
 
-    fn take_slice(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+    /// The unread bytes, without consuming them.
+    pub(crate) fn rest_slice(&self) -> &'a [u8] {
+        &self.buf[self.pos..self.end]
+    }
+
+    /// The next `n` bytes, borrowed.
+    fn take_slice(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
             return Err(DecodeError::UnexpectedEnd);
         }
@@ -184,43 +220,74 @@ impl Reader {
         Ok(s)
     }
 
-    /// `n` bytes as a shared slice of the packet.
-    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+    /// The range of the next `n` bytes, consumed.
+    fn take_range(&mut self, n: usize) -> Result<core::ops::Range<usize>, DecodeError> {
         if self.remaining() < n {
             return Err(DecodeError::UnexpectedEnd);
         }
-        let b = self.buf.slice(self.pos..self.pos + n);
+        let start = self.pos;
         self.pos += n;
-        Ok(b)
+        Ok(start..self.pos)
     }
 
-    /// Everything left, as a shared slice.
-    pub(crate) fn rest(&mut self) -> Bytes {
-        let b = self.buf.slice(self.pos..);
-        self.pos = self.buf.len();
-        b
-    }
-
-    /// Two-byte length prefixed binary data [MQTT-1.5.6].
+    /// Two-byte length prefixed binary data [MQTT-1.5.6], as a shared slice.
     pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
         let n = self.u16()? as usize;
-        self.take(n)
+        Ok(self.buf.slice(self.take_range(n)?))
+    }
+
+    /// A length-prefixed field, validated by `check` before any `Bytes` is made of it.
+    fn checked(
+        &mut self,
+        check: impl FnOnce(&[u8]) -> Result<(), StringError>,
+    ) -> Result<Bytes, DecodeError> {
+        let n = self.u16()? as usize;
+        let range = self.take_range(n)?;
+        check(&self.buf[range.clone()])?;
+        Ok(self.buf.slice(range))
     }
 
     pub(crate) fn string(&mut self) -> Result<MqttString, DecodeError> {
-        Ok(MqttString::new(self.binary()?)?)
+        Ok(MqttString::new_unchecked(self.checked(validate_utf8)?))
     }
 
     pub(crate) fn topic_name(&mut self) -> Result<TopicName, DecodeError> {
-        Ok(TopicName::new(self.binary()?)?)
+        Ok(TopicName::new_unchecked(self.checked(validate_topic_name)?))
     }
 
     pub(crate) fn topic_filter(&mut self) -> Result<TopicFilter, DecodeError> {
-        Ok(TopicFilter::new(self.binary()?)?)
+        Ok(TopicFilter::new_unchecked(
+            self.checked(validate_topic_filter)?,
+        ))
+    }
+
+    /// Skips `n` bytes.
+    pub(crate) fn skip(&mut self, n: usize) -> Result<(), DecodeError> {
+        self.take_range(n).map(drop)
+    }
+
+    /// Checks a UTF-8 Encoded String and skips it, making no `Bytes` of it.
+    pub(crate) fn skip_string(&mut self) -> Result<(), DecodeError> {
+        let n = self.u16()? as usize;
+        Ok(validate_utf8(self.take_slice(n)?)?)
+    }
+
+    /// A reader over `range` of the same packet, which this reader has already read.
+    pub(crate) fn sub_of(&self, range: core::ops::Range<usize>) -> Reader<'a> {
+        Reader {
+            buf: self.buf,
+            pos: range.start,
+            end: range.end,
+        }
     }
 
     /// A sub-reader over the next `n` bytes (a property block).
-    pub(crate) fn sub(&mut self, n: usize) -> Result<Reader, DecodeError> {
-        Ok(Reader::new(self.take(n)?))
+    pub(crate) fn sub(&mut self, n: usize) -> Result<Reader<'a>, DecodeError> {
+        let range = self.take_range(n)?;
+        Ok(Reader {
+            buf: self.buf,
+            pos: range.start,
+            end: range.end,
+        })
     }
 }

@@ -57,6 +57,8 @@ extern crate alloc;
 mod decode;
 mod encode;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 mod packet;
 mod properties;

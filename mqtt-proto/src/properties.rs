@@ -10,7 +10,7 @@ use core::fmt;
 use core::num::{NonZeroU16, NonZeroU32};
 
 use crate::error::DecodeError;
-use crate::io::{Counter, Reader, Sink, MAX_VARIABLE_BYTE_INTEGER};
+use crate::io::{Counter, Reader, Sink};
 use crate::string::{validate_utf8, MqttString, StringError, TopicName};
 use crate::types::QoS;
 
@@ -191,6 +191,7 @@ pub(crate) fn read_properties(
 ) -> Result<UserProperties, DecodeError> {
     let len = r.vbi()? as usize;
     let mut p = r.sub(len)?;
+    let block = p.position()..p.position() + len;
     // User properties are usually one contiguous run; then they are a slice of the
     // packet. If other properties are interleaved they are gathered into one buffer.
     let mut run: Option<(usize, usize)> = None;
@@ -208,8 +209,9 @@ pub(crate) fn read_properties(
             4 => Value::Str(p.string()?),
             5 => Value::Bin(p.binary()?),
             _ => {
-                p.string()?;
-                p.string()?;
+                // Checked in place: the run is sliced once, below.
+                p.skip_string()?;
+                p.skip_string()?;
                 let end = p.position();
                 run = match run {
                     None => Some((start, end)),
@@ -229,33 +231,50 @@ pub(crate) fn read_properties(
     if !fragmented {
         return Ok(UserProperties(p.buffer().slice(s..e)));
     }
-    let mut out = BytesMut::new();
-    let mut again = Reader::new(p.buffer().clone());
+    // Sized once: the gathered pairs are never longer than the block they came from.
+    let mut out = BytesMut::with_capacity(block.len());
+    let mut again = r.sub_of(block);
     while again.remaining() > 0 {
         let start = again.position();
+        // The first pass checked every identifier, length and string.
         let pid = again.vbi()? as u8;
-        match kind_of(pid) {
-            Some(0) => drop(again.u8()?),
-            Some(1) => drop(again.u16()?),
-            Some(2) => drop(again.u32()?),
-            Some(3) => drop(again.vbi()?),
-            Some(4 | 5) => drop(again.binary()?),
-            _ => {
-                again.binary()?;
-                again.binary()?;
-                out.put_slice(&again.buffer()[start..again.position()]);
+        let skip = match kind_of(pid) {
+            Some(0) => 1,
+            Some(1) => 2,
+            Some(2) => 4,
+            Some(3) => {
+                again.vbi()?;
+                0
             }
-        }
+            Some(4 | 5) => again.u16()? as usize,
+            _ => {
+                let key = again.u16()? as usize;
+                again.skip(key)?;
+                let value = again.u16()? as usize;
+                again.skip(value)?;
+                out.put_slice(&again.buffer()[start..again.position()]);
+                0
+            }
+        };
+        again.skip(skip)?;
     }
     Ok(UserProperties(out.freeze()))
 }
 
-/// Writes `len` + the properties produced by `write`.
-pub(crate) fn write_block<S: Sink>(s: &mut S, write: impl Fn(&mut dyn Sink)) {
+/// A property block's contents, written the same way into a counter or a buffer.
+pub(crate) trait WriteProperties {
+    fn write<S: Sink>(&self, s: &mut S);
+}
+
+/// Writes a property block: its length, then the properties [MQTT-2.2.2].
+pub(crate) fn write_block<S: Sink, P: WriteProperties>(s: &mut S, properties: &P) {
     let mut c = Counter::default();
-    write(&mut c);
+    properties.write(&mut c);
     s.put_vbi(c.0 as u32);
-    write(s);
+    // A counter has just counted them: add, do not count twice.
+    if !s.add_counted(c.0) {
+        properties.write(s);
+    }
 }
 
 fn set<T>(slot: &mut Option<T>, v: T, pid: u8) -> Result<(), DecodeError> {
@@ -305,8 +324,7 @@ impl Value {
         }
     }
     fn topic(self, pid: u8) -> Result<TopicName, DecodeError> {
-        let s = self.string(pid)?;
-        let t = TopicName::new(s.as_shared().clone())?;
+        let t = TopicName::from_string(self.string(pid)?)?;
         // A Response Topic is a Topic Name: non-empty and without wildcards [MQTT-3.3.2-14].
         if t.is_empty() {
             return Err(DecodeError::InvalidPropertyValue(pid));
@@ -328,33 +346,35 @@ impl Value {
     }
 }
 
-fn put_byte(s: &mut dyn Sink, pid: u8, v: Option<u8>) {
+fn put_byte<S: Sink>(s: &mut S, pid: u8, v: Option<u8>) {
     if let Some(v) = v {
         s.put_u8(pid);
         s.put_u8(v);
     }
 }
-fn put_u16(s: &mut dyn Sink, pid: u8, v: Option<u16>) {
+fn put_u16<S: Sink>(s: &mut S, pid: u8, v: Option<u16>) {
     if let Some(v) = v {
         s.put_u8(pid);
         s.put_u16(v);
     }
 }
-fn put_u32(s: &mut dyn Sink, pid: u8, v: Option<u32>) {
+fn put_u32<S: Sink>(s: &mut S, pid: u8, v: Option<u32>) {
     if let Some(v) = v {
         s.put_u8(pid);
         s.put_u32(v);
     }
 }
-fn put_lp(s: &mut dyn Sink, pid: u8, v: Option<&[u8]>) {
+fn put_lp<S: Sink>(s: &mut S, pid: u8, v: Option<&[u8]>) {
     if let Some(v) = v {
         s.put_u8(pid);
         s.put_lp(v);
     }
 }
-fn put_vbi(s: &mut dyn Sink, pid: u8, v: u32) {
+/// The caller checked `v <= MAX_VARIABLE_BYTE_INTEGER` (`Packet::encode` refuses
+/// larger Subscription Identifiers before writing anything).
+fn put_vbi<S: Sink>(s: &mut S, pid: u8, v: u32) {
     s.put_u8(pid);
-    s.put_vbi(v.min(MAX_VARIABLE_BYTE_INTEGER));
+    s.put_vbi(v);
 }
 
 fn b(v: Option<bool>) -> Option<u8> {
@@ -412,8 +432,10 @@ impl ConnectProperties {
         }
         Ok(p)
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for ConnectProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         put_u32(s, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
         put_lp(
             s,
@@ -475,8 +497,10 @@ impl WillProperties {
         })?;
         Ok(p)
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for WillProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         put_byte(
             s,
             id::PAYLOAD_FORMAT_INDICATOR,
@@ -540,8 +564,10 @@ impl PublishProperties {
         })?;
         Ok(p)
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for PublishProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         put_byte(
             s,
             id::PAYLOAD_FORMAT_INDICATOR,
@@ -622,8 +648,10 @@ impl ConnAckProperties {
         })?;
         Ok(p)
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for ConnAckProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         put_u32(s, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
         put_lp(
             s,
@@ -694,8 +722,10 @@ impl AckProperties {
         })?;
         Ok(p)
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for AckProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         put_lp(s, id::REASON_STRING, st(&self.reason_string));
         self.user_properties.write(s);
     }
@@ -719,8 +749,10 @@ impl SubscribeProperties {
         })?;
         Ok(p)
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for SubscribeProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         if let Some(sid) = self.subscription_identifier {
             put_vbi(s, id::SUBSCRIPTION_IDENTIFIER, sid.get());
         }
@@ -741,8 +773,10 @@ impl UnsubscribeProperties {
             read_properties(r, |pid, _| Err(DecodeError::InvalidPropertyId(pid)))?;
         Ok(UnsubscribeProperties { user_properties })
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for UnsubscribeProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         self.user_properties.write(s);
     }
 }
@@ -776,8 +810,10 @@ impl DisconnectProperties {
         })?;
         Ok(p)
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for DisconnectProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         put_u32(s, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
         put_lp(s, id::SERVER_REFERENCE, st(&self.server_reference));
         put_lp(s, id::REASON_STRING, st(&self.reason_string));
@@ -814,8 +850,10 @@ impl AuthProperties {
         })?;
         Ok(p)
     }
+}
 
-    pub(crate) fn write(&self, s: &mut dyn Sink) {
+impl WriteProperties for AuthProperties {
+    fn write<S: Sink>(&self, s: &mut S) {
         put_lp(
             s,
             id::AUTHENTICATION_METHOD,

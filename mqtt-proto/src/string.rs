@@ -63,6 +63,11 @@ impl MqttString {
         Ok(MqttString(bytes))
     }
 
+    /// For bytes the caller has passed through [`validate_utf8`].
+    pub(crate) fn new_unchecked(bytes: Bytes) -> Self {
+        MqttString(bytes)
+    }
+
     /// Builds from a `&'static str`, validated.
     pub fn from_static(s: &'static str) -> Result<Self, StringError> {
         Self::new(Bytes::from_static(s.as_bytes()))
@@ -127,10 +132,19 @@ pub struct TopicName(MqttString);
 impl TopicName {
     /// Validates a topic name (may be empty, see the type docs).
     pub fn new(bytes: Bytes) -> Result<Self, StringError> {
-        let s = MqttString::new(bytes)?;
-        if s.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
-            return Err(StringError::WildcardInTopicName);
-        }
+        validate_topic_name(&bytes)?;
+        Ok(TopicName(MqttString(bytes)))
+    }
+
+    /// For bytes the caller has passed through [`validate_topic_name`].
+    pub(crate) fn new_unchecked(bytes: Bytes) -> Self {
+        TopicName(MqttString(bytes))
+    }
+
+    /// A validated string that must also be a topic name; takes it over without
+    /// copying or re-checking its UTF-8.
+    pub(crate) fn from_string(s: MqttString) -> Result<Self, StringError> {
+        check_no_wildcards(s.as_bytes())?;
         Ok(TopicName(s))
     }
 
@@ -211,18 +225,13 @@ pub struct TopicFilter(MqttString);
 impl TopicFilter {
     /// Validates a topic filter.
     pub fn new(bytes: Bytes) -> Result<Self, StringError> {
-        let s = MqttString::new(bytes)?;
-        let b = s.as_bytes();
-        if b.is_empty() {
-            return Err(StringError::Empty);
-        }
-        let filter = match shared_parts(b) {
-            Some(Ok((_, filter))) => filter,
-            Some(Err(e)) => return Err(e),
-            None => b,
-        };
-        validate_filter_levels(filter)?;
-        Ok(TopicFilter(s))
+        validate_topic_filter(&bytes)?;
+        Ok(TopicFilter(MqttString(bytes)))
+    }
+
+    /// For bytes the caller has passed through [`validate_topic_filter`].
+    pub(crate) fn new_unchecked(bytes: Bytes) -> Self {
+        TopicFilter(MqttString(bytes))
     }
 
     /// Builds from a `&'static str`, validated.
@@ -317,6 +326,49 @@ fn shared_parts(b: &[u8]) -> SharedParts<'_> {
     Some(Ok((group, filter)))
 }
 
+/// The rules of a topic name: an MQTT string without wildcards [MQTT-3.3.2-2].
+pub(crate) fn validate_topic_name(b: &[u8]) -> Result<(), StringError> {
+    if b.len() <= u16::MAX as usize && plain_ascii(b, true) {
+        return Ok(());
+    }
+    validate_utf8(b)?;
+    check_no_wildcards(b)
+}
+
+/// True when every byte is ASCII other than U+0000 (and, with `no_wildcards`, other
+/// than '+' and '#'): the common case, decided in one branch-free pass that the
+/// compiler vectorises. Anything else takes the exact checks, which name the error.
+#[inline]
+fn plain_ascii(b: &[u8], no_wildcards: bool) -> bool {
+    let mut bad = false;
+    for &c in b {
+        bad |= c == 0 || c >= 0x80 || (no_wildcards && (c == b'+' || c == b'#'));
+    }
+    !bad
+}
+
+fn check_no_wildcards(b: &[u8]) -> Result<(), StringError> {
+    if b.iter().any(|&c| c == b'+' || c == b'#') {
+        return Err(StringError::WildcardInTopicName);
+    }
+    Ok(())
+}
+
+/// The rules of a topic filter: a non-empty MQTT string, wildcards where allowed, and
+/// a well-formed `$share/` prefix.
+pub(crate) fn validate_topic_filter(b: &[u8]) -> Result<(), StringError> {
+    validate_utf8(b)?;
+    if b.is_empty() {
+        return Err(StringError::Empty);
+    }
+    let filter = match shared_parts(b) {
+        Some(Ok((_, filter))) => filter,
+        Some(Err(e)) => return Err(e),
+        None => b,
+    };
+    validate_filter_levels(filter)
+}
+
 fn validate_filter_levels(filter: &[u8]) -> Result<(), StringError> {
     let mut levels = split_levels(filter).peekable();
     while let Some(level) = levels.next() {
@@ -339,14 +391,11 @@ pub(crate) fn validate_utf8(b: &[u8]) -> Result<(), StringError> {
     if b.len() > u16::MAX as usize {
         return Err(StringError::TooLong);
     }
-    // Rust's validator rejects overlong forms and encoded surrogates (U+D800..U+DFFF),
-    // exactly the ill-formed sequences [MQTT-1.5.4-1] names.
-    if b.is_ascii() {
-        if b.contains(&0) {
-            return Err(StringError::NullCharacter);
-        }
+    if plain_ascii(b, false) {
         return Ok(());
     }
+    // Rust's validator rejects overlong forms and encoded surrogates (U+D800..U+DFFF),
+    // exactly the ill-formed sequences [MQTT-1.5.4-1] names.
     core::str::from_utf8(b).map_err(|_| StringError::InvalidUtf8)?;
     if b.contains(&0) {
         return Err(StringError::NullCharacter);

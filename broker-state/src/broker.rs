@@ -1433,7 +1433,7 @@ impl Broker {
         if self.config.store_effects && persistent && !drop_new {
             if let Some(q) = self.sessions.get(sk).and_then(|s| s.queue.back()) {
                 let op = enqueue_op(client_id, q, now);
-                self.events.push_back(Event::Store(op));
+                self.events.push_back(Event::store(op));
             }
         }
     }
@@ -1476,7 +1476,7 @@ impl Broker {
             if let Some(old) = self.retained.remove(topic) {
                 self.retained_bytes -= old.size;
                 if self.config.store_effects {
-                    self.events.push_back(Event::Store(StoreOp::RetainClear {
+                    self.events.push_back(Event::store(StoreOp::RetainClear {
                         topic: old.publish.topic,
                     }));
                 }
@@ -1502,7 +1502,7 @@ impl Broker {
         self.retained_bytes = self.retained_bytes - old_size.unwrap_or(0) + size;
         if self.config.store_effects {
             self.events
-                .push_back(Event::Store(StoreOp::RetainSet(StoredMessage {
+                .push_back(Event::store(StoreOp::RetainSet(StoredMessage {
                     publish: publish.clone(),
                     expires_at_unix_ms: expiry_wall(now, expires_at),
                 })));
@@ -1951,7 +1951,7 @@ impl Broker {
         self.redeliver_shared(now, sk, &s);
         // `stored`, not `persistent()`: a DISCONNECT may have set the expiry to 0.
         if self.config.store_effects && s.stored {
-            self.events.push_back(Event::Store(StoreOp::SessionRemove {
+            self.events.push_back(Event::store(StoreOp::SessionRemove {
                 client_id: s.client_id.clone(),
             }));
         }
@@ -2072,7 +2072,7 @@ impl Broker {
             } else {
                 return;
             };
-            self.events.push_back(Event::Store(op));
+            self.events.push_back(Event::store(op));
         }
     }
 
@@ -2083,7 +2083,7 @@ impl Broker {
         if let Some(s) = self.sessions.get(sk) {
             if s.persistent() {
                 let op = enqueue_op(s.client_id.clone(), q, now);
-                self.events.push_back(Event::Store(op));
+                self.events.push_back(Event::store(op));
             }
         }
     }
@@ -2091,7 +2091,7 @@ impl Broker {
     fn store_remove(&mut self, persistent: bool, client_id: MqttString, seq: u64) {
         if self.config.store_effects && persistent {
             self.events
-                .push_back(Event::Store(StoreOp::MessageRemove { client_id, seq }));
+                .push_back(Event::store(StoreOp::MessageRemove { client_id, seq }));
         }
     }
 }

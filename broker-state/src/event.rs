@@ -74,7 +74,6 @@ impl PeerInfo {
 
 /// An output of the broker other than bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(clippy::large_enum_variant)] // store operations move once, by value, to the store
 pub enum Event {
     /// The connection has bytes to send: call [`crate::Broker::poll_transmit`] while
     /// the transport is writable until it returns 0. Emitted when the connection's
@@ -103,7 +102,14 @@ pub enum Event {
         reason: ReasonCode,
     },
     /// A durable change for the store (only when `Config::store_effects` is set).
-    Store(StoreOp),
+    /// Boxed: store operations are rare, and every other event stays small.
+    Store(Box<StoreOp>),
+}
+
+impl Event {
+    pub(crate) fn store(op: StoreOp) -> Event {
+        Event::Store(Box::new(op))
+    }
 }
 
 /// An input, mirroring the `handle_*` methods, so that fuzzers and model tests can

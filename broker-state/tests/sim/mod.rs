@@ -170,7 +170,7 @@ impl Sim {
                 }
                 Event::Store(op) => {
                     self.store.apply(&op).expect("memory store");
-                    self.store_ops.push(op);
+                    self.store_ops.push(*op);
                 }
                 Event::Connected { .. } => {}
             }

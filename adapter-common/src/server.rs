@@ -183,6 +183,91 @@ pub fn os_seed() -> [u8; 32] {
     seed
 }
 
+/// A running server, whichever runtime serves it: its addresses, its dev CA, and
+/// graceful shutdown. Dropping it shuts the server down.
+pub struct ServerHandle {
+    addrs: Vec<(ListenerKind, SocketAddr)>,
+    ca_cert: Option<PathBuf>,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Runs `serve(prepared)` on a thread of its own (named `brokk`); `stop` tells
+    /// that thread to shut down gracefully.
+    pub fn spawn<F>(
+        prepared: Prepared,
+        stop: impl FnOnce() + Send + 'static,
+        serve: F,
+    ) -> Result<ServerHandle, StartError>
+    where
+        F: FnOnce(Prepared) + Send + 'static,
+    {
+        let addrs = prepared.addrs();
+        let ca_cert = prepared.ca_cert.clone();
+        let thread = std::thread::Builder::new()
+            .name("brokk".into())
+            .spawn(move || serve(prepared))
+            .map_err(StartError::Runtime)?;
+        Ok(ServerHandle {
+            addrs,
+            ca_cert,
+            stop: Some(Box::new(stop)),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound addresses, in the order of the config's listeners.
+    pub fn local_addrs(&self) -> &[(ListenerKind, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// The first bound address of a kind.
+    pub fn addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// With dev TLS, the CA certificate clients should trust.
+    pub fn dev_ca_cert(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    /// Graceful shutdown: stop accepting, DISCONNECT 0x8B to 5.0 clients, close every
+    /// connection, return when done.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+impl RunningServer for ServerHandle {
+    fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
+        self.addrs.clone()
+    }
+
+    fn dev_ca_cert(&self) -> Option<&Path> {
+        self.ca_cert.as_deref()
+    }
+
+    fn shutdown(self: Box<Self>) {
+        ServerHandle::shutdown(*self);
+    }
+}
+
 /// A server some adapter started.
 pub trait RunningServer {
     /// Bound addresses.

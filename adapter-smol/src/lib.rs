@@ -15,5 +15,5 @@
 
 mod server;
 
-pub use adapter_common::server::StartError;
+pub use adapter_common::server::{ServerHandle, StartError};
 pub use server::{serve_on, Flavor, Server};

@@ -5,18 +5,16 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::config::{Config, ListenerKind};
 use adapter_common::connection::{self, Connection, LocalNotify, SharedHub, Transport};
 use adapter_common::driver::Hub;
 use adapter_common::server::{
-    prepare, BoundListener, Prepared, RunningServer, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
+    prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
 };
 use broker_state::{Now, PeerInfo};
 use bytes::BytesMut;
@@ -34,13 +32,8 @@ pub enum Flavor {
     AsyncStd,
 }
 
-/// A running server. Dropping it shuts the server down.
-pub struct Server {
-    addrs: Vec<(ListenerKind, SocketAddr)>,
-    ca_cert: Option<PathBuf>,
-    stop: Option<smol::channel::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+/// The smol (and async-std) server.
+pub struct Server;
 
 fn now() -> Now {
     let unix_ms = SystemTime::now()
@@ -51,85 +44,27 @@ fn now() -> Now {
 
 impl Server {
     /// Starts on smol.
-    pub fn start(config: Config) -> Result<Server, StartError> {
+    pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         Server::start_with(config, Flavor::Smol)
     }
 
     /// Binds every listener of `config` (so the addresses are known when this
     /// returns) and serves on a thread of its own, on the given runtime.
-    pub fn start_with(config: Config, flavor: Flavor) -> Result<Server, StartError> {
+    pub fn start_with(config: Config, flavor: Flavor) -> Result<ServerHandle, StartError> {
         let prepared = prepare(&config)?;
-        let addrs = prepared.addrs();
-        let ca_cert = prepared.ca_cert.clone();
         let (stop_tx, stop_rx) = smol::channel::bounded(1);
-        let thread = std::thread::Builder::new()
-            .name("brokk".into())
-            .spawn(move || {
-                let ex = Rc::new(LocalExecutor::new());
-                let fut = ex.run(run_server(ex.clone(), prepared, flavor, stop_rx));
-                match flavor {
-                    Flavor::Smol => smol::block_on(fut),
-                    #[cfg(feature = "async-std")]
-                    Flavor::AsyncStd => async_std::task::block_on(fut),
-                }
-            })
-            .map_err(StartError::Runtime)?;
-        Ok(Server {
-            addrs,
-            ca_cert,
-            stop: Some(stop_tx),
-            thread: Some(thread),
+        let stop = move || {
+            let _ = stop_tx.try_send(());
+        };
+        ServerHandle::spawn(prepared, stop, move |prepared| {
+            let ex = Rc::new(LocalExecutor::new());
+            let fut = ex.run(run_server(ex.clone(), prepared, flavor, stop_rx));
+            match flavor {
+                Flavor::Smol => smol::block_on(fut),
+                #[cfg(feature = "async-std")]
+                Flavor::AsyncStd => async_std::task::block_on(fut),
+            }
         })
-    }
-
-    /// The bound addresses, in the order of the config's listeners.
-    pub fn local_addrs(&self) -> &[(ListenerKind, SocketAddr)] {
-        &self.addrs
-    }
-
-    /// The first bound address of a kind.
-    pub fn addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
-        self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
-    }
-
-    /// With dev TLS, the CA certificate clients should trust.
-    pub fn dev_ca_cert(&self) -> Option<&Path> {
-        self.ca_cert.as_deref()
-    }
-
-    /// Graceful shutdown: stop accepting, DISCONNECT 0x8B to 5.0 clients, close every
-    /// connection, return when done.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.try_send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl RunningServer for Server {
-    fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
-        self.addrs.clone()
-    }
-
-    fn dev_ca_cert(&self) -> Option<&Path> {
-        self.ca_cert.as_deref()
-    }
-
-    fn shutdown(self: Box<Self>) {
-        Server::shutdown(*self);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop_and_join();
     }
 }
 

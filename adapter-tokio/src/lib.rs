@@ -19,5 +19,5 @@
 mod conn;
 mod server;
 
-pub use adapter_common::server::StartError;
+pub use adapter_common::server::{ServerHandle, StartError};
 pub use server::Server;

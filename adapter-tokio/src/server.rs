@@ -1,17 +1,14 @@
 //! Listeners, the timer task and graceful shutdown, on one server thread.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use adapter_common::config::{Config, ListenerKind};
+use adapter_common::config::Config;
 use adapter_common::connection::{self, Connection, LocalNotify, SharedHub};
 use adapter_common::driver::Hub;
 use adapter_common::server::{
-    prepare, BoundListener, Prepared, RunningServer, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
+    prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
 };
 use bytes::BytesMut;
 use tokio::net::TcpListener;
@@ -20,89 +17,29 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::conn::{now, TokioIo};
 
-/// A running server. Dropping it shuts the server down.
-pub struct Server {
-    addrs: Vec<(ListenerKind, SocketAddr)>,
-    ca_cert: Option<PathBuf>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+/// The tokio server.
+pub struct Server;
 
 impl Server {
     /// Binds every listener of `config` (so the addresses are known when this
     /// returns) and starts serving on a thread of its own.
-    pub fn start(config: Config) -> Result<Server, StartError> {
+    pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         let prepared = prepare(&config)?;
-        let addrs = prepared.addrs();
-        let ca_cert = prepared.ca_cert.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(StartError::Runtime)?;
         let (stop_tx, stop_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("brokk".into())
-            .spawn(move || {
+        ServerHandle::spawn(
+            prepared,
+            move || {
+                let _ = stop_tx.send(());
+            },
+            move |prepared| {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, run_server(prepared, stop_rx));
-            })
-            .map_err(StartError::Runtime)?;
-        Ok(Server {
-            addrs,
-            ca_cert,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// The bound addresses, in the order of the config's listeners.
-    pub fn local_addrs(&self) -> &[(ListenerKind, SocketAddr)] {
-        &self.addrs
-    }
-
-    /// The first bound address of a kind.
-    pub fn addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
-        self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
-    }
-
-    /// With dev TLS, the CA certificate clients should trust.
-    pub fn dev_ca_cert(&self) -> Option<&Path> {
-        self.ca_cert.as_deref()
-    }
-
-    /// Graceful shutdown: stop accepting, DISCONNECT 0x8B to 5.0 clients, close every
-    /// connection, return when done.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl RunningServer for Server {
-    fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
-        self.addrs.clone()
-    }
-
-    fn dev_ca_cert(&self) -> Option<&Path> {
-        self.ca_cert.as_deref()
-    }
-
-    fn shutdown(self: Box<Self>) {
-        Server::shutdown(*self);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop_and_join();
+            },
+        )
     }
 }
 

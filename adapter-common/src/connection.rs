@@ -78,6 +78,15 @@ impl Wake for Rc<LocalNotify> {
 /// The hub as connection tasks on one thread share it.
 pub type SharedHub = Rc<RefCell<Hub<Rc<LocalNotify>>>>;
 
+/// A hub for one server thread around `broker`, and the notification its timer
+/// task waits on (woken when the core's next deadline moves earlier).
+pub fn shared_hub(broker: broker_state::Broker) -> (SharedHub, Rc<LocalNotify>) {
+    let hub: SharedHub = Rc::new(RefCell::new(Hub::new(broker)));
+    let timer = LocalNotify::new();
+    hub.borrow_mut().set_timer_waker(timer.clone());
+    (hub, timer)
+}
+
 /// Bytes pulled from the core per write.
 const WRITE_BUDGET: usize = 64 * 1024;
 

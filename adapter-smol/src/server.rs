@@ -1,7 +1,6 @@
 //! Listeners, the timer task and graceful shutdown on one server thread, with a
 //! smol `LocalExecutor` driven by smol's or async-std's `block_on`.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::config::{Config, ListenerKind};
 use adapter_common::connection::{self, Connection, LocalNotify, SharedHub, Transport};
-use adapter_common::driver::Hub;
 use adapter_common::server::{
     prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
 };
@@ -103,9 +101,7 @@ async fn run_server(
         handshake_timeout,
         ..
     } = prepared;
-    let hub: SharedHub = Rc::new(RefCell::new(Hub::new(broker)));
-    let timer_notify = LocalNotify::new();
-    hub.borrow_mut().set_timer_waker(timer_notify.clone());
+    let (hub, timer_notify) = connection::shared_hub(broker);
     let timer = ex.spawn(run_timer(hub.clone(), timer_notify));
     let mut accept_tasks = Vec::new();
     for l in listeners {

@@ -1,12 +1,10 @@
 //! Listeners, the timer task and graceful shutdown, on one server thread.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use adapter_common::config::Config;
 use adapter_common::connection::{self, Connection, LocalNotify, SharedHub};
-use adapter_common::driver::Hub;
 use adapter_common::server::{
     prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
 };
@@ -50,9 +48,7 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         handshake_timeout,
         ..
     } = prepared;
-    let hub: SharedHub = Rc::new(RefCell::new(Hub::new(broker)));
-    let timer_notify = LocalNotify::new();
-    hub.borrow_mut().set_timer_waker(timer_notify.clone());
+    let (hub, timer_notify) = connection::shared_hub(broker);
     let timer = tokio::task::spawn_local(run_timer(hub.clone(), timer_notify));
     let mut accept_tasks = Vec::new();
     for l in listeners {

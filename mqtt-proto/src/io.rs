@@ -17,27 +17,33 @@ pub const MAX_VARIABLE_BYTE_INTEGER: u32 = 268_435_455;
 /// Where encoded bytes go: a counter or a buffer.
 pub(crate) trait Sink {
     fn put_slice(&mut self, bytes: &[u8]);
+    #[inline]
     fn put_u8(&mut self, b: u8) {
         self.put_slice(&[b]);
     }
+    #[inline]
     fn put_u16(&mut self, v: u16) {
         self.put_slice(&v.to_be_bytes());
     }
+    #[inline]
     fn put_u32(&mut self, v: u32) {
         self.put_slice(&v.to_be_bytes());
     }
+    #[inline]
     fn put_vbi(&mut self, v: u32) {
         let mut buf = [0u8; 4];
         let n = encode_vbi(v, &mut buf);
         self.put_slice(&buf[..n]);
     }
     /// A length-prefixed string or binary; the caller checked the length fits in u16.
+    #[inline]
     fn put_lp(&mut self, bytes: &[u8]) {
         self.put_u16(bytes.len() as u16);
         self.put_slice(bytes);
     }
     /// A counter adds `n` bytes it has already counted and returns true; a buffer
     /// returns false, and the caller writes them.
+    #[inline]
     fn add_counted(&mut self, _n: usize) -> bool {
         false
     }
@@ -48,21 +54,27 @@ pub(crate) trait Sink {
 pub(crate) struct Counter(pub usize);
 
 impl Sink for Counter {
+    #[inline]
     fn put_slice(&mut self, bytes: &[u8]) {
         self.0 += bytes.len();
     }
+    #[inline]
     fn put_u8(&mut self, _: u8) {
         self.0 += 1;
     }
+    #[inline]
     fn put_u16(&mut self, _: u16) {
         self.0 += 2;
     }
+    #[inline]
     fn put_u32(&mut self, _: u32) {
         self.0 += 4;
     }
+    #[inline]
     fn put_vbi(&mut self, v: u32) {
         self.0 += vbi_len(v);
     }
+    #[inline]
     fn add_counted(&mut self, n: usize) -> bool {
         self.0 += n;
         true
@@ -70,15 +82,19 @@ impl Sink for Counter {
 }
 
 impl Sink for BytesMut {
+    #[inline]
     fn put_slice(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
+    #[inline]
     fn put_u8(&mut self, b: u8) {
         BufMut::put_u8(self, b);
     }
+    #[inline]
     fn put_u16(&mut self, v: u16) {
         BufMut::put_u16(self, v);
     }
+    #[inline]
     fn put_u32(&mut self, v: u32) {
         BufMut::put_u32(self, v);
     }
@@ -98,6 +114,7 @@ pub const fn vbi_len(v: u32) -> usize {
 }
 
 /// Encodes `v` (at most [`MAX_VARIABLE_BYTE_INTEGER`]) into `out`, returns the length.
+#[inline]
 pub(crate) fn encode_vbi(mut v: u32, out: &mut [u8; 4]) -> usize {
     let mut i = 0;
     loop {

@@ -544,8 +544,10 @@ impl PublishProperties {
             && self.user_properties.is_empty()
     }
 
-    pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
-        let mut p = PublishProperties::default();
+    /// Reads the property block into `self`, which is empty: a PUBLISH's properties
+    /// are read in place, see `decode_publish`.
+    pub(crate) fn read_from(&mut self, r: &mut Reader) -> Result<(), DecodeError> {
+        let p = self;
         p.user_properties = read_properties(r, |pid, v| match pid {
             id::PAYLOAD_FORMAT_INDICATOR => {
                 set(&mut p.payload_format_indicator, v.payload_format(pid)?, pid)
@@ -562,7 +564,7 @@ impl PublishProperties {
             id::TOPIC_ALIAS => set(&mut p.topic_alias, v.nz16(pid)?, pid),
             _ => Err(DecodeError::InvalidPropertyId(pid)),
         })?;
-        Ok(p)
+        Ok(())
     }
 }
 

@@ -306,8 +306,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport for FuturesIo<S> {
     ) -> Poll<io::Result<usize>> {
         // futures-io reads into initialised memory: zero the spare capacity, read,
         // keep what was read.
+        // At most 16 KiB per read: zeroing all of a 64 KiB shared block would touch
+        // (and keep resident) pages that a small read never needs.
         let start = buf.len();
-        let spare = (buf.capacity() - start).max(1);
+        let spare = (buf.capacity() - start).clamp(1, 16 * 1024);
         buf.resize(start + spare, 0);
         let r = Pin::new(&mut self.0).poll_read(cx, &mut buf[start..]);
         let n = match &r {

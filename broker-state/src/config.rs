@@ -76,8 +76,10 @@ pub struct Config {
     pub online_queue: QueueLimits,
     /// Memory of packets waiting to be written to one connection (queue slots and
     /// the message bytes they hold). QoS 0 messages beyond it are dropped for that
-    /// connection. Default 256 KiB: a subscriber that keeps up never comes near it,
-    /// and 100 stalled subscribers hold at most 25 MiB.
+    /// connection. Default 1 MiB (about 2,000 small messages: a queued 64-byte
+    /// message costs ~540 bytes with its queue slot), so that one read's worth of
+    /// publications fanned out to a subscriber that keeps up is never dropped;
+    /// 64 stalled subscribers hold at most 64 MiB.
     pub outbound_buffer_bytes: usize,
     /// What a full offline queue does.
     pub offline_overflow: OverflowPolicy,
@@ -126,7 +128,7 @@ impl Default for Config {
                 messages: 10_000,
                 bytes: 16 * 1024 * 1024,
             },
-            outbound_buffer_bytes: 256 * 1024,
+            outbound_buffer_bytes: 1024 * 1024,
             offline_overflow: OverflowPolicy::EndSession,
             response_information_prefix: None,
             retain_available: true,

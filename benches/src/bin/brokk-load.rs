@@ -107,6 +107,10 @@ struct RunArgs {
     /// Override the scenario's per-publisher lag bound (0: pure flood)
     #[arg(long)]
     max_lag: Option<u64>,
+    /// Override the QoS 1 in-flight window per publisher (capped by the broker's
+    /// Receive Maximum)
+    #[arg(long)]
+    window: Option<u16>,
     /// Connections opened by idle-conns
     #[arg(long, default_value_t = 10_000)]
     conns: usize,
@@ -179,6 +183,9 @@ fn run(args: RunArgs) -> ExitCode {
                     .expect("flow scenario");
                 if let Some(lag) = args.max_lag {
                     spec.max_lag = lag;
+                }
+                if let Some(window) = args.window {
+                    spec.window = window;
                 }
                 if args.sink {
                     let (sink_addr, _) = sink::spawn(None);

@@ -3,7 +3,7 @@
 //! Decoded packets, connection events and clock ticks go in; packets to send,
 //! connections to close, timers and store operations come out. The crate does
 //! **not** do I/O: it never touches a socket, a file, a thread or a clock, and
-//! never calls `Instant::now()`. Every input carries the time ([`Now`]: a monotonic
+//! never reads the system clock. Every input carries the time ([`Now`]: a monotonic
 //! instant for timers, wall-clock milliseconds for deadlines that outlive a
 //! restart), and randomness comes from a seed. The same inputs give the same
 //! outputs, bit for bit, which is what makes the fuzzers and the model tests
@@ -35,11 +35,11 @@
 //! deadline, whichever comes first.
 //!
 //! ```
-//! use std::time::{Duration, Instant};
+//! use std::time::{Duration, Instant as Clock};
 //! use broker_state::{Broker, Config, Event, Now, PeerInfo};
 //! use mqtt_proto::{bytes::BytesMut, Decoder, Packet, ProtocolVersion};
 //!
-//! let start = Instant::now(); // the adapter's clock, not the core's
+//! let start = Clock::now(); // the adapter's clock, not the core's
 //! let now = Now::new(start, 1_700_000_000_000);
 //! let mut broker = Broker::new(Config::default(), [7; 32]);
 //!

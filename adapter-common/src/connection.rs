@@ -87,6 +87,58 @@ pub fn shared_hub(broker: broker_state::Broker) -> (SharedHub, Rc<LocalNotify>) 
     (hub, timer)
 }
 
+/// The timer task of a server thread: sleeps until the core's next deadline (or
+/// until an earlier one appears), then fires the due timers. `sleep_until` is the
+/// runtime's timer; `clock` reads both clocks.
+pub async fn run_timer<S, F>(
+    hub: SharedHub,
+    notify: Rc<LocalNotify>,
+    clock: impl Fn() -> Now,
+    sleep_until: S,
+) where
+    S: Fn(std::time::Instant) -> F,
+    F: Future<Output = ()>,
+{
+    loop {
+        let deadline = hub.borrow_mut().arm_timer();
+        match deadline {
+            Some(at) => {
+                let mut sleep = std::pin::pin!(sleep_until(at));
+                let fired = poll_fn(|cx| {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(true);
+                    }
+                    if notify.poll_notified(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    Poll::Pending
+                })
+                .await;
+                if fired {
+                    hub.borrow_mut().timeout(clock());
+                }
+            }
+            None => notify.notified().await,
+        }
+    }
+}
+
+/// Graceful shutdown of a server thread's connections: DISCONNECT 0x8B to 5.0
+/// clients, then wait (polling with the runtime's `sleep`) until every connection
+/// has flushed and closed, or the grace period ends.
+pub async fn shutdown<S, F>(hub: &SharedHub, clock: impl Fn() -> Now, sleep: S)
+where
+    S: Fn(std::time::Duration) -> F,
+    F: Future<Output = ()>,
+{
+    let start = clock();
+    hub.borrow_mut().shutdown(start);
+    let deadline = start.instant + crate::server::SHUTDOWN_GRACE;
+    while !hub.borrow().is_empty() && clock().instant < deadline {
+        sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Bytes pulled from the core per write.
 const WRITE_BUDGET: usize = 64 * 1024;
 

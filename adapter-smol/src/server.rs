@@ -10,9 +10,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::config::{Config, ListenerKind};
-use adapter_common::connection::{self, Connection, LocalNotify, SharedHub, Transport};
+use adapter_common::connection::{self, Connection, SharedHub, Transport};
 use adapter_common::server::{
-    prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
+    prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT,
 };
 use broker_state::{Now, PeerInfo};
 use bytes::BytesMut;
@@ -102,7 +102,14 @@ async fn run_server(
         ..
     } = prepared;
     let (hub, timer_notify) = connection::shared_hub(broker);
-    let timer = ex.spawn(run_timer(hub.clone(), timer_notify));
+    let timer = ex.spawn(connection::run_timer(
+        hub.clone(),
+        timer_notify,
+        now,
+        |at| async move {
+            Timer::at(at).await;
+        },
+    ));
     let mut accept_tasks = Vec::new();
     for l in listeners {
         let socket = match l.socket.try_clone() {
@@ -143,38 +150,12 @@ async fn run_server(
     let _ = stop.recv().await;
     tracing::info!("shutting down");
     drop(accept_tasks);
-    hub.borrow_mut().shutdown(now());
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while !hub.borrow().is_empty() && Instant::now() < deadline {
-        Timer::after(Duration::from_millis(10)).await;
-    }
+    connection::shutdown(&hub, now, |d| async move {
+        Timer::after(d).await;
+    })
+    .await;
     drop(timer);
     tracing::info!("stopped");
-}
-
-async fn run_timer(hub: SharedHub, notify: Rc<LocalNotify>) {
-    loop {
-        let deadline = hub.borrow_mut().arm_timer();
-        match deadline {
-            Some(at) => {
-                let fired = smol::future::or(
-                    async {
-                        Timer::at(at).await;
-                        true
-                    },
-                    async {
-                        notify.notified().await;
-                        false
-                    },
-                )
-                .await;
-                if fired {
-                    hub.borrow_mut().timeout(now());
-                }
-            }
-            None => notify.notified().await,
-        }
-    }
 }
 
 /// A listening socket of smol or async-std.

@@ -1,12 +1,11 @@
 //! Listeners, the timer task and graceful shutdown, on one server thread.
 
-use std::rc::Rc;
 use std::time::Duration;
 
 use adapter_common::config::Config;
-use adapter_common::connection::{self, Connection, LocalNotify, SharedHub};
+use adapter_common::connection::{self, Connection, SharedHub};
 use adapter_common::server::{
-    prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT, SHUTDOWN_GRACE,
+    prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT,
 };
 use bytes::BytesMut;
 use tokio::net::TcpListener;
@@ -49,7 +48,12 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         ..
     } = prepared;
     let (hub, timer_notify) = connection::shared_hub(broker);
-    let timer = tokio::task::spawn_local(run_timer(hub.clone(), timer_notify));
+    let timer = tokio::task::spawn_local(connection::run_timer(
+        hub.clone(),
+        timer_notify,
+        now,
+        |at| tokio::time::sleep_until(tokio::time::Instant::from_std(at)),
+    ));
     let mut accept_tasks = Vec::new();
     for l in listeners {
         accept_tasks.push(tokio::task::spawn_local(accept_loop(
@@ -63,31 +67,9 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
     for t in &accept_tasks {
         t.abort();
     }
-    hub.borrow_mut().shutdown(now());
-    // Connections flush their DISCONNECT and close; give them a moment.
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-    while !hub.borrow().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    connection::shutdown(&hub, now, tokio::time::sleep).await;
     timer.abort();
     tracing::info!("stopped");
-}
-
-async fn run_timer(hub: SharedHub, notify: Rc<LocalNotify>) {
-    loop {
-        let deadline = hub.borrow_mut().arm_timer();
-        match deadline {
-            Some(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {
-                        hub.borrow_mut().timeout(now());
-                    }
-                    _ = notify.notified() => {}
-                }
-            }
-            None => notify.notified().await,
-        }
-    }
 }
 
 async fn accept_loop(hub: SharedHub, l: BoundListener, handshake_timeout: Duration) {

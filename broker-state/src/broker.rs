@@ -13,7 +13,7 @@ use mqtt_proto::{
 
 use crate::config::{Config, OverflowPolicy};
 use crate::event::{Event, Input, Now, PeerInfo, SessionRecord, StoreOp, StoredMessage};
-use crate::hash::{Map, SeededState};
+use crate::hash::{Map, SeededState, Set};
 use crate::hooks::{
     refusal_code, AllowAll, AuthRequest, Authenticator, Authorizer, ClientInfo,
     EnhancedAuthenticator,
@@ -95,8 +95,8 @@ pub struct Broker {
     /// with output: idle connections hold no queue memory, and routing allocates
     /// none per message.
     out_pool: Vec<VecDeque<Packet>>,
-    route_epoch: u64,
-    route_marks: Map<Key, u64>,
+    /// Sessions seen while routing one message (reused; detects overlaps).
+    route_marks: Set<Key>,
     stats: Stats,
 }
 
@@ -175,8 +175,7 @@ impl Broker {
             enhanced: None,
             scratch: Vec::new(),
             out_pool: Vec::new(),
-            route_epoch: 0,
-            route_marks: Map::with_hasher(hasher),
+            route_marks: Set::with_hasher(hasher),
             stats: Stats::default(),
         }
     }
@@ -1134,13 +1133,11 @@ impl Broker {
         // subscriptions (overlapping filters). A shared subscription delivers its own
         // copy, even to a client that also has a matching non-shared one (5.0 4.8.2).
         let dup = matches.len() > 1 && {
-            self.route_epoch += 1;
-            let epoch = self.route_epoch;
             let marks = &mut self.route_marks;
             marks.clear();
             matches
                 .iter()
-                .any(|m| m.shared.is_none() && marks.insert(m.entry.session, epoch).is_some())
+                .any(|m| m.shared.is_none() && !marks.insert(m.entry.session))
         };
         if dup {
             // Non-shared matches first, grouped by session; shared ones after, alone.

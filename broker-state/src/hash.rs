@@ -92,5 +92,4 @@ impl BuildHasher for SeededState {
 }
 
 pub(crate) type Map<K, V> = HashMap<K, V, SeededState>;
-#[allow(dead_code)]
 pub(crate) type Set<K> = HashSet<K, SeededState>;

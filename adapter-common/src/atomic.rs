@@ -79,27 +79,38 @@ mod tests {
 
     #[test]
     fn replaces_contents_and_leaves_no_temporary_file() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
         let path = dir.path().join("f");
-        write(&path, b"one", Access::Public).unwrap();
-        write(&path, b"two", Access::Owner).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
+        write(&path, b"one", Access::Public)
+            .expect("test setup: a failure here is the test failing");
+        write(&path, b"two", Access::Owner)
+            .expect("test setup: a failure here is the test failing");
+        assert_eq!(
+            fs::read(&path).expect("test setup: a failure here is the test failing"),
+            b"two"
+        );
         let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
+            .expect("test setup: a failure here is the test failing")
+            .map(|e| {
+                e.expect("test setup: a failure here is the test failing")
+                    .file_name()
+            })
             .collect();
         assert_eq!(names, ["f"]);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            let mode = fs::metadata(&path)
+                .expect("test setup: a failure here is the test failing")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
 
     #[test]
     fn missing_directory_is_an_error_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
         let path = dir.path().join("no/such/dir/f");
         assert!(write(&path, b"x", Access::Owner).is_err());
     }

@@ -259,7 +259,7 @@ mod tests {
         }
         let passwd_help = Cli::command()
             .find_subcommand_mut("passwd")
-            .unwrap()
+            .expect("test setup: a failure here is the test failing")
             .render_long_help()
             .to_string();
         for needle in [
@@ -277,7 +277,10 @@ mod tests {
 
     #[test]
     fn no_flags_gives_the_loopback_defaults() {
-        assert_eq!(config(&[]).unwrap(), Config::default());
+        assert_eq!(
+            config(&[]).expect("test setup: a failure here is the test failing"),
+            Config::default()
+        );
     }
 
     #[test]
@@ -290,7 +293,7 @@ mod tests {
             "--listen",
             "mqtt://localhost:1885",
         ])
-        .unwrap();
+        .expect("test setup: a failure here is the test failing");
         let got: Vec<_> = config
             .listeners
             .iter()
@@ -332,7 +335,8 @@ mod tests {
             e.starts_with("--listen mqtts://127.0.0.1:8883: this mqtts listener needs a certificate: pass --dev-tls"),
             "{e}"
         );
-        let config = config(&["--listen", "mqtts://127.0.0.1:8883", "--dev-tls"]).unwrap();
+        let config = config(&["--listen", "mqtts://127.0.0.1:8883", "--dev-tls"])
+            .expect("test setup: a failure here is the test failing");
         assert_eq!(config.listeners[0].tls, Some(TlsSource::Dev));
         assert!(config.dev_tls);
     }
@@ -354,7 +358,7 @@ mod tests {
             "--dev-tls",
             "--allow-anonymous",
         ])
-        .unwrap();
+        .expect("test setup: a failure here is the test failing");
         assert!(ok.anonymous_allowed());
     }
 
@@ -365,15 +369,19 @@ mod tests {
             "data_dir = \"data\"\npassword_file = \"pw\"\n\
              [[listener]]\nkind = \"wss\"\nbind = \"0.0.0.0:443\"\n",
         )
-        .unwrap();
-        let cli = parse(&["--dev-tls", "--data-dir", "/var/lib/brokk"]).unwrap();
-        let config = build_config(&cli.run, Some(file.clone())).unwrap();
+        .expect("test setup: a failure here is the test failing");
+        let cli = parse(&["--dev-tls", "--data-dir", "/var/lib/brokk"])
+            .expect("test setup: a failure here is the test failing");
+        let config = build_config(&cli.run, Some(file.clone()))
+            .expect("test setup: a failure here is the test failing");
         assert_eq!(config.data_dir, Path::new("/var/lib/brokk"));
         assert_eq!(config.listeners[0].tls, Some(TlsSource::Dev));
         assert!(!config.anonymous_allowed());
 
-        let cli = parse(&["--listen", "127.0.0.1:1884"]).unwrap();
-        let config = build_config(&cli.run, Some(file)).unwrap();
+        let cli = parse(&["--listen", "127.0.0.1:1884"])
+            .expect("test setup: a failure here is the test failing");
+        let config = build_config(&cli.run, Some(file))
+            .expect("test setup: a failure here is the test failing");
         assert_eq!(config.listeners.len(), 1);
         assert_eq!(config.listeners[0].bind.to_string(), "127.0.0.1:1884");
         assert_eq!(
@@ -384,7 +392,8 @@ mod tests {
 
     #[test]
     fn load_config_names_a_missing_file() {
-        let cli = parse(&["--config", "/nonexistent/brokk.toml"]).unwrap();
+        let cli = parse(&["--config", "/nonexistent/brokk.toml"])
+            .expect("test setup: a failure here is the test failing");
         let e = load_config(&cli.run).unwrap_err().to_string();
         assert!(
             e.starts_with("/nonexistent/brokk.toml: cannot read the config file"),
@@ -394,38 +403,52 @@ mod tests {
 
     #[test]
     fn passwd_reads_stdin_and_adds_then_replaces() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
         let file = dir.path().join("passwords");
-        let file_arg = file.to_str().unwrap();
-        let cli = parse(&["passwd", file_arg, "alice"]).unwrap();
+        let file_arg = file
+            .to_str()
+            .expect("test setup: a failure here is the test failing");
+        let cli = parse(&["passwd", file_arg, "alice"])
+            .expect("test setup: a failure here is the test failing");
         let Some(Command::Passwd(args)) = cli.command else {
             panic!("passwd not parsed")
         };
         assert_eq!(
-            run_passwd(&args, &mut &b"s3cret\r\nignored\n"[..]).unwrap(),
+            run_passwd(&args, &mut &b"s3cret\r\nignored\n"[..])
+                .expect("test setup: a failure here is the test failing"),
             SetPassword::Added
         );
-        let loaded = PasswordFile::load(&file).unwrap();
+        let loaded =
+            PasswordFile::load(&file).expect("test setup: a failure here is the test failing");
         assert!(loaded.verify("alice", b"s3cret"));
 
-        let cli = parse(&["passwd", file_arg, "alice", "--password", "new"]).unwrap();
+        let cli = parse(&["passwd", file_arg, "alice", "--password", "new"])
+            .expect("test setup: a failure here is the test failing");
         let Some(Command::Passwd(args)) = cli.command else {
             panic!("passwd not parsed")
         };
         assert_eq!(
-            run_passwd(&args, &mut &b""[..]).unwrap(),
+            run_passwd(&args, &mut &b""[..])
+                .expect("test setup: a failure here is the test failing"),
             SetPassword::Replaced
         );
-        let loaded = PasswordFile::load(&file).unwrap();
+        let loaded =
+            PasswordFile::load(&file).expect("test setup: a failure here is the test failing");
         assert!(loaded.verify("alice", b"new"));
         assert!(!loaded.verify("alice", b"s3cret"));
     }
 
     #[test]
     fn passwd_refuses_an_empty_password_and_leaves_no_file() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
         let file = dir.path().join("passwords");
-        let cli = parse(&["passwd", file.to_str().unwrap(), "alice"]).unwrap();
+        let cli = parse(&[
+            "passwd",
+            file.to_str()
+                .expect("test setup: a failure here is the test failing"),
+            "alice",
+        ])
+        .expect("test setup: a failure here is the test failing");
         let Some(Command::Passwd(args)) = cli.command else {
             panic!("passwd not parsed")
         };

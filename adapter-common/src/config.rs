@@ -1005,7 +1005,9 @@ mod tests {
     #[test]
     fn default_config_is_loopback_tcp_and_websocket_with_anonymous_clients() {
         let config = Config::default();
-        config.validate().unwrap();
+        config
+            .validate()
+            .expect("test setup: a failure here is the test failing");
         let listeners: Vec<_> = config
             .listeners
             .iter()
@@ -1024,9 +1026,13 @@ mod tests {
     #[test]
     fn example_file_parses_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../brokk.example.toml");
-        let config = Config::read(&path).unwrap();
-        config.validate().unwrap();
-        let base = path.parent().unwrap();
+        let config = Config::read(&path).expect("test setup: a failure here is the test failing");
+        config
+            .validate()
+            .expect("test setup: a failure here is the test failing");
+        let base = path
+            .parent()
+            .expect("test setup: a failure here is the test failing");
         assert_eq!(config.password_file, Some(base.join("passwords")));
         assert!(!config.anonymous_allowed());
         let listeners: Vec<_> = config
@@ -1056,7 +1062,8 @@ mod tests {
     #[test]
     fn example_file_limits_all_parse_when_uncommented() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../brokk.example.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text =
+            std::fs::read_to_string(&path).expect("test setup: a failure here is the test failing");
         let mut in_limits = false;
         let mut uncommented = String::new();
         for line in text.lines() {
@@ -1070,8 +1077,10 @@ mod tests {
             uncommented.push_str(line);
             uncommented.push('\n');
         }
-        let config = parse(&uncommented).unwrap();
-        config.validate().unwrap();
+        let config = parse(&uncommented).expect("test setup: a failure here is the test failing");
+        config
+            .validate()
+            .expect("test setup: a failure here is the test failing");
         let limits = config.limits;
         assert_eq!(limits.max_sessions_per_authentication_name, Some(100));
         assert_eq!(limits.offline_overflow, Some(OfflineOverflow::EndSession));
@@ -1200,7 +1209,7 @@ mod tests {
             "allow_anonymous = true\n[[listener]]\nkind = \"mqtt\"\nbind = \"0.0.0.0:1883\"\n\
              allow_plain_non_loopback = true\n",
         )
-        .unwrap();
+        .expect("test setup: a failure here is the test failing");
     }
 
     #[test]
@@ -1212,20 +1221,23 @@ mod tests {
             e.starts_with("brokk.toml: listener[0].bind: [::]:8883 is reachable from other machines and no password file is set"),
             "{e}"
         );
-        let open = parse_valid(&format!("allow_anonymous = true\n{listener}")).unwrap();
+        let open = parse_valid(&format!("allow_anonymous = true\n{listener}"))
+            .expect("test setup: a failure here is the test failing");
         assert!(open.anonymous_allowed());
-        let closed = parse_valid(&format!("password_file = \"pw\"\n{listener}")).unwrap();
+        let closed = parse_valid(&format!("password_file = \"pw\"\n{listener}"))
+            .expect("test setup: a failure here is the test failing");
         assert!(!closed.anonymous_allowed());
         let both = parse_valid(&format!(
             "allow_anonymous = true\npassword_file = \"pw\"\n{listener}"
         ))
-        .unwrap();
+        .expect("test setup: a failure here is the test failing");
         assert!(both.anonymous_allowed());
     }
 
     #[test]
     fn password_file_turns_off_anonymous_on_loopback_too() {
-        let config = parse_valid("password_file = \"pw\"\n").unwrap();
+        let config = parse_valid("password_file = \"pw\"\n")
+            .expect("test setup: a failure here is the test failing");
         assert!(!config.anonymous_allowed());
     }
 
@@ -1243,9 +1255,11 @@ mod tests {
             e.starts_with("brokk.toml: listener[0].cert: this wss listener needs a certificate"),
             "{e}"
         );
-        let mut config = parse(text).unwrap();
+        let mut config = parse(text).expect("test setup: a failure here is the test failing");
         config.enable_dev_tls();
-        config.validate().unwrap();
+        config
+            .validate()
+            .expect("test setup: a failure here is the test failing");
         assert_eq!(config.listeners[0].tls, Some(TlsSource::Dev));
 
         let e = error(&format!("{text}cert = \"server.pem\"\n"));
@@ -1269,7 +1283,7 @@ mod tests {
             "data_dir = \"data\"\npassword_file = \"/srv/pw\"\n\
              [[listener]]\nkind = \"mqtts\"\nbind = \"127.0.0.1:8883\"\ncert = \"s.pem\"\nkey = \"s.key\"\n",
         )
-        .unwrap();
+        .expect("test setup: a failure here is the test failing");
         assert_eq!(config.data_dir, Path::new("/etc/brokk/data"));
         assert_eq!(config.password_file.as_deref(), Some(Path::new("/srv/pw")));
         assert_eq!(
@@ -1301,7 +1315,7 @@ mod tests {
             "[[listener]]\nkind = \"mqtt\"\nbind = \"127.0.0.1:1883\"\n\
              [[listener]]\nkind = \"mqtt\"\nbind = \"[::1]:1883\"\n",
         )
-        .unwrap();
+        .expect("test setup: a failure here is the test failing");
     }
 
     #[test]
@@ -1329,7 +1343,8 @@ mod tests {
 
     #[test]
     fn mapped_ipv4_loopback_counts_as_loopback() {
-        parse_valid("[[listener]]\nkind = \"mqtt\"\nbind = \"[::ffff:127.0.0.1]:1883\"\n").unwrap();
+        parse_valid("[[listener]]\nkind = \"mqtt\"\nbind = \"[::ffff:127.0.0.1]:1883\"\n")
+            .expect("test setup: a failure here is the test failing");
     }
 
     #[test]

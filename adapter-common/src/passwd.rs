@@ -428,7 +428,8 @@ mod tests {
     fn set_then_verify_and_round_trip_through_text() {
         let mut file = PasswordFile::new();
         assert_eq!(
-            file.set_password("alice", b"wonderland").unwrap(),
+            file.set_password("alice", b"wonderland")
+                .expect("test setup: a failure here is the test failing"),
             SetPassword::Added
         );
         assert!(file.verify("alice", b"wonderland"));
@@ -437,7 +438,8 @@ mod tests {
 
         let text = file.to_text();
         assert!(text.starts_with("alice:$argon2id$v=19$"), "{text}");
-        let reloaded = PasswordFile::parse(path(), &text).unwrap();
+        let reloaded = PasswordFile::parse(path(), &text)
+            .expect("test setup: a failure here is the test failing");
         assert!(reloaded.verify("alice", b"wonderland"));
     }
 
@@ -445,20 +447,26 @@ mod tests {
     fn same_password_gets_a_different_salt_each_time() {
         let mut a = PasswordFile::new();
         let mut b = PasswordFile::new();
-        a.set_password("u", b"same").unwrap();
-        b.set_password("u", b"same").unwrap();
+        a.set_password("u", b"same")
+            .expect("test setup: a failure here is the test failing");
+        b.set_password("u", b"same")
+            .expect("test setup: a failure here is the test failing");
         assert_ne!(a.to_text(), b.to_text());
     }
 
     #[test]
     fn replacing_a_user_keeps_comments_and_order_and_drops_the_old_password() {
         let mut file = PasswordFile::new();
-        file.set_password("a", b"1").unwrap();
-        file.set_password("b", b"2").unwrap();
+        file.set_password("a", b"1")
+            .expect("test setup: a failure here is the test failing");
+        file.set_password("b", b"2")
+            .expect("test setup: a failure here is the test failing");
         let text = format!("# operators\n{}", file.to_text());
-        let mut file = PasswordFile::parse(path(), &text).unwrap();
+        let mut file = PasswordFile::parse(path(), &text)
+            .expect("test setup: a failure here is the test failing");
         assert_eq!(
-            file.set_password("a", b"new").unwrap(),
+            file.set_password("a", b"new")
+                .expect("test setup: a failure here is the test failing"),
             SetPassword::Replaced
         );
         assert!(file.verify("a", b"new"));
@@ -472,8 +480,10 @@ mod tests {
     #[test]
     fn usernames_may_contain_colons() {
         let mut file = PasswordFile::new();
-        file.set_password("tenant:device-1", b"pw").unwrap();
-        let file = PasswordFile::parse(path(), &file.to_text()).unwrap();
+        file.set_password("tenant:device-1", b"pw")
+            .expect("test setup: a failure here is the test failing");
+        let file = PasswordFile::parse(path(), &file.to_text())
+            .expect("test setup: a failure here is the test failing");
         assert!(file.verify("tenant:device-1", b"pw"));
     }
 
@@ -497,7 +507,8 @@ mod tests {
         );
 
         let mut file = PasswordFile::new();
-        file.set_password("alice", b"x").unwrap();
+        file.set_password("alice", b"x")
+            .expect("test setup: a failure here is the test failing");
         let twice = format!("{0}\n{0}", file.to_text().trim_end());
         let e = PasswordFile::parse(path(), &twice).unwrap_err();
         assert_eq!(
@@ -525,18 +536,25 @@ mod tests {
 
     #[test]
     fn write_then_load_round_trips_and_is_private() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
         let p = dir.path().join("passwords");
-        let mut file = PasswordFile::load_or_new(&p).unwrap();
+        let mut file =
+            PasswordFile::load_or_new(&p).expect("test setup: a failure here is the test failing");
         assert!(file.is_empty());
-        file.set_password("alice", b"pw").unwrap();
-        file.write(&p).unwrap();
-        let loaded = PasswordFile::load(&p).unwrap();
+        file.set_password("alice", b"pw")
+            .expect("test setup: a failure here is the test failing");
+        file.write(&p)
+            .expect("test setup: a failure here is the test failing");
+        let loaded =
+            PasswordFile::load(&p).expect("test setup: a failure here is the test failing");
         assert!(loaded.verify("alice", b"pw"));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            let mode = std::fs::metadata(&p)
+                .expect("test setup: a failure here is the test failing")
+                .permissions()
+                .mode();
             assert_eq!(
                 mode & 0o077,
                 0,
@@ -556,9 +574,11 @@ mod tests {
     #[test]
     fn crlf_line_endings_are_accepted() {
         let mut file = PasswordFile::new();
-        file.set_password("alice", b"pw").unwrap();
+        file.set_password("alice", b"pw")
+            .expect("test setup: a failure here is the test failing");
         let crlf = file.to_text().replace('\n', "\r\n");
-        let file = PasswordFile::parse(path(), &crlf).unwrap();
+        let file = PasswordFile::parse(path(), &crlf)
+            .expect("test setup: a failure here is the test failing");
         assert!(file.verify("alice", b"pw"));
     }
 }

@@ -319,23 +319,31 @@ mod tests {
         for _ in 0..20 {
             let mut buf = Vec::new();
             while client.wants_write() {
-                client.write_tls(&mut buf).unwrap();
+                client
+                    .write_tls(&mut buf)
+                    .expect("test setup: a failure here is the test failing");
             }
             let to_server = !buf.is_empty();
             let mut slice = &buf[..];
             while !slice.is_empty() {
-                server.read_tls(&mut slice).unwrap();
+                server
+                    .read_tls(&mut slice)
+                    .expect("test setup: a failure here is the test failing");
             }
             server.process_new_packets()?;
 
             let mut buf = Vec::new();
             while server.wants_write() {
-                server.write_tls(&mut buf).unwrap();
+                server
+                    .write_tls(&mut buf)
+                    .expect("test setup: a failure here is the test failing");
             }
             let to_client = !buf.is_empty();
             let mut slice = &buf[..];
             while !slice.is_empty() {
-                client.read_tls(&mut slice).unwrap();
+                client
+                    .read_tls(&mut slice)
+                    .expect("test setup: a failure here is the test failing");
             }
             client.process_new_packets()?;
 
@@ -348,13 +356,15 @@ mod tests {
 
     fn client_trusting(ca: &Path) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
-        for cert in read_certs(ca).unwrap() {
-            roots.add(cert).unwrap();
+        for cert in read_certs(ca).expect("test setup: a failure here is the test failing") {
+            roots
+                .add(cert)
+                .expect("test setup: a failure here is the test failing");
         }
         Arc::new(
             ClientConfig::builder_with_provider(crypto_provider())
                 .with_safe_default_protocol_versions()
-                .unwrap()
+                .expect("test setup: a failure here is the test failing")
                 .with_root_certificates(roots)
                 .with_no_client_auth(),
         )
@@ -362,69 +372,105 @@ mod tests {
 
     #[test]
     fn client_trusting_only_the_dev_ca_connects_by_name_and_by_ip() {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = dev_tls(dir.path()).unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        let dev = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
         assert!(dev.created);
         assert_eq!(dev.ca_cert, dir.path().join("ca.pem"));
-        let server_config = Arc::new(dev.server_config().unwrap());
+        let server_config = Arc::new(
+            dev.server_config()
+                .expect("test setup: a failure here is the test failing"),
+        );
         let client_config = client_trusting(&dev.ca_cert);
 
         for name in ["localhost", "127.0.0.1", "::1"] {
-            let server_name = ServerName::try_from(name).unwrap().to_owned();
-            let mut client = ClientConnection::new(client_config.clone(), server_name).unwrap();
-            let mut server = ServerConnection::new(server_config.clone()).unwrap();
-            handshake(&mut client, &mut server).unwrap();
+            let server_name = ServerName::try_from(name)
+                .expect("test setup: a failure here is the test failing")
+                .to_owned();
+            let mut client = ClientConnection::new(client_config.clone(), server_name)
+                .expect("test setup: a failure here is the test failing");
+            let mut server = ServerConnection::new(server_config.clone())
+                .expect("test setup: a failure here is the test failing");
+            handshake(&mut client, &mut server)
+                .expect("test setup: a failure here is the test failing");
             assert!(
                 !client.is_handshaking() && !server.is_handshaking(),
                 "{name}"
             );
 
             // Application data flows once the handshake is done.
-            client.writer().write_all(b"\x10\x00").unwrap();
-            handshake(&mut client, &mut server).unwrap();
+            client
+                .writer()
+                .write_all(b"\x10\x00")
+                .expect("test setup: a failure here is the test failing");
+            handshake(&mut client, &mut server)
+                .expect("test setup: a failure here is the test failing");
             let mut got = [0u8; 2];
-            server.reader().read_exact(&mut got).unwrap();
+            server
+                .reader()
+                .read_exact(&mut got)
+                .expect("test setup: a failure here is the test failing");
             assert_eq!(&got, b"\x10\x00");
         }
     }
 
     #[test]
     fn dev_certificate_is_refused_for_other_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = dev_tls(dir.path()).unwrap();
-        let server_name = ServerName::try_from("broker.example.com").unwrap();
-        let mut client = ClientConnection::new(client_trusting(&dev.ca_cert), server_name).unwrap();
-        let mut server = ServerConnection::new(Arc::new(dev.server_config().unwrap())).unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        let dev = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
+        let server_name = ServerName::try_from("broker.example.com")
+            .expect("test setup: a failure here is the test failing");
+        let mut client = ClientConnection::new(client_trusting(&dev.ca_cert), server_name)
+            .expect("test setup: a failure here is the test failing");
+        let mut server = ServerConnection::new(Arc::new(
+            dev.server_config()
+                .expect("test setup: a failure here is the test failing"),
+        ))
+        .expect("test setup: a failure here is the test failing");
         assert!(handshake(&mut client, &mut server).is_err());
     }
 
     #[test]
     fn dev_tls_reuses_existing_files_and_keeps_the_ca_key_off_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = dev_tls(dir.path()).unwrap();
-        let ca = std::fs::read(&first.ca_cert).unwrap();
-        let second = dev_tls(dir.path()).unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        let first = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
+        let ca =
+            std::fs::read(&first.ca_cert).expect("test setup: a failure here is the test failing");
+        let second = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
         assert!(!second.created);
-        assert_eq!(std::fs::read(&second.ca_cert).unwrap(), ca);
+        assert_eq!(
+            std::fs::read(&second.ca_cert).expect("test setup: a failure here is the test failing"),
+            ca
+        );
 
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .expect("test setup: a failure here is the test failing")
+            .map(|e| {
+                e.expect("test setup: a failure here is the test failing")
+                    .file_name()
+                    .into_string()
+                    .expect("test setup: a failure here is the test failing")
+            })
             .collect();
         names.sort();
         assert_eq!(names, ["ca.pem", "server.key", "server.pem"]);
 
         // A missing server key means a fresh set, so no mismatched pair is served.
-        std::fs::remove_file(&first.server_key).unwrap();
-        let third = dev_tls(dir.path()).unwrap();
+        std::fs::remove_file(&first.server_key)
+            .expect("test setup: a failure here is the test failing");
+        let third = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
         assert!(third.created);
-        assert_ne!(std::fs::read(&third.ca_cert).unwrap(), ca);
-        third.server_config().unwrap();
+        assert_ne!(
+            std::fs::read(&third.ca_cert).expect("test setup: a failure here is the test failing"),
+            ca
+        );
+        third
+            .server_config()
+            .expect("test setup: a failure here is the test failing");
     }
 
     #[test]
     fn errors_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
         let missing = dir.path().join("missing.pem");
         let e = server_config(&missing, &missing).unwrap_err();
         assert!(e
@@ -432,7 +478,8 @@ mod tests {
             .starts_with(&format!("{}: cannot read", missing.display())));
 
         let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "not pem\n").unwrap();
+        std::fs::write(&empty, "not pem\n")
+            .expect("test setup: a failure here is the test failing");
         let e = server_config(&empty, &empty).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -442,7 +489,7 @@ mod tests {
             )
         );
 
-        let dev = dev_tls(dir.path()).unwrap();
+        let dev = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
         let e = server_config(&dev.server_cert, &dev.server_cert).unwrap_err();
         assert!(matches!(e, TlsError::NoPrivateKey { .. }), "{e}");
 

@@ -828,7 +828,7 @@ mod tests {
             Handshake::Error(e) => e.write_response(&mut out),
             Handshake::NeedMore => panic!("incomplete request"),
         }
-        String::from_utf8(out.to_vec()).unwrap()
+        String::from_utf8(out.to_vec()).expect("test setup: a failure here is the test failing")
     }
 
     #[test]
@@ -1216,13 +1216,21 @@ mod tests {
     #[test]
     fn fragmented_encoding_splits_into_binary_then_continuations() {
         let mut out = BytesMut::new();
-        encode_binary_fragmented(b"Hello", NonZeroUsize::new(2).unwrap(), &mut out);
+        encode_binary_fragmented(
+            b"Hello",
+            NonZeroUsize::new(2).expect("test setup: a failure here is the test failing"),
+            &mut out,
+        );
         assert_eq!(
             out[..],
             [0x02, 0x02, b'H', b'e', 0x00, 0x02, b'l', b'l', 0x80, 0x01, b'o']
         );
         let mut out = BytesMut::new();
-        encode_binary_fragmented(b"", NonZeroUsize::new(2).unwrap(), &mut out);
+        encode_binary_fragmented(
+            b"",
+            NonZeroUsize::new(2).expect("test setup: a failure here is the test failing"),
+            &mut out,
+        );
         assert_eq!(out[..], [0x82, 0x00]);
         let mut out = BytesMut::new();
         write_binary_header(70000, &mut out);

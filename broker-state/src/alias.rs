@@ -8,8 +8,8 @@
 
 use core::num::NonZeroU16;
 
-use bytes::Bytes;
-use mqtt_proto::{Packet, ProtocolVersion, Publish, TopicName};
+use bytes::{Bytes, BytesMut};
+use mqtt_proto::{ProtocolVersion, Publish, TopicName};
 
 use crate::hash::{Map, SeededState};
 
@@ -19,43 +19,97 @@ pub(crate) struct OutboundAliases {
     map: Option<Box<Map<Bytes, NonZeroU16>>>,
 }
 
+/// How a PUBLISH goes out.
+enum Use {
+    Plain,
+    /// The topic has this alias: send the alias alone.
+    Known(NonZeroU16),
+    /// The topic gets this new alias: send both; remembered once it is on the wire.
+    New(NonZeroU16),
+}
+
+/// Where `encode` puts a packet, and how much of the buffer a write may take.
+pub(crate) struct Budget {
+    /// `buf.len()` when the write began.
+    pub(crate) start: usize,
+    pub(crate) bytes: usize,
+}
+
 impl OutboundAliases {
-    /// Rewrites `p` to use an alias if one exists or can be assigned, keeping the
-    /// packet within the peer's Maximum Packet Size.
-    pub(crate) fn apply(
+    fn decide(&self, p: &Publish, max: u16) -> Use {
+        if max == 0 || p.topic.is_empty() || p.properties.topic_alias.is_some() {
+            return Use::Plain;
+        }
+        let Some(map) = &self.map else {
+            return NonZeroU16::new(1).map_or(Use::Plain, Use::New);
+        };
+        if let Some(&alias) = map.get(p.topic.as_bytes()) {
+            return Use::Known(alias);
+        }
+        if map.len() >= usize::from(max) {
+            return Use::Plain;
+        }
+        u16::try_from(map.len() + 1)
+            .ok()
+            .and_then(NonZeroU16::new)
+            .map_or(Use::Plain, Use::New)
+    }
+
+    /// Appends `p` to `buf`, with an alias if one exists or can be assigned within
+    /// the peer's `max` (0: none), never pushing it over `peer_max_packet`. `p` is
+    /// left as it was. Returns false, writing nothing and assigning nothing, when the
+    /// packet would take the write past its budget and is not the first in it.
+    pub(crate) fn encode(
         &mut self,
         p: &mut Publish,
         max: u16,
         peer_max_packet: u32,
         v: ProtocolVersion,
-    ) {
-        if p.topic.is_empty() || p.properties.topic_alias.is_some() {
-            return;
+        buf: &mut BytesMut,
+        budget: &Budget,
+    ) -> bool {
+        let before = buf.len();
+        let mut used = self.decide(p, max);
+        // Encoding can only fail for packets the version cannot express, which the
+        // broker does not queue; such a packet is skipped rather than sent wrong.
+        match used {
+            Use::Plain => {
+                let _ = p.encode(v, buf);
+            }
+            Use::Known(alias) => {
+                p.properties.topic_alias = Some(alias);
+                let topic = core::mem::take(&mut p.topic);
+                let _ = p.encode(v, buf);
+                p.topic = topic;
+                p.properties.topic_alias = None;
+            }
+            Use::New(alias) => {
+                p.properties.topic_alias = Some(alias);
+                // The alias property adds three bytes: never push a packet over the
+                // limit for it.
+                if peer_max_packet != u32::MAX && p.encoded_len(v) > peer_max_packet as usize {
+                    p.properties.topic_alias = None;
+                    used = Use::Plain;
+                }
+                let _ = p.encode(v, buf);
+                p.properties.topic_alias = None;
+            }
         }
+        if before > budget.start && buf.len() - budget.start > budget.bytes {
+            buf.truncate(before);
+            return false;
+        }
+        if let Use::New(alias) = used {
+            self.remember(&p.topic, alias);
+        }
+        true
+    }
+
+    fn remember(&mut self, topic: &TopicName, alias: NonZeroU16) {
         let map = self
             .map
             .get_or_insert_with(|| Box::new(Map::with_hasher(SeededState::new(0))));
-        if let Some(&alias) = map.get(p.topic.as_bytes()) {
-            p.properties.topic_alias = Some(alias);
-            p.topic = TopicName::default();
-            return;
-        }
-        if map.len() >= usize::from(max) {
-            return;
-        }
-        let Some(alias) = u16::try_from(map.len() + 1).ok().and_then(NonZeroU16::new) else {
-            return;
-        };
-        p.properties.topic_alias = Some(alias);
-        // The alias property adds three bytes: never push a packet over the limit.
-        if peer_max_packet != u32::MAX {
-            let probe = Packet::Publish(p.clone());
-            if probe.encoded_len(v) > peer_max_packet as usize {
-                p.properties.topic_alias = None;
-                return;
-            }
-        }
         // The table outlives the read buffer the topic points into: copy it.
-        map.insert(Bytes::copy_from_slice(p.topic.as_bytes()), alias);
+        map.insert(Bytes::copy_from_slice(topic.as_bytes()), alias);
     }
 }

@@ -7,10 +7,11 @@ use bytes::{Bytes, BytesMut};
 use core::num::{NonZeroU16, NonZeroU32};
 use mqtt_proto::{
     AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttString,
-    Packet, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, ReasonContext, RetainHandling,
-    SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
+    Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, ReasonContext,
+    RetainHandling, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
+use crate::alias::Budget;
 use crate::config::{Config, OverflowPolicy};
 use crate::event::{Event, Input, Now, PeerInfo, SessionRecord, StoreOp, StoredMessage};
 use crate::hash::{Map, SeededState, Set};
@@ -19,6 +20,7 @@ use crate::hooks::{
     EnhancedAuthenticator,
 };
 use crate::ids::{ConnId, Key, Slab};
+use crate::outq::{Front, OutPool};
 use crate::rng::Rng;
 use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
 use crate::session::{
@@ -29,12 +31,6 @@ use crate::timer::{TimerKind, Timers};
 
 mod auth;
 mod invariants;
-
-/// Drained output queues kept for reuse: enough for every connection of a 256-way
-/// fan-out to take one without allocating, at most 256 x 16 packet slots (~1.8 MiB).
-const OUT_POOL_BUFFERS: usize = 256;
-/// Larger drained queues (a burst) are freed rather than pooled.
-const OUT_POOL_SLOTS: usize = 16;
 
 /// Counters of what the broker did and dropped. Every drop is counted here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,7 +90,7 @@ pub struct Broker {
     /// Empty output queues of drained connections, reused by the next connection
     /// with output: idle connections hold no queue memory, and routing allocates
     /// none per message.
-    out_pool: Vec<VecDeque<Packet>>,
+    out_pool: OutPool,
     /// Sessions seen while routing one message (reused; detects overlaps).
     route_marks: Set<Key>,
     stats: Stats,
@@ -174,7 +170,7 @@ impl Broker {
             authorizer_is_default: true,
             enhanced: None,
             scratch: Vec::new(),
-            out_pool: Vec::new(),
+            out_pool: OutPool::default(),
             route_marks: Set::with_hasher(hasher),
             stats: Stats::default(),
         }
@@ -581,51 +577,77 @@ impl Broker {
         let Some(c) = self.conns.get_mut(key(conn)) else {
             return 0;
         };
-        let start = buf.len();
+        let budget = Budget {
+            start: buf.len(),
+            bytes: budget,
+        };
         let v = c.version;
-        while let Some(p) = c.out.front_mut() {
-            // Measured as queued, before an alias shortens it.
-            let size = out_size(p);
-            // Outbound topic aliases, assigned here so that they follow the order in
-            // which packets reach the wire; only for clients that allow them.
-            if c.peer_topic_alias_max > 0 {
-                if let Packet::Publish(p) = p {
-                    c.out_aliases
-                        .apply(p, c.peer_topic_alias_max, c.peer_max_packet, v);
+        // Outbound topic aliases are assigned here, so that they follow the order in
+        // which packets reach the wire; only for clients that allow them.
+        let alias_max = c.peer_topic_alias_max;
+        while let Some(front) = c.out.front() {
+            match front {
+                Front::Packet(p) => {
+                    // Measured as queued.
+                    let size = out_size(p);
+                    if let Packet::Publish(p) = p {
+                        if !c
+                            .out_aliases
+                            .encode(p, alias_max, c.peer_max_packet, v, buf, &budget)
+                        {
+                            break;
+                        }
+                    } else {
+                        // [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3] and their kin:
+                        // Reason String and User Properties are left out of a packet
+                        // they would push over the client's Maximum Packet Size (a
+                        // PUBLISH was checked when queued).
+                        if c.peer_max_packet != u32::MAX
+                            && p.encoded_len(v) > c.peer_max_packet as usize
+                        {
+                            strip_problem_info(p);
+                        }
+                        // Encode, and take it back if it overshot the budget: one
+                        // encoding pass per packet instead of measuring first.
+                        let before = buf.len();
+                        // Encoding can only fail for packets the version cannot
+                        // express, which the broker does not queue; such a packet is
+                        // skipped rather than sent wrong.
+                        let _ = p.encode(v, buf);
+                        if before > budget.start && buf.len() - budget.start > budget.bytes {
+                            buf.truncate(before);
+                            break;
+                        }
+                    }
+                    c.out.pop_front(size);
+                }
+                Front::Flight(id) => {
+                    let flights = c.out.flights();
+                    let flight = c
+                        .session()
+                        .and_then(|sk| self.sessions.get_mut(sk))
+                        .and_then(|s| unsent_flight(&mut s.inflight, id, flights));
+                    // Gone (acknowledged early, or dropped): nothing to send.
+                    if let Some(f) = flight {
+                        let p = &mut f.msg.publish;
+                        if !c
+                            .out_aliases
+                            .encode(p, alias_max, c.peer_max_packet, v, buf, &budget)
+                        {
+                            break;
+                        }
+                        f.sent = true;
+                    }
+                    c.out.pop_front(0);
                 }
             }
-            // [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3] and their kin: Reason
-            // String and User Properties are left out of a packet they would push over
-            // the client's Maximum Packet Size (PUBLISH was checked when queued).
-            if c.peer_max_packet != u32::MAX && p.encoded_len(v) > c.peer_max_packet as usize {
-                strip_problem_info(p);
-            }
-            // Encode, and take it back if it overshot the budget: one encoding pass
-            // per packet instead of measuring first.
-            let before = buf.len();
-            // Encoding can only fail for packets the version cannot express, which
-            // the broker does not queue; such a packet is skipped rather than sent wrong.
-            let _ = p.encode(v, buf);
-            if before > start && buf.len() - start > budget {
-                buf.truncate(before);
-                break;
-            }
-            c.out_bytes = c.out_bytes.saturating_sub(size);
-            c.out.pop_front();
         }
         if c.out.is_empty() {
             c.transmit_signalled = false;
-            // An idle connection keeps no queue memory (a Packet slot is ~450 bytes).
-            // The drained buffer goes to a small pool that `push_out` takes from, so
-            // that a busy connection does not allocate a new one for every message.
-            if c.out.capacity() > 0 {
-                let drained = core::mem::take(&mut c.out);
-                if drained.capacity() <= OUT_POOL_SLOTS && self.out_pool.len() < OUT_POOL_BUFFERS {
-                    self.out_pool.push(drained);
-                }
-            }
+            // An idle connection keeps no queue memory.
+            c.out.release(&mut self.out_pool);
         }
-        buf.len() - start
+        buf.len() - budget.start
     }
 
     /// When the broker next needs `handle_timeout`.
@@ -938,6 +960,8 @@ impl Broker {
         let mut expired = Vec::new();
         let mut too_large = Vec::new();
         for f in s.inflight.iter_mut() {
+            // Resent as copies below: no output queue names them any more.
+            f.sent = true;
             match f.state {
                 FlightState::Published => {
                     let mut p = f.msg.publish.clone();
@@ -1224,7 +1248,7 @@ impl Broker {
         match online {
             Some((ck, c)) => {
                 if qos == QoS::AtMostOnce {
-                    if c.out_bytes >= self.config.outbound_buffer_bytes {
+                    if c.out.bytes() >= self.config.outbound_buffer_bytes {
                         self.stats.dropped_qos0_slow_consumer += 1;
                         return;
                     }
@@ -1291,15 +1315,15 @@ impl Broker {
         let (Some(s), Some(c)) = (self.sessions.get_mut(sk), self.conns.get(ck)) else {
             return;
         };
-        let mut p = q.publish.clone();
-        let live = refresh_expiry(&mut p, q.expires_at, now.instant);
-        // The length depends on the packet id's presence, not its value.
-        p.packet_id = NonZeroU16::new(1);
-        let mut packet = Packet::Publish(p);
+        let mut q = q;
+        let live = refresh_expiry(&mut q.publish, q.expires_at, now.instant);
         // [MQTT-3.1.2-25] a message too large for the client (which may have
         // reconnected with a smaller Maximum Packet Size than when it was queued) is
-        // discarded as if it had been sent.
-        let too_large = live && !fits(&packet, c);
+        // discarded as if it had been sent. (The length of a QoS 1/2 PUBLISH counts
+        // its packet id whether or not one is set yet.)
+        let too_large = live
+            && c.peer_max_packet != u32::MAX
+            && q.publish.encoded_len(c.version) > c.peer_max_packet as usize;
         if !live || too_large {
             if too_large {
                 self.stats.dropped_too_large += 1;
@@ -1318,18 +1342,19 @@ impl Broker {
             s.queue.push_front(q);
             return;
         };
-        if let Packet::Publish(p) = &mut packet {
-            p.packet_id = Some(id);
-        }
+        // The in-flight entry is what goes on the wire: the output queue only names it.
+        q.publish.packet_id = Some(id);
+        let size = q.size;
         let allocated = s.allocations;
         s.inflight.push_back(InFlight {
             packet_id: id,
             state: FlightState::Published,
             msg: q,
             allocated,
+            sent: false,
         });
         self.stats.deliveries += 1;
-        self.push_out(ck, packet);
+        self.push_flight(ck, id, size);
     }
 
     /// Adds to a session queue within its limits (online or offline).
@@ -2034,13 +2059,21 @@ impl Broker {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        c.out_bytes += out_size(&packet);
-        if c.out.capacity() == 0 {
-            if let Some(pooled) = self.out_pool.pop() {
-                c.out = pooled;
-            }
+        let size = out_size(&packet);
+        c.out.push_packet(packet, size, &mut self.out_pool);
+        if !c.transmit_signalled {
+            c.transmit_signalled = true;
+            self.events.push_back(Event::Transmit(conn_id(k)));
         }
-        c.out.push_back(packet);
+    }
+
+    /// Queues the in-flight PUBLISH `id` (already in the session's window) for the
+    /// wire.
+    fn push_flight(&mut self, k: Key, id: PacketId, size: usize) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.out.push_flight(id, size, &mut self.out_pool);
         if !c.transmit_signalled {
             c.transmit_signalled = true;
             self.events.push_back(Event::Transmit(conn_id(k)));
@@ -2191,6 +2224,24 @@ fn split_shared(filter: &mqtt_proto::TopicFilter) -> (Option<Bytes>, Bytes) {
 }
 
 /// Whether a packet fits the client's Maximum Packet Size [MQTT-3.1.2-24].
+/// The in-flight entry a flight tag names: not yet sent, still waiting for its
+/// PUBLISH to go out. `flights` tags wait, so it is normally the `flights`-th
+/// entry from the end of the window; if an early acknowledgement removed entries,
+/// it is searched for.
+fn unsent_flight(
+    inflight: &mut VecDeque<InFlight>,
+    id: PacketId,
+    flights: usize,
+) -> Option<&mut InFlight> {
+    let wanted = |f: &InFlight| f.packet_id == id && !f.sent && f.state == FlightState::Published;
+    let at = inflight
+        .len()
+        .checked_sub(flights)
+        .filter(|&i| inflight.get(i).is_some_and(wanted))
+        .or_else(|| inflight.iter().position(wanted))?;
+    inflight.get_mut(at)
+}
+
 fn fits(packet: &Packet, c: &Conn) -> bool {
     c.peer_max_packet == u32::MAX || packet.encoded_len(c.version) <= c.peer_max_packet as usize
 }

@@ -77,6 +77,7 @@ mod event;
 mod hash;
 mod hooks;
 mod ids;
+mod outq;
 mod rng;
 mod router;
 mod session;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use core::num::NonZeroU32;
 use mqtt_proto::{
-    MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions, TopicFilter,
+    MqttString, PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions, TopicFilter,
     TopicName,
 };
 
@@ -40,6 +40,9 @@ pub(crate) struct InFlight {
     pub(crate) msg: Queued,
     /// Allocation counter when the packet id was taken (see `Session::next_id`).
     pub(crate) allocated: u64,
+    /// The PUBLISH has been written by `poll_transmit` (or resent as a copy); until
+    /// then the connection's output queue names it.
+    pub(crate) sent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -154,9 +157,7 @@ pub(crate) struct Conn {
     pub(crate) state: ConnState,
     pub(crate) version: ProtocolVersion,
     /// Packets waiting for `poll_transmit`, encoded lazily into the caller's buffer.
-    pub(crate) out: VecDeque<Packet>,
-    /// Approximate bytes in `out`, bounded by `outbound_buffer_bytes` for QoS 0.
-    pub(crate) out_bytes: usize,
+    pub(crate) out: crate::outq::OutQueue,
     /// A Transmit event is outstanding.
     pub(crate) transmit_signalled: bool,
     /// 1.5 x Keep Alive, or `None` when keep-alive is off.
@@ -195,8 +196,7 @@ impl Conn {
             peer,
             state: ConnState::AwaitingConnect { deadline },
             version: ProtocolVersion::V3_1_1,
-            out: VecDeque::new(),
-            out_bytes: 0,
+            out: crate::outq::OutQueue::default(),
             transmit_signalled: false,
             keep_alive: None,
             last_rx: now,

@@ -143,6 +143,32 @@ fn qos1_beyond_the_receive_maximum_waits_in_the_session_queue_mqtt_4_9_0_2() {
     assert_eq!(sim.broker.stats().dropped_online_queue_full, 0);
 }
 
+/// A QoS 1 PUBLISH waiting to be written is encoded from the session's in-flight
+/// window, not from a copy: a client that acknowledges packet ids it has not been
+/// sent yet (a protocol error the broker tolerates) must not make the broker send a
+/// stale or wrong message, and the rest keep their order.
+#[test]
+fn puback_for_a_publish_not_yet_written_drops_it_and_keeps_the_rest_in_order() {
+    let mut sim = Sim::default();
+    let s = subscriber(&mut sim, "s", 10, None, QoS::AtLeastOnce);
+    let p = sim.connect(V5, "p", true);
+    sim.reading[s] = false;
+    numbered(&mut sim, p, QoS::AtLeastOnce, 1..=4);
+    // Ids are given out 1, 2, 3, 4 in publication order; acknowledge 2 early.
+    let early = PacketId::new(2).unwrap();
+    sim.send(s, Packet::PubAck(PubAck::new(early)));
+    sim.broker.check_invariants().expect("invariants after the early PUBACK");
+    sim.resume_reading(s);
+    let got = sim.publishes(s);
+    assert_eq!(numbers(&got), [1, 3, 4]);
+    assert!(got.iter().all(|p| p.packet_id != Some(early) && !p.dup));
+    sim.ack_all(s, &got);
+    sim.broker.check_invariants().expect("invariants after the acks");
+    // The window is empty again: new messages flow.
+    numbered(&mut sim, p, QoS::AtLeastOnce, 5..=5);
+    assert_eq!(numbers(&sim.publishes(s)), [5]);
+}
+
 #[test]
 fn qos2_holds_its_window_slot_until_pubcomp_mqtt_4_9_0_2() {
     let mut sim = Sim::default();

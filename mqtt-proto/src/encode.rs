@@ -26,24 +26,14 @@ impl Packet {
     /// On error nothing is written.
     pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
         self.check(version)?;
-        let body = self.body_len(version);
-        if body > MAX_VARIABLE_BYTE_INTEGER as usize {
-            return Err(EncodeError::PacketTooLarge {
-                remaining_length: body,
-            });
-        }
-        buf.reserve(1 + vbi_len(body as u32) + body);
-        buf.put_u8(self.first_byte());
-        buf.put_vbi(body as u32);
-        self.write_body(version, buf);
-        Ok(())
+        frame(self.first_byte(), self.body_len(version), buf, |buf| {
+            self.write_body(version, buf)
+        })
     }
 
     fn first_byte(&self) -> u8 {
         let flags = match self {
-            Packet::Publish(p) => {
-                (u8::from(p.dup) << 3) | (p.qos.as_u8() << 1) | u8::from(p.retain)
-            }
+            Packet::Publish(p) => p.flags(),
             Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => 0b0010,
             _ => 0,
         };
@@ -58,8 +48,6 @@ impl Packet {
 
     /// Fields the wire format cannot carry at this version.
     fn check(&self, v: ProtocolVersion) -> Result<(), EncodeError> {
-        const BIN: &str = "binary data longer than 65535 bytes";
-        const SUB_ID: &str = "a subscription identifier above 268435455";
         let too_long = |b: Option<&[u8]>| b.is_some_and(|b| b.len() > u16::MAX as usize);
         // A Subscription Identifier is a Variable Byte Integer [MQTT-3.3.2.3.8].
         let too_big = |id: NonZeroU32| id.get() > MAX_VARIABLE_BYTE_INTEGER;
@@ -83,23 +71,7 @@ impl Packet {
                     ));
                 }
             }
-            Packet::Publish(p) => {
-                if too_long(p.properties.correlation_data.as_deref()) {
-                    return Err(EncodeError::Unrepresentable(BIN));
-                }
-                if p.properties
-                    .subscription_identifiers
-                    .iter()
-                    .any(|id| too_big(*id))
-                {
-                    return Err(EncodeError::Unrepresentable(SUB_ID));
-                }
-                if (p.qos == QoS::AtMostOnce) != p.packet_id.is_none() {
-                    return Err(EncodeError::Unrepresentable(
-                        "a PUBLISH has a packet identifier exactly when its QoS is above 0",
-                    ));
-                }
-            }
+            Packet::Publish(p) => return p.check(),
             Packet::ConnAck(c) if too_long(c.properties.authentication_data.as_deref()) => {
                 return Err(EncodeError::Unrepresentable(BIN));
             }
@@ -140,16 +112,7 @@ impl Packet {
                     s.put_u8(c.reason_code.connack_v3_code());
                 }
             }
-            Packet::Publish(p) => {
-                s.put_lp(p.topic.as_bytes());
-                if p.qos != QoS::AtMostOnce {
-                    s.put_u16(p.packet_id.map_or(0, |id| id.get()));
-                }
-                if v5 {
-                    write_block(s, &p.properties);
-                }
-                s.put_slice(&p.payload);
-            }
+            Packet::Publish(p) => p.write_body(v, s),
             Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
                 s.put_u16(a.packet_id.get());
                 // [MQTT-3.4.2.1] Success without properties is sent as the short form.
@@ -223,6 +186,92 @@ impl Packet {
                 }
             }
         }
+    }
+}
+
+/// Appends a fixed header (`first_byte`, Remaining Length `body`) and the body that
+/// `write` puts, or nothing if the body is too long for a Remaining Length.
+fn frame(
+    first_byte: u8,
+    body: usize,
+    buf: &mut BytesMut,
+    write: impl FnOnce(&mut BytesMut),
+) -> Result<(), EncodeError> {
+    if body > MAX_VARIABLE_BYTE_INTEGER as usize {
+        return Err(EncodeError::PacketTooLarge {
+            remaining_length: body,
+        });
+    }
+    buf.reserve(1 + vbi_len(body as u32) + body);
+    buf.put_u8(first_byte);
+    buf.put_vbi(body as u32);
+    write(buf);
+    Ok(())
+}
+
+const BIN: &str = "binary data longer than 65535 bytes";
+const SUB_ID: &str = "a subscription identifier above 268435455";
+
+impl Publish {
+    /// Bytes this PUBLISH takes on the wire at `version`, as
+    /// [`Packet::encoded_len`] of `Packet::Publish` (without moving it into one).
+    pub fn encoded_len(&self, version: ProtocolVersion) -> usize {
+        let mut c = Counter::default();
+        self.write_body(version, &mut c);
+        1 + vbi_len(c.0.min(MAX_VARIABLE_BYTE_INTEGER as usize) as u32) + c.0
+    }
+
+    /// Appends this PUBLISH, as [`Packet::encode`] of `Packet::Publish` would.
+    ///
+    /// On error nothing is written.
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        self.check()?;
+        let mut c = Counter::default();
+        self.write_body(version, &mut c);
+        frame(self.flags() | (3 << 4), c.0, buf, |buf| {
+            self.write_body(version, buf)
+        })
+    }
+
+    fn flags(&self) -> u8 {
+        (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain)
+    }
+
+    fn check(&self) -> Result<(), EncodeError> {
+        if self
+            .properties
+            .correlation_data
+            .as_deref()
+            .is_some_and(|b| b.len() > u16::MAX as usize)
+        {
+            return Err(EncodeError::Unrepresentable(BIN));
+        }
+        // A Subscription Identifier is a Variable Byte Integer [MQTT-3.3.2.3.8].
+        if self
+            .properties
+            .subscription_identifiers
+            .iter()
+            .any(|id| id.get() > MAX_VARIABLE_BYTE_INTEGER)
+        {
+            return Err(EncodeError::Unrepresentable(SUB_ID));
+        }
+        if (self.qos == QoS::AtMostOnce) != self.packet_id.is_none() {
+            return Err(EncodeError::Unrepresentable(
+                "a PUBLISH has a packet identifier exactly when its QoS is above 0",
+            ));
+        }
+        Ok(())
+    }
+
+    fn write_body<S: Sink>(&self, v: ProtocolVersion, s: &mut S) {
+        s.put_lp(self.topic.as_bytes());
+        if self.qos != QoS::AtMostOnce {
+            s.put_u16(self.packet_id.map_or(0, |id| id.get()));
+        }
+        if v.is_v5() {
+            write_block(s, &self.properties);
+        }
+        s.put_slice(&self.payload);
     }
 }
 

@@ -1,7 +1,8 @@
 //! Property tests: for arbitrary packets of each version,
 //!
 //! * `decode(encode(p)) == p`, through `decode_packet` and through a `Decoder`;
-//! * `encoded_len(p) == encode(p).len()`;
+//! * `encoded_len(p) == encode(p).len()`, and `Publish::encode` writes what
+//!   `Packet::encode` of the same PUBLISH writes;
 //! * a stream of several packets decodes to the same packets however its bytes are
 //!   split into reads.
 //!
@@ -675,6 +676,15 @@ fn encode(v: ProtocolVersion, p: &Packet) -> Result<BytesMut, TestCaseError> {
 fn check_roundtrip(v: ProtocolVersion, p: &Packet) -> Result<(), TestCaseError> {
     let bytes = encode(v, p)?;
     prop_assert_eq!(bytes.len(), p.encoded_len(v), "encoded_len of {:?}", p);
+    // A PUBLISH encodes the same without being moved into a `Packet`.
+    if let Packet::Publish(publish) = p {
+        let mut alone = BytesMut::new();
+        publish
+            .encode(v, &mut alone)
+            .map_err(|e| TestCaseError::fail(format!("Publish::encode {p:?}: {e}")))?;
+        prop_assert_eq!(&alone[..], &bytes[..], "Publish::encode of {:?}", p);
+        prop_assert_eq!(publish.encoded_len(v), bytes.len());
+    }
 
     let decoded = decode_packet(Some(v), bytes.clone().freeze())
         .map_err(|e| TestCaseError::fail(format!("decode {bytes:02x?}: {e}")))?;

@@ -25,11 +25,14 @@ impl Broker {
                     ));
                 }
             }
-            let out: usize = c.out.iter().map(out_size).sum();
-            if out != c.out_bytes {
+            c.out
+                .check()
+                .map_err(|e| format!("{id}: output queue: {e}"))?;
+            let out = c.out.recount(out_size);
+            if out != c.out.bytes() {
                 return Err(format!(
-                    "{id}: out_bytes {} but {out} bytes are waiting",
-                    c.out_bytes
+                    "{id}: output counts {} bytes but {out} bytes are waiting",
+                    c.out.bytes()
                 ));
             }
             if !c.out.is_empty() && !c.transmit_signalled {

@@ -1,0 +1,192 @@
+//! A connection's output queue: what `poll_transmit` encodes next, in wire order.
+//!
+//! Control packets and QoS 0 PUBLISHes wait here as [`Packet`]s. A QoS 1/2 PUBLISH
+//! does not: its message already sits in the session's in-flight window, so the queue
+//! holds only a tag naming its packet id, and `poll_transmit` encodes it from there.
+//! That keeps a fan-out delivery from copying the message a second time (a `Packet`
+//! slot is a few hundred bytes), which, with a deep window per subscriber, was the
+//! largest cost on the QoS 1 path.
+
+use std::collections::VecDeque;
+
+use mqtt_proto::{Packet, PacketId};
+
+/// What goes out next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    /// This many packets from the front of `packets`.
+    Packets(u32),
+    /// The in-flight PUBLISH with this packet id; `size` as counted in `bytes`.
+    Flight { id: PacketId, size: u32 },
+}
+
+/// The front of the queue.
+pub(crate) enum Front<'a> {
+    Packet(&'a mut Packet),
+    Flight(PacketId),
+}
+
+/// Bytes counted for a flight tag besides its message's size.
+const FLIGHT_SLOT: usize = core::mem::size_of::<Tag>();
+
+/// Drained queue buffers kept for reuse, so that a busy connection does not allocate
+/// new ones each time its queue drains and fills, while an idle one holds none.
+#[derive(Default)]
+pub(crate) struct OutPool {
+    packets: Vec<VecDeque<Packet>>,
+    tags: Vec<VecDeque<Tag>>,
+}
+
+/// Buffers kept: enough for every connection of a 256-way fan-out to take one
+/// without allocating, at most 256 x 16 packet slots (~1.8 MiB).
+const POOL_BUFFERS: usize = 256;
+/// Larger drained buffers (a burst) are freed rather than pooled.
+const POOL_SLOTS: usize = 16;
+
+fn take_pooled<T>(pool: &mut Vec<VecDeque<T>>, q: &mut VecDeque<T>) {
+    if q.capacity() == 0 {
+        if let Some(pooled) = pool.pop() {
+            *q = pooled;
+        }
+    }
+}
+
+fn give_pooled<T>(pool: &mut Vec<VecDeque<T>>, q: &mut VecDeque<T>, slots: usize) {
+    debug_assert!(q.is_empty());
+    if q.capacity() > 0 {
+        let drained = core::mem::take(q);
+        if drained.capacity() <= slots && pool.len() < POOL_BUFFERS {
+            pool.push(drained);
+        }
+    }
+}
+
+/// One connection's output, in wire order: first `lead` packets, then what `order`
+/// says. Without in-flight PUBLISHes waiting, `order` stays empty (and unallocated).
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    packets: VecDeque<Packet>,
+    /// Packets at the front of `packets` that go out before anything in `order`.
+    lead: u32,
+    order: VecDeque<Tag>,
+    /// Flight tags waiting.
+    flights: usize,
+    /// Approximate memory held (see `out_size`), bounded by `outbound_buffer_bytes`
+    /// for QoS 0.
+    bytes: usize,
+}
+
+impl OutQueue {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lead == 0 && self.order.is_empty()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Flight tags waiting: the newest this many in-flight entries are unsent.
+    pub(crate) fn flights(&self) -> usize {
+        self.flights
+    }
+
+    /// Once drained: gives the buffers back to the pool (or frees them), so an idle
+    /// connection holds no queue memory.
+    #[inline]
+    pub(crate) fn release(&mut self, pool: &mut OutPool) {
+        give_pooled(&mut pool.packets, &mut self.packets, POOL_SLOTS);
+        give_pooled(&mut pool.tags, &mut self.order, POOL_SLOTS * 4);
+    }
+
+    #[inline]
+    pub(crate) fn push_packet(&mut self, packet: Packet, size: usize, pool: &mut OutPool) {
+        take_pooled(&mut pool.packets, &mut self.packets);
+        self.bytes += size;
+        self.packets.push_back(packet);
+        if self.order.is_empty() {
+            self.lead += 1;
+            return;
+        }
+        match self.order.back_mut() {
+            Some(Tag::Packets(n)) => *n += 1,
+            _ => self.order.push_back(Tag::Packets(1)),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn push_flight(&mut self, id: PacketId, size: usize, pool: &mut OutPool) {
+        take_pooled(&mut pool.tags, &mut self.order);
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        self.bytes += FLIGHT_SLOT + size as usize;
+        self.flights += 1;
+        self.order.push_back(Tag::Flight { id, size });
+    }
+
+    #[inline]
+    pub(crate) fn front(&mut self) -> Option<Front<'_>> {
+        if self.lead > 0 {
+            return self.packets.front_mut().map(Front::Packet);
+        }
+        match self.order.front()? {
+            Tag::Packets(_) => self.packets.front_mut().map(Front::Packet),
+            Tag::Flight { id, .. } => Some(Front::Flight(*id)),
+        }
+    }
+
+    /// Removes the front; `packet_size` is what the packet counted when pushed
+    /// (ignored for a flight, which remembers its own).
+    #[inline]
+    pub(crate) fn pop_front(&mut self, packet_size: usize) {
+        if self.lead > 0 {
+            self.lead -= 1;
+            self.packets.pop_front();
+            self.bytes = self.bytes.saturating_sub(packet_size);
+            return;
+        }
+        match self.order.pop_front() {
+            Some(Tag::Packets(n)) => {
+                self.packets.pop_front();
+                self.bytes = self.bytes.saturating_sub(packet_size);
+                self.lead = n - 1;
+            }
+            Some(Tag::Flight { size, .. }) => {
+                self.bytes = self.bytes.saturating_sub(FLIGHT_SLOT + size as usize);
+                self.flights -= 1;
+            }
+            None => {}
+        }
+    }
+
+    /// Recomputes `bytes` from the contents, for the invariant checks.
+    pub(crate) fn recount(&self, packet_size: impl Fn(&Packet) -> usize) -> usize {
+        let flights: usize = self
+            .order
+            .iter()
+            .map(|t| match t {
+                Tag::Flight { size, .. } => FLIGHT_SLOT + *size as usize,
+                Tag::Packets(_) => 0,
+            })
+            .sum();
+        flights + self.packets.iter().map(packet_size).sum::<usize>()
+    }
+
+    /// Checks that the tags and the packets agree.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        let mut packets = self.lead as usize;
+        let mut flights = 0usize;
+        for t in &self.order {
+            match t {
+                Tag::Packets(0) => return Err("an empty run of packets"),
+                Tag::Packets(n) => packets += *n as usize,
+                Tag::Flight { .. } => flights += 1,
+            }
+        }
+        if packets != self.packets.len() {
+            return Err("packet tags do not match the packets waiting");
+        }
+        if flights != self.flights {
+            return Err("flight count does not match the flight tags");
+        }
+        Ok(())
+    }
+}

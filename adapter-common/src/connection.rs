@@ -139,6 +139,61 @@ where
     }
 }
 
+/// `Some(output)` of `fut`, or `None` if `sleep` (the runtime's timer) ends first.
+pub async fn timeout<F: Future, S: Future<Output = ()>>(sleep: S, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut sleep = std::pin::pin!(sleep);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// One accepted connection from start to end: the WebSocket upgrade (bounded by
+/// `handshake_timeout`), the connection loop, the last flush (bounded by
+/// [`FLUSH_TIMEOUT`](crate::server::FLUSH_TIMEOUT)), and telling the core it is gone.
+/// `clock` reads both clocks; `sleep` is the runtime's timer.
+///
+/// An idle connection is this future, parked in the loop: the upgrade and the
+/// flush, with their timers, are boxed for the time they run, so they take no room
+/// in it the rest of the time.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<T, C, S, F>(
+    hub: SharedHub,
+    mut t: T,
+    peer: PeerInfo,
+    websocket: bool,
+    path: Option<String>,
+    handshake_timeout: std::time::Duration,
+    clock: C,
+    sleep: S,
+) where
+    T: Transport,
+    C: Fn() -> Now,
+    S: Fn(std::time::Duration) -> F,
+    F: Future<Output = ()>,
+{
+    let initial = if websocket {
+        let upgrade = handshake(&mut t, path.as_deref());
+        match Box::pin(timeout(sleep(handshake_timeout), upgrade)).await {
+            Some(Some(rest)) => rest,
+            _ => return,
+        }
+    } else {
+        BytesMut::new()
+    };
+    drop(path);
+    let mut conn = Connection::open(&hub, clock(), peer, websocket, initial);
+    if conn.run(&hub, &mut t, &clock).await {
+        let flush = conn.finish(&hub, &mut t);
+        let _ = Box::pin(timeout(sleep(crate::server::FLUSH_TIMEOUT), flush)).await;
+    }
+    conn.closed(&hub, clock());
+}
+
 /// Bytes pulled from the core per write.
 const WRITE_BUDGET: usize = 64 * 1024;
 

@@ -10,11 +10,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::config::{Config, ListenerKind};
-use adapter_common::connection::{self, Connection, SharedHub, Transport};
-use adapter_common::server::{
-    prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT,
-};
-use broker_state::{Now, PeerInfo};
+use adapter_common::connection::{self, SharedHub, Transport};
+use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
+use broker_state::Now;
 use bytes::BytesMut;
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::{LocalExecutor, Timer};
@@ -82,10 +80,12 @@ pub fn serve_on(
 
 /// `Some(output)`, or `None` if `d` passed first.
 async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    smol::future::or(async { Some(fut.await) }, async {
-        Timer::after(d).await;
-        None
-    })
+    connection::timeout(
+        async move {
+            Timer::after(d).await;
+        },
+        fut,
+    )
     .await
 }
 
@@ -212,68 +212,40 @@ async fn accept_loop<L: Accept>(
             l.kind.is_websocket(),
             l.path.clone(),
         );
+        let sleep = |d| async move {
+            Timer::after(d).await;
+        };
+        let Some(acceptor) = tls else {
+            // A task per plain connection holds only what the connection loop needs.
+            let t = FuturesIo(socket);
+            ex.spawn(connection::serve(
+                hub,
+                t,
+                peer,
+                websocket,
+                path,
+                handshake_timeout,
+                now,
+                sleep,
+            ))
+            .detach();
+            continue;
+        };
         ex.spawn(async move {
-            match tls {
-                None => {
-                    serve(
-                        hub,
-                        FuturesIo(socket),
-                        peer,
-                        websocket,
-                        path,
-                        handshake_timeout,
-                    )
-                    .await
-                }
-                Some(acceptor) => match timeout(handshake_timeout, acceptor.accept(socket)).await {
-                    Some(Ok(stream)) => {
-                        serve(
-                            hub,
-                            FuturesIo(stream),
-                            peer,
-                            websocket,
-                            path,
-                            handshake_timeout,
-                        )
+            match timeout(handshake_timeout, acceptor.accept(socket)).await {
+                Some(Ok(stream)) => {
+                    let t = FuturesIo(stream);
+                    connection::serve(hub, t, peer, websocket, path, handshake_timeout, now, sleep)
                         .await
-                    }
-                    Some(Err(error)) => {
-                        tracing::debug!(remote = %peer.remote, %error, "TLS handshake failed")
-                    }
-                    None => tracing::debug!(remote = %peer.remote, "TLS handshake timed out"),
-                },
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(remote = %peer.remote, %error, "TLS handshake failed")
+                }
+                None => tracing::debug!(remote = %peer.remote, "TLS handshake timed out"),
             }
         })
         .detach();
     }
-}
-
-async fn serve<T: Transport>(
-    hub: SharedHub,
-    mut t: T,
-    peer: PeerInfo,
-    websocket: bool,
-    path: Option<String>,
-    handshake_timeout: Duration,
-) {
-    let initial = if websocket {
-        match timeout(
-            handshake_timeout,
-            connection::handshake(&mut t, path.as_deref()),
-        )
-        .await
-        {
-            Some(Some(rest)) => rest,
-            _ => return,
-        }
-    } else {
-        BytesMut::new()
-    };
-    let mut conn = Connection::open(&hub, now(), peer, websocket, initial);
-    if conn.run(&hub, &mut t, now).await {
-        let _ = timeout(FLUSH_TIMEOUT, conn.finish(&hub, &mut t)).await;
-    }
-    conn.closed(&hub, now());
 }
 
 /// Any futures-io stream (smol or async-std TCP, futures-rustls) as a [`Transport`].

@@ -3,11 +3,8 @@
 use std::time::Duration;
 
 use adapter_common::config::Config;
-use adapter_common::connection::{self, Connection, SharedHub};
-use adapter_common::server::{
-    prepare, BoundListener, Prepared, ServerHandle, StartError, FLUSH_TIMEOUT,
-};
-use bytes::BytesMut;
+use adapter_common::connection::{self, SharedHub};
+use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
@@ -99,63 +96,34 @@ async fn accept_loop(hub: SharedHub, l: BoundListener, handshake_timeout: Durati
             l.kind.is_websocket(),
             l.path.clone(),
         );
+        let sleep = |d| tokio::time::sleep(d);
+        let Some(acceptor) = tls else {
+            // A task per plain connection holds only what the connection loop needs.
+            let t = TokioIo(socket);
+            tokio::task::spawn_local(connection::serve(
+                hub,
+                t,
+                peer,
+                websocket,
+                path,
+                handshake_timeout,
+                now,
+                sleep,
+            ));
+            continue;
+        };
         tokio::task::spawn_local(async move {
-            match tls {
-                None => {
-                    serve(
-                        hub,
-                        TokioIo(socket),
-                        peer,
-                        websocket,
-                        path,
-                        handshake_timeout,
-                    )
-                    .await
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(socket)).await {
+                Ok(Ok(stream)) => {
+                    let t = TokioIo(stream);
+                    connection::serve(hub, t, peer, websocket, path, handshake_timeout, now, sleep)
+                        .await
                 }
-                Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(socket)).await {
-                        Ok(Ok(stream)) => {
-                            serve(
-                                hub,
-                                TokioIo(stream),
-                                peer,
-                                websocket,
-                                path,
-                                handshake_timeout,
-                            )
-                            .await
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(remote = %peer.remote, %error, "TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(remote = %peer.remote, "TLS handshake timed out"),
-                    }
+                Ok(Err(error)) => {
+                    tracing::debug!(remote = %peer.remote, %error, "TLS handshake failed")
                 }
+                Err(_) => tracing::debug!(remote = %peer.remote, "TLS handshake timed out"),
             }
         });
     }
-}
-
-async fn serve<T: connection::Transport>(
-    hub: SharedHub,
-    mut t: T,
-    peer: broker_state::PeerInfo,
-    websocket: bool,
-    path: Option<String>,
-    handshake_timeout: Duration,
-) {
-    let initial = if websocket {
-        let upgrade = connection::handshake(&mut t, path.as_deref());
-        match tokio::time::timeout(handshake_timeout, upgrade).await {
-            Ok(Some(rest)) => rest,
-            _ => return,
-        }
-    } else {
-        BytesMut::new()
-    };
-    let mut conn = Connection::open(&hub, now(), peer, websocket, initial);
-    if conn.run(&hub, &mut t, now).await {
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT, conn.finish(&hub, &mut t)).await;
-    }
-    conn.closed(&hub, now());
 }

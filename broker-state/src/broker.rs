@@ -408,10 +408,13 @@ impl Broker {
                     let due = self
                         .sessions
                         .get(k)
-                        .is_some_and(|s| s.delayed_will.as_ref().is_some_and(|(d, _)| *d == at));
+                        .is_some_and(|s| s.delayed_will.as_deref().is_some_and(|(d, _)| *d == at));
                     if due {
-                        if let Some((_, will)) =
-                            self.sessions.get_mut(k).and_then(|s| s.delayed_will.take())
+                        if let Some((_, will)) = self
+                            .sessions
+                            .get_mut(k)
+                            .and_then(|s| s.delayed_will.take())
+                            .map(|w| *w)
                         {
                             self.publish_will(now, will);
                         }
@@ -428,7 +431,7 @@ impl Broker {
             }
             TimerKind::WillDelay(k) => sessions
                 .get(k)
-                .is_some_and(|s| s.delayed_will.as_ref().is_some_and(|(d, _)| *d == at)),
+                .is_some_and(|s| s.delayed_will.as_deref().is_some_and(|(d, _)| *d == at)),
         });
     }
 
@@ -852,7 +855,7 @@ impl Broker {
         if let Some(c) = self.conns.get_mut(k) {
             c.state = ConnState::Active { session: sk };
             c.client_id = Some(client_id.clone());
-            c.will = will;
+            c.will = will.map(Box::new);
             c.connect_expiry_zero = requested == 0;
             if v5 {
                 c.peer_receive_max = p.properties.receive_maximum.map_or(u16::MAX, |r| r.get());
@@ -1931,7 +1934,7 @@ impl Broker {
             } else {
                 let at = now.instant + Duration::from_secs(u64::from(delay));
                 if let Some(s) = self.sessions.get_mut(sk) {
-                    s.delayed_will = Some((at, w.publish));
+                    s.delayed_will = Some(Box::new((at, w.publish)));
                 }
                 self.timers.schedule(at, TimerKind::WillDelay(sk));
             }
@@ -1982,8 +1985,8 @@ impl Broker {
         if let Some(c) = s.conn {
             self.close(key(c), ReasonCode::SessionTakenOver);
         }
-        if let Some((_, will)) = s.delayed_will {
-            self.publish_will(now, will);
+        if let Some(w) = s.delayed_will {
+            self.publish_will(now, w.1);
         }
     }
 

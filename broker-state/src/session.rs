@@ -77,7 +77,8 @@ pub(crate) struct Session {
     pub(crate) allocations: u64,
     pub(crate) next_seq: u64,
     /// A will whose delay is running (the connection is gone).
-    pub(crate) delayed_will: Option<(Instant, Publish)>,
+    /// Boxed: most sessions have none, and a `Publish` is ~240 bytes.
+    pub(crate) delayed_will: Option<Box<(Instant, Publish)>>,
     /// The store holds a record of this session (an upsert went out, no removal
     /// since). A session can stop being persistent while it lives (a resume or a
     /// DISCONNECT with expiry 0), and its record must then still be removed.
@@ -180,7 +181,8 @@ pub(crate) struct Conn {
     pub(crate) peer_topic_alias_max: u16,
     /// Aliases the broker set towards the peer.
     pub(crate) out_aliases: crate::alias::OutboundAliases,
-    pub(crate) will: Option<crate::session::PendingWill>,
+    /// Boxed: most connections have none, and a `Publish` is ~240 bytes.
+    pub(crate) will: Option<Box<crate::session::PendingWill>>,
     /// Whether the client asked for Reason Strings and User Properties on failures
     /// (Request Problem Information, default true).
     pub(crate) problem_info: bool,

@@ -135,8 +135,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             addr: l.bind,
             error,
         };
-        let socket = std::net::TcpListener::bind(l.bind).map_err(bind_err)?;
-        socket.set_nonblocking(true).map_err(bind_err)?;
+        let socket = bind(l.bind).map_err(bind_err)?;
         let addr = socket.local_addr().map_err(bind_err)?;
         let label: Arc<str> = format!("{}://{addr}", l.kind.as_str()).into();
         tracing::info!(listener = %label, "listening");
@@ -358,4 +357,24 @@ where
     }
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// Connections the kernel queues for `accept` per listener (capped by
+/// `net.core.somaxconn`). std's `TcpListener::bind` asks for 128: a burst of
+/// reconnecting devices overflows that, and each dropped SYN costs its client a
+/// retransmission a second later.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listening socket with address reuse (a restarted broker binds
+/// again at once) and a deep accept queue.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does on Unix: TIME_WAIT connections of a previous run do not block it.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }

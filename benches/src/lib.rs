@@ -68,7 +68,7 @@ pub fn publish_16k_v311() -> Packet {
 /// A 5.0 CONNECT as a typical client sends it: credentials, Keep Alive, and the
 /// session, flow-control and size properties plus one user property.
 pub fn connect_v5() -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V5,
         clean_start: true,
         keep_alive: 60,
@@ -86,7 +86,7 @@ pub fn connect_v5() -> Packet {
                 .expect("valid user properties"),
             ..ConnectProperties::default()
         },
-    })
+    }))
 }
 
 /// `packet` encoded at `version`, `copies` times back to back: a read buffer full of

@@ -50,7 +50,7 @@ fn connect(broker: &mut Broker, now: Now, client_id: &str) -> ConnId {
         password: None,
         properties: ConnectProperties::default(),
     };
-    broker.handle_packet(now, conn, Packet::Connect(connect));
+    broker.handle_packet(now, conn, Packet::Connect(Box::new(connect)));
     conn
 }
 

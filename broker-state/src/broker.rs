@@ -294,11 +294,11 @@ impl Broker {
         };
         c.last_rx = now.instant;
         let session = match c.state {
-            ConnState::Closing => return,
+            ConnState::Closing { .. } => return,
             ConnState::AwaitingConnect { .. } => {
                 match packet {
                     Packet::Connect(connect) if !c.pending_auth() => {
-                        self.on_connect(now, k, connect)
+                        self.on_connect(now, k, *connect)
                     }
                     Packet::Auth(a) if c.pending_auth() => self.on_auth(now, k, a),
                     // [MQTT-3.1.0-1] the first packet must be CONNECT; during the AUTH
@@ -340,7 +340,7 @@ impl Broker {
         };
         let code = error.reason_code();
         match c.state {
-            ConnState::Closing => {}
+            ConnState::Closing { .. } => {}
             ConnState::AwaitingConnect { .. } => {
                 match error {
                     DecodeError::UnsupportedProtocolVersion(_) => {
@@ -441,7 +441,7 @@ impl Broker {
     pub fn handle_shutdown(&mut self, _now: Now) {
         let mut live = Vec::new();
         for (k, c) in self.conns.iter() {
-            if !matches!(c.state, ConnState::Closing) {
+            if !matches!(c.state, ConnState::Closing { .. }) {
                 live.push((k, c.session()));
             }
         }
@@ -626,9 +626,12 @@ impl Broker {
                 }
                 Front::Flight(id) => {
                     let flights = c.out.flights();
+                    // Not once the session belongs to another connection (a takeover
+                    // resends its window there).
                     let flight = c
-                        .session()
+                        .flight_session()
                         .and_then(|sk| self.sessions.get_mut(sk))
+                        .filter(|s| s.conn.is_none_or(|owner| owner == conn))
                         .and_then(|s| unsent_flight(&mut s.inflight, id, flights));
                     // Gone (acknowledged early, or dropped): nothing to send.
                     if let Some(f) = flight {
@@ -807,7 +810,7 @@ impl Broker {
                 let ok = key(old);
                 self.push_disconnect(ok, ReasonCode::SessionTakenOver);
                 if let Some(c) = self.conns.get_mut(ok) {
-                    c.state = ConnState::Closing;
+                    c.start_closing();
                 }
                 self.events.push_back(Event::Close {
                     conn: old,
@@ -917,7 +920,7 @@ impl Broker {
                 }
             }
         }
-        self.push_out(k, Packet::ConnAck(ack));
+        self.push_out(k, Packet::ConnAck(Box::new(ack)));
         self.events.push_back(Event::Connected {
             conn,
             client_id,
@@ -1237,6 +1240,7 @@ impl Broker {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
+        let shared = shared.map(|filter| (filter, template.qos));
         let mut p = template.clone();
         p.qos = qos;
         p.retain = retain;
@@ -1825,7 +1829,7 @@ impl Broker {
         // [MQTT-3.1.2-10] a normal DISCONNECT discards the will; 0x04 keeps it.
         let with_will = d.reason_code == ReasonCode::DisconnectWithWillMessage;
         if let Some(c) = self.conns.get_mut(k) {
-            c.state = ConnState::Closing;
+            c.start_closing();
         }
         self.events.push_back(Event::Close {
             conn: conn_id(k),
@@ -1848,7 +1852,7 @@ impl Broker {
         }
         self.push_disconnect(k, code);
         if let Some(c) = self.conns.get_mut(k) {
-            c.state = ConnState::Closing;
+            c.start_closing();
         }
         self.events.push_back(Event::Close {
             conn: conn_id(k),
@@ -1890,10 +1894,10 @@ impl Broker {
     /// Marks a connection closing without a session (before CONNACK or a refusal).
     fn close(&mut self, k: Key, reason: ReasonCode) {
         if let Some(c) = self.conns.get_mut(k) {
-            if matches!(c.state, ConnState::Closing) {
+            if matches!(c.state, ConnState::Closing { .. }) {
                 return;
             }
-            c.state = ConnState::Closing;
+            c.start_closing();
             self.events.push_back(Event::Close {
                 conn: conn_id(k),
                 reason,
@@ -1907,7 +1911,7 @@ impl Broker {
             return;
         };
         if let Some(c) = self.conns.get_mut(k) {
-            c.state = ConnState::Closing;
+            c.start_closing();
         }
         self.detach(now, k, sk, publish_will);
     }
@@ -2004,7 +2008,9 @@ impl Broker {
             .map(|f| &f.msg)
             .chain(s.queue.iter());
         for q in unacked {
-            let Some(filter) = &q.shared else { continue };
+            let Some((filter, published)) = &q.shared else {
+                continue;
+            };
             if q.publish.qos != QoS::AtLeastOnce {
                 continue;
             }
@@ -2024,12 +2030,14 @@ impl Broker {
             let mut p = q.publish.clone();
             p.dup = false;
             p.packet_id = None;
+            // As published: the new member's own grant decides [MQTT-3.8.4-8].
+            p.qos = *published;
             self.stats.shared_redeliveries += 1;
             self.deliver(
                 now,
                 entry.session,
                 &p,
-                qos_min(p.qos, entry.options.qos),
+                qos_min(*published, entry.options.qos),
                 false,
                 entry.id.into_iter().collect(),
                 q.expires_at,
@@ -2287,11 +2295,11 @@ fn reason_string(code: ReasonCode) -> Option<MqttString> {
 }
 
 fn connack(session_present: bool, reason_code: ReasonCode) -> Packet {
-    Packet::ConnAck(ConnAck {
+    Packet::ConnAck(Box::new(ConnAck {
         session_present,
         reason_code,
         properties: ConnAckProperties::default(),
-    })
+    }))
 }
 
 /// Memory a queued packet holds: the queue slot itself plus, for a PUBLISH, the

@@ -20,8 +20,10 @@ pub(crate) struct Queued {
     pub(crate) expires_at: Option<Instant>,
     pub(crate) seq: u64,
     pub(crate) size: usize,
-    /// The shared subscription (`$share/{group}/{filter}`) it came through, if any.
-    pub(crate) shared: Option<TopicFilter>,
+    /// The shared subscription (`$share/{group}/{filter}`) it came through, if any,
+    /// and the QoS it was published with (a redelivery to another member gets the
+    /// smaller of that and the member's granted QoS [MQTT-3.8.4-8]).
+    pub(crate) shared: Option<(TopicFilter, QoS)>,
 }
 
 /// Where an outbound QoS 1/2 message is in its flow.
@@ -150,7 +152,9 @@ pub(crate) enum ConnState {
     /// CONNECT accepted; bound to a session.
     Active { session: Key },
     /// The broker is done with it; the adapter drains the output and closes it.
-    Closing,
+    /// `session` is the one it was bound to, whose in-flight PUBLISHes still queued
+    /// for it are written before it closes (as copies would be).
+    Closing { session: Option<Key> },
 }
 
 pub(crate) struct Conn {
@@ -228,6 +232,23 @@ impl Conn {
             ConnState::Active { session } => Some(session),
             _ => None,
         }
+    }
+
+    /// The session whose in-flight window the output queue's flight tags name: the
+    /// bound one, also while closing.
+    pub(crate) fn flight_session(&self) -> Option<Key> {
+        match self.state {
+            ConnState::Active { session } => Some(session),
+            ConnState::Closing { session } => session,
+            ConnState::AwaitingConnect { .. } => None,
+        }
+    }
+
+    /// Marks the connection closing (remembering its session, see `Closing`).
+    pub(crate) fn start_closing(&mut self) {
+        self.state = ConnState::Closing {
+            session: self.flight_session(),
+        };
     }
 }
 

@@ -3,6 +3,7 @@
 mod sim;
 
 use core::num::NonZeroU16;
+use core::time::Duration;
 
 use broker_state::{Config, OverflowPolicy, QueueLimits};
 use mqtt_proto::*;
@@ -157,16 +158,58 @@ fn puback_for_a_publish_not_yet_written_drops_it_and_keeps_the_rest_in_order() {
     // Ids are given out 1, 2, 3, 4 in publication order; acknowledge 2 early.
     let early = PacketId::new(2).unwrap();
     sim.send(s, Packet::PubAck(PubAck::new(early)));
-    sim.broker.check_invariants().expect("invariants after the early PUBACK");
+    sim.broker
+        .check_invariants()
+        .expect("invariants after the early PUBACK");
     sim.resume_reading(s);
     let got = sim.publishes(s);
     assert_eq!(numbers(&got), [1, 3, 4]);
     assert!(got.iter().all(|p| p.packet_id != Some(early) && !p.dup));
     sim.ack_all(s, &got);
-    sim.broker.check_invariants().expect("invariants after the acks");
+    sim.broker
+        .check_invariants()
+        .expect("invariants after the acks");
     // The window is empty again: new messages flow.
     numbered(&mut sim, p, QoS::AtLeastOnce, 5..=5);
     assert_eq!(numbers(&sim.publishes(s)), [5]);
+}
+
+/// The output queue names in-flight PUBLISHes; one still waiting when the broker
+/// closes the connection (here: keep-alive [MQTT-3.1.2-24]) is written before the
+/// DISCONNECT, as any queued packet is, and comes again with DUP on reconnect.
+#[test]
+fn publish_waiting_when_the_broker_closes_the_connection_is_still_written() {
+    let mut sim = Sim::default();
+    let s = subscriber(&mut sim, "s", 10, Some(300), QoS::AtLeastOnce);
+    let mut p = connect_packet(V5, "p", true);
+    p.keep_alive = 0;
+    let (p, _) = sim.connect_with(p);
+    sim.reading[s] = false;
+    numbered(&mut sim, p, QoS::AtLeastOnce, 1..=2);
+    // 1.5 x 60 s of silence from s.
+    sim.advance(Duration::from_secs(91));
+    assert_eq!(sim.closed(s), Some(ReasonCode::KeepAliveTimeout));
+    let got: Vec<Packet> = sim.recv_all(s);
+    let publishes: Vec<u8> = got
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.payload[0]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(publishes, [1, 2]);
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::KeepAliveTimeout),
+        "DISCONNECT last: {got:?}"
+    );
+    // Unacknowledged: resent with DUP to the next connection of the session.
+    let mut again = connect_packet(V5, "s", false);
+    again.properties.session_expiry_interval = Some(300);
+    let (s2, ack) = sim.connect_with(again);
+    assert!(ack.session_present);
+    let resent = sim.publishes(s2);
+    assert_eq!(numbers(&resent), [1, 2]);
+    assert!(resent.iter().all(|p| p.dup));
 }
 
 #[test]

@@ -49,7 +49,10 @@ fn second_connect_is_protocol_error_mqtt_3_1_0_2() {
     let mut p = connect_packet(V5, "twice5", true);
     p.will = Some(will("will/5", b"gone", QoS::AtMostOnce, false));
     let (c5, _) = sim.connect_with(p);
-    sim.send(c5, Packet::Connect(connect_packet(V5, "twice5", true)));
+    sim.send(
+        c5,
+        Packet::Connect(Box::new(connect_packet(V5, "twice5", true))),
+    );
     assert_eq!(sim.expect_disconnect(c5), ReasonCode::ProtocolError);
     assert_eq!(sim.closed(c5), Some(ReasonCode::ProtocolError));
     sim.assert_silent(c5);
@@ -57,7 +60,10 @@ fn second_connect_is_protocol_error_mqtt_3_1_0_2() {
     // 3.1.1: no DISCONNECT exists from server to client; the connection just closes.
     let c4 = sim.connect(V4, "twice4", true);
     let before = sim.clients[c4].raw.len();
-    sim.send(c4, Packet::Connect(connect_packet(V4, "twice4", true)));
+    sim.send(
+        c4,
+        Packet::Connect(Box::new(connect_packet(V4, "twice4", true))),
+    );
     assert_eq!(sim.closed(c4), Some(ReasonCode::ProtocolError));
     assert_eq!(sim.clients[c4].raw.len(), before, "nothing after CONNACK");
 
@@ -123,9 +129,13 @@ fn mqtt_3_1_client_id_over_23_characters_is_refused_with_0x02() {
     let mut sim = Sim::default();
     let c = sim.accept(V3);
     let mut bytes = mqtt_proto::bytes::BytesMut::new();
-    Packet::Connect(connect_packet(V3, "abcdefghijklmnopqrstuvwxyz", true))
-        .encode(V3, &mut bytes)
-        .unwrap();
+    Packet::Connect(Box::new(connect_packet(
+        V3,
+        "abcdefghijklmnopqrstuvwxyz",
+        true,
+    )))
+    .encode(V3, &mut bytes)
+    .unwrap();
     sim.send_bytes(c, &bytes);
     assert_eq!(sim.clients[c].raw, b"\x20\x02\x00\x02");
     assert_eq!(sim.closed(c), Some(ReasonCode::ClientIdentifierNotValid));

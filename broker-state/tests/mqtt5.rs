@@ -1325,7 +1325,7 @@ fn reason_string_is_left_out_where_it_would_exceed_the_clients_maximum_packet_si
     assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
     assert!(sim.clients[r].raw.len() <= MAX, "CONNACK refusal");
     let c = sim.accept(V5);
-    sim.send(c, Packet::Connect(small("c")));
+    sim.send(c, Packet::Connect(Box::new(small("c"))));
     sim.recv_all(c);
     let mut checks: Vec<(&str, usize)> = Vec::new();
     checks.push((
@@ -1516,7 +1516,7 @@ fn start_cr(sim: &mut Sim, id: &str) -> (C, Auth) {
         c.properties.authentication_method = Some(MqttString::from_static(METHOD).unwrap());
         c.properties.authentication_data = Some(Bytes::from_static(b"hello"));
     });
-    sim.send(c, Packet::Connect(p));
+    sim.send(c, Packet::Connect(Box::new(p)));
     let a = expect_auth(sim, c);
     (c, a)
 }

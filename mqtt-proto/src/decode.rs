@@ -1,5 +1,6 @@
 //! Streaming decoder: bytes in a `BytesMut` -> `Packet`s.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -174,7 +175,7 @@ fn decode_frame(
         check_flags(ptype, flags, 0)?;
         let connect = decode_connect(&mut r)?;
         r.expect_end()?;
-        return Ok(Packet::Connect(connect));
+        return Ok(Packet::Connect(Box::new(connect)));
     }
     let Some(v) = version else {
         return Err(DecodeError::FirstPacketNotConnect);
@@ -184,7 +185,7 @@ fn decode_frame(
     let packet = match ptype {
         CONNACK => {
             check_flags(ptype, flags, 0)?;
-            Packet::ConnAck(decode_connack(&mut r, v)?)
+            Packet::ConnAck(Box::new(decode_connack(&mut r, v)?))
         }
         PUBACK => {
             check_flags(ptype, flags, 0)?;

@@ -2,6 +2,7 @@
 //! only in 5.0 sits in each packet's `properties` (and reason codes), which stay at
 //! their defaults for older versions and are not written for them.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use bytes::Bytes;
 
@@ -37,8 +38,12 @@ pub mod packet_type {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Packet {
-    Connect(Connect),
-    ConnAck(ConnAck),
+    /// Boxed, as is CONNACK: they come once per connection and are the largest
+    /// packets, so that every other `Packet` (a PUBLISH waiting in a queue) stays
+    /// small.
+    Connect(Box<Connect>),
+    /// Boxed (see `Connect`).
+    ConnAck(Box<ConnAck>),
     Publish(Publish),
     PubAck(PubAck),
     PubRec(PubAck),

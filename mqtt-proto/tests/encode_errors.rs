@@ -129,7 +129,7 @@ fn auth_before_5_0() {
 #[test]
 fn password_without_username_before_5_0_mqtt_3_1_2_22() {
     for v in [V3_1, V3_1_1] {
-        let p = Packet::Connect(Connect {
+        let p = Packet::Connect(Box::new(Connect {
             protocol: v,
             clean_start: true,
             keep_alive: 0,
@@ -138,7 +138,7 @@ fn password_without_username_before_5_0_mqtt_3_1_2_22() {
             username: None,
             password: Some(Bytes::from_static(b"pw")),
             properties: ConnectProperties::default(),
-        });
+        }));
         assert!(matches!(refused(&p, v), EncodeError::Unrepresentable(_)));
     }
 }

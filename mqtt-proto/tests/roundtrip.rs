@@ -426,7 +426,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 } else {
                     None
                 };
-                Packet::Connect(Connect {
+                Packet::Connect(Box::new(Connect {
                     protocol: v,
                     clean_start,
                     keep_alive,
@@ -435,7 +435,7 @@ fn connect(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                     username,
                     password,
                     properties,
-                })
+                }))
             },
         )
 }
@@ -451,11 +451,11 @@ fn connack(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
     };
     (any::<bool>(), code, v5_only(v, connack_properties())).prop_map(
         |(session_present, reason_code, properties)| {
-            Packet::ConnAck(ConnAck {
+            Packet::ConnAck(Box::new(ConnAck {
                 session_present,
                 reason_code,
                 properties,
-            })
+            }))
         },
     )
 }

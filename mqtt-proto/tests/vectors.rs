@@ -195,7 +195,7 @@ fn connect_3_1_1_spec_example_3_1_2_10() {
     vector(
         V3_1_1,
         &bytes,
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             protocol: V3_1_1,
             clean_start: true,
             keep_alive: 10,
@@ -210,7 +210,7 @@ fn connect_3_1_1_spec_example_3_1_2_10() {
             username: Some(string("u")),
             password: Some(Bytes::from_static(b"p")),
             properties: ConnectProperties::default(),
-        }),
+        })),
     );
 }
 
@@ -233,7 +233,7 @@ fn connect_5_0_spec_example_3_1_2_12() {
     vector(
         V5,
         &bytes,
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             protocol: V5,
             clean_start: true,
             keep_alive: 10,
@@ -251,7 +251,7 @@ fn connect_5_0_spec_example_3_1_2_12() {
                 session_expiry_interval: Some(10),
                 ..Default::default()
             },
-        }),
+        })),
     );
 }
 
@@ -294,7 +294,7 @@ fn connect_5_0_all_properties_3_1_2_11() {
     vector(
         V5,
         &bytes,
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             protocol: V5,
             clean_start: false,
             keep_alive: 0,
@@ -327,7 +327,7 @@ fn connect_5_0_all_properties_3_1_2_11() {
                 user_properties: user(&[("k", "v"), ("k", "v2")]),
                 maximum_packet_size: NonZeroU32::new(65_536),
             },
-        }),
+        })),
     );
 }
 
@@ -342,7 +342,7 @@ fn connect_3_1_mqisdp() {
     vector(
         V3_1,
         &bytes,
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             protocol: V3_1,
             clean_start: true,
             keep_alive: 10,
@@ -351,7 +351,7 @@ fn connect_3_1_mqisdp() {
             username: None,
             password: None,
             properties: ConnectProperties::default(),
-        }),
+        })),
     );
 }
 
@@ -366,20 +366,20 @@ fn connack_3_1_1_3_2() {
     vector(
         V3_1_1,
         &[0x20, 0x02, 0x01, 0x00],
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: true,
             reason_code: ReasonCode::Success,
             properties: ConnAckProperties::default(),
-        }),
+        })),
     );
     vector(
         V3_1_1,
         &[0x20, 0x02, 0x00, 0x05],
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason_code: ReasonCode::NotAuthorized,
             properties: ConnAckProperties::default(),
-        }),
+        })),
     );
 }
 
@@ -396,11 +396,11 @@ fn connack_3_1_1_return_codes_table_3_1() {
         vector(
             V3_1_1,
             &[0x20, 0x02, 0x00, code],
-            Packet::ConnAck(ConnAck {
+            Packet::ConnAck(Box::new(ConnAck {
                 session_present: false,
                 reason_code: reason,
                 properties: ConnAckProperties::default(),
-            }),
+            })),
         );
     }
 }
@@ -426,7 +426,7 @@ fn connack_5_0_properties_3_2_2_3() {
     vector(
         V5,
         &bytes,
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason_code: ReasonCode::Success,
             properties: ConnAckProperties {
@@ -441,7 +441,7 @@ fn connack_5_0_properties_3_2_2_3() {
                 shared_subscription_available: Some(false),
                 ..Default::default()
             },
-        }),
+        })),
     );
 }
 
@@ -452,25 +452,25 @@ fn connack_5_0_refusals_3_2_2_2() {
     vector(
         V5,
         &[0x20, 0x03, 0x00, 0x84, 0x00],
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason_code: ReasonCode::UnsupportedProtocolVersion,
             properties: ConnAckProperties::default(),
-        }),
+        })),
     );
     vector(
         V5,
         &[
             0x20, 0x09, 0x00, 0x9C, 0x06, 0x1C, 0x00, 0x03, b'h', b':', b'1',
         ],
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason_code: ReasonCode::UseAnotherServer,
             properties: ConnAckProperties {
                 server_reference: Some(string("h:1")),
                 ..Default::default()
             },
-        }),
+        })),
     );
 }
 

@@ -133,7 +133,10 @@ async fn half_a_connect_then_silence_is_closed_after_the_connect_timeout() {
         .start();
     let mut other = bystander(&server, "stall-bystander").await;
 
-    let connect = raw::encode(&Packet::Connect(raw::connect_packet(V5, "staller")), V5);
+    let connect = raw::encode(
+        &Packet::Connect(Box::new(raw::connect_packet(V5, "staller"))),
+        V5,
+    );
     let mut stalled = RawClient::open(server.addr(ListenerKind::Mqtt), V5).await;
     let started = Instant::now();
     stalled.send_bytes(&connect[..connect.len() / 2]).await;
@@ -179,7 +182,10 @@ async fn plain_mqtt_to_a_tls_listener_fails_the_handshake_and_closes() {
     let server = Setup::new(&[ListenerKind::Mqtt, ListenerKind::Mqtts]).start();
     let mut other = bystander(&server, "tls-bystander").await;
 
-    let connect = raw::encode(&Packet::Connect(raw::connect_packet(V5, "plain")), V5);
+    let connect = raw::encode(
+        &Packet::Connect(Box::new(raw::connect_packet(V5, "plain"))),
+        V5,
+    );
     let mut stream = raw_stream(server.addr(ListenerKind::Mqtts)).await;
     stream.write_all(&connect).await.unwrap();
     let reply = read_until_closed(&mut stream, TIMEOUT).await;
@@ -245,7 +251,10 @@ async fn websocket_text_frame_is_closed_with_1003_mqtt_6_0_0_1() {
     // [MQTT-6.0.0-1]: MQTT travels in binary frames; a text frame closes the
     // connection, with close code 1003 (unsupported data) [RFC 6455 7.4.1].
     let mut ws = WsClient::upgrade(server.addr(ListenerKind::Ws), WS_PATH).await;
-    let connect = raw::encode(&Packet::Connect(raw::connect_packet(V5, "texter")), V5);
+    let connect = raw::encode(
+        &Packet::Connect(Box::new(raw::connect_packet(V5, "texter"))),
+        V5,
+    );
     ws.send_raw(&ws::client_frame(true, ws::opcode::TEXT, &connect))
         .await;
     let close = ws.recv_frame().await.expect("a close frame");

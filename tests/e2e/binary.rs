@@ -147,7 +147,7 @@ fn login(version: ProtocolVersion, client_id: &str, user: &str, password: &str) 
 /// Sends `connect` and returns the CONNACK's bytes on the wire.
 async fn connack_bytes(addr: std::net::SocketAddr, connect: Connect) -> Bytes {
     let mut client = RawClient::open(addr, connect.protocol).await;
-    client.send(&Packet::Connect(connect)).await;
+    client.send(&Packet::Connect(Box::new(connect))).await;
     let (packet, bytes) = client.recv_frame().await;
     assert!(matches!(packet, Packet::ConnAck(_)), "{packet:?}");
     bytes

@@ -331,7 +331,7 @@ async fn connect_without_client_id_mqtt_3_1_3_6_and_3_1_3_8() {
     let mut connect = raw::connect_packet(V3, "");
     connect.clean_start = false;
     let mut refused = RawClient::open(addr, V3).await;
-    refused.send(&Packet::Connect(connect)).await;
+    refused.send(&Packet::Connect(Box::new(connect))).await;
     let (_, bytes) = refused.recv_frame().await;
     assert_eq!(&bytes[..], [0x20, 0x02, 0x00, 0x02]);
     refused.expect_closed(brokk_e2e::TIMEOUT).await;

@@ -127,7 +127,10 @@ async fn graceful_shutdown_sends_disconnect_0x8b_to_v5_clients_on_every_transpor
 async fn mqtt_packets_split_across_tcp_reads_and_websocket_frames_decode_alike() {
     let server = Setup::new(&[ListenerKind::Mqtt, ListenerKind::Ws]).start();
     let v5 = ProtocolVersion::V5;
-    let connect = encode(&Packet::Connect(connect_packet(v5, "splitter")), v5);
+    let connect = encode(
+        &Packet::Connect(Box::new(connect_packet(v5, "splitter"))),
+        v5,
+    );
     let subscribe = encode(
         &Packet::Subscribe(mqtt_proto::Subscribe {
             packet_id: std::num::NonZeroU16::MIN,

@@ -124,12 +124,12 @@ impl RawClient {
     /// Sends `connect` and returns the CONNACK, whatever its reason code.
     pub async fn connect_with(addr: SocketAddr, connect: Connect) -> (RawClient, ConnAck) {
         let mut client = RawClient::open(addr, connect.protocol).await;
-        client.send(&Packet::Connect(connect)).await;
+        client.send(&Packet::Connect(Box::new(connect))).await;
         let connack = match client.recv().await {
             Packet::ConnAck(c) => c,
             other => panic!("expected CONNACK, got {other:?}"),
         };
-        (client, connack)
+        (client, *connack)
     }
 
     /// The protocol version this client speaks.

@@ -102,9 +102,9 @@ impl Sim {
     /// Connects and returns the client and its CONNACK.
     pub fn connect_with(&mut self, connect: Connect) -> (C, ConnAck) {
         let c = self.accept(connect.protocol);
-        self.send(c, Packet::Connect(connect));
+        self.send(c, Packet::Connect(Box::new(connect)));
         match self.recv(c) {
-            Some(Packet::ConnAck(ack)) => (c, ack),
+            Some(Packet::ConnAck(ack)) => (c, *ack),
             other => panic!("expected CONNACK, got {other:?}"),
         }
     }

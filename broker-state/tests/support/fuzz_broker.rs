@@ -320,7 +320,7 @@ impl PacketSpec {
                         properties.authentication_method = MqttString::from_static("SCRAM").ok();
                     }
                 }
-                Packet::Connect(Connect {
+                Packet::Connect(Box::new(Connect {
                     protocol,
                     clean_start: *clean,
                     keep_alive: u16::from(*keep_alive),
@@ -334,7 +334,7 @@ impl PacketSpec {
                         .then(|| Bytes::from_static(if *bad_password { b"bad" } else { b"ok" })),
                     username,
                     properties,
-                })
+                }))
             }
             PacketSpec::Publish {
                 topic,
@@ -430,11 +430,11 @@ impl PacketSpec {
                 properties: Default::default(),
             }),
             PacketSpec::ServerOnly(k) => match k % 4 {
-                0 => Packet::ConnAck(ConnAck {
+                0 => Packet::ConnAck(Box::new(ConnAck {
                     session_present: false,
                     reason_code: ReasonCode::Success,
                     properties: Default::default(),
-                }),
+                })),
                 1 => Packet::SubAck(SubAck {
                     packet_id: PacketId::MIN,
                     reason_codes: vec![ReasonCode::Success],

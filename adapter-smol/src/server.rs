@@ -248,6 +248,13 @@ async fn accept_loop<L: Accept>(
     }
 }
 
+/// Size of the per-thread read scratch block: the most one read takes.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+std::thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SCRATCH_LEN]);
+}
+
 /// Any futures-io stream (smol or async-std TCP, futures-rustls) as a [`Transport`].
 struct FuturesIo<S>(S);
 
@@ -257,20 +264,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport for FuturesIo<S> {
         cx: &mut Context<'_>,
         buf: &mut BytesMut,
     ) -> Poll<io::Result<usize>> {
-        // futures-io reads into initialised memory: zero the spare capacity, read,
-        // keep what was read.
-        // At most 16 KiB per read: zeroing all of a 64 KiB shared block would touch
-        // (and keep resident) pages that a small read never needs.
-        let start = buf.len();
-        let spare = (buf.capacity() - start).clamp(1, 16 * 1024);
-        buf.resize(start + spare, 0);
-        let r = Pin::new(&mut self.0).poll_read(cx, &mut buf[start..]);
-        let n = match &r {
-            Poll::Ready(Ok(n)) => *n,
-            _ => 0,
-        };
-        buf.truncate(start + n);
-        r
+        // futures-io reads into initialised memory. Zeroing the caller's spare room
+        // before every read cost more than the reads (most return a few acks, or
+        // nothing): read into this thread's scratch block, zeroed once, and copy
+        // only what arrived.
+        let want = (buf.capacity() - buf.len()).clamp(1, SCRATCH_LEN);
+        SCRATCH.with_borrow_mut(|scratch| {
+            let r = Pin::new(&mut self.0).poll_read(cx, &mut scratch[..want]);
+            if let Poll::Ready(Ok(n)) = r {
+                buf.extend_from_slice(&scratch[..n]);
+            }
+            r
+        })
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {

@@ -1,6 +1,7 @@
 //! The broker state machine.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -53,6 +54,8 @@ pub struct Stats {
     pub expired: u64,
     /// Retained messages refused because the retained store was full.
     pub retained_refused: u64,
+    /// Retained messages deleted because their Message Expiry Interval ran out.
+    pub retained_expired: u64,
     /// Publications refused by the authorization hook.
     pub publish_not_authorized: u64,
     /// Takeovers of a live session by a new connection.
@@ -78,6 +81,10 @@ pub struct Broker {
     router: Router,
     retained: Map<Bytes, Retained>,
     retained_bytes: usize,
+    /// Deadlines of retained messages with a Message Expiry Interval, soonest
+    /// first, by topic. An entry whose message was replaced or cleared since is
+    /// stale and skipped (see `expire_retained`).
+    retained_expiry: BinaryHeap<Reverse<(Instant, Bytes)>>,
     timers: Timers,
     events: VecDeque<Event>,
     rng: Rng,
@@ -162,6 +169,7 @@ impl Broker {
             router: Router::new(hasher),
             retained: Map::with_hasher(hasher),
             retained_bytes: 0,
+            retained_expiry: BinaryHeap::new(),
             timers: Timers::default(),
             events: VecDeque::new(),
             rng,
@@ -215,7 +223,9 @@ impl Broker {
         self.sessions.len()
     }
 
-    /// Retained messages held.
+    /// Retained messages held. One whose Message Expiry Interval ran out is gone
+    /// once `handle_timeout` has been called for its deadline (or it was looked up
+    /// since).
     pub fn retained_count(&self) -> usize {
         self.retained.len()
     }
@@ -386,6 +396,7 @@ impl Broker {
     /// Time passed: fires every due timer. Safe to call at any time; a call with
     /// nothing due does nothing.
     pub fn handle_timeout(&mut self, now: Now) {
+        self.expire_retained(now);
         while let Some((at, kind)) = self.timers.pop_due(now.instant) {
             match kind {
                 TimerKind::Connect(k) => {
@@ -545,8 +556,12 @@ impl Broker {
                 if let Some(expires_at) = wall_to_instant(now, m.expires_at_unix_ms) {
                     let size = approx_size(&m.publish);
                     self.retained_bytes += size;
+                    let topic = m.publish.topic.as_shared().clone();
+                    if let Some(at) = expires_at {
+                        self.schedule_retained_expiry(at, topic.clone());
+                    }
                     if let Some(old) = self.retained.insert(
-                        m.publish.topic.as_shared().clone(),
+                        topic,
                         Retained {
                             publish: m.publish,
                             expires_at,
@@ -659,7 +674,11 @@ impl Broker {
     /// When the broker next needs `handle_timeout`.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next_deadline()
+        let retained = self.retained_expiry.peek().map(|Reverse((at, _))| *at);
+        match (self.timers.next_deadline(), retained) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---------------------------------------------------------------- CONNECT
@@ -722,25 +741,31 @@ impl Broker {
             }
         };
         // Session ownership (Event Grid): a session owned by another authentication
-        // name is not for this client.
+        // name is not for this client. A session without an owner (created by a
+        // client without an authentication name) follows the plain MQTT rules, and
+        // a client with a name that resumes or replaces it becomes its owner.
         let existing = self.by_client_id.get(client_id.as_bytes()).copied();
-        if let Some(sk) = existing {
-            if let Some(s) = self.sessions.get(sk) {
-                if s.auth_name.is_some() && s.auth_name != auth_name {
-                    return self.refuse(k, ReasonCode::NotAuthorized);
-                }
+        let existing_owner = existing
+            .and_then(|sk| self.sessions.get(sk))
+            .map(|s| s.auth_name.as_ref());
+        if let Some(Some(owner)) = existing_owner {
+            if Some(owner) != auth_name.as_ref() {
+                return self.refuse(k, ReasonCode::NotAuthorized);
             }
         }
-        if existing.is_none() {
-            if self.sessions.len() >= self.config.max_sessions {
+        if existing.is_none() && self.sessions.len() >= self.config.max_sessions {
+            return self.refuse(k, ReasonCode::QuotaExceeded);
+        }
+        // A session the name does not own yet, new or claimed, takes a place in its
+        // quota.
+        let owned_already = matches!(existing_owner, Some(Some(_)));
+        if let (Some(max), Some(name), false) = (
+            self.config.max_sessions_per_authentication_name,
+            &auth_name,
+            owned_already,
+        ) {
+            if self.sessions_per_auth.get(name).copied().unwrap_or(0) >= max {
                 return self.refuse(k, ReasonCode::QuotaExceeded);
-            }
-            if let (Some(max), Some(name)) =
-                (self.config.max_sessions_per_authentication_name, &auth_name)
-            {
-                if self.sessions_per_auth.get(name).copied().unwrap_or(0) >= max {
-                    return self.refuse(k, ReasonCode::QuotaExceeded);
-                }
             }
         }
         // Will: validated and authorized now, published only on an abnormal end.
@@ -828,7 +853,16 @@ impl Broker {
         }
         let session_present = existing.is_some();
         let sk = match existing {
-            Some(sk) => sk,
+            Some(sk) => {
+                // An unowned session resumed with an authentication name: claimed.
+                if let (Some(s), Some(name)) = (self.sessions.get_mut(sk), &auth_name) {
+                    if s.auth_name.is_none() {
+                        s.auth_name = Some(name.clone());
+                        *self.sessions_per_auth.entry(name.clone()).or_default() += 1;
+                    }
+                }
+                sk
+            }
             None => {
                 let sk = self
                     .sessions
@@ -845,6 +879,8 @@ impl Broker {
             s.conn = Some(conn);
             s.expires_at = None;
             s.expiry_interval = granted;
+            // The send quota starts afresh with the connection (5.0 section 4.9).
+            s.incoming_qos2.new_connection();
             // [MQTT-3.1.3-9] a resumed session cancels a will whose delay is running.
             s.delayed_will = None;
         }
@@ -1043,19 +1079,25 @@ impl Broker {
             return self.violation(now, k, ReasonCode::RetainNotSupported);
         }
         let id = p.packet_id;
-        // QoS 2 duplicate: acknowledge again, do not route again [MQTT-4.3.3-?].
-        if p.qos == QoS::ExactlyOnce {
-            let Some(s) = self.sessions.get(sk) else {
+        if let (QoS::ExactlyOnce, Some(id)) = (p.qos, id) {
+            let Some(s) = self.sessions.get_mut(sk) else {
                 return;
             };
-            if let Some(id) = id {
-                if s.incoming_qos2.contains(&id) {
-                    return self.push_out(k, Packet::PubRec(PubAck::new(id)));
-                }
-                // [MQTT-3.3.4-9] more unacknowledged QoS 2 than our Receive Maximum.
-                if s.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
-                    return self.violation(now, k, ReasonCode::ReceiveMaximumExceeded);
-                }
+            // QoS 2 duplicate: acknowledge again, do not route again [MQTT-4.3.3-2].
+            if s.incoming_qos2.received_again(id) {
+                return self.push_out(k, Packet::PubRec(PubAck::new(id)));
+            }
+            // 5.0 section 3.3.4: more QoS 2 PUBLISHes unreleased on this connection
+            // than the Receive Maximum in CONNACK [MQTT-3.3.4-7]. (QoS 1 is
+            // acknowledged at once, so never counts.) 3.1.1 and 3.1 have no Receive
+            // Maximum: such a client may use every packet id, and what bounds the
+            // session's memory then is the id space itself (65,535 ids, see
+            // `IncomingQos2`); closing a conforming client instead would lose its
+            // messages.
+            if v5
+                && s.incoming_qos2.on_this_connection() >= usize::from(self.config.receive_maximum)
+            {
+                return self.violation(now, k, ReasonCode::ReceiveMaximumExceeded);
             }
         }
         let mut code = ReasonCode::Success;
@@ -1116,7 +1158,7 @@ impl Broker {
             (QoS::ExactlyOnce, Some(id)) => {
                 if code.is_success() {
                     if let Some(s) = self.sessions.get_mut(sk) {
-                        s.incoming_qos2.push(id);
+                        s.incoming_qos2.insert(id);
                     }
                 }
                 let mut ack = PubAck::new(id);
@@ -1500,8 +1542,13 @@ impl Broker {
     /// Sets or clears (empty payload, [MQTT-3.3.1-6] [MQTT-3.3.1-7]) the retained
     /// message of a topic. False when the retained store is full.
     fn set_retained(&mut self, now: Now, p: &Publish, expires_at: Option<Instant>) -> bool {
+        // Expired messages leave the limits before they are checked.
+        self.expire_retained(now);
         let topic = p.topic.as_bytes();
-        if p.payload.is_empty() {
+        // A message that has already expired (Message Expiry Interval 0) replaces the
+        // retained message and is deleted at once [MQTT-3.3.2-5].
+        let dead = expires_at.is_some_and(|at| at <= now.instant);
+        if p.payload.is_empty() || dead {
             if let Some(old) = self.retained.remove(topic) {
                 self.retained_bytes -= old.size;
                 if self.config.store_effects {
@@ -1536,8 +1583,12 @@ impl Broker {
                     expires_at_unix_ms: expiry_wall(now, expires_at),
                 })));
         }
+        let topic = publish.topic.as_shared().clone();
+        if let Some(at) = expires_at {
+            self.schedule_retained_expiry(at, topic.clone());
+        }
         self.retained.insert(
-            publish.topic.as_shared().clone(),
+            topic,
             Retained {
                 publish,
                 expires_at,
@@ -1545,6 +1596,57 @@ impl Broker {
             },
         );
         true
+    }
+
+    fn schedule_retained_expiry(&mut self, at: Instant, topic: Bytes) {
+        self.retained_expiry.push(Reverse((at, topic)));
+        // Replaced and cleared messages leave stale entries: once they could
+        // outnumber the live ones, drop them, so churn cannot grow the heap (the
+        // rebuild is amortised O(1) per entry).
+        if self.retained_expiry.len() > 2 * self.retained.len() + 64 {
+            let retained = &self.retained;
+            let entries = core::mem::take(&mut self.retained_expiry).into_vec();
+            self.retained_expiry = entries
+                .into_iter()
+                .filter(|Reverse((at, topic))| {
+                    retained
+                        .get(topic)
+                        .is_some_and(|r| r.expires_at == Some(*at))
+                })
+                .collect();
+        }
+    }
+
+    /// Deletes the retained messages whose Message Expiry Interval has run out
+    /// [MQTT-3.3.2-5], so that they no longer count toward the retained limits.
+    /// Called before the retained messages are looked at or changed, and from
+    /// `handle_timeout` (`poll_timeout` includes their deadlines); O(1) when none
+    /// is due.
+    fn expire_retained(&mut self, now: Now) {
+        while let Some(Reverse((at, _))) = self.retained_expiry.peek() {
+            if *at > now.instant {
+                return;
+            }
+            let Some(Reverse((at, topic))) = self.retained_expiry.pop() else {
+                return;
+            };
+            let live = self
+                .retained
+                .get(&topic)
+                .is_some_and(|r| r.expires_at == Some(at));
+            if !live {
+                continue;
+            }
+            if let Some(old) = self.retained.remove(&topic) {
+                self.retained_bytes -= old.size;
+                self.stats.retained_expired += 1;
+                if self.config.store_effects {
+                    self.events.push_back(Event::store(StoreOp::RetainClear {
+                        topic: old.publish.topic,
+                    }));
+                }
+            }
+        }
     }
 
     // ---------------------------------------------------------------- acks
@@ -1599,11 +1701,8 @@ impl Broker {
             return;
         };
         let mut comp = PubAck::new(a.packet_id);
-        match s.incoming_qos2.iter().position(|id| *id == a.packet_id) {
-            Some(i) => {
-                s.incoming_qos2.swap_remove(i);
-            }
-            None => comp.reason_code = ReasonCode::PacketIdentifierNotFound,
+        if !s.incoming_qos2.release(a.packet_id) {
+            comp.reason_code = ReasonCode::PacketIdentifierNotFound;
         }
         // [MQTT-3.7.2.2] a Reason String with the error, as on every negative ack.
         if !comp.reason_code.is_success() {
@@ -1722,7 +1821,11 @@ impl Broker {
             }),
         );
         self.store_session(now, sk);
-        // Retained messages after the SUBACK [MQTT-3.8.4-4], RETAIN set [MQTT-3.3.1-8].
+        // Retained messages after the SUBACK [MQTT-3.8.4-4], RETAIN set [MQTT-3.3.1-8];
+        // expired ones are deleted rather than sent [MQTT-3.3.2-5].
+        if !retained_for.is_empty() {
+            self.expire_retained(now);
+        }
         for (filter, granted) in retained_for {
             let mut matching: Vec<(Publish, Option<Instant>)> = self
                 .retained

@@ -74,7 +74,7 @@ pub(crate) struct Session {
     pub(crate) queue: VecDeque<Queued>,
     pub(crate) queue_bytes: usize,
     /// Incoming QoS 2 packet ids received and not yet released (PUBREL).
-    pub(crate) incoming_qos2: Vec<PacketId>,
+    pub(crate) incoming_qos2: IncomingQos2,
     pub(crate) last_packet_id: u16,
     pub(crate) allocations: u64,
     pub(crate) next_seq: u64,
@@ -99,7 +99,7 @@ impl Session {
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,
-            incoming_qos2: Vec::new(),
+            incoming_qos2: IncomingQos2::default(),
             last_packet_id: 0,
             allocations: 0,
             next_seq: 0,
@@ -142,6 +142,97 @@ impl Session {
     pub(crate) fn take_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
+    }
+}
+
+/// The packet ids of incoming QoS 2 messages received and not yet released by
+/// PUBREL: the session's exactly-once state, kept across connections so that a
+/// PUBLISH resent after a reconnect is not routed twice [MQTT-4.3.3-2].
+///
+/// Only the ids received on the current network connection count against the
+/// server's Receive Maximum: the client's send quota starts afresh with each
+/// connection (5.0 section 4.9). Those are kept at the back; the first `earlier`
+/// ids came on an earlier connection of the session.
+///
+/// Ids are unique (a known id is a duplicate, answered and not stored again), so
+/// the list never holds more than the 65,535 packet ids (128 KiB), whatever the
+/// protocol version; a 5.0 client is further held to the Receive Maximum per
+/// connection.
+#[derive(Debug, Default)]
+pub(crate) struct IncomingQos2 {
+    ids: Vec<PacketId>,
+    earlier: usize,
+}
+
+impl IncomingQos2 {
+    /// A new network connection took the session: every id so far is an earlier
+    /// connection's.
+    pub(crate) fn new_connection(&mut self) {
+        self.earlier = self.ids.len();
+    }
+
+    /// Unreleased ids received on the current connection.
+    pub(crate) fn on_this_connection(&self) -> usize {
+        self.ids.len() - self.earlier
+    }
+
+    /// Whether `id` is unreleased. A PUBLISH with it on the current connection (a
+    /// resend with DUP after a reconnect) counts for this connection from now on,
+    /// as it does in the client's send quota.
+    pub(crate) fn received_again(&mut self, id: PacketId) -> bool {
+        match self.position(id) {
+            Some(i) => {
+                if i < self.earlier {
+                    self.ids.swap(i, self.earlier - 1);
+                    self.earlier -= 1;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A new id, received on the current connection.
+    pub(crate) fn insert(&mut self, id: PacketId) {
+        self.ids.push(id);
+    }
+
+    /// PUBREL: forgets `id`; false if it was not unreleased.
+    pub(crate) fn release(&mut self, id: PacketId) -> bool {
+        let Some(i) = self.position(id) else {
+            return false;
+        };
+        if i < self.earlier {
+            // Move it to the end of the earlier ids; `swap_remove` then fills its
+            // place with the last id, one of the current connection's (or itself).
+            self.earlier -= 1;
+            self.ids.swap(i, self.earlier);
+            self.ids.swap_remove(self.earlier);
+        } else {
+            self.ids.swap_remove(i);
+        }
+        true
+    }
+
+    /// The ids, earlier connections' first (for consistency checks).
+    pub(crate) fn ids(&self) -> (&[PacketId], usize) {
+        (&self.ids, self.earlier)
+    }
+
+    /// A linear search, in blocks compared without an early exit so that the
+    /// compiler vectorises them: a 3.1.1 client may keep all 65,535 ids unreleased,
+    /// and every QoS 2 PUBLISH and PUBREL looks its id up.
+    fn position(&self, id: PacketId) -> Option<usize> {
+        const BLOCK: usize = 32;
+        let mut blocks = self.ids.chunks_exact(BLOCK);
+        for (n, block) in (&mut blocks).enumerate() {
+            if block.iter().fold(false, |hit, x| hit | (*x == id)) {
+                return block.iter().position(|x| *x == id).map(|i| n * BLOCK + i);
+            }
+        }
+        let rest = blocks.remainder();
+        let start = self.ids.len() - rest.len();
+        rest.iter().position(|x| *x == id).map(|i| start + i)
     }
 }
 

@@ -6,7 +6,11 @@ mod sim;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use broker_state::{AuthDecision, AuthRequest, Authenticator, Config, OverflowPolicy, QueueLimits};
+use broker_state::{
+    AuthDecision, AuthRequest, AuthStep, Authenticator, Config, EnhancedAuthenticator,
+    OverflowPolicy, QueueLimits,
+};
+use mqtt_proto::bytes::Bytes;
 use mqtt_proto::*;
 use sim::*;
 
@@ -148,6 +152,146 @@ fn clients_without_a_user_name_follow_plain_mqtt_rules() {
         let (_, ack) = code(&mut sim, as_user(V5, &format!("anon-{i}"), None));
         assert_eq!(ack.reason_code, ReasonCode::Success);
     }
+}
+
+/// A session created without an authentication name belongs to nobody; the first
+/// client with a name that resumes it claims it (the plain MQTT rules let it resume,
+/// and from then on the name owns it, in that name's session quota).
+#[test]
+fn resuming_an_unowned_session_with_an_authentication_name_claims_it() {
+    let mut sim = Sim::default();
+    let (anon, _) = code(&mut sim, as_user(V5, "dev", None));
+    sim.subscribe(anon, "t", QoS::AtLeastOnce);
+    sim.disconnect(anon);
+    let (alice, ack) = code(&mut sim, as_user(V5, "dev", Some("alice")));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert!(ack.session_present, "the plain MQTT rules: resumed");
+    // Now alice's: neither another name nor an anonymous client may take it.
+    for user in [Some("bob"), None] {
+        let (c, ack) = code(&mut sim, as_user(V5, "dev", user));
+        assert_eq!(ack.reason_code, ReasonCode::NotAuthorized, "{user:?}");
+        assert_eq!(sim.closed(c), Some(ReasonCode::NotAuthorized));
+    }
+    assert_eq!(sim.closed(alice), None);
+    let p = sim.connect(V5, "p", true);
+    sim.publish(p, "t", QoS::AtLeastOnce, false, b"x");
+    assert_eq!(sim.publishes(alice).len(), 1, "the subscription came along");
+
+    // A live anonymous session is taken over and claimed the same way.
+    let (anon, _) = code(&mut sim, as_user(V4, "live", None));
+    let (_, ack) = code(&mut sim, as_user(V5, "live", Some("alice")));
+    assert!(ack.session_present);
+    assert_eq!(sim.closed(anon), Some(ReasonCode::SessionTakenOver));
+    let (_, ack) = code(&mut sim, as_user(V5, "live", None));
+    assert_eq!(ack.reason_code, ReasonCode::NotAuthorized);
+
+    // The claimed session counts in alice's quota, and a claim beyond the quota is
+    // refused like a new session, leaving the session as it was.
+    let mut sim = sim_with(|c| c.max_sessions_per_authentication_name = Some(2));
+    for id in ["free-1", "free-2"] {
+        let (c, _) = code(&mut sim, as_user(V5, id, None));
+        sim.disconnect(c);
+    }
+    let (_, ack) = code(&mut sim, as_user(V5, "free-1", Some("alice")));
+    assert!(ack.session_present);
+    let (_, ack) = code(&mut sim, as_user(V5, "a2", Some("alice")));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let (c, ack) = code(&mut sim, as_user(V5, "free-2", Some("alice")));
+    assert_eq!(ack.reason_code, ReasonCode::QuotaExceeded);
+    assert_eq!(sim.closed(c), Some(ReasonCode::QuotaExceeded));
+    let (_, ack) = code(&mut sim, as_user(V5, "a3", Some("alice")));
+    assert_eq!(ack.reason_code, ReasonCode::QuotaExceeded, "two owned");
+    let (_, ack) = code(&mut sim, as_user(V5, "free-2", None));
+    assert!(ack.session_present, "still there, still unowned");
+    let (_, ack) = code(&mut sim, as_user(V5, "free-2", Some("bob")));
+    assert!(ack.session_present, "bob may claim it");
+}
+
+/// Names the owner after the Authentication Data of a one-step enhanced
+/// authentication ("anonymous" names nobody), at CONNECT and on re-authentication.
+struct TokenName;
+
+impl EnhancedAuthenticator for TokenName {
+    fn supports(&self, method: &str) -> bool {
+        method == "TOKEN"
+    }
+    fn start(
+        &mut self,
+        _method: &str,
+        _client_id: &str,
+        data: Option<&[u8]>,
+        _reauthenticate: bool,
+    ) -> AuthStep {
+        match data {
+            Some(b"anonymous") => AuthStep::Success {
+                data: None,
+                authentication_name: None,
+            },
+            Some(name) => AuthStep::Success {
+                data: None,
+                authentication_name: Some(String::from_utf8_lossy(name).into_owned()),
+            },
+            None => AuthStep::Failure(ReasonCode::NotAuthorized),
+        }
+    }
+    fn step(&mut self, _method: &str, _client_id: &str, _data: Option<&[u8]>) -> AuthStep {
+        AuthStep::Failure(ReasonCode::NotAuthorized)
+    }
+}
+
+fn token_connect(client_id: &str, token: &'static [u8]) -> Connect {
+    let mut p = as_user(V5, client_id, None);
+    p.properties.authentication_method = Some(MqttString::from_static("TOKEN").unwrap());
+    p.properties.authentication_data = Some(Bytes::from_static(token));
+    p
+}
+
+fn reauth(token: &[u8]) -> Packet {
+    Packet::Auth(Auth {
+        reason_code: ReasonCode::ReAuthenticate,
+        properties: AuthProperties {
+            authentication_method: Some(MqttString::from_static("TOKEN").unwrap()),
+            authentication_data: Some(Bytes::copy_from_slice(token)),
+            ..Default::default()
+        },
+    })
+}
+
+/// Re-authentication may renew the credentials of the session's owner, not change
+/// who owns the session: another authentication name (or none, or one for a session
+/// that had none) fails it, with DISCONNECT 0x87 [MQTT-4.12.1-2].
+#[test]
+fn reauthentication_as_another_authentication_name_is_disconnect_0x87_mqtt_4_12_1_2() {
+    let mut sim = Sim::default();
+    sim.broker.set_enhanced_authenticator(Box::new(TokenName));
+    let (c, ack) = code(&mut sim, token_connect("dev", b"alice"));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    sim.send(c, reauth(b"alice"));
+    assert!(
+        matches!(sim.recv(c), Some(Packet::Auth(a)) if a.reason_code == ReasonCode::Success),
+        "the same name: renewed"
+    );
+    for other in [&b"bob"[..], b"anonymous"] {
+        let (c, ack) = code(&mut sim, token_connect("dev", b"alice"));
+        assert!(ack.session_present);
+        sim.send(c, reauth(other));
+        assert_eq!(sim.expect_disconnect(c), ReasonCode::NotAuthorized);
+        assert_eq!(sim.closed(c), Some(ReasonCode::NotAuthorized));
+    }
+    // Still alice's session, not bob's.
+    let (_, ack) = code(&mut sim, token_connect("dev", b"bob"));
+    assert_eq!(ack.reason_code, ReasonCode::NotAuthorized);
+    let (_, ack) = code(&mut sim, token_connect("dev", b"alice"));
+    assert!(ack.session_present);
+
+    // A session without an owner does not get one from a re-authentication.
+    let (c, _) = code(&mut sim, token_connect("anon", b"anonymous"));
+    sim.send(c, reauth(b"anonymous"));
+    assert!(matches!(sim.recv(c), Some(Packet::Auth(a)) if a.reason_code == ReasonCode::Success));
+    sim.send(c, reauth(b"bob"));
+    assert_eq!(sim.expect_disconnect(c), ReasonCode::NotAuthorized);
+    let (_, ack) = code(&mut sim, as_user(V5, "anon", None));
+    assert!(ack.session_present, "still unowned");
 }
 
 // ------------------------------------------------------------------ sessions per name

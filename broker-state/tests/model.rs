@@ -44,8 +44,14 @@
 //!   reconnect is never sent, and one sent later carries the interval less the time
 //!   it waited [MQTT-3.3.2-5] [MQTT-3.3.2-6]; an inbound Topic Alias 0 or one never
 //!   set on the connection ends it with DISCONNECT 0x82, one above the maximum with
-//!   0x94 [MQTT-3.3.2-8] [MQTT-3.3.2-9]; a third unreleased incoming QoS 2 PUBLISH
-//!   ends it with 0x93 [MQTT-3.3.4-7] (5.0 section 4.9; a 3.1.1 client is closed);
+//!   0x94 [MQTT-3.3.2-8] [MQTT-3.3.2-9]; a third incoming QoS 2 PUBLISH unreleased
+//!   on the same connection (a DUP resend of an earlier connection's counts from
+//!   its resend on) ends a 5.0 connection with 0x93 [MQTT-3.3.4-7], the send quota
+//!   starting afresh with each connection (5.0 section 4.9), while a 3.1.1 client,
+//!   which has no Receive Maximum, may leave any number unreleased; a retained
+//!   message is deleted at its expiry (`retained_count` and
+//!   `Stats::retained_expired` follow) and one published with expiry 0 clears the
+//!   topic [MQTT-3.3.2-5];
 //! * outbound topic aliases, resolved as a client must (a topic with an alias sets
 //!   the alias, an empty topic uses it, on this connection only [MQTT-3.3.2-7]): no
 //!   alias above the client's Topic Alias Maximum [MQTT-3.3.2-11], none used before
@@ -57,9 +63,10 @@
 //!   and a non-retained message only reaches a session that held a matching
 //!   subscription when it was published, or a matching shared one at some time since
 //!   (nothing after UNSUBSCRIBE);
-//! * each session queue equals the model's and stays within its bound; session
-//!   and connection counts match; the broker counts in `Stats` every overflow drop,
-//!   expired message and shared redelivery the model predicts; the broker's internal
+//! * each session queue equals the model's and stays within its bound; session,
+//!   connection and retained message counts match; the broker counts in `Stats`
+//!   every overflow drop, expired message, expired retained message and shared
+//!   redelivery the model predicts; the broker's internal
 //!   invariants hold (`Broker::check_invariants`).
 //!
 //! At the end of each case every client reconnects to its session and acknowledges
@@ -143,9 +150,10 @@
 //!    retained`, `Connect c2 (5.0, Topic Alias Maximum 1)`, `Subscribe c2 #`: `c2 got
 //!    Topic Alias 2, above the maximum 1 its CONNECT stated [MQTT-3.3.2-11]`.
 //! 9. No 0x93 (the Receive Maximum check in `on_publish` with `>` for `>=`):
-//!    `Connect c0 (3.1.1, persistent)` and three `Publish c0 a QoS 2`, none
-//!    released: `received [PubRec(3)]`, the model expects the connection closed
-//!    (for a 5.0 client `[Disconnect(ReceiveMaximumExceeded)]`).
+//!    `Connect c0 (5.0, persistent)` and three `Publish c0 a QoS 2`, none
+//!    released: `received [PubRec(3)]`, the model expects
+//!    `[Disconnect(ReceiveMaximumExceeded)]`. (Written when 3.1.1 clients were
+//!    held to the Receive Maximum too, with a 3.1.1 client; they no longer are.)
 //!
 //! The mutations were reverted. Mutation 3 puts back a real bug, already fixed in
 //! `Broker::on_connect` when this test was written.
@@ -191,7 +199,8 @@ const CLIENTS: usize = 3;
 const ONLINE_QUEUE: usize = 3;
 const OFFLINE_QUEUE: usize = 2;
 const WINDOW_V3: u16 = 2;
-/// The broker's Receive Maximum: unreleased incoming QoS 2 PUBLISHes per session.
+/// The broker's Receive Maximum: incoming QoS 2 PUBLISHes unreleased on one 5.0
+/// connection.
 const RECEIVE_MAXIMUM: u16 = 2;
 /// The broker's Topic Alias Maximum for aliases clients set.
 const TOPIC_ALIAS_MAXIMUM: u16 = 2;
@@ -410,6 +419,10 @@ struct SessionM {
     last_pid: u16,
     /// QoS 2 messages this client published and has not released, with their ids.
     unreleased: VecDeque<(u16, u32)>,
+    /// The ids of `unreleased` received on the current connection: only these count
+    /// against the Receive Maximum, the send quota starting afresh with each
+    /// connection (5.0 section 4.9).
+    unreleased_here: BTreeSet<u16>,
     /// QoS 1/2 messages routed here (not retained copies) and not dropped.
     owed: BTreeSet<u32>,
 }
@@ -424,6 +437,7 @@ impl SessionM {
             queue: VecDeque::new(),
             last_pid: 0,
             unreleased: VecDeque::new(),
+            unreleased_here: BTreeSet::new(),
             owed: BTreeSet::new(),
         }
     }
@@ -493,6 +507,8 @@ struct Model {
     keep_alive_timeouts: u64,
     /// Copies dropped because their Message Expiry Interval ran out.
     expired: u64,
+    /// Retained messages deleted at their expiry.
+    retained_expired: u64,
     /// QoS 1 messages of an ended session given to another group member.
     redeliveries: u64,
     /// PUBLISHes sent through a shared subscription (first sends).
@@ -531,6 +547,7 @@ impl Model {
             expiries: 0,
             keep_alive_timeouts: 0,
             expired: 0,
+            retained_expired: 0,
             redeliveries: 0,
             shared_sent: 0,
             receive_maximum_exceeded: 0,
@@ -656,12 +673,15 @@ impl Model {
                 if let Some(&(pid, _)) = self.session(c).unreleased.front() {
                     self.touch(c);
                     self.obs(c, Obs::PubRec(pid));
+                    // Received on this connection: it uses this connection's quota.
+                    self.session(c).unreleased_here.insert(pid);
                 }
             }
             Op::Release { c } => {
                 if let Some((pid, _)) = self.session(c).unreleased.pop_front() {
                     self.touch(c);
                     self.obs(c, Obs::PubComp(pid));
+                    self.session(c).unreleased_here.remove(&pid);
                 }
             }
             Op::Ack { c, n } => {
@@ -700,6 +720,7 @@ impl Model {
             cl.last_pid
         });
         let conn = self.clients[c].conn.as_mut().expect("online");
+        let v5 = conn.v5;
         // 3.1.1 has no properties.
         let (expiry, alias) = if conn.v5 {
             (expiry, alias)
@@ -729,23 +750,31 @@ impl Model {
             Ok(t) => t,
             Err(code) => return self.violation(c, code),
         };
-        // More unreleased QoS 2 PUBLISHes than the Receive Maximum in CONNACK
-        // [MQTT-3.3.4-7] (5.0 section 3.2.2.3.3): 0x93.
-        if qos == QoS::ExactlyOnce
-            && self.session(c).unreleased.len() >= usize::from(RECEIVE_MAXIMUM)
+        // More QoS 2 PUBLISHes unreleased on this connection than the Receive
+        // Maximum in CONNACK [MQTT-3.3.4-7] (5.0 section 3.2.2.3.3): 0x93. 3.1.1 has
+        // no Receive Maximum.
+        if v5
+            && qos == QoS::ExactlyOnce
+            && self.session(c).unreleased_here.len() >= usize::from(RECEIVE_MAXIMUM)
         {
             return self.violation(c, ReasonCode::ReceiveMaximumExceeded);
         }
         let expires_at = expiry.map(|e| self.now + u64::from(e));
         if retain {
-            self.retained.insert(
-                topic,
-                RetainedM {
-                    msg,
-                    qos,
-                    expires_at,
-                },
-            );
+            if expired(expires_at, self.now) {
+                // Expiry 0: it replaces the retained message and is gone at once
+                // [MQTT-3.3.2-5].
+                self.retained.remove(&topic);
+            } else {
+                self.retained.insert(
+                    topic,
+                    RetainedM {
+                        msg,
+                        qos,
+                        expires_at,
+                    },
+                );
+            }
         }
         self.route(&Msg {
             msg,
@@ -760,7 +789,9 @@ impl Model {
             (QoS::AtLeastOnce, Some(pid)) => self.obs(c, Obs::PubAck(pid)),
             (QoS::ExactlyOnce, Some(pid)) => {
                 self.obs(c, Obs::PubRec(pid));
-                self.session(c).unreleased.push_back((pid, msg));
+                let s = self.session(c);
+                s.unreleased.push_back((pid, msg));
+                s.unreleased_here.insert(pid);
             }
             _ => {}
         }
@@ -911,6 +942,7 @@ impl Model {
         let s = cl.session.get_or_insert_with(SessionM::new);
         s.expiry = granted;
         s.offline_since = None;
+        s.unreleased_here.clear();
         cl.serials += 1;
         cl.conn = Some(ConnM {
             serial: cl.serials,
@@ -1063,6 +1095,11 @@ impl Model {
             }
         }
         self.now = end;
+        // Retained messages are deleted at their deadline [MQTT-3.3.2-5]; nothing
+        // else shows when, so all at the end.
+        let before = self.retained.len();
+        self.retained.retain(|_, r| !expired(r.expires_at, end));
+        self.retained_expired += (before - self.retained.len()) as u64;
     }
 
     fn answer(&mut self, c: usize, todo: Todo) {
@@ -1479,6 +1516,7 @@ static REDELIVERIES: AtomicU64 = AtomicU64::new(0);
 static ALIASED: AtomicU64 = AtomicU64::new(0);
 static REDUCED_EXPIRY: AtomicU64 = AtomicU64::new(0);
 static EXPIRED: AtomicU64 = AtomicU64::new(0);
+static RETAINED_EXPIRED: AtomicU64 = AtomicU64::new(0);
 static TAKEOVERS: AtomicU64 = AtomicU64::new(0);
 static OVERFLOWS: AtomicU64 = AtomicU64::new(0);
 static QOS2_FLOWS: AtomicU64 = AtomicU64::new(0);
@@ -2102,6 +2140,13 @@ impl Harness {
                 return Err(format!("after {op:?}: queue of c{c} over its bound"));
             }
         }
+        if broker.retained_count() != m.retained.len() {
+            return Err(format!(
+                "after {op:?}: {} retained messages, the model has {}",
+                broker.retained_count(),
+                m.retained.len()
+            ));
+        }
         let stats = broker.stats();
         let drops = stats.dropped_online_queue_full
             + stats.dropped_offline_queue_full
@@ -2109,6 +2154,11 @@ impl Harness {
         let counted = [
             ("overflow drops", drops, m.overflows),
             ("expired messages", stats.expired, m.expired),
+            (
+                "expired retained messages",
+                stats.retained_expired,
+                m.retained_expired,
+            ),
             (
                 "shared redeliveries",
                 stats.shared_redeliveries,
@@ -2199,6 +2249,7 @@ impl StateMachineTest for Harness {
         TAKEOVERS.fetch_add(stats.takeovers, Relaxed);
         OVERFLOWS.fetch_add(m.overflows, Relaxed);
         EXPIRED.fetch_add(m.expired, Relaxed);
+        RETAINED_EXPIRED.fetch_add(m.retained_expired, Relaxed);
         SHARED.fetch_add(m.shared_sent, Relaxed);
         REDELIVERIES.fetch_add(m.redeliveries, Relaxed);
         RECEIVE_MAXIMUM_EXCEEDED.fetch_add(m.receive_maximum_exceeded, Relaxed);
@@ -2244,7 +2295,8 @@ fn broker_agrees_with_the_reference_model() {
     eprintln!(
         "model: {} cases, {} ops; {} PUBLISH delivered ({} DUP resends, {} retained, \
          {} through shared subscriptions, {} by topic alias alone, {} with a reduced \
-         expiry interval), {} shared redeliveries, {} expired, {} takeovers, \
+         expiry interval), {} shared redeliveries, {} expired ({} retained messages \
+         deleted), {} takeovers, \
          {} overflows, {} QoS 2 flows, DISCONNECT 0x93 x{}, 0x94 x{}, 0x82 (alias) x{}, \
          {} keep-alive timeouts, {} session expiries; at most {} worlds at once",
         n(&CASES),
@@ -2257,6 +2309,7 @@ fn broker_agrees_with_the_reference_model() {
         n(&REDUCED_EXPIRY),
         n(&REDELIVERIES),
         n(&EXPIRED),
+        n(&RETAINED_EXPIRED),
         n(&TAKEOVERS),
         n(&OVERFLOWS),
         n(&QOS2_FLOWS),

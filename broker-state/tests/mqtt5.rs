@@ -151,6 +151,70 @@ fn server_receive_maximum_is_in_connack_and_exceeding_it_with_qos2_is_0x93_mqtt_
     assert_eq!(sim.closed(p), Some(ReasonCode::ReceiveMaximumExceeded));
 }
 
+/// The send quota starts at the Receive Maximum on each Network Connection (5.0
+/// section 4.9): QoS 2 PUBLISHes left unreleased by the last connection of the
+/// session do not count against the new one, while their packet ids are kept for
+/// exactly-once delivery until the client resends PUBREL [MQTT-4.3.3-2].
+#[test]
+fn send_quota_starts_afresh_on_each_connection_unreleased_qos2_of_the_last_do_not_count_mqtt_4_9_0_1(
+) {
+    let mut sim = sim_with(|c| c.receive_maximum = 2);
+    let s = ok(&mut sim, v5("s", |_| {}));
+    sim.subscribe(s, "t", QoS::AtMostOnce);
+    let resume = || {
+        v5("p", |c| {
+            c.clean_start = false;
+            c.properties.session_expiry_interval = Some(600);
+        })
+    };
+    let qos2 = |n: u16| publish_packet("t", QoS::ExactlyOnce, false, Some(pid(n)), &[n as u8]);
+    let p = ok(&mut sim, resume());
+    for n in 1..=2 {
+        sim.send_publish(p, qos2(n));
+        assert_eq!(sim.expect_pubrec(p).packet_id, pid(n));
+    }
+    sim.kill(p);
+
+    // New QoS 2 messages before the PUBRELs are resent: the quota is 2 again.
+    let (p, ack) = sim.connect_with(resume());
+    assert!(ack.session_present);
+    for n in 3..=4 {
+        sim.send_publish(p, qos2(n));
+        assert_eq!(sim.expect_pubrec(p).packet_id, pid(n));
+    }
+    assert_eq!(
+        sim.closed(p),
+        None,
+        "no 0x93 for ids of the last connection"
+    );
+    assert_eq!(numbers(&sim.publishes(s)), vec![1, 2, 3, 4]);
+    // The old flows complete exactly once.
+    for n in 1..=2 {
+        sim.send(p, Packet::PubRel(PubAck::new(pid(n))));
+        assert!(
+            matches!(sim.recv(p), Some(Packet::PubComp(c)) if c.reason_code == ReasonCode::Success)
+        );
+    }
+    sim.assert_silent(s);
+    // Releasing them gave nothing back to this connection's quota: 3 and 4 are
+    // still unreleased, and a third is one too many [MQTT-3.3.4-9].
+    sim.send_publish(p, qos2(5));
+    assert_eq!(sim.expect_disconnect(p), ReasonCode::ReceiveMaximumExceeded);
+
+    // A PUBLISH of the last connection resent with DUP is recognised (not routed
+    // again), and, like any PUBLISH received on this connection, uses its quota.
+    let (p, _) = sim.connect_with(resume());
+    let mut dup = qos2(3);
+    dup.dup = true;
+    sim.send_publish(p, dup);
+    assert_eq!(sim.expect_pubrec(p).packet_id, pid(3));
+    sim.send_publish(p, qos2(6));
+    assert_eq!(sim.expect_pubrec(p).packet_id, pid(6));
+    assert_eq!(numbers(&sim.publishes(s)), vec![6]);
+    sim.send_publish(p, qos2(7));
+    assert_eq!(sim.expect_disconnect(p), ReasonCode::ReceiveMaximumExceeded);
+}
+
 #[test]
 fn message_too_large_for_a_client_is_dropped_for_it_and_delivered_to_others_mqtt_3_1_2_25() {
     let mut sim = Sim::default();
@@ -1741,6 +1805,54 @@ fn reauthentication_with_another_method_is_disconnect_0x82_mqtt_4_12_1_1() {
         auth(ReasonCode::ContinueAuthentication, METHOD, b"response-1"),
     );
     assert_eq!(sim.expect_disconnect(c), ReasonCode::ProtocolError);
+}
+
+/// Accepts the right token at once: CONNACK follows CONNECT without AUTH packets.
+struct OneStep;
+
+impl EnhancedAuthenticator for OneStep {
+    fn supports(&self, method: &str) -> bool {
+        method == "TOKEN"
+    }
+    fn start(
+        &mut self,
+        _method: &str,
+        _client_id: &str,
+        data: Option<&[u8]>,
+        _reauthenticate: bool,
+    ) -> AuthStep {
+        match data {
+            Some(b"token") => AuthStep::Success {
+                data: None,
+                authentication_name: Some("token-user".into()),
+            },
+            _ => AuthStep::Failure(ReasonCode::NotAuthorized),
+        }
+    }
+    fn step(&mut self, _method: &str, _client_id: &str, _data: Option<&[u8]>) -> AuthStep {
+        AuthStep::Failure(ReasonCode::NotAuthorized)
+    }
+}
+
+#[test]
+fn reauthentication_after_a_connect_authenticated_in_one_step_mqtt_4_12_1_1() {
+    let mut sim = Sim::default();
+    sim.broker.set_enhanced_authenticator(Box::new(OneStep));
+    let c = ok(
+        &mut sim,
+        v5("c", |c| {
+            c.properties.authentication_method = Some(MqttString::from_static("TOKEN").unwrap());
+            c.properties.authentication_data = Some(Bytes::from_static(b"token"));
+        }),
+    );
+    // "If the Client supplied an Authentication Method in the CONNECT packet it can
+    // initiate a re-authentication at any time after receiving a CONNACK."
+    sim.send(c, auth(ReasonCode::ReAuthenticate, "TOKEN", b"token"));
+    let a = expect_auth(&mut sim, c);
+    assert_eq!(a.reason_code, ReasonCode::Success);
+    assert_eq!(sim.closed(c), None);
+    sim.send(c, auth(ReasonCode::ReAuthenticate, "TOKEN", b"stale"));
+    assert_eq!(sim.expect_disconnect(c), ReasonCode::NotAuthorized);
 }
 
 #[test]

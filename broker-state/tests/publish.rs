@@ -186,6 +186,42 @@ fn more_unreleased_qos2_than_receive_maximum_is_0x93_mqtt_3_3_4_9() {
     assert_eq!(sim.closed(p), Some(ReasonCode::ReceiveMaximumExceeded));
 }
 
+/// The server's Receive Maximum is a 5.0 CONNACK property: a 3.1.1 (or 3.1) client is
+/// never told one, and may keep as many QoS 2 flows unreleased as it has packet ids,
+/// each kept until its PUBREL [MQTT-4.3.3-2] and completed exactly once.
+#[test]
+fn mqtt_3_1_1_has_no_receive_maximum_unreleased_qos2_beyond_it_are_kept_mqtt_4_3_3_2() {
+    for v in [ProtocolVersion::V3_1, V4] {
+        let mut sim = Sim::new(broker_state::Config {
+            receive_maximum: 2,
+            ..broker_state::Config::default()
+        });
+        let s = sim.connect(V5, "s", true);
+        sim.subscribe(s, "t", QoS::AtMostOnce);
+        let p = sim.connect(v, "p", true);
+        for n in 1..=50u8 {
+            sim.publish(p, "t", QoS::ExactlyOnce, false, &[n]);
+            assert_eq!(sim.expect_pubrec(p).packet_id, id(u16::from(n)), "{v}");
+        }
+        assert_eq!(sim.closed(p), None, "{v}: not disconnected");
+        assert_eq!(sim.publishes(s).len(), 50, "{v}");
+        // A duplicate is still recognised, and every flow completes.
+        let mut dup = publish_packet("t", QoS::ExactlyOnce, false, Some(id(1)), &[1]);
+        dup.dup = true;
+        sim.send_publish(p, dup);
+        assert_eq!(sim.expect_pubrec(p).packet_id, id(1));
+        for n in 1..=50 {
+            sim.send(p, Packet::PubRel(PubAck::new(id(n))));
+            assert!(
+                matches!(sim.recv(p), Some(Packet::PubComp(c)) if c.packet_id == id(n) && c.reason_code == ReasonCode::Success),
+                "{v}: PUBCOMP {n}"
+            );
+        }
+        sim.assert_silent(s);
+        assert_eq!(sim.closed(p), None, "{v}");
+    }
+}
+
 // ------------------------------------------------------------------ packet ids
 
 #[test]

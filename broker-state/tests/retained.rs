@@ -142,3 +142,74 @@ fn retained_message_expires_with_its_message_expiry_interval_mqtt_3_3_2_5() {
     sim.subscribe(s, "r", QoS::AtMostOnce);
     sim.assert_silent(s);
 }
+
+/// A retained message whose Message Expiry Interval has passed is deleted
+/// [MQTT-3.3.2-5]: it stops counting toward the retained limits and
+/// `retained_count`, at its deadline (a timer) or when it is next looked at, and
+/// the store forgets it too.
+#[test]
+fn expired_retained_message_is_deleted_and_leaves_the_retained_limits_mqtt_3_3_2_5() {
+    use broker_state::{Config, StoreOp};
+    use std::time::Duration;
+
+    let expiring = |topic: &str, secs: u32, payload: &[u8]| {
+        let mut m = publish_packet(topic, QoS::AtLeastOnce, true, PacketId::new(1), payload);
+        m.properties.message_expiry_interval = Some(secs);
+        m
+    };
+
+    // The count limit, freed at the deadline.
+    let mut sim = Sim::new(Config {
+        max_retained_messages: 2,
+        store_effects: true,
+        ..Config::default()
+    });
+    let p = sim.connect(V5, "p", true);
+    sim.send_publish(p, expiring("r/1", 5, b"1"));
+    sim.publish(p, "r/2", QoS::AtMostOnce, true, b"2");
+    sim.recv_all(p);
+    sim.publish(p, "r/3", QoS::AtLeastOnce, true, b"3");
+    assert_eq!(sim.expect_puback(p).reason_code, ReasonCode::QuotaExceeded);
+    assert_eq!(sim.broker.retained_count(), 2);
+    sim.advance(Duration::from_secs(5));
+    assert_eq!(sim.broker.retained_count(), 1, "deleted at its deadline");
+    assert!(sim
+        .store_ops
+        .iter()
+        .any(|op| matches!(op, StoreOp::RetainClear { topic } if topic.as_str() == "r/1")));
+    sim.publish(p, "r/3", QoS::AtLeastOnce, true, b"3");
+    assert!(sim.expect_puback(p).reason_code.is_success());
+    assert_eq!(sim.broker.retained_count(), 2);
+    let s = sim.connect(V5, "s", true);
+    sim.subscribe(s, "r/#", QoS::AtMostOnce);
+    assert_eq!(payloads(&sim.publishes(s)), vec![&b"2"[..], b"3"]);
+
+    // The byte limit, freed when the full store is next written to, before any
+    // timer has fired.
+    let mut sim = Sim::new(Config {
+        max_retained_bytes: 300,
+        ..Config::default()
+    });
+    let p = sim.connect(V5, "p", true);
+    let big = [7u8; 100];
+    sim.send_publish(p, expiring("r/1", 5, &big));
+    sim.send_publish(p, expiring("r/2", 5, &big));
+    sim.recv_all(p);
+    sim.publish(p, "r/3", QoS::AtLeastOnce, true, &big);
+    assert_eq!(sim.expect_puback(p).reason_code, ReasonCode::QuotaExceeded);
+    sim.now = sim.now.after(Duration::from_secs(6));
+    sim.publish(p, "r/3", QoS::AtLeastOnce, true, &big);
+    assert!(sim.expect_puback(p).reason_code.is_success());
+    assert_eq!(sim.broker.retained_count(), 1);
+
+    // Found expired by a new subscription, before any timer has fired: deleted, not
+    // sent.
+    sim.send_publish(p, expiring("q", 5, b"q"));
+    sim.recv_all(p);
+    assert_eq!(sim.broker.retained_count(), 2);
+    sim.now = sim.now.after(Duration::from_secs(5));
+    let s = sim.connect(V5, "s", true);
+    sim.subscribe(s, "q", QoS::AtMostOnce);
+    sim.assert_silent(s);
+    assert_eq!(sim.broker.retained_count(), 1);
+}

@@ -47,16 +47,23 @@ impl Broker {
             AuthStep::Success {
                 data,
                 authentication_name,
-            } => self.finish_connect(
-                now,
-                k,
-                p,
-                Some(EnhancedOutcome {
-                    method,
-                    data,
-                    authentication_name,
-                }),
-            ),
+            } => {
+                // Also when the first step succeeded at once: the client may
+                // re-authenticate with this method later [MQTT-4.12.1-1].
+                if let Some(c) = self.conns.get_mut(k) {
+                    c.auth_method = Some(method.clone());
+                }
+                self.finish_connect(
+                    now,
+                    k,
+                    p,
+                    Some(EnhancedOutcome {
+                        method,
+                        data,
+                        authentication_name,
+                    }),
+                )
+            }
             AuthStep::Failure(code) => self.refuse(k, failure_code(code, ReasonContext::ConnAck)),
         }
     }
@@ -110,7 +117,23 @@ impl Broker {
                 }
                 self.push_auth(k, ReasonCode::ContinueAuthentication, agreed, data);
             }
-            AuthStep::Success { data, .. } => {
+            AuthStep::Success {
+                data,
+                authentication_name,
+            } => {
+                // Re-authentication renews the credentials of the session's owner; it
+                // does not hand the session (its subscriptions, authorized for the
+                // owner) to another name, nor give an unowned one an owner mid-way:
+                // another name fails it [MQTT-4.12.1-2].
+                let same_owner = self
+                    .conns
+                    .get(k)
+                    .and_then(|c| c.session())
+                    .and_then(|sk| self.sessions.get(sk))
+                    .is_some_and(|s| s.auth_name == authentication_name);
+                if !same_owner {
+                    return self.violation(now, k, ReasonCode::NotAuthorized);
+                }
                 if let Some(c) = self.conns.get_mut(k) {
                     c.reauthenticating = false;
                 }

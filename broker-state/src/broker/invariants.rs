@@ -96,6 +96,22 @@ impl Broker {
                     ));
                 }
             }
+            let (ids, earlier) = s.incoming_qos2.ids();
+            if earlier > ids.len() {
+                return Err(format!(
+                    "session {name:?}: {earlier} incoming QoS 2 ids of earlier connections, \
+                     {} in all",
+                    ids.len()
+                ));
+            }
+            let mut sorted = ids.to_vec();
+            sorted.sort_unstable();
+            if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+                return Err(format!(
+                    "session {name:?}: incoming QoS 2 id {} unreleased twice",
+                    w[0]
+                ));
+            }
             subscriptions += s.subscriptions.len();
             owned += usize::from(s.auth_name.is_some());
         }

@@ -13,7 +13,9 @@
 //! Embedding it in a smol program: see `examples/embed.rs`.
 #![warn(missing_docs)]
 
+mod fallback;
 mod server;
 
 pub use adapter_common::server::{ServerHandle, StartError};
+pub use fallback::yield_async_io_thread;
 pub use server::{serve_on, Flavor, Server};

@@ -6,6 +6,9 @@ use adapter_common::server::RunningServer;
 
 fn main() -> ExitCode {
     adapter_common::server::main(|config| {
-        adapter_smol::Server::start(config).map(|s| Box::new(s) as Box<dyn RunningServer>)
+        let server = adapter_smol::Server::start(config)?;
+        // This process has one thread blocking on async-io: the server's.
+        adapter_smol::yield_async_io_thread();
+        Ok(Box::new(server) as Box<dyn RunningServer>)
     })
 }

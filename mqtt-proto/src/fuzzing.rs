@@ -25,9 +25,12 @@ pub const STARTING_VERSIONS: [Option<ProtocolVersion>; 4] = [
 /// The most bytes one [`Decoder::decode`] call may allocate when `buffered` bytes are
 /// waiting in its buffer.
 ///
-/// Why `12 * buffered + 256` holds (sizes on a 64-bit target, where `Bytes` is 32
-/// bytes): decoding copies no topic, string or payload, so what it allocates is
+/// Why `12 * buffered + 256 + BOXED` holds (sizes on a 64-bit target, where `Bytes`
+/// is 32 bytes): decoding copies no topic, string or payload, so what it allocates is
 ///
+/// * the box of a CONNECT or CONNACK (`Packet` boxes those two variants so that
+///   every other packet is smaller): a fixed size, the larger of the two, once per
+///   packet, whatever its length (a 14-byte CONNECT allocates it whole);
 /// * the `Shared` header `bytes` allocates the first time a `Vec`-backed `BytesMut`
 ///   is split (at most one per call, a few dozen bytes), and the one `Bytes::from`
 ///   may allocate for gathered user properties: both inside the constant;
@@ -47,8 +50,19 @@ pub const STARTING_VERSIONS: [Option<ProtocolVersion>; 4] = [
 /// per input byte; 12 leaves a margin without hiding a quadratic or a
 /// length-field-driven allocation, which is what this bound exists to catch.
 pub const fn decode_allocation_bound(buffered: usize) -> usize {
-    12 * buffered + 256
+    12 * buffered + 256 + BOXED
 }
+
+/// Bytes of the box a decoded CONNECT or CONNACK is allocated in.
+const BOXED: usize = {
+    let connect = core::mem::size_of::<crate::Connect>();
+    let connack = core::mem::size_of::<crate::ConnAck>();
+    if connect > connack {
+        connect
+    } else {
+        connack
+    }
+};
 
 /// Feeds `data` into a decoder of every starting version, whole and then one byte at a
 /// time, and checks that:

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use broker_state::{ConnId, Now, PeerInfo};
 use bytes::{Buf, BytesMut};
 
-use crate::driver::{ConnIo, Framing, Hub, Wake};
+use crate::driver::{ConnIo, Framing, Hub, Wake, WebSocketIo};
 use crate::websocket::{self, FrameDecoder, Handshake};
 
 /// A byte stream as the connection loop needs it.
@@ -265,7 +265,10 @@ impl Connection {
         let framing = if websocket {
             // A WebSocket message may hold several packets: allow some slack over one.
             let max = max_packet as usize;
-            Framing::WebSocket(Box::new(FrameDecoder::new(max + 16, max.saturating_mul(2))))
+            Framing::WebSocket(Box::new(WebSocketIo::new(FrameDecoder::new(
+                max + 16,
+                max.saturating_mul(2),
+            ))))
         } else {
             Framing::Raw
         };

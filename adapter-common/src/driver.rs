@@ -30,7 +30,28 @@ pub enum Framing {
     /// MQTT directly on TCP or TLS.
     Raw,
     /// MQTT in WebSocket binary frames (a frame may hold part of a packet or several).
-    WebSocket(Box<FrameDecoder>),
+    /// Boxed with its buffers, so that a plain connection carries none of them.
+    WebSocket(Box<WebSocketIo>),
+}
+
+/// The WebSocket side of a connection: frame decoder and its two MQTT buffers.
+pub struct WebSocketIo {
+    frames: FrameDecoder,
+    /// The MQTT stream unwrapped from frames.
+    mqtt: BytesMut,
+    /// The MQTT bytes of one pull before framing.
+    stage: BytesMut,
+}
+
+impl WebSocketIo {
+    /// WebSocket framing around `frames`.
+    pub fn new(frames: FrameDecoder) -> Self {
+        WebSocketIo {
+            frames,
+            mqtt: BytesMut::new(),
+            stage: BytesMut::new(),
+        }
+    }
 }
 
 /// One connection's buffers and framing, owned by its task.
@@ -39,12 +60,8 @@ pub struct ConnIo {
     framing: Framing,
     /// Bytes read from the transport and not yet consumed.
     pub input: BytesMut,
-    /// The MQTT stream unwrapped from WebSocket frames (unused for raw framing).
-    mqtt: BytesMut,
     /// Bytes to write to the transport.
     pub output: BytesMut,
-    /// WebSocket: the MQTT bytes of one pull before framing.
-    stage: BytesMut,
     /// The transport must close after `output` is written (WebSocket close, decode
     /// failure handled).
     pub finished: bool,
@@ -63,9 +80,7 @@ impl ConnIo {
             decoder: Decoder::new(max_packet_size),
             framing,
             input: BytesMut::new(),
-            mqtt: BytesMut::new(),
             output: BytesMut::new(),
-            stage: BytesMut::new(),
             finished: false,
         }
     }
@@ -87,8 +102,10 @@ impl ConnIo {
         if self.input.is_empty() && self.input.capacity() > 0 {
             self.input = BytesMut::new();
         }
-        if self.mqtt.is_empty() && self.mqtt.capacity() > 0 {
-            self.mqtt = BytesMut::new();
+        if let Framing::WebSocket(ws) = &mut self.framing {
+            if ws.mqtt.is_empty() && ws.mqtt.capacity() > 0 {
+                ws.mqtt = BytesMut::new();
+            }
         }
         if self.output.is_empty() && self.output.capacity() > 0 {
             self.output = BytesMut::new();
@@ -199,14 +216,14 @@ impl<W: Wake> Hub<W> {
         }
         let stream = match &mut io.framing {
             Framing::Raw => &mut io.input,
-            Framing::WebSocket(frames) => {
-                let status = frames.decode(&mut io.input, &mut io.mqtt);
-                let _ = frames.poll_control(&mut io.output);
+            Framing::WebSocket(ws) => {
+                let status = ws.frames.decode(&mut io.input, &mut ws.mqtt);
+                let _ = ws.frames.poll_control(&mut io.output);
                 if let DecodeStatus::Close(reason) = status {
                     tracing::debug!(%conn, %reason, "websocket closed");
                     io.finished = true;
                 }
-                &mut io.mqtt
+                &mut ws.mqtt
             }
         };
         loop {
@@ -235,12 +252,12 @@ impl<W: Wake> Hub<W> {
     ) -> usize {
         match &mut io.framing {
             Framing::Raw => self.broker.poll_transmit(conn, out, budget),
-            Framing::WebSocket(frames) => {
-                let _ = frames.poll_control(out);
-                io.stage.clear();
-                let n = self.broker.poll_transmit(conn, &mut io.stage, budget);
+            Framing::WebSocket(ws) => {
+                let _ = ws.frames.poll_control(out);
+                ws.stage.clear();
+                let n = self.broker.poll_transmit(conn, &mut ws.stage, budget);
                 if n > 0 {
-                    websocket::encode_binary(&io.stage, out);
+                    websocket::encode_binary(&ws.stage, out);
                 }
                 n
             }
@@ -253,9 +270,9 @@ impl<W: Wake> Hub<W> {
         let mut out = core::mem::take(&mut io.output);
         while self.pull(conn, io, &mut out, usize::MAX) > 0 {}
         io.output = out;
-        if let Framing::WebSocket(frames) = &mut io.framing {
-            frames.close(websocket::close_code::NORMAL);
-            let _ = frames.poll_control(&mut io.output);
+        if let Framing::WebSocket(ws) = &mut io.framing {
+            ws.frames.close(websocket::close_code::NORMAL);
+            let _ = ws.frames.poll_control(&mut io.output);
         }
     }
 

@@ -209,11 +209,13 @@ impl<W: Wake> Hub<W> {
 
     /// Consumes what was read into `io.input`: unwraps WebSocket frames, decodes every
     /// complete packet and hands them to the core together, then drains the core.
-    pub fn feed(&mut self, now: Now, conn: ConnId, io: &mut ConnIo) {
+    /// Returns the PUBLISHes the core queued for delivery meanwhile (to any client).
+    pub fn feed(&mut self, now: Now, conn: ConnId, io: &mut ConnIo) -> u64 {
         if io.finished || self.closing(conn).is_some() {
             io.input.clear();
-            return;
+            return 0;
         }
+        let before = self.broker.stats().deliveries;
         let stream = match &mut io.framing {
             Framing::Raw => &mut io.input,
             Framing::WebSocket(ws) => {
@@ -239,6 +241,7 @@ impl<W: Wake> Hub<W> {
             }
         }
         self.dispatch();
+        self.broker.stats().deliveries.wrapping_sub(before)
     }
 
     /// Appends what the core has for this connection to `out` (framed for
@@ -377,5 +380,61 @@ impl<W: Wake> Hub<W> {
             reason,
             "disconnect"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoWake;
+
+    impl Wake for NoWake {
+        fn wake(&self) {}
+    }
+
+    fn now() -> Now {
+        Now::new(Instant::now(), 0)
+    }
+
+    /// A 3.1.1 client `id` (one byte), connected through `hub`.
+    fn client(hub: &mut Hub<NoWake>, id: u8) -> (ConnId, ConnIo) {
+        let conn = hub.accept(now(), PeerInfo::memory("test"), NoWake);
+        let mut io = ConnIo::new(Framing::Raw, 1024 * 1024);
+        io.input.extend_from_slice(&[
+            0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, id,
+        ]);
+        assert_eq!(
+            hub.feed(now(), conn, &mut io),
+            0,
+            "CONNECT delivers nothing"
+        );
+        (conn, io)
+    }
+
+    #[test]
+    fn feed_counts_the_deliveries_its_input_caused_for_every_client() {
+        let mut hub = Hub::new(Broker::new(broker_state::Config::default(), [7; 32]));
+        for id in [b'a', b'b'] {
+            let (conn, mut io) = client(&mut hub, id);
+            // SUBSCRIBE "t" at QoS 0.
+            io.input.extend_from_slice(&[0x82, 6, 0, 1, 0, 1, b't', 0]);
+            assert_eq!(
+                hub.feed(now(), conn, &mut io),
+                0,
+                "SUBSCRIBE delivers nothing"
+            );
+        }
+        let (publisher, mut io) = client(&mut hub, b'p');
+        // Ten QoS 0 PUBLISHes to "t" in one read: each goes to both subscribers.
+        for _ in 0..10 {
+            io.input.extend_from_slice(&[0x30, 4, 0, 1, b't', b'x']);
+        }
+        assert_eq!(hub.feed(now(), publisher, &mut io), 20);
+        // A read with only part of a PUBLISH delivers nothing yet.
+        io.input.extend_from_slice(&[0x30, 4, 0]);
+        assert_eq!(hub.feed(now(), publisher, &mut io), 0);
+        io.input.extend_from_slice(&[1, b't', b'x']);
+        assert_eq!(hub.feed(now(), publisher, &mut io), 2);
     }
 }

@@ -1,7 +1,6 @@
 //! The broker state machine.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -81,10 +80,10 @@ pub struct Broker {
     router: Router,
     retained: Map<Bytes, Retained>,
     retained_bytes: usize,
-    /// Deadlines of retained messages with a Message Expiry Interval, soonest
-    /// first, by topic. An entry whose message was replaced or cleared since is
-    /// stale and skipped (see `expire_retained`).
-    retained_expiry: BinaryHeap<Reverse<(Instant, Bytes)>>,
+    /// Deadlines of retained messages with a Message Expiry Interval, by topic. An
+    /// entry whose message was replaced or cleared since is stale and skipped (see
+    /// `retained_live`).
+    retained_expiry: Timers<Bytes>,
     timers: Timers,
     events: VecDeque<Event>,
     rng: Rng,
@@ -169,7 +168,7 @@ impl Broker {
             router: Router::new(hasher),
             retained: Map::with_hasher(hasher),
             retained_bytes: 0,
-            retained_expiry: BinaryHeap::new(),
+            retained_expiry: Timers::default(),
             timers: Timers::default(),
             events: VecDeque::new(),
             rng,
@@ -484,7 +483,7 @@ impl Broker {
                         self.by_client_id
                             .insert(rec.client_id.as_shared().clone(), k);
                         if let Some(a) = &rec.authentication_name {
-                            *self.sessions_per_auth.entry(a.clone()).or_default() += 1;
+                            self.count_owned_session(a);
                         }
                         k
                     }
@@ -674,8 +673,10 @@ impl Broker {
     /// When the broker next needs `handle_timeout`.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let retained = self.retained_expiry.peek().map(|Reverse((at, _))| *at);
-        match (self.timers.next_deadline(), retained) {
+        match (
+            self.timers.next_deadline(),
+            self.retained_expiry.next_deadline(),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -858,7 +859,7 @@ impl Broker {
                 if let (Some(s), Some(name)) = (self.sessions.get_mut(sk), &auth_name) {
                     if s.auth_name.is_none() {
                         s.auth_name = Some(name.clone());
-                        *self.sessions_per_auth.entry(name.clone()).or_default() += 1;
+                        self.count_owned_session(name);
                     }
                 }
                 sk
@@ -869,7 +870,7 @@ impl Broker {
                     .insert(Session::new(client_id.clone(), auth_name.clone()));
                 self.by_client_id.insert(client_id.as_shared().clone(), sk);
                 if let Some(a) = &auth_name {
-                    *self.sessions_per_auth.entry(a.clone()).or_default() += 1;
+                    self.count_owned_session(a);
                 }
                 sk
             }
@@ -1599,22 +1600,14 @@ impl Broker {
     }
 
     fn schedule_retained_expiry(&mut self, at: Instant, topic: Bytes) {
-        self.retained_expiry.push(Reverse((at, topic)));
+        self.retained_expiry.schedule(at, topic);
         // Replaced and cleared messages leave stale entries: once they could
-        // outnumber the live ones, drop them, so churn cannot grow the heap (the
-        // rebuild is amortised O(1) per entry).
-        if self.retained_expiry.len() > 2 * self.retained.len() + 64 {
-            let retained = &self.retained;
-            let entries = core::mem::take(&mut self.retained_expiry).into_vec();
-            self.retained_expiry = entries
-                .into_iter()
-                .filter(|Reverse((at, topic))| {
-                    retained
-                        .get(topic)
-                        .is_some_and(|r| r.expires_at == Some(*at))
-                })
-                .collect();
-        }
+        // outnumber the live ones, drop them, so churn cannot grow the queue.
+        let retained = &self.retained;
+        self.retained_expiry
+            .compact_if_over(2 * retained.len(), |topic, at| {
+                retained_live(retained, topic, at)
+            });
     }
 
     /// Deletes the retained messages whose Message Expiry Interval has run out
@@ -1623,18 +1616,8 @@ impl Broker {
     /// `handle_timeout` (`poll_timeout` includes their deadlines); O(1) when none
     /// is due.
     fn expire_retained(&mut self, now: Now) {
-        while let Some(Reverse((at, _))) = self.retained_expiry.peek() {
-            if *at > now.instant {
-                return;
-            }
-            let Some(Reverse((at, topic))) = self.retained_expiry.pop() else {
-                return;
-            };
-            let live = self
-                .retained
-                .get(&topic)
-                .is_some_and(|r| r.expires_at == Some(at));
-            if !live {
+        while let Some((at, topic)) = self.retained_expiry.pop_due(now.instant) {
+            if !retained_live(&self.retained, &topic, at) {
                 continue;
             }
             if let Some(old) = self.retained.remove(&topic) {
@@ -2061,6 +2044,16 @@ impl Broker {
         self.store_session(now, sk);
     }
 
+    /// One more session owned by `name` (`end_session` counts it down).
+    fn count_owned_session(&mut self, name: &str) {
+        match self.sessions_per_auth.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                self.sessions_per_auth.insert(name.to_owned(), 1);
+            }
+        }
+    }
+
     /// Ends a session: subscriptions removed, a pending will published [MQTT-3.1.3-9],
     /// queued messages discarded.
     fn end_session(&mut self, now: Now, sk: Key) {
@@ -2354,6 +2347,14 @@ fn unsent_flight(
         .filter(|&i| inflight.get(i).is_some_and(wanted))
         .or_else(|| inflight.iter().position(wanted))?;
     inflight.get_mut(at)
+}
+
+/// Whether the retained message of `topic` is the one that expires at `at` (an
+/// expiry entry of a message replaced or cleared since is stale).
+fn retained_live(retained: &Map<Bytes, Retained>, topic: &Bytes, at: Instant) -> bool {
+    retained
+        .get(topic)
+        .is_some_and(|r| r.expires_at == Some(at))
 }
 
 fn fits(packet: &Packet, c: &Conn) -> bool {

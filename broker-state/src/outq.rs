@@ -49,6 +49,8 @@ pub(crate) struct OutPool {
 /// Buffers kept: enough for every connection of a 256-way fan-out to take one
 /// without allocating, at most 256 x 16 packet slots (~1 MiB).
 const POOL_BUFFERS: usize = 256;
+/// Packet slots of a small buffer; larger drained buffers count against
+/// `POOL_LARGE_BYTES` instead.
 const POOL_SLOTS: usize = 16;
 /// Bytes of larger drained buffers kept, per kind of queue.
 const POOL_LARGE_BYTES: usize = 4 * 1024 * 1024;
@@ -104,6 +106,8 @@ impl<T> Pool<T> {
     }
 }
 
+/// One connection's output, in wire order: first `lead` packets, then what `order`
+/// says. Without in-flight PUBLISHes waiting, `order` stays empty (and unallocated).
 #[derive(Default)]
 pub(crate) struct OutQueue {
     packets: VecDeque<Packet>,

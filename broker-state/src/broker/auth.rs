@@ -36,10 +36,16 @@ impl Broker {
     }
 
     fn connect_step(&mut self, now: Now, k: Key, p: Connect, method: MqttString, step: AuthStep) {
+        // The method agreed, also when the first step succeeds at once: the client
+        // may re-authenticate with it later [MQTT-4.12.1-1].
+        if !matches!(step, AuthStep::Failure(_)) {
+            if let Some(c) = self.conns.get_mut(k) {
+                c.auth_method = Some(method.clone());
+            }
+        }
         match step {
             AuthStep::Continue(data) => {
                 if let Some(c) = self.conns.get_mut(k) {
-                    c.auth_method = Some(method.clone());
                     c.pending_connect = Some(Box::new(p));
                 }
                 self.push_auth(k, ReasonCode::ContinueAuthentication, method, data);
@@ -47,23 +53,16 @@ impl Broker {
             AuthStep::Success {
                 data,
                 authentication_name,
-            } => {
-                // Also when the first step succeeded at once: the client may
-                // re-authenticate with this method later [MQTT-4.12.1-1].
-                if let Some(c) = self.conns.get_mut(k) {
-                    c.auth_method = Some(method.clone());
-                }
-                self.finish_connect(
-                    now,
-                    k,
-                    p,
-                    Some(EnhancedOutcome {
-                        method,
-                        data,
-                        authentication_name,
-                    }),
-                )
-            }
+            } => self.finish_connect(
+                now,
+                k,
+                p,
+                Some(EnhancedOutcome {
+                    method,
+                    data,
+                    authentication_name,
+                }),
+            ),
             AuthStep::Failure(code) => self.refuse(k, failure_code(code, ReasonContext::ConnAck)),
         }
     }

@@ -311,14 +311,13 @@ impl Connection {
     ) -> Poll<bool> {
         let conn = self.conn;
         // A peer that floods must not starve the other connections on this thread:
-        // after this many rounds of progress the task yields.
+        // after 32 rounds of progress, or once its input has caused
+        // `FAIR_SHARE_DELIVERIES` deliveries, the task yields.
         let mut rounds = 0;
-        // Deliveries this connection's input caused in this poll (see
-        // `FAIR_SHARE_DELIVERIES`).
         let mut routed = 0;
         loop {
             rounds += 1;
-            if rounds > 32 {
+            if rounds > 32 || routed >= FAIR_SHARE_DELIVERIES {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
@@ -396,10 +395,6 @@ impl Connection {
                 Poll::Ready(Ok(_)) => {
                     routed += hub.borrow_mut().feed(clock(), conn, &mut self.io);
                     self.give_back(hub, shared);
-                    if routed >= FAIR_SHARE_DELIVERIES {
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
                     progressed = true;
                 }
                 Poll::Pending => self.give_back(hub, shared),

@@ -35,40 +35,43 @@ pub fn yield_async_io_thread() {
     tracing::debug!("no async-io fallback thread found");
 }
 
-/// True once the thread was found.
+/// The thread id of this process's `async-io` thread, once it has named itself.
+#[cfg(target_os = "linux")]
+fn async_io_thread() -> std::io::Result<Option<libc::pid_t>> {
+    for task in std::fs::read_dir("/proc/self/task")?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "async-io" {
+            if let Some(tid) = task.file_name().to_str().and_then(|s| s.parse().ok()) {
+                return Ok(Some(tid));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// True once there is nothing more to try: the thread was found, or this
+/// process's threads cannot be listed.
 #[cfg(target_os = "linux")]
 fn set_idle() -> bool {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return true;
+    let tid = match async_io_thread() {
+        Ok(Some(tid)) => tid,
+        Ok(None) => return false,
+        Err(_) => return true,
     };
-    for task in tasks.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != "async-io" {
-            continue;
-        }
-        let Some(tid) = task
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<libc::pid_t>().ok())
-        else {
-            continue;
-        };
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: `tid` names a thread of this process and `param` is a valid
-        // `sched_param` for the call's duration; `SCHED_IDLE` needs no privilege.
-        let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
-        if rc == 0 {
-            tracing::debug!(tid, "async-io fallback thread set to SCHED_IDLE");
-        } else {
-            tracing::debug!(
-                tid,
-                error = %std::io::Error::last_os_error(),
-                "could not lower the async-io fallback thread's priority"
-            );
-        }
-        return true;
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `tid` names a thread of this process and `param` is a valid
+    // `sched_param` for the call's duration; `SCHED_IDLE` needs no privilege.
+    let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        tracing::debug!(tid, "async-io fallback thread set to SCHED_IDLE");
+    } else {
+        tracing::debug!(
+            tid,
+            error = %std::io::Error::last_os_error(),
+            "could not lower the async-io fallback thread's priority"
+        );
     }
-    false
+    true
 }
 
 /// Elsewhere the helper keeps its default scheduling.
@@ -83,16 +86,9 @@ mod tests {
 
     /// The scheduling class of the thread named `async-io`, if there is one.
     fn async_io_policy() -> Option<i32> {
-        let tasks = std::fs::read_dir("/proc/self/task").expect("read /proc/self/task");
-        for task in tasks.flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() == "async-io" {
-                let tid: libc::pid_t = task.file_name().to_str()?.parse().ok()?;
-                // SAFETY: a read-only query about a thread of this process.
-                return Some(unsafe { libc::sched_getscheduler(tid) });
-            }
-        }
-        None
+        let tid = super::async_io_thread().expect("list /proc/self/task")?;
+        // SAFETY: a read-only query about a thread of this process.
+        Some(unsafe { libc::sched_getscheduler(tid) })
     }
 
     #[test]

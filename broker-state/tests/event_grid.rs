@@ -7,8 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use broker_state::{
-    AuthDecision, AuthRequest, AuthStep, Authenticator, Config, EnhancedAuthenticator,
-    OverflowPolicy, QueueLimits,
+    AuthDecision, AuthRequest, AuthStep, Authenticator, Config, OverflowPolicy, QueueLimits,
 };
 use mqtt_proto::bytes::Bytes;
 use mqtt_proto::*;
@@ -209,35 +208,17 @@ fn resuming_an_unowned_session_with_an_authentication_name_claims_it() {
 
 /// Names the owner after the Authentication Data of a one-step enhanced
 /// authentication ("anonymous" names nobody), at CONNECT and on re-authentication.
-struct TokenName;
-
-impl EnhancedAuthenticator for TokenName {
-    fn supports(&self, method: &str) -> bool {
-        method == "TOKEN"
-    }
-    fn start(
-        &mut self,
-        _method: &str,
-        _client_id: &str,
-        data: Option<&[u8]>,
-        _reauthenticate: bool,
-    ) -> AuthStep {
-        match data {
-            Some(b"anonymous") => AuthStep::Success {
-                data: None,
-                authentication_name: None,
-            },
-            Some(name) => AuthStep::Success {
-                data: None,
-                authentication_name: Some(String::from_utf8_lossy(name).into_owned()),
-            },
-            None => AuthStep::Failure(ReasonCode::NotAuthorized),
-        }
-    }
-    fn step(&mut self, _method: &str, _client_id: &str, _data: Option<&[u8]>) -> AuthStep {
-        AuthStep::Failure(ReasonCode::NotAuthorized)
-    }
-}
+const TOKEN_NAME: OneStepToken = OneStepToken(|data| match data {
+    Some(b"anonymous") => AuthStep::Success {
+        data: None,
+        authentication_name: None,
+    },
+    Some(name) => AuthStep::Success {
+        data: None,
+        authentication_name: Some(String::from_utf8_lossy(name).into_owned()),
+    },
+    None => AuthStep::Failure(ReasonCode::NotAuthorized),
+});
 
 fn token_connect(client_id: &str, token: &'static [u8]) -> Connect {
     let mut p = as_user(V5, client_id, None);
@@ -247,14 +228,7 @@ fn token_connect(client_id: &str, token: &'static [u8]) -> Connect {
 }
 
 fn reauth(token: &[u8]) -> Packet {
-    Packet::Auth(Auth {
-        reason_code: ReasonCode::ReAuthenticate,
-        properties: AuthProperties {
-            authentication_method: Some(MqttString::from_static("TOKEN").unwrap()),
-            authentication_data: Some(Bytes::copy_from_slice(token)),
-            ..Default::default()
-        },
-    })
+    auth(ReasonCode::ReAuthenticate, "TOKEN", token)
 }
 
 /// Re-authentication may renew the credentials of the session's owner, not change
@@ -263,7 +237,7 @@ fn reauth(token: &[u8]) -> Packet {
 #[test]
 fn reauthentication_as_another_authentication_name_is_disconnect_0x87_mqtt_4_12_1_2() {
     let mut sim = Sim::default();
-    sim.broker.set_enhanced_authenticator(Box::new(TokenName));
+    sim.broker.set_enhanced_authenticator(Box::new(TOKEN_NAME));
     let (c, ack) = code(&mut sim, token_connect("dev", b"alice"));
     assert_eq!(ack.reason_code, ReasonCode::Success);
     sim.send(c, reauth(b"alice"));

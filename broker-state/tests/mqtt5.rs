@@ -1555,17 +1555,6 @@ fn cr_sim(fail: ReasonCode) -> Sim {
     sim
 }
 
-fn auth(code: ReasonCode, method: &str, data: &'static [u8]) -> Packet {
-    Packet::Auth(Auth {
-        reason_code: code,
-        properties: AuthProperties {
-            authentication_method: Some(MqttString::copy_from_str(method).unwrap()),
-            authentication_data: Some(Bytes::from_static(data)),
-            ..Default::default()
-        },
-    })
-}
-
 fn expect_auth(sim: &mut Sim, c: C) -> Auth {
     match sim.recv(c) {
         Some(Packet::Auth(a)) => a,
@@ -1808,36 +1797,18 @@ fn reauthentication_with_another_method_is_disconnect_0x82_mqtt_4_12_1_1() {
 }
 
 /// Accepts the right token at once: CONNACK follows CONNECT without AUTH packets.
-struct OneStep;
-
-impl EnhancedAuthenticator for OneStep {
-    fn supports(&self, method: &str) -> bool {
-        method == "TOKEN"
-    }
-    fn start(
-        &mut self,
-        _method: &str,
-        _client_id: &str,
-        data: Option<&[u8]>,
-        _reauthenticate: bool,
-    ) -> AuthStep {
-        match data {
-            Some(b"token") => AuthStep::Success {
-                data: None,
-                authentication_name: Some("token-user".into()),
-            },
-            _ => AuthStep::Failure(ReasonCode::NotAuthorized),
-        }
-    }
-    fn step(&mut self, _method: &str, _client_id: &str, _data: Option<&[u8]>) -> AuthStep {
-        AuthStep::Failure(ReasonCode::NotAuthorized)
-    }
-}
+const ONE_STEP: OneStepToken = OneStepToken(|data| match data {
+    Some(b"token") => AuthStep::Success {
+        data: None,
+        authentication_name: Some("token-user".into()),
+    },
+    _ => AuthStep::Failure(ReasonCode::NotAuthorized),
+});
 
 #[test]
 fn reauthentication_after_a_connect_authenticated_in_one_step_mqtt_4_12_1_1() {
     let mut sim = Sim::default();
-    sim.broker.set_enhanced_authenticator(Box::new(OneStep));
+    sim.broker.set_enhanced_authenticator(Box::new(ONE_STEP));
     let c = ok(
         &mut sim,
         v5("c", |c| {

@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use broker_state::{
-    Authorizer, Broker, ClientInfo, Config, ConnId, Event, MemoryStore, Now, PeerInfo, StoreOp,
+    AuthStep, Authorizer, Broker, ClientInfo, Config, ConnId, EnhancedAuthenticator, Event,
+    MemoryStore, Now, PeerInfo, StoreOp,
 };
 use mqtt_proto::bytes::{Bytes, BytesMut};
 use mqtt_proto::*;
@@ -487,4 +488,39 @@ impl Authorizer for DenySecret {
     fn may_publish(&mut self, _client: ClientInfo<'_>, topic: &TopicName, _retain: bool) -> bool {
         !topic.as_str().starts_with("secret")
     }
+}
+
+/// A one-step enhanced authenticator for the method "TOKEN": the function maps the
+/// Authentication Data, at CONNECT and on re-authentication, to the outcome; a
+/// second step never succeeds.
+pub struct OneStepToken(pub fn(Option<&[u8]>) -> AuthStep);
+
+impl EnhancedAuthenticator for OneStepToken {
+    fn supports(&self, method: &str) -> bool {
+        method == "TOKEN"
+    }
+    fn start(
+        &mut self,
+        _method: &str,
+        _client_id: &str,
+        data: Option<&[u8]>,
+        _reauthenticate: bool,
+    ) -> AuthStep {
+        (self.0)(data)
+    }
+    fn step(&mut self, _method: &str, _client_id: &str, _data: Option<&[u8]>) -> AuthStep {
+        AuthStep::Failure(ReasonCode::NotAuthorized)
+    }
+}
+
+/// An AUTH packet with `method` and `data`.
+pub fn auth(code: ReasonCode, method: &str, data: &[u8]) -> Packet {
+    Packet::Auth(Auth {
+        reason_code: code,
+        properties: AuthProperties {
+            authentication_method: Some(MqttString::copy_from_str(method).unwrap()),
+            authentication_data: Some(Bytes::copy_from_slice(data)),
+            ..Default::default()
+        },
+    })
 }

@@ -14,13 +14,13 @@ use mqtt_proto::{
 use crate::alias::Budget;
 use crate::config::{Config, OverflowPolicy};
 use crate::event::{Event, Input, Now, PeerInfo, SessionRecord, StoreOp, StoredMessage};
-use crate::hash::{Map, SeededState, Set};
+use crate::hash::{Map, SeededState};
 use crate::hooks::{
     refusal_code, AllowAll, AuthRequest, Authenticator, Authorizer, ClientInfo,
     EnhancedAuthenticator,
 };
 use crate::ids::{ConnId, Key, Slab};
-use crate::outq::{Front, OutPool};
+use crate::outq::{Front, MsgRef, OutPool, SharedMsgs, SharedTag};
 use crate::rng::Rng;
 use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
 use crate::session::{
@@ -97,8 +97,13 @@ pub struct Broker {
     /// with output: idle connections hold no queue memory, and routing allocates
     /// none per message.
     out_pool: OutPool,
-    /// Sessions seen while routing one message (reused; detects overlaps).
-    route_marks: Set<Key>,
+    /// QoS 0 messages waiting in output queues, held once per route.
+    msgs: SharedMsgs,
+    /// A one-element list of Subscription Identifiers, lent to a shared message
+    /// while it is encoded for one receiver.
+    one_sub_id: Vec<NonZeroU32>,
+    /// Routes that matched more than one subscription, numbered (see `route`).
+    route_count: u32,
     stats: Stats,
 }
 
@@ -178,7 +183,9 @@ impl Broker {
             enhanced: None,
             scratch: Vec::new(),
             out_pool: OutPool::default(),
-            route_marks: Set::with_hasher(hasher),
+            route_count: 0,
+            msgs: SharedMsgs::default(),
+            one_sub_id: Vec::with_capacity(1),
             stats: Stats::default(),
         }
     }
@@ -389,7 +396,9 @@ impl Broker {
         if let ConnState::Active { .. } = c.state {
             self.lose_connection(now, k, true);
         }
-        self.conns.remove(k);
+        if let Some(mut c) = self.conns.remove(k) {
+            c.out.discard(&mut self.msgs);
+        }
     }
 
     /// Time passed: fires every due timer. Safe to call at any time; a call with
@@ -659,6 +668,37 @@ impl Broker {
                         f.sent = true;
                     }
                     c.out.pop_front(0);
+                }
+                Front::Shared(tag) => {
+                    let Some((p, size)) = self.msgs.get_mut(tag.msg) else {
+                        // Cannot happen: the tag holds a reference.
+                        c.out.pop_front(0);
+                        continue;
+                    };
+                    p.retain = tag.retain;
+                    if let Some(id) = tag.sub_id {
+                        self.one_sub_id.clear();
+                        self.one_sub_id.push(id);
+                        core::mem::swap(
+                            &mut p.properties.subscription_identifiers,
+                            &mut self.one_sub_id,
+                        );
+                    }
+                    let sent =
+                        c.out_aliases
+                            .encode(p, alias_max, c.peer_max_packet, v, buf, &budget);
+                    p.retain = false;
+                    if tag.sub_id.is_some() {
+                        core::mem::swap(
+                            &mut p.properties.subscription_identifiers,
+                            &mut self.one_sub_id,
+                        );
+                    }
+                    if !sent {
+                        break;
+                    }
+                    c.out.pop_front(size);
+                    self.msgs.release(tag.msg);
                 }
             }
         }
@@ -1202,15 +1242,28 @@ impl Broker {
             });
         }
         let matched = matches.len();
+        // The QoS 0 copy the receivers share, made at the first one that takes it
+        // (with one receiver, a copy of its own costs less).
+        let mut shared_msg: Option<MsgRef> = None;
+        let fan_out = matched > 1;
         // Merge duplicates only when a session appears twice through non-shared
         // subscriptions (overlapping filters). A shared subscription delivers its own
         // copy, even to a client that also has a matching non-shared one (5.0 4.8.2).
+        //
+        // Each session is marked with this route's number as it is seen: a session
+        // already marked is a duplicate. (After 2^32 routes a mark left from long ago
+        // can look current; that only sends the route through the merging path,
+        // which gives the same deliveries when nothing overlaps.)
         let dup = matches.len() > 1 && {
-            let marks = &mut self.route_marks;
-            marks.clear();
-            matches
-                .iter()
-                .any(|m| m.shared.is_none() && !marks.insert(m.entry.session))
+            self.route_count = self.route_count.wrapping_add(1);
+            let count = self.route_count;
+            let sessions = &mut self.sessions;
+            matches.iter().any(|m| {
+                m.shared.is_none()
+                    && sessions
+                        .get_mut(m.entry.session)
+                        .is_some_and(|s| core::mem::replace(&mut s.route_mark, count) == count)
+            })
         };
         if dup {
             // Non-shared matches first, grouped by session; shared ones after, alone.
@@ -1242,6 +1295,7 @@ impl Broker {
                     ids,
                     expires_at,
                     shared,
+                    fan_out.then_some(&mut shared_msg),
                 );
                 i = j;
             }
@@ -1258,16 +1312,22 @@ impl Broker {
                     ids,
                     expires_at,
                     m.shared.clone(),
+                    fan_out.then_some(&mut shared_msg),
                 );
             }
         }
-        self.route_marks.clear();
+        if let Some(msg) = shared_msg {
+            self.msgs.release(msg);
+        }
         self.scratch = matches;
         Routed { matched }
     }
 
     /// Delivers one message to one session: straight out if the connection is
     /// online and the window allows, else into the session queue.
+    ///
+    /// `shared_msg` is the route's copy of the message for QoS 0 receivers, made by
+    /// the first that takes it (`None`: this delivery makes its own).
     #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
@@ -1279,15 +1339,11 @@ impl Broker {
         sub_ids: Vec<NonZeroU32>,
         expires_at: Option<Instant>,
         shared: Option<TopicFilter>,
+        shared_msg: Option<&mut Option<MsgRef>>,
     ) {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
-        let shared = shared.map(|filter| (filter, template.qos));
-        let mut p = template.clone();
-        p.qos = qos;
-        p.retain = retain;
-        p.properties.subscription_identifiers = sub_ids;
         let online = s.conn.and_then(|c| {
             let ck = key(c);
             self.conns
@@ -1295,6 +1351,49 @@ impl Broker {
                 .filter(|c| c.session() == Some(sk))
                 .map(|c| (ck, c))
         });
+        // QoS 0 to an online receiver, the fan-out case: a tag naming the route's
+        // one copy. Receivers with a Maximum Packet Size, or several Subscription
+        // Identifiers, take the general path below.
+        if let (QoS::AtMostOnce, Some((ck, c)), Some(shared_msg)) = (qos, online, shared_msg) {
+            if c.peer_max_packet == u32::MAX && sub_ids.len() <= 1 {
+                if c.out.bytes() >= self.config.outbound_buffer_bytes {
+                    self.stats.dropped_qos0_slow_consumer += 1;
+                    return;
+                }
+                if expires_at.is_some_and(|at| at <= now.instant) {
+                    self.stats.expired += 1;
+                    return;
+                }
+                let msg = match *shared_msg {
+                    Some(msg) => msg,
+                    None => {
+                        let mut p = template.clone();
+                        p.qos = QoS::AtMostOnce;
+                        p.retain = false;
+                        p.dup = false;
+                        p.packet_id = None;
+                        p.properties.subscription_identifiers = Vec::new();
+                        refresh_expiry(&mut p, expires_at, now.instant);
+                        let size = approx_size(&p);
+                        *shared_msg.insert(self.msgs.insert(p, size))
+                    }
+                };
+                self.msgs.retain(msg);
+                let tag = SharedTag {
+                    msg,
+                    sub_id: sub_ids.first().copied(),
+                    retain,
+                };
+                let size = self.msgs.size(msg);
+                self.stats.deliveries += 1;
+                return self.push_shared(ck, tag, size);
+            }
+        }
+        let shared = shared.map(|filter| (filter, template.qos));
+        let mut p = template.clone();
+        p.qos = qos;
+        p.retain = retain;
+        p.properties.subscription_identifiers = sub_ids;
         match online {
             Some((ck, c)) => {
                 if qos == QoS::AtMostOnce {
@@ -1828,6 +1927,7 @@ impl Broker {
                     sub_id.into_iter().collect(),
                     expires_at,
                     None,
+                    None,
                 );
             }
         }
@@ -2138,6 +2238,7 @@ impl Broker {
                 entry.id.into_iter().collect(),
                 q.expires_at,
                 Some(filter.clone()),
+                None,
             );
         }
     }
@@ -2168,6 +2269,19 @@ impl Broker {
         };
         let size = out_size(&packet);
         c.out.push_packet(packet, size, &mut self.out_pool);
+        if !c.transmit_signalled {
+            c.transmit_signalled = true;
+            self.events.push_back(Event::Transmit(conn_id(k)));
+        }
+    }
+
+    /// Queues a reference to a shared QoS 0 message (its reference already taken).
+    fn push_shared(&mut self, k: Key, tag: SharedTag, size: usize) {
+        let Some(c) = self.conns.get_mut(k) else {
+            self.msgs.release(tag.msg);
+            return;
+        };
+        c.out.push_shared(tag, size, &mut self.out_pool);
         if !c.transmit_signalled {
             c.transmit_signalled = true;
             self.events.push_back(Event::Transmit(conn_id(k)));

@@ -6,7 +6,7 @@
 //! seed (from the config's rng seed) keeps flooding one bucket expensive to plan.
 
 use core::hash::{BuildHasher, Hasher};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// FxHash-style multiply-rotate hasher with a seed.
 #[derive(Clone, Copy)]
@@ -92,4 +92,3 @@ impl BuildHasher for SeededState {
 }
 
 pub(crate) type Map<K, V> = HashMap<K, V, SeededState>;
-pub(crate) type Set<K> = HashSet<K, SeededState>;

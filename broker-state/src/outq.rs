@@ -6,10 +6,16 @@
 //! That keeps a fan-out delivery from copying the message a second time (a `Packet`
 //! slot is a few hundred bytes), which, with a deep window per subscriber, was the
 //! largest cost on the QoS 1 path.
+//!
+//! A QoS 0 PUBLISH routed to many connections is not copied per receiver either: the
+//! message is held once in [`SharedMsgs`], and each receiver's queue holds a tag
+//! naming it with what differs per receiver (RETAIN as published, one
+//! Subscription Identifier).
 
+use core::num::NonZeroU32;
 use std::collections::VecDeque;
 
-use mqtt_proto::{Packet, PacketId};
+use mqtt_proto::{Packet, PacketId, Publish};
 
 /// What goes out next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,13 +24,132 @@ enum Tag {
     Packets(u32),
     /// The in-flight PUBLISH with this packet id; `size` as counted in `bytes`.
     Flight { id: PacketId, size: u32 },
+    /// The shared QoS 0 message `msg`, with this receiver's RETAIN flag and
+    /// Subscription Identifier.
+    Shared(SharedTag),
+}
+
+/// A receiver's reference to a shared QoS 0 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SharedTag {
+    pub(crate) msg: MsgRef,
+    pub(crate) sub_id: Option<NonZeroU32>,
+    pub(crate) retain: bool,
 }
 
 /// The front of the queue.
 pub(crate) enum Front<'a> {
     Packet(&'a mut Packet),
     Flight(PacketId),
+    Shared(SharedTag),
 }
+
+/// A message held in [`SharedMsgs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct MsgRef(u32);
+
+/// QoS 0 messages waiting in several output queues, each held once and counted:
+/// a fan-out to N receivers costs one copy of the `Publish` and N small tags instead
+/// of N copies (each a few hundred bytes moved, and its shared buffers' reference
+/// counts raised and dropped atomically).
+///
+/// A message lives while a queue tag (or a route in progress) refers to it. The
+/// counts are the broker's to keep: every tag pushed takes a reference, every tag
+/// sent or discarded gives it back (`check_invariants` recounts them).
+#[derive(Default)]
+pub(crate) struct SharedMsgs {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+struct Slot {
+    refs: u32,
+    /// Bytes each receiver's queue counts for it (tag included).
+    size: u32,
+    publish: Option<Publish>,
+}
+
+/// Slots kept once every message is gone; past this the table is freed, so that a
+/// burst does not hold its peak for good.
+const SHARED_SLOTS_KEPT: usize = 4096;
+
+impl SharedMsgs {
+    /// Holds `publish` with one reference (the caller's); `size` is what each
+    /// receiver's queue will count for it.
+    pub(crate) fn insert(&mut self, publish: Publish, size: usize) -> MsgRef {
+        let size = u32::try_from(size + SHARED_SLOT).unwrap_or(u32::MAX);
+        self.live += 1;
+        let slot = Slot {
+            refs: 1,
+            size,
+            publish: Some(publish),
+        };
+        if let Some(i) = self.free.pop() {
+            self.slots[i as usize] = slot;
+            return MsgRef(i);
+        }
+        let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+        self.slots.push(slot);
+        MsgRef(i)
+    }
+
+    /// One more reference to `r`.
+    #[inline]
+    pub(crate) fn retain(&mut self, r: MsgRef) {
+        if let Some(s) = self.slots.get_mut(r.0 as usize) {
+            s.refs += 1;
+        }
+    }
+
+    /// Gives one reference back; the last one frees the message.
+    #[inline]
+    pub(crate) fn release(&mut self, r: MsgRef) {
+        let Some(s) = self.slots.get_mut(r.0 as usize) else {
+            return;
+        };
+        debug_assert!(s.refs > 0, "shared message released more often than held");
+        s.refs = s.refs.saturating_sub(1);
+        if s.refs == 0 && s.publish.is_some() {
+            s.publish = None;
+            self.live -= 1;
+            if self.live == 0 && self.slots.len() > SHARED_SLOTS_KEPT {
+                self.slots = Vec::new();
+                self.free = Vec::new();
+            } else {
+                self.free.push(r.0);
+            }
+        }
+    }
+
+    /// The message and the bytes a queue counts for it.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, r: MsgRef) -> Option<(&mut Publish, usize)> {
+        let s = self.slots.get_mut(r.0 as usize)?;
+        let size = s.size as usize;
+        s.publish.as_mut().map(|p| (p, size))
+    }
+
+    /// Bytes a queue counts for `r` (0 if it is gone).
+    pub(crate) fn size(&self, r: MsgRef) -> usize {
+        self.slots
+            .get(r.0 as usize)
+            .filter(|s| s.publish.is_some())
+            .map_or(0, |s| s.size as usize)
+    }
+
+    /// Messages held, with their reference counts, for the invariant checks.
+    pub(crate) fn held(&self) -> impl Iterator<Item = (MsgRef, u32)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.publish.is_some())
+            .map(|(i, s)| (MsgRef(i as u32), s.refs))
+    }
+}
+
+/// Bytes counted for a shared tag besides its message's size.
+const SHARED_SLOT: usize = core::mem::size_of::<Tag>();
 
 /// Bytes counted for a flight tag besides its message's size.
 const FLIGHT_SLOT: usize = core::mem::size_of::<Tag>();
@@ -167,6 +292,37 @@ impl OutQueue {
         self.order.push_back(Tag::Flight { id, size });
     }
 
+    /// Queues a reference to a shared message (the caller has taken the reference);
+    /// `size` is what [`SharedMsgs`] counts for it.
+    #[inline]
+    pub(crate) fn push_shared(&mut self, tag: SharedTag, size: usize, pool: &mut OutPool) {
+        pool.tags.take(&mut self.order);
+        self.bytes += size;
+        self.order.push_back(Tag::Shared(tag));
+    }
+
+    /// Discards everything waiting, giving back the shared messages it refers to
+    /// (a connection that goes away with output unsent).
+    pub(crate) fn discard(&mut self, msgs: &mut SharedMsgs) {
+        for t in self.order.drain(..) {
+            if let Tag::Shared(s) = t {
+                msgs.release(s.msg);
+            }
+        }
+        self.packets.clear();
+        self.lead = 0;
+        self.flights = 0;
+        self.bytes = 0;
+    }
+
+    /// The shared messages this queue refers to, once per tag.
+    pub(crate) fn shared_refs(&self) -> impl Iterator<Item = MsgRef> + '_ {
+        self.order.iter().filter_map(|t| match t {
+            Tag::Shared(s) => Some(s.msg),
+            _ => None,
+        })
+    }
+
     #[inline]
     pub(crate) fn front(&mut self) -> Option<Front<'_>> {
         if self.lead > 0 {
@@ -175,11 +331,12 @@ impl OutQueue {
         match self.order.front()? {
             Tag::Packets(_) => self.packets.front_mut().map(Front::Packet),
             Tag::Flight { id, .. } => Some(Front::Flight(*id)),
+            Tag::Shared(s) => Some(Front::Shared(*s)),
         }
     }
 
-    /// Removes the front; `packet_size` is what the packet counted when pushed
-    /// (ignored for a flight, which remembers its own).
+    /// Removes the front; `packet_size` is what the packet (or shared message)
+    /// counted when pushed (ignored for a flight, which remembers its own).
     #[inline]
     pub(crate) fn pop_front(&mut self, packet_size: usize) {
         if self.lead > 0 {
@@ -198,17 +355,25 @@ impl OutQueue {
                 self.bytes = self.bytes.saturating_sub(FLIGHT_SLOT + size as usize);
                 self.flights -= 1;
             }
+            Some(Tag::Shared(_)) => {
+                self.bytes = self.bytes.saturating_sub(packet_size);
+            }
             None => {}
         }
     }
 
     /// Recomputes `bytes` from the contents, for the invariant checks.
-    pub(crate) fn recount(&self, packet_size: impl Fn(&Packet) -> usize) -> usize {
+    pub(crate) fn recount(
+        &self,
+        packet_size: impl Fn(&Packet) -> usize,
+        shared_size: impl Fn(MsgRef) -> usize,
+    ) -> usize {
         let flights: usize = self
             .order
             .iter()
             .map(|t| match t {
                 Tag::Flight { size, .. } => FLIGHT_SLOT + *size as usize,
+                Tag::Shared(s) => shared_size(s.msg),
                 Tag::Packets(_) => 0,
             })
             .sum();
@@ -224,6 +389,7 @@ impl OutQueue {
                 Tag::Packets(0) => return Err("an empty run of packets"),
                 Tag::Packets(n) => packets += *n as usize,
                 Tag::Flight { .. } => flights += 1,
+                Tag::Shared(_) => {}
             }
         }
         if packets != self.packets.len() {

@@ -85,6 +85,9 @@ pub(crate) struct Session {
     /// since). A session can stop being persistent while it lives (a resume or a
     /// DISCONNECT with expiry 0), and its record must then still be removed.
     pub(crate) stored: bool,
+    /// The last route (by the broker's route count) that matched this session; a
+    /// second match in the same route means overlapping subscriptions.
+    pub(crate) route_mark: u32,
 }
 
 impl Session {
@@ -105,6 +108,7 @@ impl Session {
             next_seq: 0,
             delayed_will: None,
             stored: false,
+            route_mark: 0,
         }
     }
 

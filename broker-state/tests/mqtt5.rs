@@ -1840,3 +1840,88 @@ fn auth_from_a_client_that_did_not_use_enhanced_auth_is_disconnect_0x82_mqtt_4_1
     assert!(!reason_string(&d.properties.reason_string).is_empty());
     assert_eq!(sim.closed(c), Some(ReasonCode::ProtocolError));
 }
+
+/// A QoS 0 message to several receivers is held once and encoded for each: every
+/// receiver still gets its own RETAIN flag [MQTT-3.3.1-12], its own Subscription
+/// Identifier [MQTT-3.3.4-3], its protocol's encoding, its own topic alias, and
+/// nothing over its Maximum Packet Size [MQTT-3.1.2-24]; a receiver that goes away
+/// with the message unsent takes nothing from the others.
+#[test]
+fn a_qos0_fan_out_is_encoded_for_each_receiver_mqtt_3_3_1_12_and_3_3_4_3() {
+    let mut sim = Sim::default();
+    let old = sim.connect(V4, "old", true);
+    let keep = sim.connect(V5, "keep", true);
+    let alias = ok(
+        &mut sim,
+        v5("alias", |c| c.properties.topic_alias_maximum = Some(4)),
+    );
+    let small = ok(
+        &mut sim,
+        v5("small", |c| {
+            c.properties.maximum_packet_size = NonZeroU32::new(40)
+        }),
+    );
+    let gone = sim.connect(V5, "gone", true);
+    sim.subscribe(old, "f/t", QoS::AtMostOnce);
+    sim.subscribe_opts(
+        keep,
+        "f/+",
+        opts(QoS::AtMostOnce, |o| o.retain_as_published = true),
+        Some(9),
+    );
+    for c in [alias, small, gone] {
+        sim.subscribe(c, "f/t", QoS::AtMostOnce);
+    }
+    sim.reading[gone] = false;
+
+    let p = sim.connect(V5, "p", true);
+    let mut m = publish_packet("f/t", QoS::AtMostOnce, true, None, &[7u8; 48]);
+    m.properties.user_properties = props(&[("k", "v")]);
+    m.properties.message_expiry_interval = Some(60);
+    sim.send_publish(p, m.clone());
+    sim.send_publish(p, m);
+    sim.kill(gone);
+    sim.broker.check_invariants().expect("invariants");
+
+    let got = sim.publishes(old);
+    assert_eq!(got.len(), 2);
+    for m in &got {
+        assert!(!m.retain, "[MQTT-3.3.1-12] without Retain As Published");
+        assert_eq!(m.topic.as_str(), "f/t");
+        assert_eq!(m.payload.as_ref(), &[7u8; 48]);
+    }
+    let got = sim.publishes(keep);
+    assert_eq!(got.len(), 2);
+    for m in &got {
+        assert!(m.retain, "Retain As Published");
+        let ids: Vec<u32> = m
+            .properties
+            .subscription_identifiers
+            .iter()
+            .map(|i| i.get())
+            .collect();
+        assert_eq!(ids, [9], "[MQTT-3.3.4-3]");
+        assert_eq!(
+            pairs(&m.properties.user_properties),
+            [("k".into(), "v".into())]
+        );
+        assert_eq!(m.properties.message_expiry_interval, Some(60));
+        assert_eq!(m.properties.topic_alias, None);
+    }
+    let got = sim.publishes(alias);
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[0].topic.as_str(), got[0].properties.topic_alias),
+        ("f/t", NonZeroU16::new(1))
+    );
+    assert_eq!(
+        (got[1].topic.as_str(), got[1].properties.topic_alias),
+        ("", NonZeroU16::new(1)),
+        "the second one by its alias alone"
+    );
+    assert!(got
+        .iter()
+        .all(|m| !m.retain && m.properties.subscription_identifiers.is_empty()));
+    assert_eq!(sim.publishes(small).len(), 0, "[MQTT-3.1.2-24]");
+    assert_eq!(sim.broker.stats().dropped_too_large, 2);
+}

@@ -264,10 +264,19 @@ pub(crate) fn read_properties(
 /// A property block's contents, written the same way into a counter or a buffer.
 pub(crate) trait WriteProperties {
     fn write<S: Sink>(&self, s: &mut S);
+    /// True when there is nothing to write (a cheap test; `false` is always safe).
+    fn nothing_to_write(&self) -> bool {
+        false
+    }
 }
 
 /// Writes a property block: its length, then the properties [MQTT-2.2.2].
 pub(crate) fn write_block<S: Sink, P: WriteProperties>(s: &mut S, properties: &P) {
+    // Most PUBLISHes carry no properties: one zero byte, without walking them twice.
+    if properties.nothing_to_write() {
+        s.put_vbi(0);
+        return;
+    }
     let mut c = Counter::default();
     properties.write(&mut c);
     s.put_vbi(c.0 as u32);
@@ -569,6 +578,10 @@ impl PublishProperties {
 }
 
 impl WriteProperties for PublishProperties {
+    #[inline]
+    fn nothing_to_write(&self) -> bool {
+        self.is_empty()
+    }
     fn write<S: Sink>(&self, s: &mut S) {
         put_byte(
             s,

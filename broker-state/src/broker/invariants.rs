@@ -28,7 +28,7 @@ impl Broker {
             c.out
                 .check()
                 .map_err(|e| format!("{id}: output queue: {e}"))?;
-            let out = c.out.recount(out_size);
+            let out = c.out.recount(out_size, |m| self.msgs.size(m));
             if out != c.out.bytes() {
                 return Err(format!(
                     "{id}: output counts {} bytes but {out} bytes are waiting",
@@ -127,6 +127,25 @@ impl Broker {
                 "the route table holds {} subscriptions, the sessions {subscriptions}",
                 self.router.len()
             ));
+        }
+        // Every shared QoS 0 message is referred to exactly as often as it counts,
+        // and only by queue tags (no route is in progress between inputs).
+        let mut refs: std::collections::BTreeMap<_, u32> = Default::default();
+        for (_, c) in self.conns.iter() {
+            for m in c.out.shared_refs() {
+                *refs.entry(m).or_default() += 1;
+            }
+        }
+        for (m, held) in self.msgs.held() {
+            let tags = refs.remove(&m).unwrap_or(0);
+            if tags != held {
+                return Err(format!(
+                    "shared message {m:?} counts {held} references, {tags} tags name it"
+                ));
+            }
+        }
+        if let Some(m) = refs.keys().next() {
+            return Err(format!("a tag names shared message {m:?}, which is gone"));
         }
         let counted: usize = self.sessions_per_auth.values().sum();
         if counted != owned {

@@ -9,7 +9,7 @@
 use core::num::NonZeroU16;
 
 use bytes::{Bytes, BytesMut};
-use mqtt_proto::{ProtocolVersion, Publish, TopicName};
+use mqtt_proto::{Delivery, ProtocolVersion, Publish, TopicName};
 
 use crate::hash::{Map, SeededState};
 
@@ -36,8 +36,8 @@ pub(crate) struct Budget {
 }
 
 impl OutboundAliases {
-    fn decide(&self, p: &Publish, max: u16) -> Use {
-        if max == 0 || p.topic.is_empty() || p.properties.topic_alias.is_some() {
+    fn decide(&self, p: &Publish, d: &Delivery<'_>, max: u16) -> Use {
+        if max == 0 || p.topic.is_empty() || d.topic_alias.is_some() {
             return Use::Plain;
         }
         let Some(map) = &self.map else {
@@ -55,13 +55,15 @@ impl OutboundAliases {
             .map_or(Use::Plain, Use::New)
     }
 
-    /// Appends `p` to `buf`, with an alias if one exists or can be assigned within
-    /// the peer's `max` (0: none), never pushing it over `peer_max_packet`. `p` is
-    /// left as it was. Returns false, writing nothing and assigning nothing, when the
-    /// packet would take the write past its budget and is not the first in it.
+    /// Appends `p` as delivered with `d` to `buf`, with an alias if one exists or
+    /// can be assigned within the peer's `max` (0: none), never pushing it over
+    /// `peer_max_packet`. Returns false, writing nothing and assigning nothing, when
+    /// the packet would take the write past its budget and is not the first in it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode(
         &mut self,
-        p: &mut Publish,
+        p: &Publish,
+        mut d: Delivery<'_>,
         max: u16,
         peer_max_packet: u32,
         v: ProtocolVersion,
@@ -69,32 +71,28 @@ impl OutboundAliases {
         budget: &Budget,
     ) -> bool {
         let before = buf.len();
-        let mut used = self.decide(p, max);
-        // Encoding can only fail for packets the version cannot express, which the
-        // broker does not queue; such a packet is skipped rather than sent wrong.
+        let mut used = self.decide(p, &d, max);
         match used {
-            Use::Plain => {
-                let _ = p.encode(v, buf);
-            }
+            Use::Plain => {}
             Use::Known(alias) => {
-                p.properties.topic_alias = Some(alias);
-                let topic = core::mem::take(&mut p.topic);
-                let _ = p.encode(v, buf);
-                p.topic = topic;
-                p.properties.topic_alias = None;
+                d.topic_alias = Some(alias);
+                d.omit_topic = true;
             }
             Use::New(alias) => {
-                p.properties.topic_alias = Some(alias);
+                d.topic_alias = Some(alias);
                 // The alias property adds three bytes: never push a packet over the
                 // limit for it.
-                if peer_max_packet != u32::MAX && p.encoded_len(v) > peer_max_packet as usize {
-                    p.properties.topic_alias = None;
+                if peer_max_packet != u32::MAX
+                    && p.encoded_len_for(v, &d) > peer_max_packet as usize
+                {
+                    d.topic_alias = None;
                     used = Use::Plain;
                 }
-                let _ = p.encode(v, buf);
-                p.properties.topic_alias = None;
             }
         }
+        // Encoding can only fail for packets the version cannot express, which the
+        // broker does not queue; such a packet is skipped rather than sent wrong.
+        let _ = p.encode_for(v, &d, buf);
         if before > budget.start && buf.len() - budget.start > budget.bytes {
             buf.truncate(before);
             return false;

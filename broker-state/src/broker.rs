@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use core::num::{NonZeroU16, NonZeroU32};
 use mqtt_proto::{
-    AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttString,
-    Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, ReasonContext,
+    AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Delivery, Disconnect,
+    MqttString, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, ReasonContext,
     RetainHandling, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
@@ -99,9 +99,6 @@ pub struct Broker {
     out_pool: OutPool,
     /// QoS 0 messages waiting in output queues, held once per route.
     msgs: SharedMsgs,
-    /// A one-element list of Subscription Identifiers, lent to a shared message
-    /// while it is encoded for one receiver.
-    one_sub_id: Vec<NonZeroU32>,
     /// Routes that matched more than one subscription, numbered (see `route`).
     route_count: u32,
     stats: Stats,
@@ -185,7 +182,6 @@ impl Broker {
             out_pool: OutPool::default(),
             route_count: 0,
             msgs: SharedMsgs::default(),
-            one_sub_id: Vec::with_capacity(1),
             stats: Stats::default(),
         }
     }
@@ -617,10 +613,15 @@ impl Broker {
                     // Measured as queued.
                     let size = out_size(p);
                     if let Packet::Publish(p) = p {
-                        if !c
-                            .out_aliases
-                            .encode(p, alias_max, c.peer_max_packet, v, buf, &budget)
-                        {
+                        if !c.out_aliases.encode(
+                            p,
+                            p.as_delivery(),
+                            alias_max,
+                            c.peer_max_packet,
+                            v,
+                            buf,
+                            &budget,
+                        ) {
                             break;
                         }
                     } else {
@@ -658,11 +659,16 @@ impl Broker {
                         .and_then(|s| unsent_flight(&mut s.inflight, id, flights));
                     // Gone (acknowledged early, or dropped): nothing to send.
                     if let Some(f) = flight {
-                        let p = &mut f.msg.publish;
-                        if !c
-                            .out_aliases
-                            .encode(p, alias_max, c.peer_max_packet, v, buf, &budget)
-                        {
+                        let p = &f.msg.publish;
+                        if !c.out_aliases.encode(
+                            p,
+                            p.as_delivery(),
+                            alias_max,
+                            c.peer_max_packet,
+                            v,
+                            buf,
+                            &budget,
+                        ) {
                             break;
                         }
                         f.sent = true;
@@ -670,31 +676,20 @@ impl Broker {
                     c.out.pop_front(0);
                 }
                 Front::Shared(tag) => {
-                    let Some((p, size)) = self.msgs.get_mut(tag.msg) else {
+                    let Some((p, size)) = self.msgs.get(tag.msg) else {
                         // Cannot happen: the tag holds a reference.
                         c.out.pop_front(0);
                         continue;
                     };
-                    p.retain = tag.retain;
-                    if let Some(id) = tag.sub_id {
-                        self.one_sub_id.clear();
-                        self.one_sub_id.push(id);
-                        core::mem::swap(
-                            &mut p.properties.subscription_identifiers,
-                            &mut self.one_sub_id,
-                        );
-                    }
-                    let sent =
-                        c.out_aliases
-                            .encode(p, alias_max, c.peer_max_packet, v, buf, &budget);
-                    p.retain = false;
-                    if tag.sub_id.is_some() {
-                        core::mem::swap(
-                            &mut p.properties.subscription_identifiers,
-                            &mut self.one_sub_id,
-                        );
-                    }
-                    if !sent {
+                    let d = Delivery {
+                        retain: tag.retain,
+                        subscription_identifiers: tag.sub_id.as_slice(),
+                        ..p.as_delivery()
+                    };
+                    if !c
+                        .out_aliases
+                        .encode(p, d, alias_max, c.peer_max_packet, v, buf, &budget)
+                    {
                         break;
                     }
                     c.out.pop_front(size);

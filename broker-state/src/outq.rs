@@ -124,10 +124,9 @@ impl SharedMsgs {
 
     /// The message and the bytes a queue counts for it.
     #[inline]
-    pub(crate) fn get_mut(&mut self, r: MsgRef) -> Option<(&mut Publish, usize)> {
-        let s = self.slots.get_mut(r.0 as usize)?;
-        let size = s.size as usize;
-        s.publish.as_mut().map(|p| (p, size))
+    pub(crate) fn get(&self, r: MsgRef) -> Option<(&Publish, usize)> {
+        let s = self.slots.get(r.0 as usize)?;
+        s.publish.as_ref().map(|p| (p, s.size as usize))
     }
 
     /// Bytes a queue counts for `r` (0 if it is gone).

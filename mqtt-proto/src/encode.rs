@@ -5,14 +5,14 @@
 //! for 3.1 and 3.1.1.
 
 use bytes::BytesMut;
-use core::num::NonZeroU32;
+use core::num::{NonZeroU16, NonZeroU32};
 
 use crate::error::EncodeError;
 use crate::io::{vbi_len, Counter, Sink, MAX_VARIABLE_BYTE_INTEGER};
 use crate::packet::*;
-use crate::properties::write_block;
+use crate::properties::{write_block, DeliveredProperties};
 use crate::reason::ReasonCode;
-use crate::types::{ProtocolVersion, QoS};
+use crate::types::{PacketId, ProtocolVersion, QoS};
 
 impl Packet {
     /// Bytes this packet takes on the wire at `version`, fixed header included.
@@ -71,7 +71,7 @@ impl Packet {
                     ));
                 }
             }
-            Packet::Publish(p) => return p.check(),
+            Packet::Publish(p) => return p.check(&p.as_delivery()),
             Packet::ConnAck(c) if too_long(c.properties.authentication_data.as_deref()) => {
                 return Err(EncodeError::Unrepresentable(BIN));
             }
@@ -112,7 +112,7 @@ impl Packet {
                     s.put_u8(c.reason_code.connack_v3_code());
                 }
             }
-            Packet::Publish(p) => p.write_body(v, s),
+            Packet::Publish(p) => p.write_body(v, &p.as_delivery(), s),
             Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
                 s.put_u16(a.packet_id.get());
                 // [MQTT-3.4.2.1] Success without properties is sent as the short form.
@@ -212,12 +212,55 @@ fn frame(
 const BIN: &str = "binary data longer than 65535 bytes";
 const SUB_ID: &str = "a subscription identifier above 268435455";
 
+/// What a broker sets per receiver when it forwards a stored message: the fields of
+/// the PUBLISH that differ from one delivery to the next. [`Publish::encode_for`]
+/// writes the message with these in place of its own, so one stored `Publish` can
+/// be sent to many receivers without a copy per receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery<'a> {
+    /// DUP [MQTT-3.3.1-1].
+    pub dup: bool,
+    /// QoS of this delivery.
+    pub qos: QoS,
+    /// RETAIN of this delivery.
+    pub retain: bool,
+    /// Present exactly when `qos` is above 0.
+    pub packet_id: Option<PacketId>,
+    /// The Message Expiry Interval to send (the time left), instead of the message's.
+    pub message_expiry_interval: Option<u32>,
+    /// Subscription Identifiers to send, instead of the message's.
+    pub subscription_identifiers: &'a [NonZeroU32],
+    /// Topic Alias to send, instead of the message's.
+    pub topic_alias: Option<NonZeroU16>,
+    /// Send an empty Topic Name (the alias stands for it) [MQTT-3.3.2-12].
+    pub omit_topic: bool,
+}
+
 impl Publish {
+    /// The delivery this PUBLISH describes by itself: its own flags and fields.
+    pub fn as_delivery(&self) -> Delivery<'_> {
+        Delivery {
+            dup: self.dup,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: self.packet_id,
+            message_expiry_interval: self.properties.message_expiry_interval,
+            subscription_identifiers: &self.properties.subscription_identifiers,
+            topic_alias: self.properties.topic_alias,
+            omit_topic: false,
+        }
+    }
+
     /// Bytes this PUBLISH takes on the wire at `version`, as
     /// [`Packet::encoded_len`] of `Packet::Publish` (without moving it into one).
     pub fn encoded_len(&self, version: ProtocolVersion) -> usize {
+        self.encoded_len_for(version, &self.as_delivery())
+    }
+
+    /// Bytes [`Publish::encode_for`] writes.
+    pub fn encoded_len_for(&self, version: ProtocolVersion, d: &Delivery<'_>) -> usize {
         let mut c = Counter::default();
-        self.write_body(version, &mut c);
+        self.write_body(version, d, &mut c);
         1 + vbi_len(c.0.min(MAX_VARIABLE_BYTE_INTEGER as usize) as u32) + c.0
     }
 
@@ -225,11 +268,25 @@ impl Publish {
     ///
     /// On error nothing is written.
     pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
-        self.check()?;
+        self.encode_for(version, &self.as_delivery(), buf)
+    }
+
+    /// Appends this message as delivered with `d`: topic, payload and the other
+    /// properties are the message's, the fields of `d` replace its own.
+    ///
+    /// On error nothing is written.
+    pub fn encode_for(
+        &self,
+        version: ProtocolVersion,
+        d: &Delivery<'_>,
+        buf: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        self.check(d)?;
         let mut c = Counter::default();
-        self.write_body(version, &mut c);
-        frame(self.flags() | (3 << 4), c.0, buf, |buf| {
-            self.write_body(version, buf)
+        self.write_body(version, d, &mut c);
+        let flags = (u8::from(d.dup) << 3) | (d.qos.as_u8() << 1) | u8::from(d.retain);
+        frame(flags | (3 << 4), c.0, buf, |buf| {
+            self.write_body(version, d, buf)
         })
     }
 
@@ -237,7 +294,7 @@ impl Publish {
         (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain)
     }
 
-    fn check(&self) -> Result<(), EncodeError> {
+    fn check(&self, d: &Delivery<'_>) -> Result<(), EncodeError> {
         if self
             .properties
             .correlation_data
@@ -247,15 +304,13 @@ impl Publish {
             return Err(EncodeError::Unrepresentable(BIN));
         }
         // A Subscription Identifier is a Variable Byte Integer [MQTT-3.3.2.3.8].
-        if self
-            .properties
-            .subscription_identifiers
+        if d.subscription_identifiers
             .iter()
             .any(|id| id.get() > MAX_VARIABLE_BYTE_INTEGER)
         {
             return Err(EncodeError::Unrepresentable(SUB_ID));
         }
-        if (self.qos == QoS::AtMostOnce) != self.packet_id.is_none() {
+        if (d.qos == QoS::AtMostOnce) != d.packet_id.is_none() {
             return Err(EncodeError::Unrepresentable(
                 "a PUBLISH has a packet identifier exactly when its QoS is above 0",
             ));
@@ -263,13 +318,23 @@ impl Publish {
         Ok(())
     }
 
-    fn write_body<S: Sink>(&self, v: ProtocolVersion, s: &mut S) {
-        s.put_lp(self.topic.as_bytes());
-        if self.qos != QoS::AtMostOnce {
-            s.put_u16(self.packet_id.map_or(0, |id| id.get()));
+    fn write_body<S: Sink>(&self, v: ProtocolVersion, d: &Delivery<'_>, s: &mut S) {
+        s.put_lp(if d.omit_topic {
+            &[]
+        } else {
+            self.topic.as_bytes()
+        });
+        if d.qos != QoS::AtMostOnce {
+            s.put_u16(d.packet_id.map_or(0, |id| id.get()));
         }
         if v.is_v5() {
-            write_block(s, &self.properties);
+            write_block(
+                s,
+                &DeliveredProperties {
+                    p: &self.properties,
+                    d,
+                },
+            );
         }
         s.put_slice(&self.payload);
     }

@@ -67,6 +67,7 @@ mod string;
 mod types;
 
 pub use decode::{decode_packet, Decoder, FixedHeader};
+pub use encode::Delivery;
 pub use error::{DecodeError, EncodeError};
 pub use io::{vbi_len, MAX_VARIABLE_BYTE_INTEGER};
 pub use packet::{

@@ -583,21 +583,68 @@ impl WriteProperties for PublishProperties {
         self.is_empty()
     }
     fn write<S: Sink>(&self, s: &mut S) {
-        put_byte(
+        write_publish_properties(
             s,
-            id::PAYLOAD_FORMAT_INDICATOR,
-            pf(self.payload_format_indicator),
+            self,
+            self.message_expiry_interval,
+            &self.subscription_identifiers,
+            self.topic_alias,
         );
-        put_u32(s, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
-        put_lp(s, id::CONTENT_TYPE, st(&self.content_type));
-        put_lp(s, id::RESPONSE_TOPIC, tp(&self.response_topic));
-        put_lp(s, id::CORRELATION_DATA, bi(&self.correlation_data));
-        for sid in &self.subscription_identifiers {
-            put_vbi(s, id::SUBSCRIPTION_IDENTIFIER, sid.get());
-        }
-        put_u16(s, id::TOPIC_ALIAS, self.topic_alias.map(|v| v.get()));
-        self.user_properties.write(s);
     }
+}
+
+/// A message's properties as one delivery sends them (see `Delivery`).
+pub(crate) struct DeliveredProperties<'a> {
+    pub(crate) p: &'a PublishProperties,
+    pub(crate) d: &'a crate::encode::Delivery<'a>,
+}
+
+impl WriteProperties for DeliveredProperties<'_> {
+    #[inline]
+    fn nothing_to_write(&self) -> bool {
+        let (p, d) = (self.p, self.d);
+        p.payload_format_indicator.is_none()
+            && d.message_expiry_interval.is_none()
+            && p.content_type.is_none()
+            && p.response_topic.is_none()
+            && p.correlation_data.is_none()
+            && d.subscription_identifiers.is_empty()
+            && d.topic_alias.is_none()
+            && p.user_properties.is_empty()
+    }
+    fn write<S: Sink>(&self, s: &mut S) {
+        let d = self.d;
+        write_publish_properties(
+            s,
+            self.p,
+            d.message_expiry_interval,
+            d.subscription_identifiers,
+            d.topic_alias,
+        );
+    }
+}
+
+fn write_publish_properties<S: Sink>(
+    s: &mut S,
+    p: &PublishProperties,
+    message_expiry_interval: Option<u32>,
+    subscription_identifiers: &[NonZeroU32],
+    topic_alias: Option<NonZeroU16>,
+) {
+    put_byte(
+        s,
+        id::PAYLOAD_FORMAT_INDICATOR,
+        pf(p.payload_format_indicator),
+    );
+    put_u32(s, id::MESSAGE_EXPIRY_INTERVAL, message_expiry_interval);
+    put_lp(s, id::CONTENT_TYPE, st(&p.content_type));
+    put_lp(s, id::RESPONSE_TOPIC, tp(&p.response_topic));
+    put_lp(s, id::CORRELATION_DATA, bi(&p.correlation_data));
+    for sid in subscription_identifiers {
+        put_vbi(s, id::SUBSCRIPTION_IDENTIFIER, sid.get());
+    }
+    put_u16(s, id::TOPIC_ALIAS, topic_alias.map(|v| v.get()));
+    p.user_properties.write(s);
 }
 
 /// Properties of CONNACK [MQTT-3.2.2.3].

@@ -20,7 +20,7 @@ use crate::hooks::{
     EnhancedAuthenticator,
 };
 use crate::ids::{ConnId, Key, Slab};
-use crate::outq::{Front, MsgRef, OutPool, SharedMsgs, SharedTag};
+use crate::outq::{Front, MsgRef, OutPool, SharedMsgs, SharedTag, SHARED_SLOT};
 use crate::rng::Rng;
 use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
 use crate::session::{
@@ -153,6 +153,89 @@ struct EnhancedOutcome {
 /// Outcome of routing one message.
 struct Routed {
     matched: usize,
+}
+
+/// The copies of one routed message its receivers share (see [`SharedMsgs`]), made
+/// when the first receiver needs each; the route holds one reference to each until
+/// `release`.
+#[derive(Default)]
+struct RouteCopies {
+    /// More than one receiver: QoS 0 receivers share a copy too.
+    fan_out: bool,
+    /// For online receivers: slices of the read buffer it came in.
+    live: Option<MsgRef>,
+    /// For offline sessions' queues: copied out of that buffer.
+    detached: Option<MsgRef>,
+}
+
+impl RouteCopies {
+    fn live(
+        &mut self,
+        msgs: &mut SharedMsgs,
+        template: &Publish,
+        expires_at: Option<Instant>,
+        now: Now,
+    ) -> MsgRef {
+        *self
+            .live
+            .get_or_insert_with(|| msgs.insert(stored_form(template, expires_at, now, false)))
+    }
+
+    fn detached(
+        &mut self,
+        msgs: &mut SharedMsgs,
+        template: &Publish,
+        expires_at: Option<Instant>,
+        now: Now,
+    ) -> MsgRef {
+        *self
+            .detached
+            .get_or_insert_with(|| msgs.insert(stored_form(template, expires_at, now, true)))
+    }
+
+    fn release(self, msgs: &mut SharedMsgs) {
+        for m in [self.live, self.detached].into_iter().flatten() {
+            msgs.release(m);
+        }
+    }
+}
+
+/// A message as `SharedMsgs` holds it: QoS 0, no DUP, packet id, Subscription
+/// Identifiers or Topic Alias (each delivery sets its own), the Message Expiry
+/// Interval left at `now`, optionally copied out of its read buffer.
+fn stored_form(template: &Publish, expires_at: Option<Instant>, now: Now, detach: bool) -> Publish {
+    let mut p = template.clone();
+    p.qos = QoS::AtMostOnce;
+    p.retain = false;
+    p.dup = false;
+    p.packet_id = None;
+    p.properties.subscription_identifiers = Vec::new();
+    p.properties.topic_alias = None;
+    refresh_expiry(&mut p, expires_at, now.instant);
+    if detach {
+        detach_publish(&mut p);
+    }
+    p
+}
+
+/// A message as one delivery sends it (for packets built whole: resends, the store).
+fn delivered_form(
+    msgs: &SharedMsgs,
+    q: &Queued,
+    packet_id: Option<PacketId>,
+    dup: bool,
+) -> Option<Publish> {
+    let (p, _) = msgs.get(q.msg)?;
+    let mut p = p.clone();
+    p.dup = dup;
+    p.qos = q.qos;
+    p.retain = q.retain;
+    p.packet_id = packet_id;
+    p.properties.subscription_identifiers = q.sub_ids.clone();
+    if q.expiry_left.is_some() {
+        p.properties.message_expiry_interval = q.expiry_left;
+    }
+    Some(p)
 }
 
 impl Broker {
@@ -532,11 +615,24 @@ impl Broker {
                     return;
                 };
                 if let Some(s) = self.sessions.get_mut(k) {
-                    let size = approx_size(&message.publish);
+                    let mut p = message.publish;
+                    let (qos, retain) = (p.qos, p.retain);
+                    let sub_ids = core::mem::take(&mut p.properties.subscription_identifiers);
+                    p.qos = QoS::AtMostOnce;
+                    p.retain = false;
+                    p.dup = false;
+                    p.packet_id = None;
+                    p.properties.topic_alias = None;
+                    let msg = self.msgs.insert(p);
+                    let size = self.msgs.size(msg);
                     s.next_seq = s.next_seq.max(seq);
                     s.queue_bytes += size;
                     s.queue.push_back(Queued {
-                        publish: message.publish,
+                        msg,
+                        qos,
+                        retain,
+                        sub_ids,
+                        expiry_left: None,
                         expires_at,
                         seq,
                         size,
@@ -552,6 +648,7 @@ impl Broker {
                     if let Some(i) = s.queue.iter().position(|q| q.seq == seq) {
                         if let Some(q) = s.queue.remove(i) {
                             s.queue_bytes -= q.size;
+                            self.msgs.release(q.msg);
                         }
                     }
                 }
@@ -658,11 +755,12 @@ impl Broker {
                         .filter(|s| s.conn.is_none_or(|owner| owner == conn))
                         .and_then(|s| unsent_flight(&mut s.inflight, id, flights));
                     // Gone (acknowledged early, or dropped): nothing to send.
-                    if let Some(f) = flight {
-                        let p = &f.msg.publish;
+                    if let Some((f, (p, _))) =
+                        flight.and_then(|f| self.msgs.get(f.msg.msg).map(|m| (f, m)))
+                    {
                         if !c.out_aliases.encode(
                             p,
-                            p.as_delivery(),
+                            f.msg.delivery(f.packet_id, false),
                             alias_max,
                             c.peer_max_packet,
                             v,
@@ -676,7 +774,7 @@ impl Broker {
                     c.out.pop_front(0);
                 }
                 Front::Shared(tag) => {
-                    let Some((p, size)) = self.msgs.get(tag.msg) else {
+                    let Some((p, msg_size)) = self.msgs.get(tag.msg) else {
                         // Cannot happen: the tag holds a reference.
                         c.out.pop_front(0);
                         continue;
@@ -692,7 +790,7 @@ impl Broker {
                     {
                         break;
                     }
-                    c.out.pop_front(size);
+                    c.out.pop_front(SHARED_SLOT + msg_size);
                     self.msgs.release(tag.msg);
                 }
             }
@@ -1042,13 +1140,15 @@ impl Broker {
             f.sent = true;
             match f.state {
                 FlightState::Published => {
-                    let mut p = f.msg.publish.clone();
-                    if !refresh_expiry(&mut p, f.msg.expires_at, now.instant) {
+                    let Some(left) = time_left(f.msg.expires_at, now.instant) else {
                         expired.push(f.packet_id);
                         continue;
-                    }
-                    p.dup = true;
-                    p.packet_id = Some(f.packet_id);
+                    };
+                    f.msg.expiry_left = left;
+                    let Some(p) = delivered_form(&self.msgs, &f.msg, Some(f.packet_id), true)
+                    else {
+                        continue;
+                    };
                     let packet = Packet::Publish(p);
                     // [MQTT-3.1.2-25] the client came back with a smaller Maximum
                     // Packet Size: discarded as if its delivery had completed.
@@ -1237,10 +1337,12 @@ impl Broker {
             });
         }
         let matched = matches.len();
-        // The QoS 0 copy the receivers share, made at the first one that takes it
-        // (with one receiver, a copy of its own costs less).
-        let mut shared_msg: Option<MsgRef> = None;
-        let fan_out = matched > 1;
+        // The copies the receivers share, made at the first one that takes each.
+        // (A QoS 0 message to one receiver is cheaper as a packet of its own.)
+        let mut copies = RouteCopies {
+            fan_out: matched > 1,
+            ..RouteCopies::default()
+        };
         // Merge duplicates only when a session appears twice through non-shared
         // subscriptions (overlapping filters). A shared subscription delivers its own
         // copy, even to a client that also has a matching non-shared one (5.0 4.8.2).
@@ -1290,7 +1392,7 @@ impl Broker {
                     ids,
                     expires_at,
                     shared,
-                    fan_out.then_some(&mut shared_msg),
+                    &mut copies,
                 );
                 i = j;
             }
@@ -1307,13 +1409,11 @@ impl Broker {
                     ids,
                     expires_at,
                     m.shared.clone(),
-                    fan_out.then_some(&mut shared_msg),
+                    &mut copies,
                 );
             }
         }
-        if let Some(msg) = shared_msg {
-            self.msgs.release(msg);
-        }
+        copies.release(&mut self.msgs);
         self.scratch = matches;
         Routed { matched }
     }
@@ -1321,8 +1421,8 @@ impl Broker {
     /// Delivers one message to one session: straight out if the connection is
     /// online and the window allows, else into the session queue.
     ///
-    /// `shared_msg` is the route's copy of the message for QoS 0 receivers, made by
-    /// the first that takes it (`None`: this delivery makes its own).
+    /// `copies` are the route's copies of the message, made by the first delivery
+    /// that needs each; the caller releases them when its route is done.
     #[allow(clippy::too_many_arguments)]
     fn deliver(
         &mut self,
@@ -1334,7 +1434,7 @@ impl Broker {
         sub_ids: Vec<NonZeroU32>,
         expires_at: Option<Instant>,
         shared: Option<TopicFilter>,
-        shared_msg: Option<&mut Option<MsgRef>>,
+        copies: &mut RouteCopies,
     ) {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
@@ -1346,80 +1446,73 @@ impl Broker {
                 .filter(|c| c.session() == Some(sk))
                 .map(|c| (ck, c))
         });
-        // QoS 0 to an online receiver, the fan-out case: a tag naming the route's
-        // one copy. Receivers with a Maximum Packet Size, or several Subscription
-        // Identifiers, take the general path below.
-        if let (QoS::AtMostOnce, Some((ck, c)), Some(shared_msg)) = (qos, online, shared_msg) {
-            if c.peer_max_packet == u32::MAX && sub_ids.len() <= 1 {
-                if c.out.bytes() >= self.config.outbound_buffer_bytes {
-                    self.stats.dropped_qos0_slow_consumer += 1;
-                    return;
-                }
-                if expires_at.is_some_and(|at| at <= now.instant) {
-                    self.stats.expired += 1;
-                    return;
-                }
-                let msg = match *shared_msg {
-                    Some(msg) => msg,
-                    None => {
-                        let mut p = template.clone();
-                        p.qos = QoS::AtMostOnce;
-                        p.retain = false;
-                        p.dup = false;
-                        p.packet_id = None;
-                        p.properties.subscription_identifiers = Vec::new();
-                        refresh_expiry(&mut p, expires_at, now.instant);
-                        let size = approx_size(&p);
-                        *shared_msg.insert(self.msgs.insert(p, size))
-                    }
-                };
+        if qos == QoS::AtMostOnce {
+            // QoS 0 is not queued for offline sessions.
+            let Some((ck, c)) = online else { return };
+            if c.out.bytes() >= self.config.outbound_buffer_bytes {
+                self.stats.dropped_qos0_slow_consumer += 1;
+                return;
+            }
+            if expires_at.is_some_and(|at| at <= now.instant) {
+                self.stats.expired += 1;
+                return;
+            }
+            // The fan-out case: a tag naming the route's one copy. Receivers with a
+            // Maximum Packet Size, or several Subscription Identifiers, get a packet
+            // of their own.
+            if copies.fan_out && c.peer_max_packet == u32::MAX && sub_ids.len() <= 1 {
+                let msg = copies.live(&mut self.msgs, template, expires_at, now);
                 self.msgs.retain(msg);
                 let tag = SharedTag {
                     msg,
                     sub_id: sub_ids.first().copied(),
                     retain,
                 };
-                let size = self.msgs.size(msg);
+                let size = SHARED_SLOT + self.msgs.size(msg);
                 self.stats.deliveries += 1;
                 return self.push_shared(ck, tag, size);
             }
+            let mut p = template.clone();
+            p.qos = qos;
+            p.retain = retain;
+            p.dup = false;
+            p.packet_id = None;
+            p.properties.subscription_identifiers = sub_ids;
+            refresh_expiry(&mut p, expires_at, now.instant);
+            let packet = Packet::Publish(p);
+            if !fits(&packet, c) {
+                // [MQTT-3.1.2-25] too large for this client: dropped for it.
+                self.stats.dropped_too_large += 1;
+                return;
+            }
+            self.stats.deliveries += 1;
+            return self.push_out(ck, packet);
         }
-        let shared = shared.map(|filter| (filter, template.qos));
-        let mut p = template.clone();
-        p.qos = qos;
-        p.retain = retain;
-        p.properties.subscription_identifiers = sub_ids;
+        if online.is_none() && !s.persistent() {
+            return;
+        }
+        // An offline session's message may wait hours: it gets the copy made out of
+        // the read buffer the message shares, so it does not pin that buffer.
+        let msg = match online {
+            Some(_) => copies.live(&mut self.msgs, template, expires_at, now),
+            None => copies.detached(&mut self.msgs, template, expires_at, now),
+        };
+        self.msgs.retain(msg);
+        let q = Queued {
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            expiry_left: None,
+            expires_at,
+            seq: s.take_seq(),
+            size: self.msgs.size(msg),
+            shared: shared.map(|filter| (filter, template.qos)),
+        };
         match online {
             Some((ck, c)) => {
-                if qos == QoS::AtMostOnce {
-                    if c.out.bytes() >= self.config.outbound_buffer_bytes {
-                        self.stats.dropped_qos0_slow_consumer += 1;
-                        return;
-                    }
-                    if !refresh_expiry(&mut p, expires_at, now.instant) {
-                        self.stats.expired += 1;
-                        return;
-                    }
-                    let packet = Packet::Publish(p);
-                    if !fits(&packet, c) {
-                        // [MQTT-3.1.2-25] too large for this client: dropped for it.
-                        self.stats.dropped_too_large += 1;
-                        return;
-                    }
-                    self.stats.deliveries += 1;
-                    return self.push_out(ck, packet);
-                }
-                // QoS 1/2: the size is checked where the message goes out, in
+                // The size is checked where the message goes out, in
                 // `send_inflight`, which queued messages pass through as well.
-                let size = approx_size(&p);
-                let seq = s.take_seq();
-                let q = Queued {
-                    publish: p,
-                    expires_at,
-                    seq,
-                    size,
-                    shared,
-                };
                 let window = usize::from(c.peer_receive_max);
                 if s.inflight.len() < window && s.queue.is_empty() {
                     self.store_enqueue(sk, &q, now);
@@ -1428,46 +1521,34 @@ impl Broker {
                     self.enqueue(now, sk, q, true);
                 }
             }
-            None => {
-                // QoS 0 is not queued for offline sessions.
-                if qos == QoS::AtMostOnce || !s.persistent() {
-                    return;
-                }
-                // A queued message may wait hours: copy it out of the read buffer it
-                // shares, so it does not pin that buffer.
-                detach_publish(&mut p);
-                let size = approx_size(&p);
-                let seq = s.take_seq();
-                self.enqueue(
-                    now,
-                    sk,
-                    Queued {
-                        publish: p,
-                        expires_at,
-                        seq,
-                        size,
-                        shared,
-                    },
-                    false,
-                );
-            }
+            None => self.enqueue(now, sk, q, false),
         }
     }
 
     /// Puts a QoS 1/2 message in flight on an online connection.
     fn send_inflight(&mut self, now: Now, ck: Key, sk: Key, q: Queued) {
         let (Some(s), Some(c)) = (self.sessions.get_mut(sk), self.conns.get(ck)) else {
+            self.msgs.release(q.msg);
             return;
         };
         let mut q = q;
-        let live = refresh_expiry(&mut q.publish, q.expires_at, now.instant);
+        let live = match time_left(q.expires_at, now.instant) {
+            Some(left) => {
+                q.expiry_left = left;
+                true
+            }
+            None => false,
+        };
         // [MQTT-3.1.2-25] a message too large for the client (which may have
         // reconnected with a smaller Maximum Packet Size than when it was queued) is
         // discarded as if it had been sent. (The length of a QoS 1/2 PUBLISH counts
         // its packet id whether or not one is set yet.)
         let too_large = live
             && c.peer_max_packet != u32::MAX
-            && q.publish.encoded_len(c.version) > c.peer_max_packet as usize;
+            && self.msgs.get(q.msg).is_some_and(|(p, _)| {
+                p.encoded_len_for(c.version, &q.delivery(PacketId::MIN, false))
+                    > c.peer_max_packet as usize
+            });
         if !live || too_large {
             if too_large {
                 self.stats.dropped_too_large += 1;
@@ -1477,6 +1558,7 @@ impl Broker {
             let seq = q.seq;
             let client_id = s.client_id.clone();
             let persistent = s.persistent();
+            self.msgs.release(q.msg);
             self.store_remove(persistent, client_id, seq);
             return;
         }
@@ -1487,7 +1569,6 @@ impl Broker {
             return;
         };
         // The in-flight entry is what goes on the wire: the output queue only names it.
-        q.publish.packet_id = Some(id);
         let size = q.size;
         let allocated = s.allocations;
         s.inflight.push_back(InFlight {
@@ -1523,6 +1604,7 @@ impl Broker {
             } else {
                 self.stats.dropped_offline_queue_full += 1;
             }
+            self.msgs.release(q.msg);
             return;
         }
         let mut removed = Vec::new();
@@ -1532,15 +1614,12 @@ impl Broker {
                 // Slow consumer, online: drop the oldest QoS 1 message; if only QoS 2
                 // messages wait, drop the new one (QoS 2 is never dropped once queued).
                 while full(s, q.size) {
-                    match s
-                        .queue
-                        .iter()
-                        .position(|m| m.publish.qos == QoS::AtLeastOnce)
-                    {
+                    match s.queue.iter().position(|m| m.qos == QoS::AtLeastOnce) {
                         Some(i) => {
                             if let Some(old) = s.queue.remove(i) {
                                 s.queue_bytes -= old.size;
                                 removed.push(old.seq);
+                                self.msgs.release(old.msg);
                             }
                             self.stats.dropped_online_queue_full += 1;
                         }
@@ -1555,11 +1634,13 @@ impl Broker {
                 match self.config.offline_overflow {
                     OverflowPolicy::EndSession => {
                         self.stats.sessions_ended_by_overflow += 1;
+                        self.msgs.release(q.msg);
                         self.end_session(now, sk);
                         return;
                     }
                     OverflowPolicy::DropNewest => {
                         self.stats.dropped_offline_queue_full += 1;
+                        self.msgs.release(q.msg);
                         return;
                     }
                     OverflowPolicy::DropOldest => {
@@ -1568,6 +1649,7 @@ impl Broker {
                                 Some(old) => {
                                     s.queue_bytes -= old.size;
                                     removed.push(old.seq);
+                                    self.msgs.release(old.msg);
                                     self.stats.dropped_offline_queue_full += 1;
                                 }
                                 None => {
@@ -1587,7 +1669,9 @@ impl Broker {
         };
         let persistent = s.persistent();
         let client_id = s.client_id.clone();
-        if !drop_new {
+        if drop_new {
+            self.msgs.release(q.msg);
+        } else {
             s.queue_bytes += q.size;
             s.queue.push_back(q);
         }
@@ -1598,8 +1682,9 @@ impl Broker {
         }
         if self.config.store_effects && persistent && !drop_new {
             if let Some(q) = self.sessions.get(sk).and_then(|s| s.queue.back()) {
-                let op = enqueue_op(client_id, q, now);
-                self.events.push_back(Event::store(op));
+                if let Some(op) = enqueue_op(&self.msgs, client_id, q, now) {
+                    self.events.push_back(Event::store(op));
+                }
             }
         }
     }
@@ -1733,7 +1818,7 @@ impl Broker {
             s.inflight.iter().any(|f| {
                 f.packet_id == a.packet_id
                     && f.state == FlightState::Published
-                    && f.msg.publish.qos == QoS::AtLeastOnce
+                    && f.msg.qos == QoS::AtLeastOnce
             })
         });
         if done {
@@ -1749,7 +1834,7 @@ impl Broker {
         let found = s
             .inflight
             .iter_mut()
-            .find(|f| f.packet_id == a.packet_id && f.msg.publish.qos == QoS::ExactlyOnce);
+            .find(|f| f.packet_id == a.packet_id && f.msg.qos == QoS::ExactlyOnce);
         match found {
             // [MQTT-4.3.3] a PUBREC with an error code ends the flow.
             Some(_) if !a.reason_code.is_success() => {
@@ -1757,11 +1842,9 @@ impl Broker {
                 self.fill_window(now, sk);
             }
             Some(f) => {
-                if f.state == FlightState::Published {
-                    // The message is delivered; only the id remains until PUBCOMP.
-                    f.state = FlightState::Released;
-                    f.msg.publish.payload = Bytes::new();
-                }
+                // The message is delivered; only the id matters until PUBCOMP (the
+                // entry keeps its reference to the message until then).
+                f.state = FlightState::Released;
                 self.push_out(k, Packet::PubRel(PubAck::new(a.packet_id)));
             }
             None => {
@@ -1807,6 +1890,7 @@ impl Broker {
         // Acks usually come in order: the entry is at or near the front.
         if let Some(i) = s.inflight.iter().position(|f| f.packet_id == id) {
             if let Some(f) = s.inflight.remove(i) {
+                self.msgs.release(f.msg.msg);
                 let persistent = s.persistent();
                 let client_id = s.client_id.clone();
                 self.store_remove(persistent, client_id, f.msg.seq);
@@ -1913,6 +1997,7 @@ impl Broker {
             matching.sort_by(|a, b| a.0.topic.cmp(&b.0.topic));
             for (p, expires_at) in matching {
                 let qos = qos_min(p.qos, granted);
+                let mut copies = RouteCopies::default();
                 self.deliver(
                     now,
                     sk,
@@ -1922,8 +2007,9 @@ impl Broker {
                     sub_id.into_iter().collect(),
                     expires_at,
                     None,
-                    None,
+                    &mut copies,
                 );
+                copies.release(&mut self.msgs);
             }
         }
     }
@@ -2169,6 +2255,9 @@ impl Broker {
             self.router.unsubscribe(group.as_ref(), &match_filter, sk);
         }
         self.redeliver_shared(now, sk, &s);
+        for q in s.queue.iter().chain(s.inflight.iter().map(|f| &f.msg)) {
+            self.msgs.release(q.msg);
+        }
         // `stored`, not `persistent()`: a DISCONNECT may have set the expiry to 0.
         if self.config.store_effects && s.stored {
             self.events.push_back(Event::store(StoreOp::SessionRemove {
@@ -2202,7 +2291,7 @@ impl Broker {
             let Some((filter, published)) = &q.shared else {
                 continue;
             };
-            if q.publish.qos != QoS::AtLeastOnce {
+            if q.qos != QoS::AtLeastOnce {
                 continue;
             }
             let members = self.router.shared_members(filter);
@@ -2218,12 +2307,14 @@ impl Broker {
             if entry.session == ended {
                 continue;
             }
-            let mut p = q.publish.clone();
-            p.dup = false;
-            p.packet_id = None;
+            let Some((p, _)) = self.msgs.get(q.msg) else {
+                continue;
+            };
+            let mut p = p.clone();
             // As published: the new member's own grant decides [MQTT-3.8.4-8].
             p.qos = *published;
             self.stats.shared_redeliveries += 1;
+            let mut copies = RouteCopies::default();
             self.deliver(
                 now,
                 entry.session,
@@ -2233,8 +2324,9 @@ impl Broker {
                 entry.id.into_iter().collect(),
                 q.expires_at,
                 Some(filter.clone()),
-                None,
+                &mut copies,
             );
+            copies.release(&mut self.msgs);
         }
     }
 
@@ -2328,8 +2420,9 @@ impl Broker {
         }
         if let Some(s) = self.sessions.get(sk) {
             if s.persistent() {
-                let op = enqueue_op(s.client_id.clone(), q, now);
-                self.events.push_back(Event::store(op));
+                if let Some(op) = enqueue_op(&self.msgs, s.client_id.clone(), q, now) {
+                    self.events.push_back(Event::store(op));
+                }
             }
         }
     }
@@ -2356,17 +2449,17 @@ fn session_record(s: &Session, expires_at_unix_ms: Option<u64>) -> SessionRecord
     }
 }
 
-fn enqueue_op(client_id: MqttString, q: &Queued, now: Now) -> StoreOp {
-    let mut publish = q.publish.clone();
+fn enqueue_op(msgs: &SharedMsgs, client_id: MqttString, q: &Queued, now: Now) -> Option<StoreOp> {
+    let mut publish = delivered_form(msgs, q, None, false)?;
     detach_publish(&mut publish);
-    StoreOp::MessageEnqueue {
+    Some(StoreOp::MessageEnqueue {
         client_id,
         seq: q.seq,
         message: StoredMessage {
             publish,
             expires_at_unix_ms: expiry_wall(now, q.expires_at),
         },
-    }
+    })
 }
 
 fn expiry_wall(now: Now, at: Option<Instant>) -> Option<u64> {
@@ -2386,14 +2479,28 @@ fn wall_to_instant(now: Now, at: Option<u64>) -> Option<Option<Instant>> {
 /// Sets the Message Expiry Interval to the time left [MQTT-3.3.2-6]; false if the
 /// message has expired [MQTT-3.3.2-5].
 fn refresh_expiry(p: &mut Publish, expires_at: Option<Instant>, now: Instant) -> bool {
-    let Some(at) = expires_at else { return true };
+    match time_left(expires_at, now) {
+        Some(Some(secs)) => {
+            p.properties.message_expiry_interval = Some(secs);
+            true
+        }
+        Some(None) => true,
+        None => false,
+    }
+}
+
+/// The Message Expiry Interval to send at `now` [MQTT-3.3.2-6]: `Some(None)` for
+/// a message that never expires, `None` for one that has expired [MQTT-3.3.2-5].
+fn time_left(expires_at: Option<Instant>, now: Instant) -> Option<Option<u32>> {
+    let Some(at) = expires_at else {
+        return Some(None);
+    };
     if at <= now {
-        return false;
+        return None;
     }
     let left = at - now;
     let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-    p.properties.message_expiry_interval = Some(secs.min(u64::from(u32::MAX)) as u32);
-    true
+    Some(Some(secs.min(u64::from(u32::MAX)) as u32))
 }
 
 /// Copies a message's bytes out of the (possibly large) buffer it was decoded from,

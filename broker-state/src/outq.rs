@@ -48,14 +48,16 @@ pub(crate) enum Front<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct MsgRef(u32);
 
-/// QoS 0 messages waiting in several output queues, each held once and counted:
-/// a fan-out to N receivers costs one copy of the `Publish` and N small tags instead
-/// of N copies (each a few hundred bytes moved, and its shared buffers' reference
-/// counts raised and dropped atomically).
+/// Messages on their way to receivers, each held once and counted: a fan-out to N
+/// receivers costs one copy of the `Publish` and N small references (output-queue
+/// tags for QoS 0, session-queue and in-flight entries for QoS 1/2) instead of N
+/// copies (each a few hundred bytes moved, and its shared buffers' reference counts
+/// raised and dropped atomically). The stored `Publish` has QoS 0, no packet id,
+/// no Subscription Identifiers and no Topic Alias; each delivery sets its own.
 ///
-/// A message lives while a queue tag (or a route in progress) refers to it. The
-/// counts are the broker's to keep: every tag pushed takes a reference, every tag
-/// sent or discarded gives it back (`check_invariants` recounts them).
+/// A message lives while a reference (or a route in progress) holds it. The
+/// counts are the broker's to keep: every reference made takes one, every one
+/// dropped gives it back (`check_invariants` recounts them).
 #[derive(Default)]
 pub(crate) struct SharedMsgs {
     slots: Vec<Slot>,
@@ -65,7 +67,7 @@ pub(crate) struct SharedMsgs {
 
 struct Slot {
     refs: u32,
-    /// Bytes each receiver's queue counts for it (tag included).
+    /// `approx_size` of the message.
     size: u32,
     publish: Option<Publish>,
 }
@@ -75,10 +77,9 @@ struct Slot {
 const SHARED_SLOTS_KEPT: usize = 4096;
 
 impl SharedMsgs {
-    /// Holds `publish` with one reference (the caller's); `size` is what each
-    /// receiver's queue will count for it.
-    pub(crate) fn insert(&mut self, publish: Publish, size: usize) -> MsgRef {
-        let size = u32::try_from(size + SHARED_SLOT).unwrap_or(u32::MAX);
+    /// Holds `publish` with one reference (the caller's).
+    pub(crate) fn insert(&mut self, publish: Publish) -> MsgRef {
+        let size = u32::try_from(crate::session::approx_size(&publish)).unwrap_or(u32::MAX);
         self.live += 1;
         let slot = Slot {
             refs: 1,
@@ -122,14 +123,14 @@ impl SharedMsgs {
         }
     }
 
-    /// The message and the bytes a queue counts for it.
+    /// The message and its `approx_size`.
     #[inline]
     pub(crate) fn get(&self, r: MsgRef) -> Option<(&Publish, usize)> {
         let s = self.slots.get(r.0 as usize)?;
         s.publish.as_ref().map(|p| (p, s.size as usize))
     }
 
-    /// Bytes a queue counts for `r` (0 if it is gone).
+    /// `approx_size` of the message `r` (0 if it is gone).
     pub(crate) fn size(&self, r: MsgRef) -> usize {
         self.slots
             .get(r.0 as usize)
@@ -147,8 +148,8 @@ impl SharedMsgs {
     }
 }
 
-/// Bytes counted for a shared tag besides its message's size.
-const SHARED_SLOT: usize = core::mem::size_of::<Tag>();
+/// Bytes an output queue counts for a shared tag besides its message's size.
+pub(crate) const SHARED_SLOT: usize = core::mem::size_of::<Tag>();
 
 /// Bytes counted for a flight tag besides its message's size.
 const FLIGHT_SLOT: usize = core::mem::size_of::<Tag>();
@@ -292,7 +293,7 @@ impl OutQueue {
     }
 
     /// Queues a reference to a shared message (the caller has taken the reference);
-    /// `size` is what [`SharedMsgs`] counts for it.
+    /// `size` is the message's size plus `SHARED_SLOT`.
     #[inline]
     pub(crate) fn push_shared(&mut self, tag: SharedTag, size: usize, pool: &mut OutPool) {
         pool.tags.take(&mut self.order);

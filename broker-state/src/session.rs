@@ -12,11 +12,20 @@ use mqtt_proto::{
 use crate::event::PeerInfo;
 use crate::ids::{ConnId, Key};
 
-/// A message waiting in a session queue or in flight.
-#[derive(Debug, Clone)]
+/// A QoS 1/2 message waiting in a session queue or in flight: a reference to the
+/// message, held once in the broker's [`SharedMsgs`](crate::outq::SharedMsgs)
+/// however many receive it, and what this delivery sets in it (see
+/// [`mqtt_proto::Delivery`]). Each `Queued` holds one reference: whoever drops one
+/// gives it back (`SharedMsgs::release`).
+#[derive(Debug)]
 pub(crate) struct Queued {
-    /// Delivery form: QoS already reduced to the granted QoS, no packet id.
-    pub(crate) publish: Publish,
+    pub(crate) msg: crate::outq::MsgRef,
+    /// The granted QoS of this delivery (1 or 2).
+    pub(crate) qos: QoS,
+    pub(crate) retain: bool,
+    pub(crate) sub_ids: Vec<NonZeroU32>,
+    /// The Message Expiry Interval sent: the time left when it went in flight.
+    pub(crate) expiry_left: Option<u32>,
     pub(crate) expires_at: Option<Instant>,
     pub(crate) seq: u64,
     pub(crate) size: usize,
@@ -24,6 +33,22 @@ pub(crate) struct Queued {
     /// and the QoS it was published with (a redelivery to another member gets the
     /// smaller of that and the member's granted QoS [MQTT-3.8.4-8]).
     pub(crate) shared: Option<(TopicFilter, QoS)>,
+}
+
+impl Queued {
+    /// This delivery of the message, with `packet_id`.
+    pub(crate) fn delivery(&self, packet_id: PacketId, dup: bool) -> mqtt_proto::Delivery<'_> {
+        mqtt_proto::Delivery {
+            dup,
+            qos: self.qos,
+            retain: self.retain,
+            packet_id: Some(packet_id),
+            message_expiry_interval: self.expiry_left,
+            subscription_identifiers: &self.sub_ids,
+            topic_alias: None,
+            omit_topic: false,
+        }
+    }
 }
 
 /// Where an outbound QoS 1/2 message is in its flow.
@@ -35,7 +60,7 @@ pub(crate) enum FlightState {
     Released,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct InFlight {
     pub(crate) packet_id: PacketId,
     pub(crate) state: FlightState,

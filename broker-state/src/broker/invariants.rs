@@ -28,7 +28,9 @@ impl Broker {
             c.out
                 .check()
                 .map_err(|e| format!("{id}: output queue: {e}"))?;
-            let out = c.out.recount(out_size, |m| self.msgs.size(m));
+            let out = c
+                .out
+                .recount(out_size, |m| crate::outq::SHARED_SLOT + self.msgs.size(m));
             if out != c.out.bytes() {
                 return Err(format!(
                     "{id}: output counts {} bytes but {out} bytes are waiting",
@@ -128,12 +130,18 @@ impl Broker {
                 self.router.len()
             ));
         }
-        // Every shared QoS 0 message is referred to exactly as often as it counts,
-        // and only by queue tags (no route is in progress between inputs).
+        // Every shared message is referred to exactly as often as it counts: by
+        // output-queue tags, session queues and in-flight windows (no route is in
+        // progress between inputs).
         let mut refs: std::collections::BTreeMap<_, u32> = Default::default();
         for (_, c) in self.conns.iter() {
             for m in c.out.shared_refs() {
                 *refs.entry(m).or_default() += 1;
+            }
+        }
+        for (_, s) in self.sessions.iter() {
+            for q in s.queue.iter().chain(s.inflight.iter().map(|f| &f.msg)) {
+                *refs.entry(q.msg).or_default() += 1;
             }
         }
         for (m, held) in self.msgs.held() {

@@ -199,12 +199,17 @@ const WRITE_BUDGET: usize = 64 * 1024;
 
 /// Deliveries a connection's input may cause before its task yields. A publisher
 /// whose every message goes to 100 subscribers queues 10,000 deliveries per window
-/// of 100 QoS 1 messages; without this it went on for up to 32 rounds (300,000
+/// of 100 QoS 1 messages; without a bound it went on for up to 32 rounds (300,000
 /// deliveries) before the subscribers' tasks could write them and read their
 /// PUBACKs, so every subscriber's in-flight window grew to thousands of messages
-/// (fan-out QoS 1: 74 MiB peak RSS on smol, 14 MiB with this). A fan-in publisher
-/// (one receiver per message) rarely reaches it.
-const FAIR_SHARE_DELIVERIES: u64 = 4096;
+/// (fan-out QoS 1: 74 MiB peak RSS on smol). Too small a bound costs as much the
+/// other way: at 4096 a fan-out publisher yielded after every read, so each
+/// subscriber's write carried a few dozen messages and the broker spent its time in
+/// `sendto` (fan-out QoS 0: 3.0-4.0 M deliveries/s; 6.3-7.4 M at 16384, peak RSS
+/// 6-10 MiB either way). At about 150 ns per delivery this bound holds the thread
+/// for at most ~2.5 ms. A fan-in publisher (one receiver per message) rarely
+/// reaches it.
+const FAIR_SHARE_DELIVERIES: u64 = 16384;
 
 /// Reads the WebSocket upgrade request and answers it. Returns the bytes that
 /// followed the request (already frames), or `None` if the request was refused or

@@ -218,7 +218,11 @@ impl<T> Pool<T> {
         if q.capacity() == 0 {
             return;
         }
-        let drained = core::mem::take(q);
+        let mut drained = core::mem::take(q);
+        // An empty `VecDeque` keeps its head where the last element left: `clear`
+        // moves it back to the start, so the next queue to use this buffer writes
+        // the same few cache lines again instead of marching through all of it.
+        drained.clear();
         let bytes = drained.capacity() * core::mem::size_of::<T>();
         if drained.capacity() <= slots {
             if self.small.len() < POOL_BUFFERS {

@@ -120,6 +120,29 @@ impl Decoder {
         if buf.len() < size {
             return Ok(None);
         }
+        // The short acknowledgement (packet id only, [MQTT-3.4.2.1]), a subscriber's
+        // half of every QoS 1/2 delivery: read in place, without taking a reference
+        // to the read buffer. Anything unusual (wrong flags, id 0) takes the full
+        // path below, which reports it.
+        if let (true, Some(_), Some(&first), Some(&[hi, lo])) = (
+            size == header.header_len + 2,
+            self.version,
+            buf.first(),
+            buf.get(header.header_len..size),
+        ) {
+            let ack = PacketId::new(u16::from_be_bytes([hi, lo])).map(PubAck::new);
+            let packet = match (first, ack) {
+                (0x40, Some(a)) => Some(Packet::PubAck(a)),
+                (0x50, Some(a)) => Some(Packet::PubRec(a)),
+                (0x62, Some(a)) => Some(Packet::PubRel(a)),
+                (0x70, Some(a)) => Some(Packet::PubComp(a)),
+                _ => None,
+            };
+            if packet.is_some() {
+                buf.advance(size);
+                return Ok(packet);
+            }
+        }
         // One reference to the read buffer for the whole packet; the fields are
         // slices of it (and a PUBLISH payload takes this reference over).
         let frame = buf.split_to(size).freeze();

@@ -341,7 +341,7 @@ impl OutQueue {
 
     /// Removes the front; `packet_size` is what the packet (or shared message)
     /// counted when pushed (ignored for a flight, which remembers its own).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn pop_front(&mut self, packet_size: usize) {
         if self.lead > 0 {
             self.lead -= 1;

@@ -25,7 +25,7 @@ use crate::rng::Rng;
 use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
 use crate::session::{
     approx_size, qos_min, Conn, ConnState, FlightState, InFlight, PendingWill, Queued, Session,
-    Subscription,
+    SubIds, Subscription,
 };
 use crate::timer::{TimerKind, Timers};
 
@@ -176,9 +176,9 @@ impl RouteCopies {
         expires_at: Option<Instant>,
         now: Now,
     ) -> MsgRef {
-        *self
-            .live
-            .get_or_insert_with(|| msgs.insert(stored_form(template, expires_at, now, false)))
+        *self.live.get_or_insert_with(|| {
+            msgs.insert(stored_form(template, expires_at, now, false), expires_at)
+        })
     }
 
     fn detached(
@@ -188,9 +188,9 @@ impl RouteCopies {
         expires_at: Option<Instant>,
         now: Now,
     ) -> MsgRef {
-        *self
-            .detached
-            .get_or_insert_with(|| msgs.insert(stored_form(template, expires_at, now, true)))
+        *self.detached.get_or_insert_with(|| {
+            msgs.insert(stored_form(template, expires_at, now, true), expires_at)
+        })
     }
 
     fn release(self, msgs: &mut SharedMsgs) {
@@ -231,7 +231,7 @@ fn delivered_form(
     p.qos = q.qos;
     p.retain = q.retain;
     p.packet_id = packet_id;
-    p.properties.subscription_identifiers = q.sub_ids.clone();
+    p.properties.subscription_identifiers = q.sub_ids.as_slice().to_vec();
     if q.expiry_left.is_some() {
         p.properties.message_expiry_interval = q.expiry_left;
     }
@@ -617,13 +617,15 @@ impl Broker {
                 if let Some(s) = self.sessions.get_mut(k) {
                     let mut p = message.publish;
                     let (qos, retain) = (p.qos, p.retain);
-                    let sub_ids = core::mem::take(&mut p.properties.subscription_identifiers);
+                    let sub_ids = SubIds::from_vec(core::mem::take(
+                        &mut p.properties.subscription_identifiers,
+                    ));
                     p.qos = QoS::AtMostOnce;
                     p.retain = false;
                     p.dup = false;
                     p.packet_id = None;
                     p.properties.topic_alias = None;
-                    let msg = self.msgs.insert(p);
+                    let msg = self.msgs.insert(p, expires_at);
                     let size = self.msgs.size(msg);
                     s.next_seq = s.next_seq.max(seq);
                     s.queue_bytes += size;
@@ -633,7 +635,6 @@ impl Broker {
                         retain,
                         sub_ids,
                         expiry_left: None,
-                        expires_at,
                         seq,
                         size,
                         shared: None,
@@ -1140,7 +1141,8 @@ impl Broker {
             f.sent = true;
             match f.state {
                 FlightState::Published => {
-                    let Some(left) = time_left(f.msg.expires_at, now.instant) else {
+                    let expires_at = self.msgs.expires_at(f.msg.msg);
+                    let Some(left) = time_left(expires_at, now.instant) else {
                         expired.push(f.packet_id);
                         continue;
                     };
@@ -1502,9 +1504,8 @@ impl Broker {
             msg,
             qos,
             retain,
-            sub_ids,
+            sub_ids: SubIds::from_vec(sub_ids),
             expiry_left: None,
-            expires_at,
             seq: s.take_seq(),
             size: self.msgs.size(msg),
             shared: shared.map(|filter| (filter, template.qos)),
@@ -1532,7 +1533,7 @@ impl Broker {
             return;
         };
         let mut q = q;
-        let live = match time_left(q.expires_at, now.instant) {
+        let live = match time_left(self.msgs.expires_at(q.msg), now.instant) {
             Some(left) => {
                 q.expiry_left = left;
                 true
@@ -2311,6 +2312,7 @@ impl Broker {
                 continue;
             };
             let mut p = p.clone();
+            let expires_at = self.msgs.expires_at(q.msg);
             // As published: the new member's own grant decides [MQTT-3.8.4-8].
             p.qos = *published;
             self.stats.shared_redeliveries += 1;
@@ -2322,7 +2324,7 @@ impl Broker {
                 qos_min(*published, entry.options.qos),
                 false,
                 entry.id.into_iter().collect(),
-                q.expires_at,
+                expires_at,
                 Some(filter.clone()),
                 &mut copies,
             );
@@ -2457,7 +2459,7 @@ fn enqueue_op(msgs: &SharedMsgs, client_id: MqttString, q: &Queued, now: Now) ->
         seq: q.seq,
         message: StoredMessage {
             publish,
-            expires_at_unix_ms: expiry_wall(now, q.expires_at),
+            expires_at_unix_ms: expiry_wall(now, msgs.expires_at(q.msg)),
         },
     })
 }

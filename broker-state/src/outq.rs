@@ -14,6 +14,7 @@
 
 use core::num::NonZeroU32;
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use mqtt_proto::{Packet, PacketId, Publish};
 
@@ -69,6 +70,8 @@ struct Slot {
     refs: u32,
     /// `approx_size` of the message.
     size: u32,
+    /// When the message expires (its Message Expiry Interval from when it came in).
+    expires_at: Option<Instant>,
     publish: Option<Publish>,
 }
 
@@ -77,13 +80,15 @@ struct Slot {
 const SHARED_SLOTS_KEPT: usize = 4096;
 
 impl SharedMsgs {
-    /// Holds `publish` with one reference (the caller's).
-    pub(crate) fn insert(&mut self, publish: Publish) -> MsgRef {
+    /// Holds `publish`, which expires at `expires_at`, with one reference (the
+    /// caller's).
+    pub(crate) fn insert(&mut self, publish: Publish, expires_at: Option<Instant>) -> MsgRef {
         let size = u32::try_from(crate::session::approx_size(&publish)).unwrap_or(u32::MAX);
         self.live += 1;
         let slot = Slot {
             refs: 1,
             size,
+            expires_at,
             publish: Some(publish),
         };
         if let Some(i) = self.free.pop() {
@@ -128,6 +133,11 @@ impl SharedMsgs {
     pub(crate) fn get(&self, r: MsgRef) -> Option<(&Publish, usize)> {
         let s = self.slots.get(r.0 as usize)?;
         s.publish.as_ref().map(|p| (p, s.size as usize))
+    }
+
+    /// When the message `r` expires.
+    pub(crate) fn expires_at(&self, r: MsgRef) -> Option<Instant> {
+        self.slots.get(r.0 as usize).and_then(|s| s.expires_at)
     }
 
     /// `approx_size` of the message `r` (0 if it is gone).

@@ -23,10 +23,10 @@ pub(crate) struct Queued {
     /// The granted QoS of this delivery (1 or 2).
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
-    pub(crate) sub_ids: Vec<NonZeroU32>,
+    pub(crate) sub_ids: SubIds,
     /// The Message Expiry Interval sent: the time left when it went in flight.
+    /// (The deadline itself is the message's, kept with it in `SharedMsgs`.)
     pub(crate) expiry_left: Option<u32>,
-    pub(crate) expires_at: Option<Instant>,
     pub(crate) seq: u64,
     pub(crate) size: usize,
     /// The shared subscription (`$share/{group}/{filter}`) it came through, if any,
@@ -44,9 +44,34 @@ impl Queued {
             retain: self.retain,
             packet_id: Some(packet_id),
             message_expiry_interval: self.expiry_left,
-            subscription_identifiers: &self.sub_ids,
+            subscription_identifiers: self.sub_ids.as_slice(),
             topic_alias: None,
             omit_topic: false,
+        }
+    }
+}
+
+/// The Subscription Identifiers of one delivery: usually none or one, kept inline
+/// (a `Vec` would make every in-flight entry 8 bytes larger).
+#[derive(Debug)]
+pub(crate) enum SubIds {
+    One(Option<NonZeroU32>),
+    Many(Box<[NonZeroU32]>),
+}
+
+impl SubIds {
+    pub(crate) fn from_vec(ids: Vec<NonZeroU32>) -> Self {
+        match ids.as_slice() {
+            [] => SubIds::One(None),
+            [id] => SubIds::One(Some(*id)),
+            _ => SubIds::Many(ids.into_boxed_slice()),
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[NonZeroU32] {
+        match self {
+            SubIds::One(id) => id.as_slice(),
+            SubIds::Many(ids) => ids,
         }
     }
 }

@@ -303,6 +303,29 @@ fn ceiling(duration: f64, sink_cpu: usize, gen_cpu: Option<usize>, tags: Vec<Str
             );
         }
     }
+    // Connects: the connect-rate scenario's loops (CONNECT, CONNACK, DISCONNECT,
+    // close) against the sink, which does nothing else per connection.
+    let sink_cpu = CpuMeter::start(sink_stat.clone());
+    let started = std::time::Instant::now();
+    let churn = conns::Churn {
+        concurrency: 64,
+        warmup: secs(0.5),
+        duration: secs(duration),
+    };
+    let one = local_runtime(conns::churn(
+        addr,
+        Version::V5,
+        churn,
+        None,
+        gen_stat.clone(),
+        "ceiling",
+    ));
+    if let Some(c) = sink_cpu.percent(started.elapsed().as_secs_f64()) {
+        r.push("conn_sink_cpu", format!("{c:.1}"));
+    }
+    ok &= one.get("failed") == Some("0");
+    r.push("conn_per_s", one.get("connects_per_s").unwrap_or("0"));
+    r.push("conn_gen_cpu", one.get("gen_cpu").unwrap_or("0"));
     r.push("ok", ok);
     println!("{r}");
     if ok {

@@ -370,12 +370,41 @@ fn ceiling_rows(scenario: &str, r: &Record, cells: usize) -> String {
         );
         label = "";
     }
+    if let (Some(rate), Some(cpu)) = (r.num("conn_per_s"), r.num("conn_gen_cpu")) {
+        let sink = r
+            .num("conn_sink_cpu")
+            .map_or(String::new(), |c| format!(", sink {c:.0} %"));
+        out += &format!(
+            "| {label} | connects/s (CPU %) | {} (generator {cpu:.0} %{sink}) |{}\n",
+            human(rate),
+            " |".repeat(cells - 1)
+        );
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ceiling_shows_the_generators_connect_rate_too() {
+        let r = Record::parse(
+            "scenario=generator-ceiling kind=ceiling pub_q0_per_s=4000000 pub_q0_gen_cpu=99 \
+             conn_per_s=14505 conn_gen_cpu=97.9 conn_sink_cpu=93",
+        );
+        let rows = ceiling_rows("generator-ceiling", &r, 3);
+        let lines: Vec<&str> = rows.lines().collect();
+        assert_eq!(lines.len(), 2, "{rows}");
+        assert!(
+            lines[0].starts_with("| generator-ceiling | publish QoS 0"),
+            "{rows}"
+        );
+        assert_eq!(
+            lines[1],
+            "|  | connects/s (CPU %) | 14.5k (generator 98 %, sink 93 %) | | |"
+        );
+    }
 
     #[test]
     fn records_round_trip_through_their_line() {

@@ -20,7 +20,7 @@ use crate::hooks::{
     EnhancedAuthenticator,
 };
 use crate::ids::{ConnId, Key, Slab};
-use crate::outq::{Front, MsgRef, OutPool, SharedMsgs, SharedTag, SHARED_SLOT};
+use crate::outq::{Front, MsgRef, OutPool, SharedMsgs, SharedTag};
 use crate::rng::Rng;
 use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
 use crate::session::{
@@ -97,7 +97,7 @@ pub struct Broker {
     /// with output: idle connections hold no queue memory, and routing allocates
     /// none per message.
     out_pool: OutPool,
-    /// QoS 0 messages waiting in output queues, held once per route.
+    /// Routed messages on their way out, each held once however many receive it.
     msgs: SharedMsgs,
     /// Routes that matched more than one subscription, numbered (see `route`).
     route_count: u32,
@@ -475,8 +475,11 @@ impl Broker {
         if let ConnState::Active { .. } = c.state {
             self.lose_connection(now, k, true);
         }
-        if let Some(mut c) = self.conns.remove(k) {
-            c.out.discard(&mut self.msgs);
+        // Output never sent gives back the shared messages it names.
+        if let Some(c) = self.conns.remove(k) {
+            for m in c.out.shared_refs() {
+                self.msgs.release(m);
+            }
         }
     }
 
@@ -626,9 +629,8 @@ impl Broker {
                     p.packet_id = None;
                     p.properties.topic_alias = None;
                     let msg = self.msgs.insert(p, expires_at);
-                    let size = self.msgs.size(msg);
                     s.next_seq = s.next_seq.max(seq);
-                    s.queue_bytes += size;
+                    s.queue_bytes += self.msgs.size(msg);
                     s.queue.push_back(Queued {
                         msg,
                         qos,
@@ -636,7 +638,6 @@ impl Broker {
                         sub_ids,
                         expiry_left: None,
                         seq,
-                        size,
                         shared: None,
                     });
                 }
@@ -648,7 +649,7 @@ impl Broker {
                 if let Some(s) = self.sessions.get_mut(k) {
                     if let Some(i) = s.queue.iter().position(|q| q.seq == seq) {
                         if let Some(q) = s.queue.remove(i) {
-                            s.queue_bytes -= q.size;
+                            s.queue_bytes -= self.msgs.size(q.msg);
                             self.msgs.release(q.msg);
                         }
                     }
@@ -791,7 +792,7 @@ impl Broker {
                     {
                         break;
                     }
-                    c.out.pop_front(SHARED_SLOT + msg_size);
+                    c.out.pop_front(msg_size);
                     self.msgs.release(tag.msg);
                 }
             }
@@ -1470,7 +1471,7 @@ impl Broker {
                     sub_id: sub_ids.first().copied(),
                     retain,
                 };
-                let size = SHARED_SLOT + self.msgs.size(msg);
+                let size = self.msgs.size(msg);
                 self.stats.deliveries += 1;
                 return self.push_shared(ck, tag, size);
             }
@@ -1507,7 +1508,6 @@ impl Broker {
             sub_ids: SubIds::from_vec(sub_ids),
             expiry_left: None,
             seq: s.take_seq(),
-            size: self.msgs.size(msg),
             shared: shared.map(|filter| (filter, template.qos)),
         };
         match online {
@@ -1565,12 +1565,12 @@ impl Broker {
         }
         let Some(id) = s.next_packet_id() else {
             // All 65,535 ids in flight: keep it queued.
-            s.queue_bytes += q.size;
+            s.queue_bytes += self.msgs.size(q.msg);
             s.queue.push_front(q);
             return;
         };
         // The in-flight entry is what goes on the wire: the output queue only names it.
-        let size = q.size;
+        let size = self.msgs.size(q.msg);
         let allocated = s.allocations;
         s.inflight.push_back(InFlight {
             packet_id: id,
@@ -1593,13 +1593,14 @@ impl Broker {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
-        let full = |s: &Session, extra: usize| {
-            s.queue.len() + 1 > limits.messages || s.queue_bytes + extra > limits.bytes
+        let size = self.msgs.size(q.msg);
+        let full = |s: &Session| {
+            s.queue.len() + 1 > limits.messages || s.queue_bytes + size > limits.bytes
         };
         // A message larger than the queue's whole byte limit can never be queued:
         // drop it alone, whatever the policy, instead of first discarding (or ending
         // the session with) everything queued before it.
-        if q.size > limits.bytes {
+        if size > limits.bytes {
             if online {
                 self.stats.dropped_online_queue_full += 1;
             } else {
@@ -1610,15 +1611,15 @@ impl Broker {
         }
         let mut removed = Vec::new();
         let mut drop_new = false;
-        if full(s, q.size) {
+        if full(s) {
             if online {
                 // Slow consumer, online: drop the oldest QoS 1 message; if only QoS 2
                 // messages wait, drop the new one (QoS 2 is never dropped once queued).
-                while full(s, q.size) {
+                while full(s) {
                     match s.queue.iter().position(|m| m.qos == QoS::AtLeastOnce) {
                         Some(i) => {
                             if let Some(old) = s.queue.remove(i) {
-                                s.queue_bytes -= old.size;
+                                s.queue_bytes -= self.msgs.size(old.msg);
                                 removed.push(old.seq);
                                 self.msgs.release(old.msg);
                             }
@@ -1645,10 +1646,10 @@ impl Broker {
                         return;
                     }
                     OverflowPolicy::DropOldest => {
-                        while full(s, q.size) {
+                        while full(s) {
                             match s.queue.pop_front() {
                                 Some(old) => {
-                                    s.queue_bytes -= old.size;
+                                    s.queue_bytes -= self.msgs.size(old.msg);
                                     removed.push(old.seq);
                                     self.msgs.release(old.msg);
                                     self.stats.dropped_offline_queue_full += 1;
@@ -1673,7 +1674,7 @@ impl Broker {
         if drop_new {
             self.msgs.release(q.msg);
         } else {
-            s.queue_bytes += q.size;
+            s.queue_bytes += size;
             s.queue.push_back(q);
         }
         // The store forgets what was dropped, also when the new message was dropped
@@ -1702,7 +1703,7 @@ impl Broker {
                 return;
             }
             let Some(q) = s.queue.pop_front() else { return };
-            s.queue_bytes -= q.size;
+            s.queue_bytes -= self.msgs.size(q.msg);
             self.send_inflight(now, ck, sk, q);
         }
     }

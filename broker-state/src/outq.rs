@@ -62,8 +62,8 @@ pub(crate) struct MsgRef(u32);
 #[derive(Default)]
 pub(crate) struct SharedMsgs {
     slots: Vec<Slot>,
+    /// The slots without a message.
     free: Vec<u32>,
-    live: usize,
 }
 
 struct Slot {
@@ -84,7 +84,6 @@ impl SharedMsgs {
     /// caller's).
     pub(crate) fn insert(&mut self, publish: Publish, expires_at: Option<Instant>) -> MsgRef {
         let size = u32::try_from(crate::session::approx_size(&publish)).unwrap_or(u32::MAX);
-        self.live += 1;
         let slot = Slot {
             refs: 1,
             size,
@@ -118,8 +117,8 @@ impl SharedMsgs {
         s.refs = s.refs.saturating_sub(1);
         if s.refs == 0 && s.publish.is_some() {
             s.publish = None;
-            self.live -= 1;
-            if self.live == 0 && self.slots.len() > SHARED_SLOTS_KEPT {
+            let none_left = self.free.len() + 1 == self.slots.len();
+            if none_left && self.slots.len() > SHARED_SLOTS_KEPT {
                 self.slots = Vec::new();
                 self.free = Vec::new();
             } else {
@@ -158,11 +157,8 @@ impl SharedMsgs {
     }
 }
 
-/// Bytes an output queue counts for a shared tag besides its message's size.
-pub(crate) const SHARED_SLOT: usize = core::mem::size_of::<Tag>();
-
-/// Bytes counted for a flight tag besides its message's size.
-const FLIGHT_SLOT: usize = core::mem::size_of::<Tag>();
+/// Bytes counted for a flight or shared tag besides its message's size.
+const TAG_SLOT: usize = core::mem::size_of::<Tag>();
 
 /// Drained queue buffers kept for reuse, so that a busy connection does not allocate
 /// new ones each time its queue drains and fills, while an idle one holds none.
@@ -301,32 +297,18 @@ impl OutQueue {
     pub(crate) fn push_flight(&mut self, id: PacketId, size: usize, pool: &mut OutPool) {
         pool.tags.take(&mut self.order);
         let size = u32::try_from(size).unwrap_or(u32::MAX);
-        self.bytes += FLIGHT_SLOT + size as usize;
+        self.bytes += TAG_SLOT + size as usize;
         self.flights += 1;
         self.order.push_back(Tag::Flight { id, size });
     }
 
-    /// Queues a reference to a shared message (the caller has taken the reference);
-    /// `size` is the message's size plus `SHARED_SLOT`.
+    /// Queues a reference to a shared message (the caller has taken the reference)
+    /// of `msg_size` bytes.
     #[inline]
-    pub(crate) fn push_shared(&mut self, tag: SharedTag, size: usize, pool: &mut OutPool) {
+    pub(crate) fn push_shared(&mut self, tag: SharedTag, msg_size: usize, pool: &mut OutPool) {
         pool.tags.take(&mut self.order);
-        self.bytes += size;
+        self.bytes += TAG_SLOT + msg_size;
         self.order.push_back(Tag::Shared(tag));
-    }
-
-    /// Discards everything waiting, giving back the shared messages it refers to
-    /// (a connection that goes away with output unsent).
-    pub(crate) fn discard(&mut self, msgs: &mut SharedMsgs) {
-        for t in self.order.drain(..) {
-            if let Tag::Shared(s) = t {
-                msgs.release(s.msg);
-            }
-        }
-        self.packets.clear();
-        self.lead = 0;
-        self.flights = 0;
-        self.bytes = 0;
     }
 
     /// The shared messages this queue refers to, once per tag.
@@ -349,8 +331,8 @@ impl OutQueue {
         }
     }
 
-    /// Removes the front; `packet_size` is what the packet (or shared message)
-    /// counted when pushed (ignored for a flight, which remembers its own).
+    /// Removes the front; `packet_size` is what the packet counted when pushed, or
+    /// the shared message's size (ignored for a flight, which remembers its own).
     #[inline(always)]
     pub(crate) fn pop_front(&mut self, packet_size: usize) {
         if self.lead > 0 {
@@ -366,11 +348,11 @@ impl OutQueue {
                 self.lead = n - 1;
             }
             Some(Tag::Flight { size, .. }) => {
-                self.bytes = self.bytes.saturating_sub(FLIGHT_SLOT + size as usize);
+                self.bytes = self.bytes.saturating_sub(TAG_SLOT + size as usize);
                 self.flights -= 1;
             }
             Some(Tag::Shared(_)) => {
-                self.bytes = self.bytes.saturating_sub(packet_size);
+                self.bytes = self.bytes.saturating_sub(TAG_SLOT + packet_size);
             }
             None => {}
         }
@@ -386,8 +368,8 @@ impl OutQueue {
             .order
             .iter()
             .map(|t| match t {
-                Tag::Flight { size, .. } => FLIGHT_SLOT + *size as usize,
-                Tag::Shared(s) => shared_size(s.msg),
+                Tag::Flight { size, .. } => TAG_SLOT + *size as usize,
+                Tag::Shared(s) => TAG_SLOT + shared_size(s.msg),
                 Tag::Packets(_) => 0,
             })
             .sum();

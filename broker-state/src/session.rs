@@ -28,7 +28,6 @@ pub(crate) struct Queued {
     /// (The deadline itself is the message's, kept with it in `SharedMsgs`.)
     pub(crate) expiry_left: Option<u32>,
     pub(crate) seq: u64,
-    pub(crate) size: usize,
     /// The shared subscription (`$share/{group}/{filter}`) it came through, if any,
     /// and the QoS it was published with (a redelivery to another member gets the
     /// smaller of that and the member's granted QoS [MQTT-3.8.4-8]).

@@ -28,9 +28,7 @@ impl Broker {
             c.out
                 .check()
                 .map_err(|e| format!("{id}: output queue: {e}"))?;
-            let out = c
-                .out
-                .recount(out_size, |m| crate::outq::SHARED_SLOT + self.msgs.size(m));
+            let out = c.out.recount(out_size, |m| self.msgs.size(m));
             if out != c.out.bytes() {
                 return Err(format!(
                     "{id}: output counts {} bytes but {out} bytes are waiting",
@@ -72,7 +70,7 @@ impl Broker {
                     return Err(format!("online session {name:?} has an expiry deadline"));
                 }
             }
-            let bytes: usize = s.queue.iter().map(|q| q.size).sum();
+            let bytes: usize = s.queue.iter().map(|q| self.msgs.size(q.msg)).sum();
             if bytes != s.queue_bytes {
                 return Err(format!(
                     "session {name:?}: queue_bytes {} but {bytes} bytes queued",

@@ -169,27 +169,22 @@ struct RouteCopies {
 }
 
 impl RouteCopies {
-    fn live(
+    /// The copy for an online receiver (`detach`: for an offline session's queue).
+    fn copy(
         &mut self,
         msgs: &mut SharedMsgs,
         template: &Publish,
         expires_at: Option<Instant>,
         now: Now,
+        detach: bool,
     ) -> MsgRef {
-        *self.live.get_or_insert_with(|| {
-            msgs.insert(stored_form(template, expires_at, now, false), expires_at)
-        })
-    }
-
-    fn detached(
-        &mut self,
-        msgs: &mut SharedMsgs,
-        template: &Publish,
-        expires_at: Option<Instant>,
-        now: Now,
-    ) -> MsgRef {
-        *self.detached.get_or_insert_with(|| {
-            msgs.insert(stored_form(template, expires_at, now, true), expires_at)
+        let slot = if detach {
+            &mut self.detached
+        } else {
+            &mut self.live
+        };
+        *slot.get_or_insert_with(|| {
+            msgs.insert(stored_form(template, expires_at, now, detach), expires_at)
         })
     }
 
@@ -205,17 +200,23 @@ impl RouteCopies {
 /// Interval left at `now`, optionally copied out of its read buffer.
 fn stored_form(template: &Publish, expires_at: Option<Instant>, now: Now, detach: bool) -> Publish {
     let mut p = template.clone();
-    p.qos = QoS::AtMostOnce;
-    p.retain = false;
-    p.dup = false;
-    p.packet_id = None;
     p.properties.subscription_identifiers = Vec::new();
-    p.properties.topic_alias = None;
+    strip_delivery(&mut p);
     refresh_expiry(&mut p, expires_at, now.instant);
     if detach {
         detach_publish(&mut p);
     }
     p
+}
+
+/// Clears what one delivery sets (QoS, RETAIN, DUP, packet id, Topic Alias) for
+/// `SharedMsgs`; the caller has taken the Subscription Identifiers out.
+fn strip_delivery(p: &mut Publish) {
+    p.qos = QoS::AtMostOnce;
+    p.retain = false;
+    p.dup = false;
+    p.packet_id = None;
+    p.properties.topic_alias = None;
 }
 
 /// A message as one delivery sends it (for packets built whole: resends, the store).
@@ -623,11 +624,7 @@ impl Broker {
                     let sub_ids = SubIds::from_vec(core::mem::take(
                         &mut p.properties.subscription_identifiers,
                     ));
-                    p.qos = QoS::AtMostOnce;
-                    p.retain = false;
-                    p.dup = false;
-                    p.packet_id = None;
-                    p.properties.topic_alias = None;
+                    strip_delivery(&mut p);
                     let msg = self.msgs.insert(p, expires_at);
                     s.next_seq = s.next_seq.max(seq);
                     s.queue_bytes += self.msgs.size(msg);
@@ -1464,7 +1461,7 @@ impl Broker {
             // Maximum Packet Size, or several Subscription Identifiers, get a packet
             // of their own.
             if copies.fan_out && c.peer_max_packet == u32::MAX && sub_ids.len() <= 1 {
-                let msg = copies.live(&mut self.msgs, template, expires_at, now);
+                let msg = copies.copy(&mut self.msgs, template, expires_at, now, false);
                 self.msgs.retain(msg);
                 let tag = SharedTag {
                     msg,
@@ -1496,10 +1493,7 @@ impl Broker {
         }
         // An offline session's message may wait hours: it gets the copy made out of
         // the read buffer the message shares, so it does not pin that buffer.
-        let msg = match online {
-            Some(_) => copies.live(&mut self.msgs, template, expires_at, now),
-            None => copies.detached(&mut self.msgs, template, expires_at, now),
-        };
+        let msg = copies.copy(&mut self.msgs, template, expires_at, now, online.is_none());
         self.msgs.retain(msg);
         let q = Queued {
             msg,
@@ -2359,10 +2353,7 @@ impl Broker {
         };
         let size = out_size(&packet);
         c.out.push_packet(packet, size, &mut self.out_pool);
-        if !c.transmit_signalled {
-            c.transmit_signalled = true;
-            self.events.push_back(Event::Transmit(conn_id(k)));
-        }
+        signal_transmit(c, &mut self.events, k);
     }
 
     /// Queues a reference to a shared QoS 0 message (its reference already taken).
@@ -2372,10 +2363,7 @@ impl Broker {
             return;
         };
         c.out.push_shared(tag, size, &mut self.out_pool);
-        if !c.transmit_signalled {
-            c.transmit_signalled = true;
-            self.events.push_back(Event::Transmit(conn_id(k)));
-        }
+        signal_transmit(c, &mut self.events, k);
     }
 
     /// Queues the in-flight PUBLISH `id` (already in the session's window) for the
@@ -2385,10 +2373,7 @@ impl Broker {
             return;
         };
         c.out.push_flight(id, size, &mut self.out_pool);
-        if !c.transmit_signalled {
-            c.transmit_signalled = true;
-            self.events.push_back(Event::Transmit(conn_id(k)));
-        }
+        signal_transmit(c, &mut self.events, k);
     }
 
     /// Writes the session's record, or removes it once the session is no longer
@@ -2435,6 +2420,14 @@ impl Broker {
             self.events
                 .push_back(Event::store(StoreOp::MessageRemove { client_id, seq }));
         }
+    }
+}
+
+/// Output is waiting for `c`: one Transmit event until `poll_transmit` drains it.
+fn signal_transmit(c: &mut Conn, events: &mut VecDeque<Event>, k: Key) {
+    if !c.transmit_signalled {
+        c.transmit_signalled = true;
+        events.push_back(Event::Transmit(conn_id(k)));
     }
 }
 

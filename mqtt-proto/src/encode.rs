@@ -33,7 +33,7 @@ impl Packet {
 
     fn first_byte(&self) -> u8 {
         let flags = match self {
-            Packet::Publish(p) => p.flags(),
+            Packet::Publish(p) => flags(&p.as_delivery()),
             Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => 0b0010,
             _ => 0,
         };
@@ -210,6 +210,11 @@ fn frame(
 }
 
 const BIN: &str = "binary data longer than 65535 bytes";
+
+/// The fixed header flags of a PUBLISH as delivered with `d` [MQTT-3.3.1].
+fn flags(d: &Delivery<'_>) -> u8 {
+    (u8::from(d.dup) << 3) | (d.qos.as_u8() << 1) | u8::from(d.retain)
+}
 const SUB_ID: &str = "a subscription identifier above 268435455";
 
 /// What a broker sets per receiver when it forwards a stored message: the fields of
@@ -284,14 +289,9 @@ impl Publish {
         self.check(d)?;
         let mut c = Counter::default();
         self.write_body(version, d, &mut c);
-        let flags = (u8::from(d.dup) << 3) | (d.qos.as_u8() << 1) | u8::from(d.retain);
-        frame(flags | (3 << 4), c.0, buf, |buf| {
+        frame(flags(d) | (3 << 4), c.0, buf, |buf| {
             self.write_body(version, d, buf)
         })
-    }
-
-    fn flags(&self) -> u8 {
-        (u8::from(self.dup) << 3) | (self.qos.as_u8() << 1) | u8::from(self.retain)
     }
 
     fn check(&self, d: &Delivery<'_>) -> Result<(), EncodeError> {

@@ -543,13 +543,19 @@ pub struct PublishProperties {
 impl PublishProperties {
     /// True when no property is set: the 5.0 encoding is one zero byte.
     pub fn is_empty(&self) -> bool {
+        self.message_expiry_interval.is_none()
+            && self.subscription_identifiers.is_empty()
+            && self.topic_alias.is_none()
+            && self.message_fields_empty()
+    }
+
+    /// True when none of the properties that belong to the message itself (not to
+    /// one delivery of it, see `Delivery`) is set.
+    fn message_fields_empty(&self) -> bool {
         self.payload_format_indicator.is_none()
-            && self.message_expiry_interval.is_none()
             && self.content_type.is_none()
             && self.response_topic.is_none()
             && self.correlation_data.is_none()
-            && self.subscription_identifiers.is_empty()
-            && self.topic_alias.is_none()
             && self.user_properties.is_empty()
     }
 
@@ -577,22 +583,6 @@ impl PublishProperties {
     }
 }
 
-impl WriteProperties for PublishProperties {
-    #[inline]
-    fn nothing_to_write(&self) -> bool {
-        self.is_empty()
-    }
-    fn write<S: Sink>(&self, s: &mut S) {
-        write_publish_properties(
-            s,
-            self,
-            self.message_expiry_interval,
-            &self.subscription_identifiers,
-            self.topic_alias,
-        );
-    }
-}
-
 /// A message's properties as one delivery sends them (see `Delivery`).
 pub(crate) struct DeliveredProperties<'a> {
     pub(crate) p: &'a PublishProperties,
@@ -602,49 +592,29 @@ pub(crate) struct DeliveredProperties<'a> {
 impl WriteProperties for DeliveredProperties<'_> {
     #[inline]
     fn nothing_to_write(&self) -> bool {
-        let (p, d) = (self.p, self.d);
-        p.payload_format_indicator.is_none()
-            && d.message_expiry_interval.is_none()
-            && p.content_type.is_none()
-            && p.response_topic.is_none()
-            && p.correlation_data.is_none()
+        let d = self.d;
+        d.message_expiry_interval.is_none()
             && d.subscription_identifiers.is_empty()
             && d.topic_alias.is_none()
-            && p.user_properties.is_empty()
+            && self.p.message_fields_empty()
     }
     fn write<S: Sink>(&self, s: &mut S) {
-        let d = self.d;
-        write_publish_properties(
+        let (p, d) = (self.p, self.d);
+        put_byte(
             s,
-            self.p,
-            d.message_expiry_interval,
-            d.subscription_identifiers,
-            d.topic_alias,
+            id::PAYLOAD_FORMAT_INDICATOR,
+            pf(p.payload_format_indicator),
         );
+        put_u32(s, id::MESSAGE_EXPIRY_INTERVAL, d.message_expiry_interval);
+        put_lp(s, id::CONTENT_TYPE, st(&p.content_type));
+        put_lp(s, id::RESPONSE_TOPIC, tp(&p.response_topic));
+        put_lp(s, id::CORRELATION_DATA, bi(&p.correlation_data));
+        for sid in d.subscription_identifiers {
+            put_vbi(s, id::SUBSCRIPTION_IDENTIFIER, sid.get());
+        }
+        put_u16(s, id::TOPIC_ALIAS, d.topic_alias.map(|v| v.get()));
+        p.user_properties.write(s);
     }
-}
-
-fn write_publish_properties<S: Sink>(
-    s: &mut S,
-    p: &PublishProperties,
-    message_expiry_interval: Option<u32>,
-    subscription_identifiers: &[NonZeroU32],
-    topic_alias: Option<NonZeroU16>,
-) {
-    put_byte(
-        s,
-        id::PAYLOAD_FORMAT_INDICATOR,
-        pf(p.payload_format_indicator),
-    );
-    put_u32(s, id::MESSAGE_EXPIRY_INTERVAL, message_expiry_interval);
-    put_lp(s, id::CONTENT_TYPE, st(&p.content_type));
-    put_lp(s, id::RESPONSE_TOPIC, tp(&p.response_topic));
-    put_lp(s, id::CORRELATION_DATA, bi(&p.correlation_data));
-    for sid in subscription_identifiers {
-        put_vbi(s, id::SUBSCRIPTION_IDENTIFIER, sid.get());
-    }
-    put_u16(s, id::TOPIC_ALIAS, topic_alias.map(|v| v.get()));
-    p.user_properties.write(s);
 }
 
 /// Properties of CONNACK [MQTT-3.2.2.3].

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use core::num::{NonZeroU16, NonZeroU32};
 use mqtt_proto::{
-    AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Delivery, Disconnect,
-    MqttString, Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, ReasonContext,
+    AckProperties, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, MqttString,
+    Packet, PacketId, ProtocolVersion, PubAck, Publish, QoS, ReasonCode, ReasonContext,
     RetainHandling, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
@@ -778,15 +778,15 @@ impl Broker {
                         c.out.pop_front(0);
                         continue;
                     };
-                    let d = Delivery {
-                        retain: tag.retain,
-                        subscription_identifiers: tag.sub_id.as_slice(),
-                        ..p.as_delivery()
-                    };
-                    if !c
-                        .out_aliases
-                        .encode(p, d, alias_max, c.peer_max_packet, v, buf, &budget)
-                    {
+                    if !c.out_aliases.encode(
+                        p,
+                        tag.delivery(p),
+                        alias_max,
+                        c.peer_max_packet,
+                        v,
+                        buf,
+                        &budget,
+                    ) {
                         break;
                     }
                     c.out.pop_front(msg_size);
@@ -1457,17 +1457,26 @@ impl Broker {
                 self.stats.expired += 1;
                 return;
             }
-            // The fan-out case: a tag naming the route's one copy. Receivers with a
-            // Maximum Packet Size, or several Subscription Identifiers, get a packet
-            // of their own.
-            if copies.fan_out && c.peer_max_packet == u32::MAX && sub_ids.len() <= 1 {
+            // The fan-out case: a tag naming the route's one copy. A receiver with
+            // several Subscription Identifiers (overlapping subscriptions) gets a
+            // packet of its own.
+            if copies.fan_out && sub_ids.len() <= 1 {
                 let msg = copies.copy(&mut self.msgs, template, expires_at, now, false);
-                self.msgs.retain(msg);
                 let tag = SharedTag {
                     msg,
                     sub_id: sub_ids.first().copied(),
                     retain,
                 };
+                // [MQTT-3.1.2-25] too large for this client: dropped for it.
+                let too_large = c.peer_max_packet != u32::MAX
+                    && self.msgs.get(msg).is_some_and(|(p, _)| {
+                        p.encoded_len_for(c.version, &tag.delivery(p)) > c.peer_max_packet as usize
+                    });
+                if too_large {
+                    self.stats.dropped_too_large += 1;
+                    return;
+                }
+                self.msgs.retain(msg);
                 let size = self.msgs.size(msg);
                 self.stats.deliveries += 1;
                 return self.push_shared(ck, tag, size);

@@ -38,6 +38,17 @@ pub(crate) struct SharedTag {
     pub(crate) retain: bool,
 }
 
+impl SharedTag {
+    /// This receiver's delivery of the shared message `p`.
+    pub(crate) fn delivery<'a>(&'a self, p: &'a Publish) -> mqtt_proto::Delivery<'a> {
+        mqtt_proto::Delivery {
+            retain: self.retain,
+            subscription_identifiers: self.sub_id.as_slice(),
+            ..p.as_delivery()
+        }
+    }
+}
+
 /// The front of the queue.
 pub(crate) enum Front<'a> {
     Packet(&'a mut Packet),

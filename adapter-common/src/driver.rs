@@ -215,7 +215,7 @@ impl<W: Wake> Hub<W> {
             io.input.clear();
             return 0;
         }
-        let before = self.broker.stats().deliveries;
+        let before = self.broker.deliveries();
         let stream = match &mut io.framing {
             Framing::Raw => &mut io.input,
             Framing::WebSocket(ws) => {
@@ -241,7 +241,7 @@ impl<W: Wake> Hub<W> {
             }
         }
         self.dispatch();
-        self.broker.stats().deliveries.wrapping_sub(before)
+        self.broker.deliveries().wrapping_sub(before)
     }
 
     /// Appends what the core has for this connection to `out` (framed for

@@ -299,6 +299,12 @@ impl Broker {
         self.stats
     }
 
+    /// `stats().deliveries` without copying every counter: adapters read it around
+    /// each batch of input.
+    pub fn deliveries(&self) -> u64 {
+        self.stats.deliveries
+    }
+
     /// Open connections (including ones not yet past CONNECT).
     pub fn connection_count(&self) -> usize {
         self.conns.len()

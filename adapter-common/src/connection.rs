@@ -34,11 +34,32 @@ pub trait Transport: Unpin {
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
+/// A connection with fewer rounds of reading or writing than this since the last
+/// sweep (decaying by 4 per sweep) parks as soon as it has nothing to do: a device
+/// that connects, subscribes and then sends a PINGREQ now and then gives up its task
+/// right after each exchange (a fresh connection after its CONNACK), while a busy
+/// one keeps it. Giving a parked connection a task again costs a few microseconds
+/// (two epoll changes and a task), which a connection waking a few times a second
+/// does not notice.
+const PARK_BELOW_BUSY: u16 = 8;
+
 /// A single-threaded notification: `wake` sets a flag and wakes the task waiting in
 /// [`LocalNotify::notified`]. Wakes before the wait are not lost; several coalesce.
+///
+/// A connection's notification also carries its idle marks for the parking lot
+/// ([`crate::park`]): whether it read or wrote since the last sweep, and whether
+/// the sweep asked it to park.
 #[derive(Default)]
 pub struct LocalNotify {
     flag: Cell<bool>,
+    /// Rounds of reading or writing since the last sweep (decaying).
+    busy: Cell<u16>,
+    /// The sweep found it idle: park at the next chance.
+    park: Cell<bool>,
+    /// Its task may park it (plain TCP on a runtime with a parking lot).
+    parkable: Cell<bool>,
+    /// Its task has just started and has not heard from the reactor yet.
+    fresh: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -64,14 +85,49 @@ impl LocalNotify {
     pub fn notified(&self) -> impl Future<Output = ()> + '_ {
         poll_fn(|cx| self.poll_notified(cx))
     }
-}
 
-impl Wake for Rc<LocalNotify> {
-    fn wake(&self) {
+    fn wake_task(&self) {
         self.flag.set(true);
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
+    }
+
+    /// The connection read or wrote: it is not idle.
+    fn mark_active(&self) {
+        self.busy.set(self.busy.get().saturating_add(1));
+        self.park.set(false);
+        self.fresh.set(false);
+    }
+
+    /// Whether the connection, now without anything to do, should park: it was
+    /// asked to by the sweep, or it has been quiet enough lately that keeping its
+    /// task costs more than giving it one again when it next has work.
+    ///
+    /// Never at the first chance of a task just (re)started that has not read or
+    /// written yet: its socket's readiness may not be known to the reactor until the
+    /// reactor's next turn, so the bytes that woke it from the lot would not have
+    /// been read yet.
+    fn should_park(&self) -> bool {
+        !self.fresh.replace(false)
+            && self.parkable.get()
+            && (self.park.get() || self.busy.get() < PARK_BELOW_BUSY)
+    }
+
+    /// One sweep of the parking lot: a parkable connection that was not active since
+    /// the previous sweep is asked (once) to park; the others' activity decays.
+    pub(crate) fn sweep(&self) {
+        let busy = self.busy.get();
+        self.busy.set(busy / 4);
+        if self.parkable.get() && busy == 0 && !self.park.replace(true) {
+            self.wake_task();
+        }
+    }
+}
+
+impl Wake for Rc<LocalNotify> {
+    fn wake(&self) {
+        self.wake_task();
     }
 }
 
@@ -186,12 +242,82 @@ pub async fn serve<T, C, S, F>(
         BytesMut::new()
     };
     drop(path);
-    let mut conn = Connection::open(&hub, clock(), peer, websocket, initial);
-    if conn.run(&hub, &mut t, &clock).await {
-        let flush = conn.finish(&hub, &mut t);
-        let _ = Box::pin(timeout(sleep(crate::server::FLUSH_TIMEOUT), flush)).await;
+    let conn = Connection::open(&hub, clock(), peer, websocket, initial);
+    // Never parked, so this always ends with the connection closed.
+    let _ = drive(&hub, t, conn, false, &clock, &sleep).await;
+}
+
+/// Where a plain connection's task starts.
+pub enum Start {
+    /// A connection just accepted.
+    New(PeerInfo),
+    /// A connection that was parked ([`crate::park`]).
+    Resume(Connection),
+}
+
+/// A plain connection (MQTT directly on the transport) from start, or from where it
+/// was parked, until it ends or, when `parkable`, until it has been idle long
+/// enough to park: then the transport and the connection come back, for the
+/// adapter to put into its [`ParkingLot`](crate::park::ParkingLot).
+pub async fn serve_plain<T, C, S, F>(
+    hub: SharedHub,
+    t: T,
+    start: Start,
+    parkable: bool,
+    clock: C,
+    sleep: S,
+) -> Option<(T, Connection)>
+where
+    T: Transport,
+    C: Fn() -> Now,
+    S: Fn(std::time::Duration) -> F,
+    F: Future<Output = ()>,
+{
+    let conn = match start {
+        Start::New(peer) => Connection::open(&hub, clock(), peer, false, BytesMut::new()),
+        Start::Resume(conn) => conn,
+    };
+    drive(&hub, t, conn, parkable, &clock, &sleep).await
+}
+
+/// The connection loop, then either the last flush (bounded by
+/// [`FLUSH_TIMEOUT`](crate::server::FLUSH_TIMEOUT)) and telling the core it is gone,
+/// or, when it parks, the transport and connection back.
+async fn drive<T, C, S, F>(
+    hub: &SharedHub,
+    mut t: T,
+    mut conn: Connection,
+    parkable: bool,
+    clock: &C,
+    sleep: &S,
+) -> Option<(T, Connection)>
+where
+    T: Transport,
+    C: Fn() -> Now,
+    S: Fn(std::time::Duration) -> F,
+    F: Future<Output = ()>,
+{
+    match conn.run(hub, &mut t, clock, parkable).await {
+        Ended::Idle => return Some((t, conn)),
+        Ended::Flush => {
+            let flush = conn.finish(hub, &mut t);
+            let _ = Box::pin(timeout(sleep(crate::server::FLUSH_TIMEOUT), flush)).await;
+        }
+        Ended::Gone => {}
     }
-    conn.closed(&hub, clock());
+    conn.closed(hub, clock());
+    None
+}
+
+/// How [`Connection::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The core closes the connection: flush its last output, then close.
+    Flush,
+    /// The peer went away or the transport failed.
+    Gone,
+    /// Idle since the last sweep, with nothing to read or write: it may park.
+    Idle,
 }
 
 /// Bytes pulled from the core per write.
@@ -296,14 +422,37 @@ impl Connection {
         Connection { conn, io, notify }
     }
 
-    /// Runs until the core closes the connection or the peer goes away. Returns true
-    /// when there is a last output to flush ([`Connection::finish`]).
+    /// A parked connection, to be served again.
+    pub(crate) fn resume(
+        conn: ConnId,
+        decoder: mqtt_proto::Decoder,
+        notify: Rc<LocalNotify>,
+    ) -> Self {
+        Connection {
+            conn,
+            io: ConnIo::resumed(decoder),
+            notify,
+        }
+    }
+
+    /// What a parked connection keeps: its id and its decoder. Its wake handle
+    /// goes, with the task's waker in it (a waker keeps the task's memory alive).
+    pub(crate) fn into_parked(self) -> (ConnId, mqtt_proto::Decoder) {
+        (self.conn, self.io.into_decoder())
+    }
+
+    /// Runs until the core closes the connection, the peer goes away, or (when
+    /// `parkable`) the parking lot's sweep found it idle and it has nothing to read
+    /// or write.
     pub async fn run<T: Transport>(
         &mut self,
         hub: &SharedHub,
         t: &mut T,
         clock: impl Fn() -> Now,
-    ) -> bool {
+        parkable: bool,
+    ) -> Ended {
+        self.notify.parkable.set(parkable);
+        self.notify.fresh.set(true);
         poll_fn(|cx| self.poll_run(cx, hub, t, &clock)).await
     }
 
@@ -313,7 +462,7 @@ impl Connection {
         hub: &SharedHub,
         t: &mut T,
         clock: &impl Fn() -> Now,
-    ) -> Poll<bool> {
+    ) -> Poll<Ended> {
         let conn = self.conn;
         // A peer that floods must not starve the other connections on this thread:
         // after 32 rounds of progress, or once its input has caused
@@ -365,10 +514,10 @@ impl Connection {
                 hub.borrow_mut().put_write_buffer(out);
             }
             if closing {
-                return Poll::Ready(true);
+                return Poll::Ready(Ended::Flush);
             }
             if failed {
-                return Poll::Ready(false);
+                return Poll::Ready(Ended::Gone);
             }
             // A peer that does not read while it keeps sending would make the core
             // queue ever more acknowledgements for it: while its socket does not drain,
@@ -395,7 +544,7 @@ impl Connection {
             match read {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     self.give_back(hub, shared);
-                    return Poll::Ready(false);
+                    return Poll::Ready(Ended::Gone);
                 }
                 Poll::Ready(Ok(_)) => {
                     routed += hub.borrow_mut().feed(clock(), conn, &mut self.io);
@@ -405,10 +554,17 @@ impl Connection {
                 Poll::Pending => self.give_back(hub, shared),
             }
             self.io.release_idle_buffers();
+            if progressed {
+                self.notify.mark_active();
+            }
+            // A wake from the core (or the sweep) is progress, not activity.
             if self.notify.poll_notified(cx).is_ready() {
                 progressed = true;
             }
             if !progressed {
+                if self.io.is_idle() && self.notify.should_park() {
+                    return Poll::Ready(Ended::Idle);
+                }
                 return Poll::Pending;
             }
         }

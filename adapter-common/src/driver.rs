@@ -96,6 +96,30 @@ impl ConnIo {
         self.input.reserve(want.clamp(READ_CHUNK, 1024 * 1024));
     }
 
+    /// A plain connection's buffers around the decoder it had when it was parked.
+    pub(crate) fn resumed(decoder: Decoder) -> Self {
+        ConnIo {
+            decoder,
+            framing: Framing::Raw,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            finished: false,
+        }
+    }
+
+    /// The decoder, all a parked connection keeps of its buffers.
+    pub(crate) fn into_decoder(self) -> Decoder {
+        self.decoder
+    }
+
+    /// Nothing to read or write, plain framing, not finishing: it may park.
+    pub(crate) fn is_idle(&self) -> bool {
+        matches!(self.framing, Framing::Raw)
+            && self.input.is_empty()
+            && self.output.is_empty()
+            && !self.finished
+    }
+
     /// Gives back the memory of buffers that are empty: reads and writes go through
     /// the thread's shared buffers, so an idle connection holds none of its own.
     pub fn release_idle_buffers(&mut self) {
@@ -114,9 +138,14 @@ impl ConnIo {
 }
 
 struct Entry<W> {
-    waker: W,
+    /// Its task's wake handle; none while it is parked.
+    waker: Option<W>,
+    /// Its slot in the parking lot while it is parked, else `NOT_PARKED`.
+    parked: u32,
     closing: Option<ReasonCode>,
 }
+
+const NOT_PARKED: u32 = u32::MAX;
 
 /// The broker core and its connections, for one runtime thread.
 pub struct Hub<W: Wake> {
@@ -124,6 +153,10 @@ pub struct Hub<W: Wake> {
     conns: HashMap<ConnId, Entry<W>>,
     timer: Option<W>,
     armed: Option<Instant>,
+    /// The parking lot's task, woken when a parked connection must run again.
+    lot: Option<W>,
+    /// Parked connections (lot slot, id) the core has output for or closes.
+    unpark: Vec<(u32, ConnId)>,
     /// The read buffer every connection of this thread reads into, one at a time.
     read_buffer: BytesMut,
     /// The write buffer every connection of this thread writes from, one at a time.
@@ -138,6 +171,8 @@ impl<W: Wake> Hub<W> {
             conns: HashMap::new(),
             timer: None,
             armed: None,
+            lot: None,
+            unpark: Vec::new(),
             read_buffer: BytesMut::new(),
             write_buffer: BytesMut::new(),
         }
@@ -183,6 +218,42 @@ impl<W: Wake> Hub<W> {
         self.timer = Some(waker);
     }
 
+    /// The waker of the parking lot's task, woken when a parked connection has
+    /// output or must close.
+    pub fn set_lot_waker(&mut self, waker: W) {
+        self.lot = Some(waker);
+    }
+
+    /// Records that a connection is parked in lot slot `slot`; its task's wake
+    /// handle is dropped.
+    pub fn park(&mut self, conn: ConnId, slot: u32) {
+        if let Some(e) = self.conns.get_mut(&conn) {
+            e.parked = slot;
+            e.waker = None;
+        }
+    }
+
+    /// Records that a parked connection has a task again, woken through `waker`.
+    pub fn unpark(&mut self, conn: ConnId, waker: W) {
+        if let Some(e) = self.conns.get_mut(&conn) {
+            e.parked = NOT_PARKED;
+            e.waker = Some(waker);
+        }
+    }
+
+    /// Moves the parked connections that must run again (lot slot, id) into `out`.
+    pub fn take_unpark_requests(&mut self, out: &mut Vec<(u32, ConnId)>) {
+        out.append(&mut self.unpark);
+    }
+
+    /// The wake handles of the connections that have a task and are not closing.
+    pub fn task_wakers(&self) -> impl Iterator<Item = &W> {
+        self.conns
+            .values()
+            .filter(|e| e.closing.is_none())
+            .filter_map(|e| e.waker.as_ref())
+    }
+
     /// Connections open.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -199,7 +270,8 @@ impl<W: Wake> Hub<W> {
         self.conns.insert(
             conn,
             Entry {
-                waker,
+                waker: Some(waker),
+                parked: NOT_PARKED,
                 closing: None,
             },
         );
@@ -321,7 +393,7 @@ impl<W: Wake> Hub<W> {
             match event {
                 Event::Transmit(conn) => {
                     if let Some(e) = self.conns.get(&conn) {
-                        e.waker.wake();
+                        Self::wake_entry(e, conn, &mut self.unpark, self.lot.as_ref());
                     }
                 }
                 Event::Close { conn, reason } => {
@@ -333,7 +405,7 @@ impl<W: Wake> Hub<W> {
                     self.log_disconnect(conn, &label);
                     if let Some(e) = self.conns.get_mut(&conn) {
                         e.closing = Some(reason);
-                        e.waker.wake();
+                        Self::wake_entry(e, conn, &mut self.unpark, self.lot.as_ref());
                     }
                 }
                 Event::Connected {
@@ -361,6 +433,18 @@ impl<W: Wake> Hub<W> {
             if self.armed.is_none_or(|armed| next < armed) {
                 self.armed = Some(next);
                 timer.wake();
+            }
+        }
+    }
+
+    /// Wakes a connection's task, or asks the parking lot to give it one again.
+    fn wake_entry(e: &Entry<W>, conn: ConnId, unpark: &mut Vec<(u32, ConnId)>, lot: Option<&W>) {
+        if let Some(waker) = &e.waker {
+            waker.wake();
+        } else if e.parked != NOT_PARKED {
+            unpark.push((e.parked, conn));
+            if let Some(lot) = lot {
+                lot.wake();
             }
         }
     }

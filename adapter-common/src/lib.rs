@@ -64,12 +64,14 @@
 
 #![warn(missing_docs)]
 
+pub mod alloc;
 mod atomic;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod core;
 pub mod driver;
+pub mod park;
 pub mod passwd;
 pub mod server;
 pub mod tls;

@@ -2,10 +2,16 @@
 
 use std::time::Duration;
 
+use std::cell::RefCell;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+
 use adapter_common::config::Config;
-use adapter_common::connection::{self, SharedHub};
+use adapter_common::connection::{self, LocalNotify, SharedHub, Start};
+use adapter_common::park::{self, ParkingLot};
 use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
-use tokio::net::TcpListener;
+use tokio::io::unix::AsyncFd;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
@@ -51,10 +57,24 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         now,
         |at| tokio::time::sleep_until(tokio::time::Instant::from_std(at)),
     ));
+    let (lot, lot_task) = match parking_lot() {
+        Ok((lot, ready_fd)) => {
+            let lot = Rc::new(RefCell::new(lot));
+            let notify = LocalNotify::new();
+            hub.borrow_mut().set_lot_waker(notify.clone());
+            let task = run_lot(hub.clone(), lot.clone(), ready_fd, notify);
+            (Some(lot), Some(tokio::task::spawn_local(task)))
+        }
+        Err(error) => {
+            tracing::debug!(%error, "no parking lot: idle connections keep their tasks");
+            (None, None)
+        }
+    };
     let mut accept_tasks = Vec::new();
     for l in listeners {
         accept_tasks.push(tokio::task::spawn_local(accept_loop(
             hub.clone(),
+            lot.clone(),
             l,
             handshake_timeout,
         )));
@@ -64,12 +84,108 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
     for t in &accept_tasks {
         t.abort();
     }
+    // The lot keeps running: parked connections get their tasks back to close.
     connection::shutdown(&hub, now, tokio::time::sleep).await;
+    if let Some(t) = lot_task {
+        t.abort();
+    }
     timer.abort();
     tracing::info!("stopped");
 }
 
-async fn accept_loop(hub: SharedHub, l: BoundListener, handshake_timeout: Duration) {
+type Lot = Rc<RefCell<ParkingLot>>;
+
+/// A parking lot and (a duplicate of) its epoll descriptor registered with this
+/// runtime.
+fn parking_lot() -> std::io::Result<(ParkingLot, AsyncFd<OwnedFd>)> {
+    let lot = ParkingLot::new()?;
+    let fd = lot.epoll_fd().try_clone_to_owned()?;
+    // SAFETY: the AsyncFd owns `fd`, so it stays open and the same while registered.
+    let ready_fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+    Ok((lot, ready_fd))
+}
+
+/// The parking lot's task: sweeps for idle connections every tick, and gives a
+/// task back to each parked connection whose socket is ready or that the core has
+/// output for.
+async fn run_lot(hub: SharedHub, lot: Lot, ready_fd: AsyncFd<OwnedFd>, notify: Rc<LocalNotify>) {
+    let mut tick = tokio::time::interval(park::PARK_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ready = Vec::new();
+    loop {
+        tokio::select! {
+            guard = ready_fd.readable() => {
+                let Ok(mut guard) = guard else { return };
+                if lot.borrow_mut().take_ready(&hub, &mut ready) {
+                    guard.clear_ready();
+                }
+            }
+            () = notify.notified() => {
+                lot.borrow_mut().take_ready(&hub, &mut ready);
+            }
+            _ = tick.tick() => park::sweep_idle(&hub),
+        }
+        for parked in ready.drain(..) {
+            let (fd, conn) = parked.into_parts(&hub);
+            match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+                Ok(socket) => {
+                    let start = Start::Resume(conn);
+                    tokio::task::spawn_local(serve_plain(
+                        hub.clone(),
+                        Some(lot.clone()),
+                        socket,
+                        start,
+                    ));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "cannot register a parked connection again");
+                    conn.closed(&hub, now());
+                }
+            }
+        }
+    }
+}
+
+/// A plain-TCP connection's task: serves it until it ends or parks.
+async fn serve_plain(hub: SharedHub, lot: Option<Lot>, socket: TcpStream, start: Start) {
+    let (mut socket, mut start) = (socket, start);
+    loop {
+        let sleep = |d| tokio::time::sleep(d);
+        let parkable = lot.is_some();
+        let served =
+            connection::serve_plain(hub.clone(), TokioIo(socket), start, parkable, now, sleep);
+        let Some((TokioIo(idle), conn)) = served.await else {
+            return;
+        };
+        let Some(lot) = &lot else { return };
+        let fd = match idle.into_std() {
+            Ok(std) => OwnedFd::from(std),
+            Err(error) => {
+                tracing::debug!(%error, "cannot take an idle connection off the reactor");
+                conn.closed(&hub, now());
+                return;
+            }
+        };
+        let Err((fd, conn)) = lot.borrow_mut().park(&hub, fd, conn) else {
+            return;
+        };
+        // Could not park: go on serving it here.
+        match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+            Ok(s) => (socket, start) = (s, Start::Resume(conn)),
+            Err(_) => {
+                conn.closed(&hub, now());
+                return;
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    hub: SharedHub,
+    lot: Option<Lot>,
+    l: BoundListener,
+    handshake_timeout: Duration,
+) {
     let listener = match l.socket.try_clone().and_then(TcpListener::from_std) {
         Ok(listener) => listener,
         Err(error) => {
@@ -97,6 +213,10 @@ async fn accept_loop(hub: SharedHub, l: BoundListener, handshake_timeout: Durati
             l.path.clone(),
         );
         let sleep = |d| tokio::time::sleep(d);
+        if tls.is_none() && !websocket {
+            tokio::task::spawn_local(serve_plain(hub, lot.clone(), socket, Start::New(peer)));
+            continue;
+        }
         let Some(acceptor) = tls else {
             // A task per plain connection holds only what the connection loop needs.
             let t = TokioIo(socket);

@@ -1,0 +1,263 @@
+//! Idle plain-TCP connections without a task: the parking lot.
+//!
+//! A connection that is a runtime task costs the runtime's task cell (512 bytes for
+//! the connection loop in tokio) and its socket's registration with the reactor
+//! (tokio's `ScheduledIo`, 256 bytes, cache-line aligned) for as long as it is
+//! open, although most of a device fleet's connections do nothing for seconds or
+//! minutes at a time. Mosquitto keeps an idle connection in 0.7 KiB because it has
+//! no task per connection at all.
+//!
+//! So a plain-TCP connection that stayed idle (nothing read, written or woken) for
+//! a whole [`PARK_TICK`] leaves its task: its socket moves to this lot's own epoll
+//! instance (the kernel's memory, not the process's), its task ends, and what is
+//! left of it in the process is a [`Parked`] slot of 24 bytes beside the core's
+//! connection and session state. The lot's epoll descriptor is itself registered
+//! with the runtime, so one task (the adapter's) waits for every parked socket.
+//! A parked connection gets its task back (the adapter spawns it again with
+//! [`Connection::resume`]) as soon as
+//! - its socket becomes readable or the peer hangs up (epoll, level-triggered, so
+//!   bytes that arrived while it was being parked are seen at once), or
+//! - the core has output for it or closes it (the hub's `Transmit` and `Close`
+//!   events for a parked connection are turned into unpark requests).
+//!
+//! The core's timers (keep-alive, session expiry) do not involve the task, so they
+//! run as before. Linux only: elsewhere [`ParkingLot::new`] fails and connections
+//! keep their tasks.
+
+use broker_state::ConnId;
+use mqtt_proto::Decoder;
+use std::io;
+
+use crate::connection::{Connection, LocalNotify, SharedHub};
+
+/// How long a connection must stay idle, at least, before it is parked; it is
+/// parked within two ticks of its last activity.
+pub const PARK_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What is left of a parked connection in the process: its socket, its id and its
+/// decoder (which knows the protocol version).
+pub struct Parked {
+    fd: std::os::fd::OwnedFd,
+    conn: ConnId,
+    decoder: Decoder,
+}
+
+impl Parked {
+    /// The socket and the connection, registered with the hub again, for a new task
+    /// to serve.
+    pub fn into_parts(self, hub: &SharedHub) -> (std::os::fd::OwnedFd, Connection) {
+        let notify = LocalNotify::new();
+        hub.borrow_mut().unpark(self.conn, notify.clone());
+        let conn = Connection::resume(self.conn, self.decoder, notify);
+        (self.fd, conn)
+    }
+}
+
+/// Parked connections of one server thread, in one epoll instance.
+pub struct ParkingLot {
+    epoll: std::os::fd::OwnedFd,
+    slots: Vec<Option<Parked>>,
+    free: Vec<u32>,
+    parked: usize,
+    requests: Vec<(u32, ConnId)>,
+}
+
+impl ParkingLot {
+    /// An empty lot with an epoll instance of its own.
+    #[cfg(target_os = "linux")]
+    pub fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 has no memory preconditions; a non-negative result is
+        // a new descriptor that we own from here on.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is open and owned by nobody else.
+        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Ok(ParkingLot {
+            epoll,
+            slots: Vec::new(),
+            free: Vec::new(),
+            parked: 0,
+            requests: Vec::new(),
+        })
+    }
+
+    /// No epoll here: connections are never parked.
+    #[cfg(not(target_os = "linux"))]
+    pub fn new() -> io::Result<Self> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "parking needs epoll",
+        ))
+    }
+
+    /// The epoll descriptor, readable while a parked socket is ready. The adapter
+    /// registers it with its runtime and calls [`ParkingLot::take_ready`] when it is.
+    pub fn epoll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.epoll.as_fd()
+    }
+
+    /// Connections parked now.
+    pub fn len(&self) -> usize {
+        self.parked
+    }
+
+    /// True when no connection is parked.
+    pub fn is_empty(&self) -> bool {
+        self.parked == 0
+    }
+
+    /// Parks `conn` (whose task is ending) with its socket `fd`, already taken
+    /// off the runtime's reactor. If the socket cannot be added to the lot's epoll
+    /// set, both come back and the connection goes on with a task.
+    pub fn park(
+        &mut self,
+        hub: &SharedHub,
+        fd: std::os::fd::OwnedFd,
+        conn: Connection,
+    ) -> Result<(), (std::os::fd::OwnedFd, Connection)> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let Ok(slot) = u32::try_from(self.slots.len()) else {
+                    return Err((fd, conn));
+                };
+                self.slots.push(None);
+                slot
+            }
+        };
+        if let Err(error) = self.watch(&fd, slot) {
+            tracing::debug!(%error, "cannot park a connection");
+            self.free.push(slot);
+            return Err((fd, conn));
+        }
+        let (id, decoder) = conn.into_parked();
+        hub.borrow_mut().park(id, slot);
+        self.slots[slot as usize] = Some(Parked {
+            fd,
+            conn: id,
+            decoder,
+        });
+        self.parked += 1;
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn watch(&self, fd: &std::os::fd::OwnedFd, slot: u32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: u64::from(slot),
+        };
+        // SAFETY: both descriptors are open; `event` lives through the call.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                fd.as_raw_fd(),
+                &mut event,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn watch(&self, _fd: &std::os::fd::OwnedFd, _slot: u32) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn unwatch(&self, fd: &std::os::fd::OwnedFd) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: both descriptors are open; a null event is allowed for DEL. A
+        // failure (the descriptor was not in the set) leaves nothing to undo.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd.as_raw_fd(),
+                std::ptr::null_mut(),
+            );
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn unwatch(&self, _fd: &std::os::fd::OwnedFd) {}
+
+    /// Moves every parked connection that must run again into `out`: those whose
+    /// socket is ready, and those the core has output for or closes. Returns true
+    /// when the epoll set had no more ready sockets (the adapter may then clear the
+    /// descriptor's readiness).
+    pub fn take_ready(&mut self, hub: &SharedHub, out: &mut Vec<Parked>) -> bool {
+        let drained = self.take_ready_sockets(out);
+        hub.borrow_mut().take_unpark_requests(&mut self.requests);
+        for (slot, conn) in std::mem::take(&mut self.requests) {
+            let here = self.slots.get(slot as usize).and_then(Option::as_ref);
+            if here.is_some_and(|p| p.conn == conn) {
+                self.unpark(slot, out);
+            }
+        }
+        drained
+    }
+
+    #[cfg(target_os = "linux")]
+    fn take_ready_sockets(&mut self, out: &mut Vec<Parked>) -> bool {
+        use std::os::fd::AsRawFd;
+        const BATCH: usize = 256;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
+        loop {
+            // SAFETY: `events` has room for BATCH entries; timeout 0 never blocks.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    BATCH as libc::c_int,
+                    0,
+                )
+            };
+            let Ok(n) = usize::try_from(n) else {
+                let error = io::Error::last_os_error();
+                // EINTR: try again later; anything else: nothing to take now.
+                return error.kind() != io::ErrorKind::Interrupted;
+            };
+            for event in &events[..n] {
+                if let Ok(slot) = u32::try_from(event.u64) {
+                    self.unpark(slot, out);
+                }
+            }
+            if n < BATCH {
+                return true;
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn take_ready_sockets(&mut self, _out: &mut Vec<Parked>) -> bool {
+        true
+    }
+
+    fn unpark(&mut self, slot: u32, out: &mut Vec<Parked>) {
+        let Some(parked) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        self.unwatch(&parked.fd);
+        self.free.push(slot);
+        self.parked -= 1;
+        out.push(parked);
+    }
+}
+
+/// Asks every plain-TCP connection that stayed idle since the previous sweep to
+/// park, and starts the next idle period for the others. The adapter calls it every
+/// [`PARK_TICK`].
+pub fn sweep_idle(hub: &SharedHub) {
+    for notify in hub.borrow().task_wakers() {
+        notify.sweep();
+    }
+}

@@ -1,21 +1,26 @@
 //! Listeners, the timer task and graceful shutdown on one server thread, with a
 //! smol `LocalExecutor` driven by smol's or async-std's `block_on`.
 
-use std::future::Future;
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::config::{Config, ListenerKind};
-use adapter_common::connection::{self, SharedHub, Transport};
+use adapter_common::connection::{self, LocalNotify, SharedHub, Start, Transport};
+use adapter_common::park::{self, ParkingLot};
 use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
 use broker_state::Now;
 use bytes::BytesMut;
 use smol::io::{AsyncRead, AsyncWrite};
-use smol::{LocalExecutor, Timer};
+use smol::stream::Stream;
+use smol::{Async, LocalExecutor, Timer};
 
 /// Which runtime drives the executor and owns the sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,6 +115,25 @@ async fn run_server(
             Timer::at(at).await;
         },
     ));
+    // async-std's streams cannot be taken off its reactor without a second
+    // descriptor, so only smol parks idle connections.
+    let (lot, lot_task) = match flavor {
+        Flavor::Smol => match parking_lot() {
+            Ok((lot, ready_fd)) => {
+                let lot = Rc::new(RefCell::new(lot));
+                let notify = LocalNotify::new();
+                hub.borrow_mut().set_lot_waker(notify.clone());
+                let task = run_lot(ex.clone(), hub.clone(), lot.clone(), ready_fd, notify);
+                (Some(lot), Some(ex.spawn(task)))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "no parking lot: idle connections keep their tasks");
+                (None, None)
+            }
+        },
+        #[cfg(feature = "async-std")]
+        Flavor::AsyncStd => (None, None),
+    };
     let mut accept_tasks = Vec::new();
     for l in listeners {
         let socket = match l.socket.try_clone() {
@@ -124,6 +148,7 @@ async fn run_server(
                 Ok(listener) => ex.spawn(accept_loop(
                     ex.clone(),
                     hub.clone(),
+                    lot.clone(),
                     listener,
                     l,
                     handshake_timeout,
@@ -139,6 +164,7 @@ async fn run_server(
                 ex.spawn(accept_loop(
                     ex.clone(),
                     hub.clone(),
+                    None,
                     listener,
                     l,
                     handshake_timeout,
@@ -154,15 +180,112 @@ async fn run_server(
         Timer::after(d).await;
     })
     .await;
+    drop(lot_task);
     drop(timer);
     tracing::info!("stopped");
 }
 
+type Lot = Rc<RefCell<ParkingLot>>;
+
+/// A parking lot and (a duplicate of) its epoll descriptor registered with
+/// async-io.
+fn parking_lot() -> io::Result<(ParkingLot, Async<OwnedFd>)> {
+    let lot = ParkingLot::new()?;
+    let fd = lot.epoll_fd().try_clone_to_owned()?;
+    Ok((lot, Async::new(fd)?))
+}
+
+/// The parking lot's task: sweeps for idle connections every tick, and gives a
+/// task back to each parked connection whose socket is ready or that the core has
+/// output for.
+async fn run_lot(
+    ex: Rc<LocalExecutor<'static>>,
+    hub: SharedHub,
+    lot: Lot,
+    ready_fd: Async<OwnedFd>,
+    notify: Rc<LocalNotify>,
+) {
+    let mut tick = Timer::interval(park::PARK_TICK);
+    let mut ready = Vec::new();
+    loop {
+        let sweep = poll_fn(|cx| {
+            if ready_fd.poll_readable(cx).is_ready() || notify.poll_notified(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Pin::new(&mut tick).poll_next(cx).map(|_| true)
+        })
+        .await;
+        if sweep {
+            park::sweep_idle(&hub);
+        }
+        lot.borrow_mut().take_ready(&hub, &mut ready);
+        for parked in ready.drain(..) {
+            let (fd, conn) = parked.into_parts(&hub);
+            match smol::net::TcpStream::try_from(std::net::TcpStream::from(fd)) {
+                Ok(socket) => {
+                    let start = Start::Resume(conn);
+                    let task = serve_plain::<smol::net::TcpListener>(
+                        hub.clone(),
+                        Some(lot.clone()),
+                        socket,
+                        start,
+                    );
+                    ex.spawn(task).detach();
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "cannot register a parked connection again");
+                    conn.closed(&hub, now());
+                }
+            }
+        }
+    }
+}
+
+/// A plain-TCP connection's task: serves it until it ends or parks.
+async fn serve_plain<L: Accept>(hub: SharedHub, lot: Option<Lot>, socket: L::Stream, start: Start) {
+    let (mut socket, mut start) = (socket, start);
+    loop {
+        let sleep = |d| async move {
+            Timer::after(d).await;
+        };
+        let parkable = lot.is_some();
+        let served =
+            connection::serve_plain(hub.clone(), FuturesIo(socket), start, parkable, now, sleep);
+        let Some((FuturesIo(idle), conn)) = served.await else {
+            return;
+        };
+        let Some(lot) = &lot else { return };
+        let fd = match L::into_fd(idle) {
+            Ok(fd) => fd,
+            Err(error) => {
+                tracing::debug!(%error, "cannot take an idle connection off the reactor");
+                conn.closed(&hub, now());
+                return;
+            }
+        };
+        let Err((fd, conn)) = lot.borrow_mut().park(&hub, fd, conn) else {
+            return;
+        };
+        // Could not park: go on serving it here.
+        match L::from_fd(fd) {
+            Ok(s) => (socket, start) = (s, Start::Resume(conn)),
+            Err(_) => {
+                conn.closed(&hub, now());
+                return;
+            }
+        }
+    }
+}
+
 /// A listening socket of smol or async-std.
-trait Accept {
+trait Accept: 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
     fn set_nodelay(stream: &Self::Stream);
+    /// Takes a stream off the reactor, for the parking lot.
+    fn into_fd(stream: Self::Stream) -> io::Result<OwnedFd>;
+    /// A parked stream back on the reactor.
+    fn from_fd(fd: OwnedFd) -> io::Result<Self::Stream>;
 }
 
 impl Accept for smol::net::TcpListener {
@@ -172,6 +295,15 @@ impl Accept for smol::net::TcpListener {
     }
     fn set_nodelay(stream: &Self::Stream) {
         let _ = stream.set_nodelay(true);
+    }
+    fn into_fd(stream: Self::Stream) -> io::Result<OwnedFd> {
+        let shared: Arc<Async<std::net::TcpStream>> = stream.into();
+        let only = Arc::try_unwrap(shared)
+            .map_err(|_| io::Error::other("the stream has other handles"))?;
+        Ok(OwnedFd::from(only.into_inner()?))
+    }
+    fn from_fd(fd: OwnedFd) -> io::Result<Self::Stream> {
+        smol::net::TcpStream::try_from(std::net::TcpStream::from(fd))
     }
 }
 
@@ -184,11 +316,21 @@ impl Accept for async_std::net::TcpListener {
     fn set_nodelay(stream: &Self::Stream) {
         let _ = stream.set_nodelay(true);
     }
+    fn into_fd(_stream: Self::Stream) -> io::Result<OwnedFd> {
+        // Never asked: async-std runs without a parking lot.
+        Err(io::ErrorKind::Unsupported.into())
+    }
+    fn from_fd(fd: OwnedFd) -> io::Result<Self::Stream> {
+        Ok(async_std::net::TcpStream::from(std::net::TcpStream::from(
+            fd,
+        )))
+    }
 }
 
 async fn accept_loop<L: Accept>(
     ex: Rc<LocalExecutor<'static>>,
     hub: SharedHub,
+    lot: Option<Lot>,
     listener: L,
     l: BoundListener,
     handshake_timeout: Duration,
@@ -215,6 +357,12 @@ async fn accept_loop<L: Accept>(
         let sleep = |d| async move {
             Timer::after(d).await;
         };
+        if tls.is_none() && !websocket {
+            let start = Start::New(peer);
+            ex.spawn(serve_plain::<L>(hub, lot.clone(), socket, start))
+                .detach();
+            continue;
+        }
         let Some(acceptor) = tls else {
             // A task per plain connection holds only what the connection loop needs.
             let t = FuturesIo(socket);

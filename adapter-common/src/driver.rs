@@ -418,7 +418,7 @@ impl<W: Wake> Hub<W> {
                     tracing::info!(
                         client_id = client_id.as_str(),
                         protocol = %protocol,
-                        listener = peer.map_or("", |p| p.listener.as_str()),
+                        listener = peer.map_or("", |p| &*p.listener),
                         remote = peer.map_or("", |p| p.remote.as_str()),
                         session_present,
                         "connect"
@@ -459,7 +459,7 @@ impl<W: Wake> Hub<W> {
         tracing::info!(
             client_id,
             protocol,
-            listener = peer.map_or("", |p| p.listener.as_str()),
+            listener = peer.map_or("", |p| &*p.listener),
             remote = peer.map_or("", |p| p.remote.as_str()),
             reason,
             "disconnect"

@@ -75,7 +75,7 @@ impl BoundListener {
                 ListenerKind::Ws => Transport::WebSocket,
                 ListenerKind::Wss => Transport::SecureWebSocket,
             },
-            listener: self.label.to_string(),
+            listener: self.label.clone(),
             remote: remote.to_string(),
         }
     }

@@ -55,8 +55,8 @@ pub enum Transport {
 pub struct PeerInfo {
     /// Transport.
     pub transport: Transport,
-    /// Listener name or address, for logs.
-    pub listener: String,
+    /// Listener name or address, for logs (shared by the listener's connections).
+    pub listener: std::sync::Arc<str>,
     /// Remote address as text, for logs and the authentication hook.
     pub remote: String,
 }

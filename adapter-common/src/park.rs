@@ -7,8 +7,8 @@
 //! minutes at a time. Mosquitto keeps an idle connection in 0.7 KiB because it has
 //! no task per connection at all.
 //!
-//! So a plain-TCP connection that stayed idle (nothing read, written or woken) for
-//! a whole [`PARK_TICK`] leaves its task: its socket moves to this lot's own epoll
+//! So a plain-TCP connection that stayed idle (nothing read or written) for a
+//! whole [`PARK_TICK`], or a new one right after its CONNACK, leaves its task: its socket moves to this lot's own epoll
 //! instance (the kernel's memory, not the process's), its task ends, and what is
 //! left of it in the process is a [`Parked`] slot of 24 bytes beside the core's
 //! connection and session state. The lot's epoll descriptor is itself registered
@@ -30,9 +30,10 @@ use std::io;
 
 use crate::connection::{Connection, LocalNotify, SharedHub};
 
-/// How long a connection must stay idle, at least, before it is parked; it is
-/// parked within two ticks of its last activity.
-pub const PARK_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a connection must stay idle, at least, before it is parked (a new
+/// connection parks right after its CONNACK); it is parked within two ticks of its
+/// last activity.
+pub const PARK_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What is left of a parked connection in the process: its socket, its id and its
 /// decoder (which knows the protocol version).

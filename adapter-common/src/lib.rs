@@ -21,10 +21,13 @@
 //! - [`connection`]: one connection's life (WebSocket upgrade, the read/feed/pull/
 //!   write loop, the last flush) over a poll-based [`connection::Transport`], so the
 //!   tokio and smol adapters share it and only wrap their socket types.
+//! - [`park`]: the parking lot where idle plain-TCP connections wait without a task
+//!   (an epoll set of its own, which the adapter registers with its runtime).
+//! - [`alloc`]: the servers' global allocator (small cache-aligned blocks pooled).
 //!
 //! What this crate never does: it depends on no async runtime (tokio, smol,
 //! async-std, futures), opens no socket, spawns no thread or task and reads no
-//! clock. The WebSocket code works on buffers the adapter owns; the adapter reads
+//! clock; the one kernel object it makes is the parking lot's epoll instance. The WebSocket code works on buffers the adapter owns; the adapter reads
 //! and writes the sockets. The only I/O here is on files the operator names (config,
 //! password file, PEM files, the dev TLS directory) and standard input for
 //! `brokk passwd`, all of it at startup or from the command line, never per

@@ -188,7 +188,8 @@ mod tests {
     #[test]
     fn aligned_blocks_are_aligned_distinct_and_reused() {
         let a = PooledAligned::new();
-        let layout = Layout::from_size_align(256, 128).unwrap();
+        let layout =
+            Layout::from_size_align(256, 128).expect("a power-of-two alignment and a small size");
         // SAFETY: every block is freed once with its own layout.
         unsafe {
             let blocks: Vec<*mut u8> = (0..600).map(|_| a.alloc(layout)).collect();
@@ -203,7 +204,7 @@ mod tests {
                     .iter()
                     .all(|&x| x == i as u8));
             }
-            let last = *blocks.last().unwrap();
+            let last = *blocks.last().expect("600 blocks were taken");
             a.dealloc(last, layout);
             let again = a.alloc_zeroed(layout);
             assert_eq!(again, last, "a freed block is the next one handed out");
@@ -219,7 +220,8 @@ mod tests {
     #[test]
     fn realloc_moves_between_pool_and_system_keeping_the_bytes() {
         let a = PooledAligned::new();
-        let small = Layout::from_size_align(100, 64).unwrap();
+        let small =
+            Layout::from_size_align(100, 64).expect("a power-of-two alignment and a small size");
         // SAFETY: each block is used within its size and freed with its layout.
         unsafe {
             let b = a.alloc(small);
@@ -228,14 +230,20 @@ mod tests {
             let big = a.realloc(b, small, 5000);
             assert_eq!(big as usize % 64, 0);
             assert!(std::slice::from_raw_parts(big, 100).iter().all(|&x| x == 7));
-            let big_layout = Layout::from_size_align(5000, 64).unwrap();
+            let big_layout = Layout::from_size_align(5000, 64)
+                .expect("a power-of-two alignment and a small size");
             let back = a.realloc(big, big_layout, 200);
             assert!(std::slice::from_raw_parts(back, 100)
                 .iter()
                 .all(|&x| x == 7));
-            a.dealloc(back, Layout::from_size_align(200, 64).unwrap());
+            a.dealloc(
+                back,
+                Layout::from_size_align(200, 64)
+                    .expect("a power-of-two alignment and a small size"),
+            );
             // ordinary layouts are the system's
-            let plain = Layout::from_size_align(64, 8).unwrap();
+            let plain =
+                Layout::from_size_align(64, 8).expect("a power-of-two alignment and a small size");
             let p = a.alloc(plain);
             assert!(!p.is_null());
             a.dealloc(p, plain);

@@ -17,6 +17,7 @@ use broker_state::{ConnId, Now, PeerInfo};
 use bytes::{Buf, BytesMut};
 
 use crate::driver::{ConnIo, Framing, Hub, Wake, WebSocketIo};
+use crate::park::{Parkable, SharedLot};
 use crate::websocket::{self, FrameDecoder, Handshake};
 
 /// A byte stream as the connection loop needs it.
@@ -247,54 +248,72 @@ pub async fn serve<T, C, S, F>(
     };
     drop(path);
     let conn = Connection::open(&hub, clock(), peer, websocket, initial);
-    // Never parked, so this always ends with the connection closed.
-    let _ = drive(&hub, t, conn, false, &clock, &sleep).await;
+    // Not parkable, so this always ends with the connection closed.
+    let _ = serve_until_idle(&hub, t, Start::Opened(conn), false, &clock, &sleep).await;
 }
 
-/// Where a plain connection's task starts.
+/// Where a connection's task starts.
 pub enum Start {
-    /// A connection just accepted.
+    /// A plain connection just accepted: it is registered with the hub here.
     New(PeerInfo),
-    /// A connection that was parked ([`crate::park`]).
-    Resume(Connection),
+    /// A connection already registered with the hub: one that was parked, or one
+    /// opened after its WebSocket upgrade.
+    Opened(Connection),
 }
 
-/// A plain connection (MQTT directly on the transport) from start, or from where it
-/// was parked, until it ends or, when `parkable`, until it has been idle long
-/// enough to park: then the transport and the connection come back, for the
-/// adapter to put into its [`ParkingLot`](crate::park::ParkingLot).
+/// A plain connection (MQTT directly on the transport) from `start` until it ends:
+/// when `lot` is given and it goes idle, it parks there
+/// ([`ParkingLot::park`](crate::park::ParkingLot::park)) and this returns; the
+/// lot's task later serves it again from [`Start::Opened`]. If the transport cannot
+/// be parked it goes on being served here.
 pub async fn serve_plain<T, C, S, F>(
     hub: SharedHub,
+    lot: Option<SharedLot>,
     t: T,
     start: Start,
-    parkable: bool,
     clock: C,
     sleep: S,
-) -> Option<(T, Connection)>
-where
-    T: Transport,
+) where
+    T: Parkable,
     C: Fn() -> Now,
     S: Fn(std::time::Duration) -> F,
     F: Future<Output = ()>,
 {
-    let conn = match start {
-        Start::New(peer) => {
-            let conn = Connection::open(&hub, clock(), peer, false, BytesMut::new());
-            conn.notify.new.set(true);
-            conn
+    let (mut t, mut start) = (t, start);
+    loop {
+        let served = serve_until_idle(&hub, t, start, lot.is_some(), &clock, &sleep);
+        let (Some((idle, conn)), Some(lot)) = (served.await, &lot) else {
+            return;
+        };
+        let fd = match idle.into_fd() {
+            Ok(fd) => fd,
+            Err(error) => {
+                tracing::debug!(%error, "cannot take an idle connection off the reactor");
+                conn.closed(&hub, clock());
+                return;
+            }
+        };
+        let Err((fd, conn)) = lot.borrow_mut().park(&hub, fd, conn) else {
+            return;
+        };
+        match T::from_fd(fd) {
+            Ok(again) => (t, start) = (again, Start::Opened(conn)),
+            Err(error) => {
+                tracing::debug!(%error, "cannot register an unparked connection again");
+                conn.closed(&hub, clock());
+                return;
+            }
         }
-        Start::Resume(conn) => conn,
-    };
-    drive(&hub, t, conn, parkable, &clock, &sleep).await
+    }
 }
 
 /// The connection loop, then either the last flush (bounded by
 /// [`FLUSH_TIMEOUT`](crate::server::FLUSH_TIMEOUT)) and telling the core it is gone,
-/// or, when it parks, the transport and connection back.
-async fn drive<T, C, S, F>(
+/// or, when `parkable` and it goes idle, the transport and connection back.
+async fn serve_until_idle<T, C, S, F>(
     hub: &SharedHub,
     mut t: T,
-    mut conn: Connection,
+    start: Start,
     parkable: bool,
     clock: &C,
     sleep: &S,
@@ -305,6 +324,14 @@ where
     S: Fn(std::time::Duration) -> F,
     F: Future<Output = ()>,
 {
+    let mut conn = match start {
+        Start::New(peer) => {
+            let conn = Connection::open(hub, clock(), peer, false, BytesMut::new());
+            conn.notify.new.set(true);
+            conn
+        }
+        Start::Opened(conn) => conn,
+    };
     match conn.run(hub, &mut t, clock, parkable).await {
         Ended::Idle => return Some((t, conn)),
         Ended::Flush => {
@@ -324,7 +351,8 @@ pub enum Ended {
     Flush,
     /// The peer went away or the transport failed.
     Gone,
-    /// Idle since the last sweep, with nothing to read or write: it may park.
+    /// Nothing to read or write, and idle for a sweep tick or new after its first
+    /// exchange: it may park.
     Idle,
 }
 

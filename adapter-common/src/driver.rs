@@ -140,12 +140,10 @@ impl ConnIo {
 struct Entry<W> {
     /// Its task's wake handle; none while it is parked.
     waker: Option<W>,
-    /// Its slot in the parking lot while it is parked, else `NOT_PARKED`.
-    parked: u32,
+    /// Its slot in the parking lot, while it is parked (no waker).
+    slot: u32,
     closing: Option<ReasonCode>,
 }
-
-const NOT_PARKED: u32 = u32::MAX;
 
 /// The broker core and its connections, for one runtime thread.
 pub struct Hub<W: Wake> {
@@ -228,7 +226,7 @@ impl<W: Wake> Hub<W> {
     /// handle is dropped.
     pub fn park(&mut self, conn: ConnId, slot: u32) {
         if let Some(e) = self.conns.get_mut(&conn) {
-            e.parked = slot;
+            e.slot = slot;
             e.waker = None;
         }
     }
@@ -236,7 +234,6 @@ impl<W: Wake> Hub<W> {
     /// Records that a parked connection has a task again, woken through `waker`.
     pub fn unpark(&mut self, conn: ConnId, waker: W) {
         if let Some(e) = self.conns.get_mut(&conn) {
-            e.parked = NOT_PARKED;
             e.waker = Some(waker);
         }
     }
@@ -271,7 +268,7 @@ impl<W: Wake> Hub<W> {
             conn,
             Entry {
                 waker: Some(waker),
-                parked: NOT_PARKED,
+                slot: 0,
                 closing: None,
             },
         );
@@ -441,8 +438,8 @@ impl<W: Wake> Hub<W> {
     fn wake_entry(e: &Entry<W>, conn: ConnId, unpark: &mut Vec<(u32, ConnId)>, lot: Option<&W>) {
         if let Some(waker) = &e.waker {
             waker.wake();
-        } else if e.parked != NOT_PARKED {
-            unpark.push((e.parked, conn));
+        } else {
+            unpark.push((e.slot, conn));
             if let Some(lot) = lot {
                 lot.wake();
             }

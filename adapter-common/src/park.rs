@@ -8,13 +8,14 @@
 //! no task per connection at all.
 //!
 //! So a plain-TCP connection that stayed idle (nothing read or written) for a
-//! whole [`PARK_TICK`], or a new one right after its CONNACK, leaves its task: its socket moves to this lot's own epoll
-//! instance (the kernel's memory, not the process's), its task ends, and what is
-//! left of it in the process is a [`Parked`] slot of 24 bytes beside the core's
-//! connection and session state. The lot's epoll descriptor is itself registered
-//! with the runtime, so one task (the adapter's) waits for every parked socket.
-//! A parked connection gets its task back (the adapter spawns it again with
-//! [`Connection::resume`]) as soon as
+//! whole [`PARK_TICK`], or a new one right after its CONNACK, leaves its task: its
+//! socket moves to this lot's own epoll instance (the kernel's memory, not the
+//! process's), its task ends, and what is left of it in the process is a
+//! [`Parked`] slot of 24 bytes beside the core's connection and session state. The
+//! lot's epoll descriptor is itself registered with the runtime, so one task (the
+//! adapter's) waits for every parked socket. A parked connection gets its task back
+//! ([`Parked::resume`], then the adapter spawns
+//! [`serve_plain`](crate::connection::serve_plain) again) as soon as
 //! - its socket becomes readable or the peer hangs up (epoll, level-triggered, so
 //!   bytes that arrived while it was being parked are seen at once), or
 //! - the core has output for it or closes it (the hub's `Transmit` and `Close`
@@ -24,42 +25,66 @@
 //! run as before. Linux only: elsewhere [`ParkingLot::new`] fails and connections
 //! keep their tasks.
 
-use broker_state::ConnId;
-use mqtt_proto::Decoder;
+use std::cell::RefCell;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
 
-use crate::connection::{Connection, LocalNotify, SharedHub};
+use broker_state::{ConnId, Now};
+use mqtt_proto::Decoder;
+
+use crate::connection::{Connection, LocalNotify, SharedHub, Transport};
 
 /// How long a connection must stay idle, at least, before it is parked (a new
 /// connection parks right after its CONNACK); it is parked within two ticks of its
 /// last activity.
 pub const PARK_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A transport whose socket can leave the runtime's reactor while it is parked.
+pub trait Parkable: Transport + Sized {
+    /// Takes the socket off the runtime's reactor.
+    fn into_fd(self) -> io::Result<OwnedFd>;
+    /// A parked socket back on the runtime's reactor.
+    fn from_fd(fd: OwnedFd) -> io::Result<Self>;
+}
+
+/// The parking lot as a server thread's tasks share it.
+pub type SharedLot = Rc<RefCell<ParkingLot>>;
+
 /// What is left of a parked connection in the process: its socket, its id and its
 /// decoder (which knows the protocol version).
 pub struct Parked {
-    fd: std::os::fd::OwnedFd,
+    fd: OwnedFd,
     conn: ConnId,
     decoder: Decoder,
 }
 
 impl Parked {
-    /// The socket and the connection, registered with the hub again, for a new task
-    /// to serve.
-    pub fn into_parts(self, hub: &SharedHub) -> (std::os::fd::OwnedFd, Connection) {
+    /// The connection, registered with the hub again, and its socket back on the
+    /// runtime's reactor, for a new task to serve from
+    /// [`Start::Opened`](crate::connection::Start::Opened). If the socket cannot be
+    /// registered the connection is closed and this is `None`.
+    pub fn resume<T: Parkable>(self, hub: &SharedHub, now: Now) -> Option<(T, Connection)> {
         let notify = LocalNotify::new();
         hub.borrow_mut().unpark(self.conn, notify.clone());
         let conn = Connection::resume(self.conn, self.decoder, notify);
-        (self.fd, conn)
+        match T::from_fd(self.fd) {
+            Ok(t) => Some((t, conn)),
+            Err(error) => {
+                tracing::debug!(%error, "cannot register a parked connection again");
+                conn.closed(hub, now);
+                None
+            }
+        }
     }
 }
 
 /// Parked connections of one server thread, in one epoll instance.
 pub struct ParkingLot {
-    epoll: std::os::fd::OwnedFd,
+    epoll: OwnedFd,
     slots: Vec<Option<Parked>>,
     free: Vec<u32>,
-    parked: usize,
+    /// Unpark requests from the hub, kept for their allocation.
     requests: Vec<(u32, ConnId)>,
 }
 
@@ -75,12 +100,11 @@ impl ParkingLot {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is open and owned by nobody else.
-        let epoll = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(ParkingLot {
             epoll,
             slots: Vec::new(),
             free: Vec::new(),
-            parked: 0,
             requests: Vec::new(),
         })
     }
@@ -101,25 +125,15 @@ impl ParkingLot {
         self.epoll.as_fd()
     }
 
-    /// Connections parked now.
-    pub fn len(&self) -> usize {
-        self.parked
-    }
-
-    /// True when no connection is parked.
-    pub fn is_empty(&self) -> bool {
-        self.parked == 0
-    }
-
     /// Parks `conn` (whose task is ending) with its socket `fd`, already taken
     /// off the runtime's reactor. If the socket cannot be added to the lot's epoll
     /// set, both come back and the connection goes on with a task.
     pub fn park(
         &mut self,
         hub: &SharedHub,
-        fd: std::os::fd::OwnedFd,
+        fd: OwnedFd,
         conn: Connection,
-    ) -> Result<(), (std::os::fd::OwnedFd, Connection)> {
+    ) -> Result<(), (OwnedFd, Connection)> {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -142,12 +156,11 @@ impl ParkingLot {
             conn: id,
             decoder,
         });
-        self.parked += 1;
         Ok(())
     }
 
     #[cfg(target_os = "linux")]
-    fn watch(&self, fd: &std::os::fd::OwnedFd, slot: u32) -> io::Result<()> {
+    fn watch(&self, fd: &OwnedFd, slot: u32) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
@@ -169,12 +182,12 @@ impl ParkingLot {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn watch(&self, _fd: &std::os::fd::OwnedFd, _slot: u32) -> io::Result<()> {
+    fn watch(&self, _fd: &OwnedFd, _slot: u32) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
     #[cfg(target_os = "linux")]
-    fn unwatch(&self, fd: &std::os::fd::OwnedFd) {
+    fn unwatch(&self, fd: &OwnedFd) {
         use std::os::fd::AsRawFd;
         // SAFETY: both descriptors are open; a null event is allowed for DEL. A
         // failure (the descriptor was not in the set) leaves nothing to undo.
@@ -189,7 +202,7 @@ impl ParkingLot {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn unwatch(&self, _fd: &std::os::fd::OwnedFd) {}
+    fn unwatch(&self, _fd: &OwnedFd) {}
 
     /// Moves every parked connection that must run again into `out`: those whose
     /// socket is ready, and those the core has output for or closes. Returns true
@@ -197,13 +210,15 @@ impl ParkingLot {
     /// descriptor's readiness).
     pub fn take_ready(&mut self, hub: &SharedHub, out: &mut Vec<Parked>) -> bool {
         let drained = self.take_ready_sockets(out);
-        hub.borrow_mut().take_unpark_requests(&mut self.requests);
-        for (slot, conn) in std::mem::take(&mut self.requests) {
+        let mut requests = std::mem::take(&mut self.requests);
+        hub.borrow_mut().take_unpark_requests(&mut requests);
+        for (slot, conn) in requests.drain(..) {
             let here = self.slots.get(slot as usize).and_then(Option::as_ref);
             if here.is_some_and(|p| p.conn == conn) {
                 self.unpark(slot, out);
             }
         }
+        self.requests = requests;
         drained
     }
 
@@ -249,7 +264,6 @@ impl ParkingLot {
         };
         self.unwatch(&parked.fd);
         self.free.push(slot);
-        self.parked -= 1;
         out.push(parked);
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::config::{Config, ListenerKind};
 use adapter_common::connection::{self, LocalNotify, SharedHub, Start, Transport};
-use adapter_common::park::{self, ParkingLot};
+use adapter_common::park::{self, Parkable, ParkingLot, SharedLot};
 use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
 use broker_state::Now;
 use bytes::BytesMut;
@@ -85,13 +85,7 @@ pub fn serve_on(
 
 /// `Some(output)`, or `None` if `d` passed first.
 async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    connection::timeout(
-        async move {
-            Timer::after(d).await;
-        },
-        fut,
-    )
-    .await
+    connection::timeout(sleep(d), fut).await
 }
 
 async fn run_server(
@@ -176,16 +170,11 @@ async fn run_server(
     let _ = stop.recv().await;
     tracing::info!("shutting down");
     drop(accept_tasks);
-    connection::shutdown(&hub, now, |d| async move {
-        Timer::after(d).await;
-    })
-    .await;
+    connection::shutdown(&hub, now, sleep).await;
     drop(lot_task);
     drop(timer);
     tracing::info!("stopped");
 }
-
-type Lot = Rc<RefCell<ParkingLot>>;
 
 /// A parking lot and (a duplicate of) its epoll descriptor registered with
 /// async-io.
@@ -201,7 +190,7 @@ fn parking_lot() -> io::Result<(ParkingLot, Async<OwnedFd>)> {
 async fn run_lot(
     ex: Rc<LocalExecutor<'static>>,
     hub: SharedHub,
-    lot: Lot,
+    lot: SharedLot,
     ready_fd: Async<OwnedFd>,
     notify: Rc<LocalNotify>,
 ) {
@@ -220,61 +209,18 @@ async fn run_lot(
         }
         lot.borrow_mut().take_ready(&hub, &mut ready);
         for parked in ready.drain(..) {
-            let (fd, conn) = parked.into_parts(&hub);
-            match smol::net::TcpStream::try_from(std::net::TcpStream::from(fd)) {
-                Ok(socket) => {
-                    let start = Start::Resume(conn);
-                    let task = serve_plain::<smol::net::TcpListener>(
-                        hub.clone(),
-                        Some(lot.clone()),
-                        socket,
-                        start,
-                    );
-                    ex.spawn(task).detach();
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "cannot register a parked connection again");
-                    conn.closed(&hub, now());
-                }
+            if let Some((t, conn)) = parked.resume::<FuturesIo<smol::net::TcpStream>>(&hub, now()) {
+                let (lot, start) = (Some(lot.clone()), Start::Opened(conn));
+                let serve = connection::serve_plain(hub.clone(), lot, t, start, now, sleep);
+                ex.spawn(serve).detach();
             }
         }
     }
 }
 
-/// A plain-TCP connection's task: serves it until it ends or parks.
-async fn serve_plain<L: Accept>(hub: SharedHub, lot: Option<Lot>, socket: L::Stream, start: Start) {
-    let (mut socket, mut start) = (socket, start);
-    loop {
-        let sleep = |d| async move {
-            Timer::after(d).await;
-        };
-        let parkable = lot.is_some();
-        let served =
-            connection::serve_plain(hub.clone(), FuturesIo(socket), start, parkable, now, sleep);
-        let Some((FuturesIo(idle), conn)) = served.await else {
-            return;
-        };
-        let Some(lot) = &lot else { return };
-        let fd = match L::into_fd(idle) {
-            Ok(fd) => fd,
-            Err(error) => {
-                tracing::debug!(%error, "cannot take an idle connection off the reactor");
-                conn.closed(&hub, now());
-                return;
-            }
-        };
-        let Err((fd, conn)) = lot.borrow_mut().park(&hub, fd, conn) else {
-            return;
-        };
-        // Could not park: go on serving it here.
-        match L::from_fd(fd) {
-            Ok(s) => (socket, start) = (s, Start::Resume(conn)),
-            Err(_) => {
-                conn.closed(&hub, now());
-                return;
-            }
-        }
-    }
+/// The runtime's timer as the connection code takes it.
+async fn sleep(d: Duration) {
+    Timer::after(d).await;
 }
 
 /// A listening socket of smol or async-std.
@@ -282,10 +228,6 @@ trait Accept: 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
     fn set_nodelay(stream: &Self::Stream);
-    /// Takes a stream off the reactor, for the parking lot.
-    fn into_fd(stream: Self::Stream) -> io::Result<OwnedFd>;
-    /// A parked stream back on the reactor.
-    fn from_fd(fd: OwnedFd) -> io::Result<Self::Stream>;
 }
 
 impl Accept for smol::net::TcpListener {
@@ -295,15 +237,6 @@ impl Accept for smol::net::TcpListener {
     }
     fn set_nodelay(stream: &Self::Stream) {
         let _ = stream.set_nodelay(true);
-    }
-    fn into_fd(stream: Self::Stream) -> io::Result<OwnedFd> {
-        let shared: Arc<Async<std::net::TcpStream>> = stream.into();
-        let only = Arc::try_unwrap(shared)
-            .map_err(|_| io::Error::other("the stream has other handles"))?;
-        Ok(OwnedFd::from(only.into_inner()?))
-    }
-    fn from_fd(fd: OwnedFd) -> io::Result<Self::Stream> {
-        smol::net::TcpStream::try_from(std::net::TcpStream::from(fd))
     }
 }
 
@@ -316,25 +249,18 @@ impl Accept for async_std::net::TcpListener {
     fn set_nodelay(stream: &Self::Stream) {
         let _ = stream.set_nodelay(true);
     }
-    fn into_fd(_stream: Self::Stream) -> io::Result<OwnedFd> {
-        // Never asked: async-std runs without a parking lot.
-        Err(io::ErrorKind::Unsupported.into())
-    }
-    fn from_fd(fd: OwnedFd) -> io::Result<Self::Stream> {
-        Ok(async_std::net::TcpStream::from(std::net::TcpStream::from(
-            fd,
-        )))
-    }
 }
 
 async fn accept_loop<L: Accept>(
     ex: Rc<LocalExecutor<'static>>,
     hub: SharedHub,
-    lot: Option<Lot>,
+    lot: Option<SharedLot>,
     listener: L,
     l: BoundListener,
     handshake_timeout: Duration,
-) {
+) where
+    FuturesIo<L::Stream>: Parkable,
+{
     let tls = l.tls.clone().map(futures_rustls::TlsAcceptor::from);
     loop {
         let (socket, remote) = match listener.accept().await {
@@ -354,13 +280,10 @@ async fn accept_loop<L: Accept>(
             l.kind.is_websocket(),
             l.path.clone(),
         );
-        let sleep = |d| async move {
-            Timer::after(d).await;
-        };
         if tls.is_none() && !websocket {
-            let start = Start::New(peer);
-            ex.spawn(serve_plain::<L>(hub, lot.clone(), socket, start))
-                .detach();
+            let (t, start) = (FuturesIo(socket), Start::New(peer));
+            let serve = connection::serve_plain(hub, lot.clone(), t, start, now, sleep);
+            ex.spawn(serve).detach();
             continue;
         }
         let Some(acceptor) = tls else {
@@ -432,5 +355,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport for FuturesIo<S> {
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+impl Parkable for FuturesIo<smol::net::TcpStream> {
+    fn into_fd(self) -> io::Result<OwnedFd> {
+        let shared: Arc<Async<std::net::TcpStream>> = self.0.into();
+        let only = Arc::try_unwrap(shared)
+            .map_err(|_| io::Error::other("the stream has other handles"))?;
+        Ok(OwnedFd::from(only.into_inner()?))
+    }
+
+    fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        smol::net::TcpStream::try_from(std::net::TcpStream::from(fd)).map(FuturesIo)
+    }
+}
+
+/// async-std runs without a parking lot: its streams can give up their descriptor
+/// only as a duplicate (and its conversion panics when none is left).
+#[cfg(feature = "async-std")]
+impl Parkable for FuturesIo<async_std::net::TcpStream> {
+    fn into_fd(self) -> io::Result<OwnedFd> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        Ok(FuturesIo(std::net::TcpStream::from(fd).into()))
     }
 }

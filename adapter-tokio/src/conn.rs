@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::connection::Transport;
+use adapter_common::park::Parkable;
 use broker_state::Now;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,5 +37,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport for TokioIo<S> {
 
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Parkable for TokioIo<tokio::net::TcpStream> {
+    fn into_fd(self) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(self.0.into_std()?.into())
+    }
+
+    fn from_fd(fd: std::os::fd::OwnedFd) -> io::Result<Self> {
+        tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd)).map(TokioIo)
     }
 }

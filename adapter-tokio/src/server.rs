@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use adapter_common::config::Config;
 use adapter_common::connection::{self, LocalNotify, SharedHub, Start};
-use adapter_common::park::{self, ParkingLot};
+use adapter_common::park::{self, ParkingLot, SharedLot};
 use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
@@ -93,8 +93,6 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
     tracing::info!("stopped");
 }
 
-type Lot = Rc<RefCell<ParkingLot>>;
-
 /// A parking lot and (a duplicate of) its epoll descriptor registered with this
 /// runtime.
 fn parking_lot() -> std::io::Result<(ParkingLot, AsyncFd<OwnedFd>)> {
@@ -108,7 +106,12 @@ fn parking_lot() -> std::io::Result<(ParkingLot, AsyncFd<OwnedFd>)> {
 /// The parking lot's task: sweeps for idle connections every tick, and gives a
 /// task back to each parked connection whose socket is ready or that the core has
 /// output for.
-async fn run_lot(hub: SharedHub, lot: Lot, ready_fd: AsyncFd<OwnedFd>, notify: Rc<LocalNotify>) {
+async fn run_lot(
+    hub: SharedHub,
+    lot: SharedLot,
+    ready_fd: AsyncFd<OwnedFd>,
+    notify: Rc<LocalNotify>,
+) {
     let mut tick = tokio::time::interval(park::PARK_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = Vec::new();
@@ -126,55 +129,12 @@ async fn run_lot(hub: SharedHub, lot: Lot, ready_fd: AsyncFd<OwnedFd>, notify: R
             _ = tick.tick() => park::sweep_idle(&hub),
         }
         for parked in ready.drain(..) {
-            let (fd, conn) = parked.into_parts(&hub);
-            match TcpStream::from_std(std::net::TcpStream::from(fd)) {
-                Ok(socket) => {
-                    let start = Start::Resume(conn);
-                    tokio::task::spawn_local(serve_plain(
-                        hub.clone(),
-                        Some(lot.clone()),
-                        socket,
-                        start,
-                    ));
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "cannot register a parked connection again");
-                    conn.closed(&hub, now());
-                }
-            }
-        }
-    }
-}
-
-/// A plain-TCP connection's task: serves it until it ends or parks.
-async fn serve_plain(hub: SharedHub, lot: Option<Lot>, socket: TcpStream, start: Start) {
-    let (mut socket, mut start) = (socket, start);
-    loop {
-        let sleep = |d| tokio::time::sleep(d);
-        let parkable = lot.is_some();
-        let served =
-            connection::serve_plain(hub.clone(), TokioIo(socket), start, parkable, now, sleep);
-        let Some((TokioIo(idle), conn)) = served.await else {
-            return;
-        };
-        let Some(lot) = &lot else { return };
-        let fd = match idle.into_std() {
-            Ok(std) => OwnedFd::from(std),
-            Err(error) => {
-                tracing::debug!(%error, "cannot take an idle connection off the reactor");
-                conn.closed(&hub, now());
-                return;
-            }
-        };
-        let Err((fd, conn)) = lot.borrow_mut().park(&hub, fd, conn) else {
-            return;
-        };
-        // Could not park: go on serving it here.
-        match TcpStream::from_std(std::net::TcpStream::from(fd)) {
-            Ok(s) => (socket, start) = (s, Start::Resume(conn)),
-            Err(_) => {
-                conn.closed(&hub, now());
-                return;
+            if let Some((t, conn)) = parked.resume::<TokioIo<TcpStream>>(&hub, now()) {
+                let lot = Some(lot.clone());
+                let start = Start::Opened(conn);
+                let sleep = |d| tokio::time::sleep(d);
+                let serve = connection::serve_plain(hub.clone(), lot, t, start, now, sleep);
+                tokio::task::spawn_local(serve);
             }
         }
     }
@@ -182,7 +142,7 @@ async fn serve_plain(hub: SharedHub, lot: Option<Lot>, socket: TcpStream, start:
 
 async fn accept_loop(
     hub: SharedHub,
-    lot: Option<Lot>,
+    lot: Option<SharedLot>,
     l: BoundListener,
     handshake_timeout: Duration,
 ) {
@@ -214,7 +174,9 @@ async fn accept_loop(
         );
         let sleep = |d| tokio::time::sleep(d);
         if tls.is_none() && !websocket {
-            tokio::task::spawn_local(serve_plain(hub, lot.clone(), socket, Start::New(peer)));
+            let (t, start) = (TokioIo(socket), Start::New(peer));
+            let serve = connection::serve_plain(hub, lot.clone(), t, start, now, sleep);
+            tokio::task::spawn_local(serve);
             continue;
         }
         let Some(acceptor) = tls else {

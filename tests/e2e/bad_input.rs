@@ -60,11 +60,8 @@ async fn malformed_packet_after_connect_gets_disconnect_0x81() {
     let mut bad = RawClient::connect(server.addr(ListenerKind::Mqtt), V5, "malformed").await;
     // A SUBSCRIBE with reserved flags 0000 instead of 0010 is malformed [MQTT-3.8.1-1].
     bad.send_bytes(b"\x80\x07\x00\x01\x00\x00\x01a\x01").await;
-    let before_close = bad.expect_closed(TIMEOUT).await;
-    match before_close.as_slice() {
-        [Packet::Disconnect(d)] => assert_eq!(d.reason_code, ReasonCode::MalformedPacket),
-        other => panic!("expected DISCONNECT 0x81 Malformed Packet, got {other:?}"),
-    }
+    bad.expect_disconnect(ReasonCode::MalformedPacket, TIMEOUT)
+        .await;
     other.round_trip("bad/malformed").await;
 }
 
@@ -103,11 +100,8 @@ async fn packet_over_maximum_size_gets_disconnect_0x95_for_v5_mqtt_3_2_2_15() {
     // (3.2.2.3.6, 4.13), then closes the connection [MQTT-4.13.1-1].
     let bytes = oversized_publish(&mut big);
     big.send_bytes(&bytes).await;
-    let before_close = big.expect_closed(TIMEOUT).await;
-    match before_close.as_slice() {
-        [Packet::Disconnect(d)] => assert_eq!(d.reason_code, ReasonCode::PacketTooLarge),
-        other => panic!("expected DISCONNECT 0x95 Packet too large, got {other:?}"),
-    }
+    big.expect_disconnect(ReasonCode::PacketTooLarge, TIMEOUT)
+        .await;
     other.round_trip("bad/big-v5").await;
 }
 
@@ -167,11 +161,9 @@ async fn silent_client_is_dropped_after_one_and_a_half_keep_alives_mqtt_3_1_2_24
         assert_eq!(connack.reason_code, ReasonCode::Success);
         silent.push(client);
     }
-    let before_close = silent[0].expect_closed(Duration::from_secs(5)).await;
-    match before_close.as_slice() {
-        [Packet::Disconnect(d)] => assert_eq!(d.reason_code, ReasonCode::KeepAliveTimeout),
-        other => panic!("expected DISCONNECT 0x8D Keep Alive timeout, got {other:?}"),
-    }
+    silent[0]
+        .expect_disconnect(ReasonCode::KeepAliveTimeout, Duration::from_secs(5))
+        .await;
     let before_close = silent[1].expect_closed(Duration::from_secs(5)).await;
     assert!(before_close.is_empty(), "3.1.1 got {before_close:?}");
     other.round_trip("bad/keepalive").await;

@@ -94,14 +94,9 @@ async fn a_parked_connection_is_ended_by_its_keep_alive_with_its_will_mqtt_3_1_2
     assert_eq!(connack.reason_code, ReasonCode::Success);
     // Parked at once (a new connection after its CONNACK), then ended by the keep-alive
     // timer after 1.5 s [MQTT-3.1.2-22]: DISCONNECT 0x8D, close, will published.
-    let before = silent.expect_closed(Duration::from_secs(5)).await;
-    assert!(
-        matches!(
-            before.as_slice(),
-            [Packet::Disconnect(d)] if d.reason_code == ReasonCode::KeepAliveTimeout
-        ),
-        "expected DISCONNECT 0x8D, got {before:?}"
-    );
+    silent
+        .expect_disconnect(ReasonCode::KeepAliveTimeout, Duration::from_secs(5))
+        .await;
     let p = watcher.recv_publish().await;
     assert_eq!(&p.payload[..], b"silent too long");
 }
@@ -141,14 +136,8 @@ async fn parked_connections_hear_the_server_shut_down_mqtt_3_14_2_1() {
     let mut v4 = RawClient::connect(addr, ProtocolVersion::V3_1_1, "idle-v4").await;
     tokio::time::sleep(idle_long_enough()).await;
     let stop = tokio::task::spawn_blocking(move || server.shutdown());
-    let before = v5.expect_closed(Duration::from_secs(5)).await;
-    assert!(
-        matches!(
-            before.as_slice(),
-            [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ServerShuttingDown
-        ),
-        "expected DISCONNECT 0x8B, got {before:?}"
-    );
+    v5.expect_disconnect(ReasonCode::ServerShuttingDown, Duration::from_secs(5))
+        .await;
     assert!(v4.expect_closed(Duration::from_secs(5)).await.is_empty());
     stop.await.expect("shutdown finished");
 }

@@ -230,6 +230,15 @@ impl RawClient {
         }
     }
 
+    /// Waits for the broker to send DISCONNECT with `reason` and then close the
+    /// connection, at most `limit`; fails the test otherwise.
+    pub async fn expect_disconnect(&mut self, reason: ReasonCode, limit: Duration) {
+        match self.expect_closed(limit).await.as_slice() {
+            [Packet::Disconnect(d)] => assert_eq!(d.reason_code, reason),
+            other => panic!("expected DISCONNECT {reason:?} then close, got {other:?}"),
+        }
+    }
+
     /// Subscribes to `filter` and returns the SUBACK's reason code.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> ReasonCode {
         let packet_id = self.packet_id();

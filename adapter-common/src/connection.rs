@@ -4,8 +4,8 @@
 //!
 //! An adapter wraps its socket type in [`Transport`] (poll-based read, write and
 //! close, as tokio's and futures-io's traits both are) and its timer in a timeout
-//! around [`handshake`] and [`finish`]. The loop itself needs no timer: the core's
-//! timers (connect timeout, keep-alive) end a silent connection.
+//! around [`handshake`] and [`Connection::finish`]. The loop itself needs no
+//! timer: the core's timers (connect timeout, keep-alive) end a silent connection.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};

@@ -53,6 +53,16 @@ enum Command {
         #[arg(long = "tag", value_name = "KEY=VALUE")]
         tags: Vec<String>,
     },
+    /// Run the do-nothing sink (CONNACK to CONNECT, PINGRESP, PUBACK; routes nothing)
+    /// on a loopback port until killed: a reference server for other generators
+    /// (`mqtt-load conns -P PORT`)
+    Sink {
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// CPU the sink thread is pinned to
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
     /// Wait until a broker answers CONNECT with CONNACK (exit 0) or time runs out
     Probe {
         #[arg(long, default_value = "127.0.0.1")]
@@ -350,6 +360,13 @@ fn main() -> ExitCode {
             gen_cpu,
             tags,
         } => ceiling(duration, sink_cpu, gen_cpu, tags),
+        Command::Sink { port, cpu } => {
+            let (addr, _) = sink::spawn_on(cpu, port);
+            println!("sink listening on {addr}");
+            loop {
+                std::thread::park();
+            }
+        }
         Command::Probe {
             host,
             port,

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::payload::{self, Stamp};
 use super::wire::{self, Incoming, Version};
@@ -33,6 +33,11 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
 /// Starts the sink on its own thread (pinned to `cpu` if given) on an ephemeral
 /// loopback port; returns its address and the thread's id (for `/proc/self/task`).
 pub fn spawn(cpu: Option<usize>) -> (SocketAddr, i64) {
+    spawn_on(cpu, 0)
+}
+
+/// [`spawn`] on a given loopback port (0: an ephemeral one).
+pub fn spawn_on(cpu: Option<usize>, port: u16) -> (SocketAddr, i64) {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
         .name("brokk-load-sink".into())
@@ -50,7 +55,15 @@ pub fn spawn(cpu: Option<usize>) -> (SocketAddr, i64) {
                 .expect("sink runtime");
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("sink bind");
+                // A backlog as deep as brokk's, so that a burst of connects is not
+                // slowed by SYNs dropped at a full queue (tokio's default is 1024).
+                let listener = TcpSocket::new_v4()
+                    .and_then(|s| {
+                        s.set_reuseaddr(true)?;
+                        s.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+                        s.listen(4096)
+                    })
+                    .expect("sink bind");
                 tx.send((listener.local_addr().expect("sink addr"), tid))
                     .expect("generator waits for the sink");
                 loop {

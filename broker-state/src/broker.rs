@@ -727,15 +727,8 @@ impl Broker {
                             break;
                         }
                     } else {
-                        // [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3] and their kin:
-                        // Reason String and User Properties are left out of a packet
-                        // they would push over the client's Maximum Packet Size (a
-                        // PUBLISH was checked when queued).
-                        if c.peer_max_packet != u32::MAX
-                            && p.encoded_len(v) > c.peer_max_packet as usize
-                        {
-                            strip_problem_info(p);
-                        }
+                        // Fitted to the client's Maximum Packet Size when queued
+                        // (`push_out`).
                         // Encode, and take it back if it overshot the budget: one
                         // encoding pass per packet instead of measuring first.
                         let before = buf.len();
@@ -966,6 +959,53 @@ impl Broker {
             self.config.default_session_expiry
         };
         let granted = requested.min(self.config.max_session_expiry);
+        // CONNACK, built before anything changes: a 5.0 client whose Maximum Packet
+        // Size is too small for it cannot be served without breaking [MQTT-3.1.2-24]
+        // (nothing above its maximum is sent), so it is closed without a CONNACK and
+        // before it can take a session over.
+        let mut ack = ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::Success,
+            properties: ConnAckProperties::default(),
+        };
+        if v5 {
+            let props = &mut ack.properties;
+            if let Some((method, data)) = enhanced_ack {
+                props.authentication_method = Some(method);
+                props.authentication_data = data;
+            }
+            props.receive_maximum = NonZeroU16::new(self.config.receive_maximum);
+            props.maximum_packet_size = NonZeroU32::new(self.config.max_packet_size);
+            props.topic_alias_maximum =
+                (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
+            props.assigned_client_identifier = assigned;
+            props.server_keep_alive = server_keep_alive;
+            if granted != requested {
+                props.session_expiry_interval = Some(granted);
+            }
+            if !self.config.retain_available {
+                props.retain_available = Some(false);
+            }
+            if !self.config.wildcard_subscriptions {
+                props.wildcard_subscription_available = Some(false);
+            }
+            if !self.config.shared_subscriptions {
+                props.shared_subscription_available = Some(false);
+            }
+            if !self.config.subscription_identifiers {
+                props.subscription_identifiers_available = Some(false);
+            }
+            if p.properties.request_response_information == Some(true) {
+                if let Some(prefix) = &self.config.response_information_prefix {
+                    let info = format!("{prefix}{}", client_id.as_str());
+                    props.response_information = MqttString::copy_from_str(&info).ok();
+                }
+            }
+        }
+        let mut ack = Packet::ConnAck(Box::new(ack));
+        if !self.conns.get(k).is_some_and(|c| fits(&ack, c)) {
+            return self.close(k, ReasonCode::PacketTooLarge);
+        }
         // Takeover [MQTT-3.1.4-3]: the old connection gets DISCONNECT 0x8E (5.0).
         let mut existing = existing;
         if let Some(sk) = existing {
@@ -1055,47 +1095,10 @@ impl Broker {
             self.timers.schedule(deadline, TimerKind::KeepAlive(k));
         }
         self.store_session(now, sk);
-        // CONNACK.
-        let mut ack = ConnAck {
-            session_present,
-            reason_code: ReasonCode::Success,
-            properties: ConnAckProperties::default(),
-        };
-        if v5 {
-            let props = &mut ack.properties;
-            if let Some((method, data)) = enhanced_ack {
-                props.authentication_method = Some(method);
-                props.authentication_data = data;
-            }
-            props.receive_maximum = NonZeroU16::new(self.config.receive_maximum);
-            props.maximum_packet_size = NonZeroU32::new(self.config.max_packet_size);
-            props.topic_alias_maximum =
-                (self.config.topic_alias_maximum > 0).then_some(self.config.topic_alias_maximum);
-            props.assigned_client_identifier = assigned;
-            props.server_keep_alive = server_keep_alive;
-            if granted != requested {
-                props.session_expiry_interval = Some(granted);
-            }
-            if !self.config.retain_available {
-                props.retain_available = Some(false);
-            }
-            if !self.config.wildcard_subscriptions {
-                props.wildcard_subscription_available = Some(false);
-            }
-            if !self.config.shared_subscriptions {
-                props.shared_subscription_available = Some(false);
-            }
-            if !self.config.subscription_identifiers {
-                props.subscription_identifiers_available = Some(false);
-            }
-            if p.properties.request_response_information == Some(true) {
-                if let Some(prefix) = &self.config.response_information_prefix {
-                    let info = format!("{prefix}{}", client_id.as_str());
-                    props.response_information = MqttString::copy_from_str(&info).ok();
-                }
-            }
+        if let Packet::ConnAck(a) = &mut ack {
+            a.session_present = session_present;
         }
-        self.push_out(k, Packet::ConnAck(Box::new(ack)));
+        self.push_out(k, ack);
         self.events.push_back(Event::Connected {
             conn,
             client_id,
@@ -1824,46 +1827,66 @@ impl Broker {
 
     // ---------------------------------------------------------------- acks
 
-    fn on_puback(&mut self, now: Now, _k: Key, sk: Key, a: PubAck) {
-        let done = self.sessions.get(sk).is_some_and(|s| {
-            s.inflight.iter().any(|f| {
-                f.packet_id == a.packet_id
-                    && f.state == FlightState::Published
-                    && f.msg.qos == QoS::AtLeastOnce
-            })
-        });
-        if done {
-            self.remove_inflight(now, sk, a.packet_id);
-            self.fill_window(now, sk);
+    /// The QoS and state of the outbound flow `id` names, if one is in flight.
+    fn flight_of(&self, sk: Key, id: PacketId) -> Option<(QoS, FlightState)> {
+        let s = self.sessions.get(sk)?;
+        let f = s.inflight.iter().find(|f| f.packet_id == id)?;
+        Some((f.msg.qos, f.state))
+    }
+
+    // An acknowledgement naming an id that is not in flight is ignored (a late
+    // duplicate after a reconnect, as Mosquitto does); one that names an id whose
+    // flow it does not fit is a Protocol Error (section 4.3, [MQTT-4.3.2-5],
+    // [MQTT-4.3.3-9]): PUBACK for QoS 2, PUBREC or PUBCOMP for QoS 1, PUBCOMP before
+    // the PUBREL was sent.
+
+    fn on_puback(&mut self, now: Now, k: Key, sk: Key, a: PubAck) {
+        match self.flight_of(sk, a.packet_id) {
+            None => {}
+            Some((QoS::AtLeastOnce, FlightState::Published)) => {
+                self.remove_inflight(now, sk, a.packet_id);
+                self.fill_window(now, sk);
+            }
+            Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
         }
     }
 
     fn on_pubrec(&mut self, now: Now, k: Key, sk: Key, a: PubAck) {
-        let Some(s) = self.sessions.get_mut(sk) else {
-            return;
-        };
-        let found = s
-            .inflight
-            .iter_mut()
-            .find(|f| f.packet_id == a.packet_id && f.msg.qos == QoS::ExactlyOnce);
-        match found {
-            // [MQTT-4.3.3] a PUBREC with an error code ends the flow.
-            Some(_) if !a.reason_code.is_success() => {
-                self.remove_inflight(now, sk, a.packet_id);
-                self.fill_window(now, sk);
-            }
-            Some(f) => {
-                // The message is delivered; only the id matters until PUBCOMP (the
-                // entry keeps its reference to the message until then).
-                f.state = FlightState::Released;
-                self.push_out(k, Packet::PubRel(PubAck::new(a.packet_id)));
-            }
+        match self.flight_of(sk, a.packet_id) {
+            // Section 4.3.3: a PUBREC with a failure code (>= 0x80) ends the flow, and
+            // no PUBREL follows it, not even one with 0x92.
+            None if !a.reason_code.is_success() => {}
             None => {
                 let mut rel = PubAck::new(a.packet_id);
                 rel.reason_code = ReasonCode::PacketIdentifierNotFound;
                 rel.properties = self.ack_properties(k, rel.reason_code);
                 self.push_out(k, Packet::PubRel(rel));
             }
+            Some((QoS::ExactlyOnce, state)) => {
+                if !a.reason_code.is_success() {
+                    if state == FlightState::Published {
+                        self.remove_inflight(now, sk, a.packet_id);
+                        self.fill_window(now, sk);
+                    } else {
+                        // The message was received (PUBREC 0x00 came before): a
+                        // failure now contradicts the flow.
+                        self.violation(now, k, ReasonCode::ProtocolError);
+                    }
+                    return;
+                }
+                // The message is delivered; only the id matters until PUBCOMP (the
+                // entry keeps its reference to the message until then). A repeated
+                // PUBREC gets the PUBREL again.
+                if let Some(f) = self
+                    .sessions
+                    .get_mut(sk)
+                    .and_then(|s| s.inflight.iter_mut().find(|f| f.packet_id == a.packet_id))
+                {
+                    f.state = FlightState::Released;
+                }
+                self.push_out(k, Packet::PubRel(PubAck::new(a.packet_id)));
+            }
+            Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
         }
     }
 
@@ -1882,15 +1905,14 @@ impl Broker {
         self.push_out(k, Packet::PubComp(comp));
     }
 
-    fn on_pubcomp(&mut self, now: Now, _k: Key, sk: Key, a: PubAck) {
-        let done = self.sessions.get(sk).is_some_and(|s| {
-            s.inflight
-                .iter()
-                .any(|f| f.packet_id == a.packet_id && f.state == FlightState::Released)
-        });
-        if done {
-            self.remove_inflight(now, sk, a.packet_id);
-            self.fill_window(now, sk);
+    fn on_pubcomp(&mut self, now: Now, k: Key, sk: Key, a: PubAck) {
+        match self.flight_of(sk, a.packet_id) {
+            None => {}
+            Some((QoS::ExactlyOnce, FlightState::Released)) => {
+                self.remove_inflight(now, sk, a.packet_id);
+                self.fill_window(now, sk);
+            }
+            Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
         }
     }
 
@@ -2362,10 +2384,41 @@ impl Broker {
 
     // ---------------------------------------------------------------- plumbing
 
-    fn push_out(&mut self, k: Key, packet: Packet) {
+    fn push_out(&mut self, k: Key, mut packet: Packet) {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
+        // [MQTT-3.2.2-19] [MQTT-3.4.2-2] [MQTT-3.14.2-3] and their kin: Reason String
+        // and User Properties are left out of a packet they would push over the
+        // client's Maximum Packet Size (a PUBLISH is checked where it is routed).
+        if c.peer_max_packet != u32::MAX
+            && !matches!(packet, Packet::Publish(_))
+            && !fits(&packet, c)
+        {
+            strip_problem_info(&mut packet);
+            if !fits(&packet, c) {
+                // [MQTT-3.1.2-24] nothing above the client's maximum is sent, and a
+                // client that never gets its SUBACK or PUBACK cannot go on: the
+                // connection ends as if the transport had dropped (Mosquitto does the
+                // same). The adapter's `handle_closed` detaches the session.
+                // A DISCONNECT's sender closes the connection itself.
+                if matches!(packet, Packet::Disconnect(_)) {
+                    return;
+                }
+                match c.state {
+                    ConnState::AwaitingConnect { .. } => self.close(k, ReasonCode::PacketTooLarge),
+                    ConnState::Active { .. } if !c.unsendable => {
+                        c.unsendable = true;
+                        self.events.push_back(Event::Close {
+                            conn: conn_id(k),
+                            reason: ReasonCode::PacketTooLarge,
+                        });
+                    }
+                    _ => {}
+                }
+                return;
+            }
+        }
         let size = out_size(&packet);
         c.out.push_packet(packet, size, &mut self.out_pool);
         signal_transmit(c, &mut self.events, k);

@@ -340,6 +340,9 @@ pub(crate) struct Conn {
     /// Session expiry requested at CONNECT was 0 (a DISCONNECT may not raise it
     /// [MQTT-3.14.2-2]).
     pub(crate) connect_expiry_zero: bool,
+    /// A packet too large for the peer even without its Reason String could not be
+    /// sent, and the connection was asked to close (once).
+    pub(crate) unsendable: bool,
 }
 
 impl Conn {
@@ -365,6 +368,7 @@ impl Conn {
             problem_info: true,
             client_id: None,
             connect_expiry_zero: true,
+            unsendable: false,
         }
     }
 

@@ -195,8 +195,12 @@ fn decode_frame(
     // Before CONNECT the version is unknown and only CONNECT may arrive
     // [MQTT-3.1.0-1]; CONNECT itself names its version, so it decodes alike either way.
     if ptype == packet_type::CONNECT {
-        check_flags(ptype, flags, 0)?;
         let connect = decode_connect(&mut r)?;
+        // [MQTT-2.2.2-2] the fixed header's flags are 0000. MQTT 3.1 had no such rule
+        // and real 3.1 clients set them: accepted at level 3, as Mosquitto does.
+        if connect.protocol != ProtocolVersion::V3_1 {
+            check_flags(ptype, flags, 0)?;
+        }
         r.expect_end()?;
         return Ok(Packet::Connect(Box::new(connect)));
     }
@@ -302,8 +306,9 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         _ => return Err(DecodeError::InvalidProtocolName),
     };
     let flags = r.u8()?;
-    // [MQTT-3.1.2-3] the reserved flag is zero.
-    if flags & 0x01 != 0 {
+    // [MQTT-3.1.2-3] the reserved flag is zero. MQTT 3.1 (level 3) had no rule for
+    // it and real 3.1 clients set it: ignored there, as Mosquitto does.
+    if flags & 0x01 != 0 && protocol != ProtocolVersion::V3_1 {
         return Err(DecodeError::ConnectReservedFlag);
     }
     let clean_start = flags & 0x02 != 0;

@@ -559,3 +559,42 @@ fn empty_topic_with_alias_allowed_3_3_2_3_4() {
     assert!(p.topic.is_empty());
     assert_eq!(p.properties.topic_alias.map(|a| a.get()), Some(7));
 }
+
+/// MQTT 3.1 (MQIsdp, level 3) had no rule for CONNECT's reserved flag or its fixed
+/// header flags, and real 3.1 clients set them: accepted at level 3 only. 3.1.1 and
+/// 5.0 keep [MQTT-2.2.2-2] and [MQTT-3.1.2-3] (the rows above).
+#[test]
+fn reserved_connect_flags_are_accepted_in_3_1_only() {
+    for (first, flags) in [(0x10, 0x03), (0x12, 0x02), (0x1F, 0x03)] {
+        let mut bytes = connect(b"MQIsdp", 3, flags, &[], &s(b"c31"));
+        bytes[0] = first;
+        let mut buf = BytesMut::from(&bytes[..]);
+        let packet = Decoder::new(MAX).decode(&mut buf);
+        let Ok(Some(mqtt_proto::Packet::Connect(c))) = packet else {
+            panic!("3.1 CONNECT {first:#04x}/{flags:#04x}: {packet:?}");
+        };
+        assert_eq!((c.protocol, c.client_id.as_str()), (V3_1, "c31"));
+        assert!(c.clean_start);
+    }
+    for (name, level) in [(&b"MQTT"[..], 4), (b"MQTT", 5)] {
+        let props: &[u8] = if level == 5 { &[0x00] } else { &[] };
+        let mut bytes = connect(name, level, 0x02, props, &s(b"c"));
+        bytes[0] = 0x12;
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            Decoder::new(MAX).decode(&mut buf).unwrap_err(),
+            InvalidFixedHeaderFlags {
+                packet_type: 1,
+                flags: 0x2
+            },
+            "level {level}"
+        );
+        let bytes = connect(name, level, 0x03, props, &s(b"c"));
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            Decoder::new(MAX).decode(&mut buf).unwrap_err(),
+            ConnectReservedFlag,
+            "level {level}"
+        );
+    }
+}

@@ -158,6 +158,8 @@ pub struct Limits {
     pub max_sessions: Option<u32>,
     /// Subscriptions one session may hold.
     pub max_subscriptions_per_session: Option<u32>,
+    /// Subscriptions in the broker, all sessions together.
+    pub max_subscriptions: Option<u32>,
     /// Retained messages across all topics.
     pub max_retained_messages: Option<u32>,
     /// Payload bytes of all retained messages together.

@@ -32,6 +32,9 @@ pub fn broker_config(limits: &Limits) -> broker_state::Config {
     if let Some(v) = limits.max_subscriptions_per_session {
         c.max_subscriptions_per_session = usize_of(v);
     }
+    if let Some(v) = limits.max_subscriptions {
+        c.max_subscriptions = usize_of(v);
+    }
     if let Some(v) = limits.max_retained_messages {
         c.max_retained_messages = usize_of(v);
     }

@@ -17,6 +17,7 @@ use broker_state::{Broker, ConnId, Event, Now, PeerInfo};
 use bytes::BytesMut;
 use mqtt_proto::{Decoder, FixedHeader, ReasonCode};
 
+use crate::reports::Reports;
 use crate::websocket::{self, DecodeStatus, FrameDecoder};
 
 /// Wakes a task: a connection that has output or must close, or the timer task.
@@ -159,6 +160,8 @@ pub struct Hub<W: Wake> {
     read_buffer: BytesMut,
     /// The write buffer every connection of this thread writes from, one at a time.
     write_buffer: BytesMut,
+    /// Sessions ended and messages dropped by the core, for the log.
+    reports: Reports,
 }
 
 impl<W: Wake> Hub<W> {
@@ -173,6 +176,7 @@ impl<W: Wake> Hub<W> {
             unpark: Vec::new(),
             read_buffer: BytesMut::new(),
             write_buffer: BytesMut::new(),
+            reports: Reports::default(),
         }
     }
 
@@ -379,6 +383,13 @@ impl<W: Wake> Hub<W> {
         self.armed
     }
 
+    /// The periodic report of what the core dropped since the last one (see
+    /// [`Reports`]); the adapter calls it every [`crate::park::PARK_TICK`].
+    pub fn report(&mut self) {
+        let stats = self.broker.stats();
+        self.reports.tick(&stats);
+    }
+
     /// Graceful shutdown: DISCONNECT 0x8B to 5.0 clients and close every connection.
     pub fn shutdown(&mut self, now: Now) {
         self.broker.handle_shutdown(now);
@@ -421,6 +432,17 @@ impl<W: Wake> Hub<W> {
                         "connect"
                     );
                 }
+                Event::SessionEnded {
+                    client_id,
+                    reason,
+                    queued_messages,
+                    queued_bytes,
+                } => self.reports.session_ended(
+                    client_id.as_str(),
+                    reason,
+                    queued_messages,
+                    queued_bytes,
+                ),
                 // Sessions, queues and retained messages live in the core's memory
                 // until a durable store arrives; store effects are off.
                 Event::Store(_) => {}

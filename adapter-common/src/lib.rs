@@ -76,6 +76,7 @@ pub mod core;
 pub mod driver;
 pub mod park;
 pub mod passwd;
+pub mod reports;
 pub mod server;
 pub mod tls;
 pub mod websocket;

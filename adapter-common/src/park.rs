@@ -272,7 +272,10 @@ impl ParkingLot {
 /// park, and starts the next idle period for the others. The adapter calls it every
 /// [`PARK_TICK`].
 pub fn sweep_idle(hub: &SharedHub) {
-    for notify in hub.borrow().task_wakers() {
+    let mut hub = hub.borrow_mut();
+    for notify in hub.task_wakers() {
         notify.sweep();
     }
+    // The same tick reports what the core dropped since the previous one.
+    hub.report();
 }

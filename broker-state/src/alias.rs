@@ -28,6 +28,17 @@ enum Use {
     New(NonZeroU16),
 }
 
+/// What a connection's peer allows, for `encode`.
+pub(crate) struct PeerLimits {
+    /// The peer's Topic Alias Maximum.
+    pub(crate) alias_max: u16,
+    /// The peer's Maximum Packet Size (`u32::MAX` when it set none).
+    pub(crate) max_packet: u32,
+    pub(crate) version: ProtocolVersion,
+    /// The broker's hash key: the table is keyed by topics that clients choose.
+    pub(crate) keys: SeededState,
+}
+
 /// Where `encode` puts a packet, and how much of the buffer a write may take.
 pub(crate) struct Budget {
     /// `buf.len()` when the write began.
@@ -59,19 +70,17 @@ impl OutboundAliases {
     /// can be assigned within the peer's `max` (0: none), never pushing it over
     /// `peer_max_packet`. Returns false, writing nothing and assigning nothing, when
     /// the packet would take the write past its budget and is not the first in it.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn encode(
         &mut self,
         p: &Publish,
         mut d: Delivery<'_>,
-        max: u16,
-        peer_max_packet: u32,
-        v: ProtocolVersion,
+        peer: &PeerLimits,
         buf: &mut BytesMut,
         budget: &Budget,
     ) -> bool {
+        let (v, peer_max_packet) = (peer.version, peer.max_packet);
         let before = buf.len();
-        let mut used = self.decide(p, &d, max);
+        let mut used = self.decide(p, &d, peer.alias_max);
         match used {
             Use::Plain => {}
             Use::Known(alias) => {
@@ -98,15 +107,15 @@ impl OutboundAliases {
             return false;
         }
         if let Use::New(alias) = used {
-            self.remember(&p.topic, alias);
+            self.remember(&p.topic, alias, peer.keys);
         }
         true
     }
 
-    fn remember(&mut self, topic: &TopicName, alias: NonZeroU16) {
+    fn remember(&mut self, topic: &TopicName, alias: NonZeroU16, keys: SeededState) {
         let map = self
             .map
-            .get_or_insert_with(|| Box::new(Map::with_hasher(SeededState::new(0))));
+            .get_or_insert_with(|| Box::new(Map::with_hasher(keys)));
         // The table outlives the read buffer the topic points into: copy it.
         map.insert(Bytes::copy_from_slice(topic.as_bytes()), alias);
     }

@@ -11,9 +11,11 @@ use mqtt_proto::{
     RetainHandling, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 
-use crate::alias::Budget;
+use crate::alias::{Budget, PeerLimits};
 use crate::config::{Config, OverflowPolicy};
-use crate::event::{Event, Input, Now, PeerInfo, SessionRecord, StoreOp, StoredMessage};
+use crate::event::{
+    Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage,
+};
 use crate::hash::{Map, SeededState};
 use crate::hooks::{
     refusal_code, AllowAll, AuthRequest, Authenticator, Authorizer, ClientInfo,
@@ -25,8 +27,9 @@ use crate::rng::Rng;
 use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
 use crate::session::{
     approx_size, qos_min, Conn, ConnState, FlightState, InFlight, PendingWill, Queued, Session,
-    SubIds, Subscription,
+    SubIds,
 };
+use crate::subscriptions::Subscription;
 use crate::timer::{TimerKind, Timers};
 
 mod auth;
@@ -62,6 +65,8 @@ pub struct Stats {
     /// QoS 1 messages of a shared subscription sent to another member because the
     /// session they were in flight to ended.
     pub shared_redeliveries: u64,
+    /// Subscriptions refused with Quota exceeded (per-session or broker-wide limit).
+    pub subscriptions_refused: u64,
 }
 
 struct Retained {
@@ -72,6 +77,8 @@ struct Retained {
 
 /// The sans-IO MQTT broker. See the crate documentation for the run-loop contract.
 pub struct Broker {
+    /// The secret key of every map keyed by client-chosen bytes (HashDoS).
+    hash_keys: SeededState,
     config: Config,
     conns: Slab<Conn>,
     sessions: Slab<Session>,
@@ -244,8 +251,9 @@ impl Broker {
     /// shared-subscription picks), and hooks that accept everything.
     pub fn new(config: Config, rng_seed: [u8; 32]) -> Self {
         let mut rng = Rng::from_seed(rng_seed);
-        let hasher = SeededState::new(rng.next_u64());
+        let hasher = SeededState::new(rng.next_u64(), rng.next_u64());
         Broker {
+            hash_keys: hasher,
             config,
             conns: Slab::new(),
             sessions: Slab::new(),
@@ -508,6 +516,7 @@ impl Broker {
                 TimerKind::SessionExpiry(k) => {
                     if let Some(s) = self.sessions.get(k) {
                         if s.conn.is_none() && s.expires_at == Some(at) {
+                            self.session_ended(k, SessionEnd::Expired);
                             self.end_session(now, k);
                         }
                     }
@@ -708,22 +717,22 @@ impl Broker {
         let v = c.version;
         // Outbound topic aliases are assigned here, so that they follow the order in
         // which packets reach the wire; only for clients that allow them.
-        let alias_max = c.peer_topic_alias_max;
+        let peer = PeerLimits {
+            alias_max: c.peer_topic_alias_max,
+            max_packet: c.peer_max_packet,
+            version: v,
+            keys: self.hash_keys,
+        };
         while let Some(front) = c.out.front() {
             match front {
                 Front::Packet(p) => {
                     // Measured as queued.
                     let size = out_size(p);
                     if let Packet::Publish(p) = p {
-                        if !c.out_aliases.encode(
-                            p,
-                            p.as_delivery(),
-                            alias_max,
-                            c.peer_max_packet,
-                            v,
-                            buf,
-                            &budget,
-                        ) {
+                        if !c
+                            .out_aliases
+                            .encode(p, p.as_delivery(), &peer, buf, &budget)
+                        {
                             break;
                         }
                     } else {
@@ -759,9 +768,7 @@ impl Broker {
                         if !c.out_aliases.encode(
                             p,
                             f.msg.delivery(f.packet_id, false),
-                            alias_max,
-                            c.peer_max_packet,
-                            v,
+                            &peer,
                             buf,
                             &budget,
                         ) {
@@ -777,15 +784,10 @@ impl Broker {
                         c.out.pop_front(0);
                         continue;
                     };
-                    if !c.out_aliases.encode(
-                        p,
-                        tag.delivery(p),
-                        alias_max,
-                        c.peer_max_packet,
-                        v,
-                        buf,
-                        &budget,
-                    ) {
+                    if !c
+                        .out_aliases
+                        .encode(p, tag.delivery(p), &peer, buf, &budget)
+                    {
                         break;
                     }
                     c.out.pop_front(msg_size);
@@ -1649,6 +1651,7 @@ impl Broker {
                     OverflowPolicy::EndSession => {
                         self.stats.sessions_ended_by_overflow += 1;
                         self.msgs.release(q.msg);
+                        self.session_ended(sk, SessionEnd::QueueOverflow);
                         self.end_session(now, sk);
                         return;
                     }
@@ -1969,12 +1972,14 @@ impl Broker {
                 let Some(s) = self.sessions.get(sk) else {
                     return;
                 };
-                let existed = s.subscriptions.iter().any(|x| x.filter == filter);
+                let existed = s.subscriptions.contains(&filter);
                 if !allowed {
                     ReasonCode::NotAuthorized
                 } else if !existed
-                    && s.subscriptions.len() >= self.config.max_subscriptions_per_session
+                    && (s.subscriptions.len() >= self.config.max_subscriptions_per_session
+                        || self.router.len() >= self.config.max_subscriptions)
                 {
+                    self.stats.subscriptions_refused += 1;
                     ReasonCode::QuotaExceeded
                 } else {
                     self.add_subscription(sk, filter.clone(), options, sub_id);
@@ -2069,17 +2074,14 @@ impl Broker {
             },
         );
         if let Some(s) = self.sessions.get_mut(sk) {
-            match s.subscriptions.iter_mut().find(|x| x.filter == filter) {
-                Some(x) => {
-                    x.options = options;
-                    x.id = id;
-                }
-                None => s.subscriptions.push(Subscription {
+            s.subscriptions.upsert(
+                Subscription {
                     filter,
                     options,
                     id,
-                }),
-            }
+                },
+                self.hash_keys,
+            );
         }
     }
 
@@ -2089,14 +2091,13 @@ impl Broker {
             let Some(s) = self.sessions.get_mut(sk) else {
                 return;
             };
-            let code = match s.subscriptions.iter().position(|x| x.filter == filter) {
-                Some(i) => {
-                    s.subscriptions.swap_remove(i);
+            let code = match s.subscriptions.remove(&filter) {
+                true => {
                     let (group, match_filter) = split_shared(&filter);
                     self.router.unsubscribe(group.as_ref(), &match_filter, sk);
                     ReasonCode::Success
                 }
-                None => ReasonCode::NoSubscriptionExisted,
+                false => ReasonCode::NoSubscriptionExisted,
             };
             codes.push(code);
         }
@@ -2270,6 +2271,18 @@ impl Broker {
 
     /// Ends a session: subscriptions removed, a pending will published [MQTT-3.1.3-9],
     /// queued messages discarded.
+    /// Tells the adapter that the broker is about to end a session on its own.
+    fn session_ended(&mut self, sk: Key, reason: SessionEnd) {
+        if let Some(s) = self.sessions.get(sk) {
+            self.events.push_back(Event::SessionEnded {
+                client_id: s.client_id.clone(),
+                reason,
+                queued_messages: s.queue.len() + s.inflight.len(),
+                queued_bytes: s.queue_bytes,
+            });
+        }
+    }
+
     fn end_session(&mut self, now: Now, sk: Key) {
         let Some(s) = self.sessions.remove(sk) else {
             return;
@@ -2283,7 +2296,7 @@ impl Broker {
                 }
             }
         }
-        for sub in &s.subscriptions {
+        for sub in s.subscriptions.iter() {
             let (group, match_filter) = split_shared(&sub.filter);
             self.router.unsubscribe(group.as_ref(), &match_filter, sk);
         }

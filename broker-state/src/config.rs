@@ -40,8 +40,13 @@ pub struct Config {
     pub max_connections: usize,
     /// Sessions, online and offline. Default 1,000,000.
     pub max_sessions: usize,
-    /// Subscriptions per session. Default 1,024.
+    /// Subscriptions per session. Default 1,000,000: no limit of its own, so that
+    /// a backend session may hold as many filters as the broker-wide limit allows.
     pub max_subscriptions_per_session: usize,
+    /// Subscriptions in the broker, all sessions together: what bounds subscription
+    /// memory. A SUBSCRIBE beyond it
+    /// gets Quota exceeded (0x97; 0x80 in 3.1.1). Default 1,000,000.
+    pub max_subscriptions: usize,
     /// Retained messages in the broker. Default 100,000.
     pub max_retained_messages: usize,
     /// Bytes of retained messages in the broker. Default 64 MiB.
@@ -107,7 +112,8 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             max_connections: 100_000,
             max_sessions: 1_000_000,
-            max_subscriptions_per_session: 1024,
+            max_subscriptions_per_session: 1_000_000,
+            max_subscriptions: 1_000_000,
             max_retained_messages: 100_000,
             max_retained_bytes: 64 * 1024 * 1024,
             max_topic_length: 1024,

@@ -101,9 +101,40 @@ pub enum Event {
         /// code sent (5.0) or that would have been sent (3.1.1).
         reason: ReasonCode,
     },
+    /// The broker ended a session on its own, not at its client's request: for logs
+    /// and metrics (a client learns of it only from Session Present 0).
+    SessionEnded {
+        /// The session's client identifier.
+        client_id: MqttString,
+        /// Why.
+        reason: SessionEnd,
+        /// Messages that were queued for it and are gone with it.
+        queued_messages: usize,
+        /// Their bytes (topic, payload and properties).
+        queued_bytes: usize,
+    },
     /// A durable change for the store (only when `Config::store_effects` is set).
     /// Boxed: store operations are rare, and every other event stays small.
     Store(Box<StoreOp>),
+}
+
+/// Why the broker ended a session on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Its offline queue overflowed under `OverflowPolicy::EndSession` (Event Grid's
+    /// default).
+    QueueOverflow,
+    /// Its Session Expiry Interval ran out while it was offline.
+    Expired,
+}
+
+impl core::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SessionEnd::QueueOverflow => "offline queue overflow",
+            SessionEnd::Expired => "session expired",
+        })
+    }
 }
 
 impl Event {

@@ -82,11 +82,14 @@ mod rng;
 mod router;
 mod session;
 mod store;
+mod subscriptions;
 mod timer;
 
 pub use broker::{Broker, Stats};
 pub use config::{Config, OverflowPolicy, QueueLimits};
-pub use event::{Event, Input, Now, PeerInfo, SessionRecord, StoreOp, StoredMessage, Transport};
+pub use event::{
+    Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, Transport,
+};
 pub use hooks::{
     AllowAll, AuthDecision, AuthRequest, AuthStep, Authenticator, Authorizer, ClientInfo,
     EnhancedAuthenticator,

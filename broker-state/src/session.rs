@@ -4,13 +4,11 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use core::num::NonZeroU32;
-use mqtt_proto::{
-    MqttString, PacketId, ProtocolVersion, Publish, QoS, SubscriptionOptions, TopicFilter,
-    TopicName,
-};
+use mqtt_proto::{MqttString, PacketId, ProtocolVersion, Publish, QoS, TopicFilter, TopicName};
 
 use crate::event::PeerInfo;
 use crate::ids::{ConnId, Key};
+use crate::subscriptions::Subscriptions;
 
 /// A QoS 1/2 message waiting in a session queue or in flight: a reference to the
 /// message, held once in the broker's [`SharedMsgs`](crate::outq::SharedMsgs)
@@ -96,13 +94,6 @@ pub(crate) struct InFlight {
     pub(crate) sent: bool,
 }
 
-#[derive(Debug, Clone)]
-pub(crate) struct Subscription {
-    pub(crate) filter: TopicFilter,
-    pub(crate) options: SubscriptionOptions,
-    pub(crate) id: Option<NonZeroU32>,
-}
-
 /// A will waiting for its connection to end abnormally, or for its delay.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingWill {
@@ -118,7 +109,7 @@ pub(crate) struct Session {
     pub(crate) expiry_interval: u32,
     /// Deadline while offline.
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) subscriptions: Subscriptions,
     pub(crate) inflight: VecDeque<InFlight>,
     pub(crate) queue: VecDeque<Queued>,
     pub(crate) queue_bytes: usize,
@@ -147,7 +138,7 @@ impl Session {
             conn: None,
             expiry_interval: 0,
             expires_at: None,
-            subscriptions: Vec::new(),
+            subscriptions: Subscriptions::default(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,

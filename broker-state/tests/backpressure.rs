@@ -5,7 +5,7 @@ mod sim;
 use core::num::NonZeroU16;
 use core::time::Duration;
 
-use broker_state::{Config, OverflowPolicy, QueueLimits};
+use broker_state::{Config, OverflowPolicy, QueueLimits, SessionEnd};
 use mqtt_proto::*;
 use sim::*;
 
@@ -313,6 +313,8 @@ fn offline_queue_overflow_ends_the_session_by_default() {
     numbered(&mut sim, p, QoS::AtLeastOnce, 4..=4);
     assert_eq!(sim.broker.stats().sessions_ended_by_overflow, 1);
     assert_eq!(sim.broker.session_count(), 1);
+    // The decision is visible to the operator: client id, reason, what was lost.
+    assert_eq!(sim.ended, [("s".to_owned(), SessionEnd::QueueOverflow, 3)]);
     let (s, present) = reconnect(&mut sim);
     assert!(!present);
     sim.assert_silent(s);

@@ -122,6 +122,88 @@ fn subscriptions_beyond_the_per_session_limit_get_0x97() {
     assert_eq!(&sim.clients[s4].raw[before..], b"\x90\x03\x00\x02\x80");
 }
 
+#[test]
+fn one_session_holds_ten_thousand_subscriptions_with_the_default_config() {
+    let mut sim = Sim::default();
+    let s = sim.connect(V5, "backend", true);
+    let filters: Vec<String> = (0..10_000)
+        .map(|i| format!("devices/d{i}/+/state"))
+        .collect();
+    for chunk in filters.chunks(500) {
+        let chunk: Vec<(&str, QoS)> = chunk
+            .iter()
+            .map(|f| (f.as_str(), QoS::AtLeastOnce))
+            .collect();
+        let ack = sim.subscribe_many(s, &chunk);
+        assert!(ack
+            .reason_codes
+            .iter()
+            .all(|c| *c == ReasonCode::GrantedQoS1));
+    }
+    // Each filter is live: the last, the first and one in between route.
+    let p = sim.connect(V5, "p", true);
+    for d in [9_999, 0, 4_321] {
+        sim.publish(
+            p,
+            &format!("devices/d{d}/x/state"),
+            QoS::AtMostOnce,
+            false,
+            b"on",
+        );
+    }
+    assert_eq!(sim.publishes(s).len(), 3);
+    // Unsubscribing one in the middle leaves the others (the index follows the
+    // moved entry).
+    sim.unsubscribe(s, "devices/d17/+/state");
+    sim.publish(p, "devices/d17/x/state", QoS::AtMostOnce, false, b"off");
+    sim.publish(p, "devices/d9999/x/state", QoS::AtMostOnce, false, b"on");
+    assert_eq!(payloads(&sim.publishes(s)), vec![&b"on"[..]]);
+    assert_eq!(
+        sim.subscribe(s, "devices/d9999/+/state", QoS::AtMostOnce)
+            .reason_codes,
+        [ReasonCode::Success],
+        "a replaced subscription is not a new one"
+    );
+}
+
+#[test]
+fn subscriptions_beyond_the_broker_wide_limit_get_0x97_and_0x80() {
+    let mut sim = sim_with(|c| c.max_subscriptions = 3);
+    let a = sim.connect(V5, "a", true);
+    let b = sim.connect(V4, "b", true);
+    sim.subscribe_many(a, &[("x", QoS::AtMostOnce), ("y", QoS::AtMostOnce)]);
+    let ack = sim.subscribe_many(
+        a,
+        &[
+            ("y", QoS::AtLeastOnce),
+            ("z", QoS::AtMostOnce),
+            ("w", QoS::AtMostOnce),
+        ],
+    );
+    assert_eq!(
+        ack.reason_codes,
+        [
+            ReasonCode::GrantedQoS1,
+            ReasonCode::Success,
+            ReasonCode::QuotaExceeded
+        ]
+    );
+    let before = sim.clients[b].raw.len();
+    sim.subscribe(b, "x", QoS::AtMostOnce);
+    assert_eq!(
+        &sim.clients[b].raw[before..],
+        b"\x90\x03\x00\x01\x80",
+        "3.1.1: 0x80"
+    );
+    assert_eq!(sim.broker.stats().subscriptions_refused, 2);
+    // Room again once a session lets one go.
+    sim.unsubscribe(a, "z");
+    assert_eq!(
+        sim.subscribe(b, "x", QoS::AtMostOnce).reason_codes,
+        [ReasonCode::Success]
+    );
+}
+
 // ------------------------------------------------------------------ topics
 
 #[test]

@@ -3,7 +3,7 @@ mod sim;
 
 use std::time::Duration;
 
-use broker_state::Config;
+use broker_state::{Config, SessionEnd};
 use mqtt_proto::*;
 use sim::*;
 
@@ -66,6 +66,11 @@ fn session_ends_when_its_expiry_interval_passes_after_disconnect_mqtt_3_1_2_23()
     sim.publish(pb, "t", QoS::AtLeastOnce, false, b"too late");
     sim.advance(Duration::from_secs(2));
     assert_eq!(sim.broker.session_count(), 1, "only the publisher's");
+    assert_eq!(
+        sim.ended,
+        [("s".to_owned(), SessionEnd::Expired, 1)],
+        "visible to the operator, with the message lost"
+    );
     let (s, ack) = sim.connect_v5("s", false, Some(10));
     assert!(!ack.session_present);
     sim.assert_silent(s);

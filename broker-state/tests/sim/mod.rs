@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use broker_state::{
     AuthStep, Authorizer, Broker, ClientInfo, Config, ConnId, EnhancedAuthenticator, Event,
-    MemoryStore, Now, PeerInfo, StoreOp,
+    MemoryStore, Now, PeerInfo, SessionEnd, StoreOp,
 };
 use mqtt_proto::bytes::{Bytes, BytesMut};
 use mqtt_proto::*;
@@ -41,6 +41,8 @@ pub struct Sim {
     pub budget: usize,
     /// When false, Transmit events are not drained (a consumer that stopped reading).
     pub reading: Vec<bool>,
+    /// Sessions the broker ended on its own: client id, reason, messages queued.
+    pub ended: Vec<(String, SessionEnd, usize)>,
 }
 
 pub type C = usize;
@@ -61,6 +63,7 @@ impl Sim {
             store_ops: Vec::new(),
             budget: 64 * 1024,
             reading: Vec::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -174,6 +177,15 @@ impl Sim {
                     self.store_ops.push(*op);
                 }
                 Event::Connected { .. } => {}
+                Event::SessionEnded {
+                    client_id,
+                    reason,
+                    queued_messages,
+                    ..
+                } => {
+                    self.ended
+                        .push((client_id.as_str().to_owned(), reason, queued_messages));
+                }
             }
         }
     }

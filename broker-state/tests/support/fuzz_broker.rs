@@ -112,6 +112,8 @@ impl Setup {
             max_connections: 1 + usize::from(self.max_connections % 6),
             max_sessions: 1 + usize::from(self.max_sessions % 6),
             max_subscriptions_per_session: usize::from(self.max_subscriptions % 5),
+            // From the same byte, so that recorded corpora keep their meaning.
+            max_subscriptions: usize::from(self.max_subscriptions / 5 % 12),
             max_retained_messages: usize::from(self.max_retained % 5),
             max_retained_bytes: usize::from(self.max_retained_bytes % 2048),
             max_topic_length: 1 + usize::from(self.max_topic_length % 64),
@@ -724,7 +726,7 @@ impl Harness {
             let id = match &event {
                 Event::Transmit(id) | Event::Close { conn: id, .. } => Some(*id),
                 Event::Connected { conn, .. } => Some(*conn),
-                Event::Store(_) => None,
+                Event::Store(_) | Event::SessionEnded { .. } => None,
             };
             let i = id.map(|id| {
                 let i = *self

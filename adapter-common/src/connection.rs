@@ -336,7 +336,11 @@ where
         Ended::Idle => return Some((t, conn)),
         Ended::Flush => {
             let flush = conn.finish(hub, &mut t);
-            let _ = Box::pin(timeout(sleep(crate::server::FLUSH_TIMEOUT), flush)).await;
+            let flushed = Box::pin(timeout(sleep(crate::server::FLUSH_TIMEOUT), flush)).await;
+            if flushed == Some(true) {
+                let linger = linger(&mut t, crate::server::LINGER_BYTES);
+                let _ = Box::pin(timeout(sleep(crate::server::LINGER_TIMEOUT), linger)).await;
+            }
         }
         Ended::Gone => {}
     }
@@ -404,6 +408,24 @@ pub async fn handshake<T: Transport>(t: &mut T, path: Option<&str>) -> Option<By
                 write_all(t, &mut out).await.ok()?;
                 return Some(buf.split_off(req.header_len));
             }
+        }
+    }
+}
+
+/// A lingering close, as HTTP servers do: with the write side already shut, reads
+/// and throws away the peer's input until it closes, up to `max` bytes (the caller
+/// bounds the time). Closing a socket with unread input makes the kernel answer
+/// the client's next write with a reset (EPIPE or ECONNRESET there): a client that
+/// overran the Receive Maximum and writes before it reads would see the reset
+/// instead of DISCONNECT 0x93.
+pub async fn linger<T: Transport>(t: &mut T, max: usize) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut discarded = 0;
+    while discarded < max {
+        buf.clear();
+        match poll_fn(|cx| t.poll_read_buf(cx, &mut buf)).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => discarded += n,
         }
     }
 }
@@ -621,12 +643,12 @@ impl Connection {
     }
 
     /// Writes the last output (a CONNACK refusal, a DISCONNECT, the WebSocket close)
-    /// and closes the transport. The adapter bounds it with a timeout.
-    pub async fn finish<T: Transport>(&mut self, hub: &SharedHub, t: &mut T) {
+    /// and closes the transport's write side; true if all of it went out. The
+    /// adapter bounds it with a timeout, then lingers ([`linger`]).
+    pub async fn finish<T: Transport>(&mut self, hub: &SharedHub, t: &mut T) -> bool {
         hub.borrow_mut().pull_final(self.conn, &mut self.io);
-        if write_all(t, &mut self.io.output).await.is_ok() {
-            let _ = poll_fn(|cx| t.poll_close(cx)).await;
-        }
+        write_all(t, &mut self.io.output).await.is_ok()
+            && poll_fn(|cx| t.poll_close(cx)).await.is_ok()
     }
 
     /// Tells the core the transport is gone. Call last, always.

@@ -99,6 +99,17 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a closing connection gets to take its last bytes.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// After the broker closes a connection (DISCONNECT sent, write side shut), how
+/// long its input is still read and thrown away, at most: a socket closed with
+/// unread input makes the kernel answer the client's next write with a reset, and a
+/// client that writes before it reads sees "connection reset" and never the
+/// DISCONNECT. The client normally closes as soon as it has read the DISCONNECT,
+/// which ends the wait at once.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many bytes of input a lingering close throws away, at most.
+pub const LINGER_BYTES: usize = 1024 * 1024;
+
 /// Time connections get to flush their DISCONNECT at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 

@@ -277,3 +277,78 @@ async fn silent_tls_and_websocket_handshakes_are_closed_after_the_handshake_time
     }
     other.round_trip("bad/handshake").await;
 }
+
+/// A client that overruns the Receive Maximum and keeps writing gets DISCONNECT 0x93
+/// (section 4.9, [MQTT-3.3.4-7]), not a TCP reset: the broker half-closes, then
+/// reads and discards the client's input until the client closes (a lingering
+/// close). Closed with unread input, the socket would answer the client's next
+/// write with a reset, and a client that writes before it reads (as simple clients
+/// and test suites do) sees "connection reset" and never the DISCONNECT.
+#[tokio::test]
+async fn a_client_that_keeps_writing_gets_its_disconnect_not_a_reset() {
+    use mqtt_proto::{Decoder, PacketId};
+    use tokio::io::AsyncReadExt;
+    let server = Setup::new(&[ListenerKind::Mqtt])
+        .limits(|l| l.receive_maximum = std::num::NonZeroU16::new(2))
+        .start();
+    let addr = server.addr(ListenerKind::Mqtt);
+    let mut other = bystander(&server, "overrun-bystander").await;
+    // Three QoS 2 messages never released: the third is one too many. Then 700 KB
+    // of QoS 0 messages (within the broker's lingering bound of 1 MiB), more than
+    // the sockets' buffers hold while nobody reads them.
+    let mut burst = bytes::BytesMut::new();
+    for id in 1..=3 {
+        let p = raw::publish_packet("t", b"x", QoS::ExactlyOnce, false, PacketId::new(id));
+        burst.extend_from_slice(&raw::encode(&Packet::Publish(p), V5));
+    }
+    let flood = raw::publish_packet("t", &[b'f'; 1000], QoS::AtMostOnce, false, None);
+    let flood = raw::encode(&Packet::Publish(flood), V5);
+    for round in 0..5 {
+        let client = RawClient::connect(addr, V5, &format!("overrun-{round}")).await;
+        let mut stream = client.into_stream();
+        brokk_e2e::within("writing", async {
+            stream.write_all(&burst).await.expect("the overrun");
+            for i in 0..700 {
+                if let Err(e) = stream.write_all(&flood).await {
+                    panic!("round {round}: write {i} after the overrun failed: {e}");
+                }
+            }
+        })
+        .await;
+        // Then read, as such a client does: the DISCONNECT, then the end.
+        let mut decoder = Decoder::with_version(V5, u32::MAX);
+        let mut input = bytes::BytesMut::new();
+        let mut got = Vec::new();
+        let mut end = None;
+        brokk_e2e::within("the DISCONNECT and the end of the stream", async {
+            loop {
+                input.reserve(4096);
+                match stream.read_buf(&mut input).await {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        end = Some(e);
+                        break;
+                    }
+                }
+                while let Ok(Some(p)) = decoder.decode(&mut input) {
+                    got.push(p);
+                }
+                if got.iter().any(|p| matches!(p, Packet::Disconnect(_))) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let disconnect = got.iter().find_map(|p| match p {
+            Packet::Disconnect(d) => Some(d.reason_code),
+            _ => None,
+        });
+        assert_eq!(
+            disconnect,
+            Some(ReasonCode::ReceiveMaximumExceeded),
+            "round {round}: got {got:?}, then {end:?}"
+        );
+    }
+    other.round_trip("bad/overrun").await;
+}

@@ -249,4 +249,295 @@ mod tests {
             a.dealloc(p, plain);
         }
     }
+
+    /// A block the stress test holds: where, its layout, the tag its pattern is
+    /// derived from (the thread that wrote it and a serial number), and the thread
+    /// that allocated it.
+    struct Block {
+        addr: usize,
+        layout: Layout,
+        tag: u64,
+        origin: u64,
+    }
+
+    /// The bytes a block tagged `tag` holds: the tag at both ends and a byte derived
+    /// from it in between, so that two blocks (nearly) never hold the same bytes.
+    fn pattern(tag: u64, size: usize) -> Vec<u8> {
+        let mut bytes = vec![(tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8; size];
+        if size >= 16 {
+            bytes[..8].copy_from_slice(&tag.to_le_bytes());
+            bytes[size - 8..].copy_from_slice(&tag.to_le_bytes());
+        }
+        bytes
+    }
+
+    /// Many threads allocating, filling, checking and freeing blocks of the pooled
+    /// layouts (every size class, every pooled alignment) and of others at once;
+    /// some blocks are handed to another thread, which checks and frees (or keeps)
+    /// them; some are grown or shrunk with realloc across the pool/system border.
+    ///
+    /// Every live block carries a pattern unique to it, checked before it is freed,
+    /// reallocated or handed over, and every live block's address is in a shared
+    /// set. So this fails when the pools hand one block to two owners at once (a
+    /// free-list pop that races or does not advance the head: the address is
+    /// already in the set, or the other owner's pattern is found), when blocks
+    /// overlap (a size class too small for its layout, a chunk carved past its
+    /// end, a block given back to the wrong class: a neighbour's pattern is
+    /// overwritten), when a block is misaligned, when `alloc_zeroed` returns a used
+    /// block without zeroing it, or when `realloc` loses bytes. A single-threaded
+    /// test cannot show the first kind; here up to 8 threads contend for the pool
+    /// mutex on every operation.
+    #[test]
+    fn concurrent_threads_never_share_or_overlap_blocks() {
+        use std::collections::HashSet;
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        use std::sync::Mutex;
+
+        const THREADS: u64 = 8;
+        const OPS: usize = 20_000;
+        /// Most blocks one thread holds at once.
+        const HELD: usize = 48;
+        const ZEROS: [u8; 8192] = [0; 8192];
+
+        let layouts: Vec<Layout> = [
+            // pooled: every class from the smallest to the largest, every alignment
+            (1, 32),
+            (8, 128),
+            (100, 64),
+            (128, 128),
+            (129, 32),
+            (256, 128),
+            (300, 64),
+            (640, 128),
+            (1000, 32),
+            (1500, 64),
+            (1920, 128),
+            (2048, 128),
+            // not pooled: ordinary alignment, too large, too aligned
+            (64, 8),
+            (300, 16),
+            (2049, 128),
+            (5000, 64),
+            (100, 256),
+        ]
+        .iter()
+        .map(|&(size, align)| {
+            Layout::from_size_align(size, align).expect("a power-of-two alignment")
+        })
+        .collect();
+        assert!(layouts.iter().filter(|l| class(**l).is_some()).count() >= 10);
+
+        let a = PooledAligned::new();
+        let live = Mutex::new(HashSet::<usize>::new());
+        // What the threads did, to show the interesting paths ran.
+        let pooled_allocs = AtomicUsize::new(0);
+        let foreign_frees = AtomicUsize::new(0);
+        let reallocs = AtomicUsize::new(0);
+        let exchange = Mutex::new(Vec::<Block>::new());
+        // All threads start together, so that they contend from the first operation.
+        let start = std::sync::Barrier::new(THREADS as usize);
+
+        // Checks a block's pattern; `who` says which thread looks.
+        let check = |b: &Block, who: u64, what: &str| {
+            // SAFETY: the block is live and `layout.size()` bytes long.
+            let bytes = unsafe { std::slice::from_raw_parts(b.addr as *const u8, b.layout.size()) };
+            assert!(
+                bytes == &pattern(b.tag, b.layout.size())[..],
+                "thread {who}, {what}: block {:#x} {:?} (written by thread {}, serial {}) was \
+                 overwritten: another owner, or an overlapping block",
+                b.addr,
+                b.layout,
+                b.tag >> 32,
+                b.tag & 0xFFFF_FFFF
+            );
+        };
+        let claim = |addr: usize, layout: Layout, who: u64| {
+            if class(layout).is_some() {
+                pooled_allocs.fetch_add(1, Relaxed);
+            }
+            assert!(addr != 0, "thread {who}: out of memory for {layout:?}");
+            assert_eq!(
+                addr % layout.align(),
+                0,
+                "thread {who}: {layout:?} misaligned"
+            );
+            let fresh = live
+                .lock()
+                .expect("no thread panicked holding the set")
+                .insert(addr);
+            assert!(
+                fresh,
+                "thread {who}: block {addr:#x} handed out while still live"
+            );
+        };
+        // Called before the block goes back: once freed it may be claimed again.
+        let release = |addr: usize| {
+            assert!(live
+                .lock()
+                .expect("no thread panicked holding the set")
+                .remove(&addr));
+        };
+
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (a, layouts, exchange) = (&a, &layouts, &exchange);
+                let (check, claim, release) = (&check, &claim, &release);
+                let (foreign_frees, reallocs, start) = (&foreign_frees, &reallocs, &start);
+                s.spawn(move || {
+                    // xorshift64*, seeded per thread: deterministic choices.
+                    let mut state = 0x2545_F491_4F6C_DD1D_u64 ^ (t + 1).wrapping_mul(0x9E37_79B9);
+                    let mut next = move || {
+                        state ^= state >> 12;
+                        state ^= state << 25;
+                        state ^= state >> 27;
+                        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+                    };
+                    let mut serial = 0u64;
+                    let mut tag = move || {
+                        serial += 1;
+                        t << 32 | serial
+                    };
+                    let fill = |b: &Block| {
+                        let bytes = pattern(b.tag, b.layout.size());
+                        // SAFETY: the block is live, ours and `layout.size()` bytes long.
+                        unsafe {
+                            ptr::copy_nonoverlapping(bytes.as_ptr(), b.addr as *mut u8, bytes.len())
+                        };
+                    };
+                    let mut held: Vec<Block> = Vec::new();
+                    start.wait();
+                    for _ in 0..OPS {
+                        let choice = next() % 10;
+                        let pick = next() as usize;
+                        match choice {
+                            0..=3 if held.len() < HELD => {
+                                let layout = layouts[pick % layouts.len()];
+                                let zeroed = pick & 0x100 != 0;
+                                // SAFETY: the layout has a non-zero size.
+                                let addr = unsafe {
+                                    if zeroed {
+                                        a.alloc_zeroed(layout)
+                                    } else {
+                                        a.alloc(layout)
+                                    }
+                                } as usize;
+                                claim(addr, layout, t);
+                                if zeroed {
+                                    // SAFETY: the block is live and `layout.size()` long.
+                                    let bytes = unsafe {
+                                        std::slice::from_raw_parts(addr as *const u8, layout.size())
+                                    };
+                                    assert!(
+                                        bytes == &ZEROS[..layout.size()],
+                                        "thread {t}: alloc_zeroed {layout:?} is not zero"
+                                    );
+                                }
+                                let b = Block {
+                                    addr,
+                                    layout,
+                                    tag: tag(),
+                                    origin: t,
+                                };
+                                fill(&b);
+                                held.push(b);
+                            }
+                            0..=5 if !held.is_empty() => {
+                                let b = held.swap_remove(pick % held.len());
+                                check(&b, t, "free");
+                                release(b.addr);
+                                // SAFETY: allocated by `a` with this layout, freed once.
+                                unsafe { a.dealloc(b.addr as *mut u8, b.layout) };
+                            }
+                            6 if !held.is_empty() => {
+                                let i = pick % held.len();
+                                let old = &held[i];
+                                check(old, t, "realloc");
+                                let new_size = layouts[(pick >> 16) % layouts.len()].size();
+                                let layout = Layout::from_size_align(new_size, old.layout.align())
+                                    .expect("a power-of-two alignment");
+                                release(old.addr);
+                                // SAFETY: allocated by `a` with `old.layout`; the new
+                                // layout is valid (checked above).
+                                let addr =
+                                    unsafe { a.realloc(old.addr as *mut u8, old.layout, new_size) }
+                                        as usize;
+                                claim(addr, layout, t);
+                                reallocs.fetch_add(1, Relaxed);
+                                let kept = old.layout.size().min(new_size);
+                                // SAFETY: the block is live and at least `kept` long.
+                                let bytes =
+                                    unsafe { std::slice::from_raw_parts(addr as *const u8, kept) };
+                                assert!(
+                                    bytes == &pattern(old.tag, old.layout.size())[..kept],
+                                    "thread {t}: realloc {:?} to {new_size} lost bytes",
+                                    old.layout
+                                );
+                                let b = Block {
+                                    addr,
+                                    layout,
+                                    tag: tag(),
+                                    origin: t,
+                                };
+                                fill(&b);
+                                held[i] = b;
+                            }
+                            7 if !held.is_empty() => {
+                                let b = held.swap_remove(pick % held.len());
+                                check(&b, t, "hand over");
+                                exchange.lock().expect("no thread panicked").push(b);
+                            }
+                            _ => {
+                                let taken = exchange.lock().expect("no thread panicked").pop();
+                                if let Some(b) = taken {
+                                    // Another thread's block (or our own, handed back).
+                                    check(&b, t, "take over");
+                                    if pick & 1 == 0 || held.len() >= HELD {
+                                        if b.origin != t {
+                                            foreign_frees.fetch_add(1, Relaxed);
+                                        }
+                                        release(b.addr);
+                                        // SAFETY: allocated by `a` with this layout,
+                                        // freed once, here (mostly) on a thread other than
+                                        // the one that allocated it.
+                                        unsafe { a.dealloc(b.addr as *mut u8, b.layout) };
+                                    } else {
+                                        let b = Block { tag: tag(), ..b };
+                                        fill(&b);
+                                        held.push(b);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for b in held {
+                        check(&b, t, "final free");
+                        release(b.addr);
+                        // SAFETY: allocated by `a` with this layout, freed once.
+                        unsafe { a.dealloc(b.addr as *mut u8, b.layout) };
+                    }
+                });
+            }
+        });
+        for b in exchange.into_inner().expect("no thread panicked") {
+            check(&b, THREADS, "final free");
+            foreign_frees.fetch_add(1, Relaxed);
+            release(b.addr);
+            // SAFETY: allocated by `a` with this layout, freed once.
+            unsafe { a.dealloc(b.addr as *mut u8, b.layout) };
+        }
+        assert!(live.into_inner().expect("no thread panicked").is_empty());
+        let (pooled, foreign, reallocs) = (
+            pooled_allocs.into_inner(),
+            foreign_frees.into_inner(),
+            reallocs.into_inner(),
+        );
+        eprintln!(
+            "{pooled} pooled allocations, {foreign} blocks freed on another thread, \
+             {reallocs} reallocs"
+        );
+        assert!(
+            pooled > 20_000 && foreign > 200 && reallocs > 5_000,
+            "the paths under test hardly ran"
+        );
+    }
 }

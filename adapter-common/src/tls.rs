@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,8 +15,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::atomic;
 
@@ -43,15 +44,12 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, 
         .map_err(rejected)
 }
 
-/// Reads every certificate in a PEM file, in file order.
+/// Reads every certificate in a PEM file, in file order. Sections of other kinds
+/// (a private key in the same file, say) are skipped.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let mut reader = open(path)?;
-    let certs = rustls_pemfile::certs(&mut reader)
+    let certs = CertificateDer::pem_reader_iter(open(path)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::BadPem {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|e| pem_error(path, e))?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_path_buf(),
@@ -60,26 +58,38 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// Reads the first private key in a PEM file.
+/// Reads the first private key in a PEM file: `PRIVATE KEY` (PKCS#8),
+/// `RSA PRIVATE KEY` (PKCS#1) or `EC PRIVATE KEY` (SEC1). Sections of other kinds
+/// (certificates in the same file, say) are skipped.
 pub fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let mut reader = open(path)?;
-    rustls_pemfile::private_key(&mut reader)
-        .map_err(|source| TlsError::BadPem {
+    match PrivateKeyDer::from_pem_reader(open(path)?) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => Err(TlsError::NoPrivateKey {
             path: path.to_path_buf(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoPrivateKey {
-            path: path.to_path_buf(),
-        })
+        }),
+        Err(e) => Err(pem_error(path, e)),
+    }
 }
 
-fn open(path: &Path) -> Result<BufReader<File>, TlsError> {
-    File::open(path)
-        .map(BufReader::new)
-        .map_err(|source| TlsError::Read {
+fn open(path: &Path) -> Result<File, TlsError> {
+    File::open(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A read failure part-way through is a read error; anything else is the PEM's.
+fn pem_error(path: &Path, error: pem::Error) -> TlsError {
+    match error {
+        pem::Error::Io(source) => TlsError::Read {
             path: path.to_path_buf(),
             source,
-        })
+        },
+        source => TlsError::BadPem {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
 }
 
 /// The development TLS material in the data directory.
@@ -218,7 +228,7 @@ pub enum TlsError {
         /// The file.
         path: PathBuf,
         /// The parser's explanation.
-        source: io::Error,
+        source: pem::Error,
     },
     /// A certificate file holds no `CERTIFICATE` section.
     NoCertificate {
@@ -261,7 +271,23 @@ impl fmt::Display for TlsError {
                 write!(f, "{}: cannot read: {source}", path.display())
             }
             TlsError::BadPem { path, source } => {
-                write!(f, "{}: invalid PEM: {source}", path.display())
+                write!(f, "{}: invalid PEM: ", path.display())?;
+                // The parser's own text shows these lines as lists of byte values.
+                match source {
+                    pem::Error::MissingSectionEnd { end_marker } => {
+                        let label = String::from_utf8_lossy(end_marker);
+                        write!(
+                            f,
+                            "no \"-----END {label}-----\" line after \"-----BEGIN {label}-----\""
+                        )
+                    }
+                    pem::Error::IllegalSectionStart { line } => write!(
+                        f,
+                        "malformed section start {:?}",
+                        String::from_utf8_lossy(line).trim_end()
+                    ),
+                    other => write!(f, "{other}"),
+                }
             }
             TlsError::NoCertificate { path } => write!(
                 f,
@@ -293,9 +319,8 @@ impl fmt::Display for TlsError {
 impl std::error::Error for TlsError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            TlsError::Read { source, .. }
-            | TlsError::BadPem { source, .. }
-            | TlsError::Write { source, .. } => Some(source),
+            TlsError::Read { source, .. } | TlsError::Write { source, .. } => Some(source),
+            TlsError::BadPem { source, .. } => Some(source),
             TlsError::Rejected { source, .. } => Some(source),
             TlsError::Generate { source } => Some(source),
             TlsError::NoCertificate { .. } | TlsError::NoPrivateKey { .. } => None,
@@ -466,6 +491,152 @@ mod tests {
         third
             .server_config()
             .expect("test setup: a failure here is the test failing");
+    }
+
+    /// Malformed PEM (a section without its end line, a body that is not base64) is
+    /// reported as such, naming the file, rather than read as "no certificate".
+    #[test]
+    fn malformed_pem_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        for (name, text, fault) in [
+            (
+                "unterminated.pem",
+                "-----BEGIN CERTIFICATE-----\nMIIB\n",
+                "no \"-----END CERTIFICATE-----\" line after \"-----BEGIN CERTIFICATE-----\"",
+            ),
+            (
+                "bad-start.pem",
+                "-----BEGIN CERTIFICATE--\nMIIB\n-----END CERTIFICATE-----\n",
+                "malformed section start \"-----BEGIN CERTIFICATE--\"",
+            ),
+            (
+                "not-base64.pem",
+                "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                "base64",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("test setup: a failure here is the test failing");
+            for e in [
+                read_certs(&path).unwrap_err(),
+                read_private_key(&path).unwrap_err(),
+            ] {
+                assert!(matches!(e, TlsError::BadPem { .. }), "{name}: {e:?}");
+                let message = e.to_string();
+                assert!(
+                    message.starts_with(&format!("{}: invalid PEM: ", path.display())),
+                    "{message}"
+                );
+                assert!(message.contains(fault), "{message}");
+            }
+        }
+    }
+
+    /// One file holding the chain and the key (as some tools write them): the
+    /// certificates come back in file order and the key is found after them.
+    #[test]
+    fn chain_and_key_in_one_file_are_read_in_order() {
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        let dev = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).expect("test setup: a failure here is the test failing")
+        };
+        let combined = dir.path().join("combined.pem");
+        std::fs::write(
+            &combined,
+            format!(
+                "leading text is ignored\n{}{}{}",
+                read(&dev.server_cert),
+                read(&dev.ca_cert),
+                read(&dev.server_key)
+            ),
+        )
+        .expect("test setup: a failure here is the test failing");
+
+        let server =
+            read_certs(&dev.server_cert).expect("test setup: a failure here is the test failing");
+        let ca = read_certs(&dev.ca_cert).expect("test setup: a failure here is the test failing");
+        assert_eq!(server.len(), 1);
+        assert_eq!(ca.len(), 1);
+        assert_ne!(server, ca);
+        let chain = read_certs(&combined).expect("the combined file's certificates");
+        assert_eq!(chain, [server[0].clone(), ca[0].clone()]);
+
+        let key = read_private_key(&combined).expect("the combined file's key");
+        assert_eq!(
+            key.secret_der(),
+            read_private_key(&dev.server_key)
+                .expect("test setup: a failure here is the test failing")
+                .secret_der()
+        );
+        server_config(&combined, &combined).expect("the pair in one file is served");
+    }
+
+    /// All three private key encodings are recognised by their PEM label, and the
+    /// first key in the file is the one taken.
+    #[test]
+    fn private_key_kinds_are_recognised_by_label() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        let body = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+        for (label, der) in [
+            ("PRIVATE KEY", [0x30, 0x01, 0x08]),
+            ("RSA PRIVATE KEY", [0x30, 0x01, 0x01]),
+            ("EC PRIVATE KEY", [0x30, 0x01, 0x0e]),
+        ] {
+            let path = dir.path().join("key.pem");
+            std::fs::write(
+                &path,
+                format!(
+                    "-----BEGIN {label}-----\n{}\n-----END {label}-----\n\
+                     -----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                    body(&der),
+                    body(&[0x30, 0x01, 0xff]),
+                ),
+            )
+            .expect("test setup: a failure here is the test failing");
+            let key = read_private_key(&path).expect("a key section");
+            let kind_ok = match &key {
+                PrivateKeyDer::Pkcs8(_) => label == "PRIVATE KEY",
+                PrivateKeyDer::Pkcs1(_) => label == "RSA PRIVATE KEY",
+                PrivateKeyDer::Sec1(_) => label == "EC PRIVATE KEY",
+                _ => false,
+            };
+            assert!(kind_ok, "{label}: {key:?}");
+            assert_eq!(key.secret_der(), der, "{label}");
+        }
+    }
+
+    /// The development key is written readable by its owner only, the certificates
+    /// readable by all (each less the umask), with the PEM that was generated.
+    #[cfg(unix)]
+    #[test]
+    fn dev_tls_key_is_private_and_certificates_public() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        let dev = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .expect("test setup: a failure here is the test failing")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&dev.server_key), 0o600, "server.key");
+        for cert in [&dev.ca_cert, &dev.server_cert] {
+            // 0644 less a umask: never writable by others, readable by the owner.
+            let m = mode(cert);
+            assert_eq!(m & !0o644, 0, "{}: {m:o}", cert.display());
+            assert_eq!(m & 0o600, 0o600, "{}: {m:o}", cert.display());
+        }
+        let key = std::fs::read_to_string(&dev.server_key)
+            .expect("test setup: a failure here is the test failing");
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+        for cert in [&dev.ca_cert, &dev.server_cert] {
+            let text = std::fs::read_to_string(cert)
+                .expect("test setup: a failure here is the test failing");
+            assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{text}");
+        }
     }
 
     #[test]

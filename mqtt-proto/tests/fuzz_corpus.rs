@@ -18,10 +18,13 @@ fn fuzz_dir() -> PathBuf {
 }
 
 /// Every file directly inside `dir` (a missing directory is empty: artifacts exist
-/// only once something was found), sorted for a stable order.
+/// only once something was found; any other failure to list it fails the test),
+/// sorted for a stable order.
 fn files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("{}: cannot list: {e}", dir.display()),
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -52,19 +55,39 @@ fn replay(paths: &[PathBuf]) {
     }
 }
 
+/// The corpus files in `dir`, at least ten: the seeds are checked in, so fewer means
+/// a wrong path or a lost corpus, and a replay of nothing would pass without
+/// proving anything.
+fn corpus(dir: &Path) -> Vec<PathBuf> {
+    let corpus = files(dir);
+    assert!(
+        corpus.len() >= 10,
+        "{}: {} fuzz corpus files, expected at least 10 (is the directory missing or empty?)",
+        dir.display(),
+        corpus.len()
+    );
+    corpus
+}
+
 #[test]
 fn corpus_replays_cleanly() {
     for target in TARGETS {
-        let corpus = files(&fuzz_dir().join("corpus").join(target));
-        // The seeds are checked in: an empty corpus means the path is wrong, and a
-        // replay of nothing would pass without proving anything.
-        assert!(
-            corpus.len() >= 10,
-            "fuzz/corpus/{target} holds {} files",
-            corpus.len()
-        );
-        replay(&corpus);
+        replay(&corpus(&fuzz_dir().join("corpus").join(target)));
     }
+}
+
+#[test]
+#[should_panic(expected = "no-such-target: 0 fuzz corpus files, expected at least 10")]
+fn missing_corpus_directory_fails() {
+    corpus(&fuzz_dir().join("corpus").join("no-such-target"));
+}
+
+#[test]
+#[should_panic(expected = "empty-corpus: 0 fuzz corpus files, expected at least 10")]
+fn empty_corpus_directory_fails() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("empty-corpus");
+    std::fs::create_dir_all(&dir).expect("test setup: a failure here is the test failing");
+    corpus(&dir);
 }
 
 #[test]

@@ -152,6 +152,9 @@ pub struct Limits {
     pub connect_timeout_secs: Option<u64>,
     /// Seconds a new TLS connection has to finish its handshake.
     pub tls_handshake_timeout_secs: Option<u64>,
+    /// Milliseconds a plain-TCP connection must stay idle, at least, before it
+    /// gives up its task (the parking lot's sweep tick; default 1000).
+    pub park_idle_ms: Option<u64>,
     /// Open connections across all listeners.
     pub max_connections: Option<u32>,
     /// Sessions, connected or not.
@@ -551,6 +554,7 @@ impl Config {
             1,
             3600,
         )?;
+        range("park_idle_ms", limits.park_idle_ms, 10, 3_600_000)?;
         if let (Some(default), Some(max)) = (
             limits.default_session_expiry_secs,
             limits.max_session_expiry_secs,

@@ -493,6 +493,32 @@ impl Connection {
         }
     }
 
+    /// Reads, once and without waiting, the input that woke a parked connection,
+    /// and hands it to the core (see [`Parked::resume`](crate::park::Parked::resume)).
+    /// What is not read now (more than one read's worth, or a read that would block)
+    /// the connection's task reads as usual.
+    pub(crate) fn read_waking_input(
+        &mut self,
+        hub: &SharedHub,
+        now: Now,
+        socket: &mut impl std::io::Read,
+    ) {
+        let mut chunk = [0u8; 4096];
+        let n = match socket.read(&mut chunk) {
+            Ok(n) if n > 0 => n,
+            // The end of the stream, an error or nothing after all: the task sees
+            // the same when it reads.
+            _ => return,
+        };
+        let mut buf = hub.borrow_mut().take_read_buffer();
+        buf.extend_from_slice(&chunk[..n]);
+        self.io.input = buf;
+        hub.borrow_mut().feed(now, self.conn, &mut self.io);
+        self.give_back(hub, true);
+        self.io.release_idle_buffers();
+        self.notify.mark_active();
+    }
+
     /// What a parked connection keeps: its id and its decoder. Its wake handle
     /// goes, with the task's waker in it (a waker keeps the task's memory alive).
     pub(crate) fn into_parked(self) -> (ConnId, mqtt_proto::Decoder) {

@@ -57,6 +57,28 @@ pub struct Parked {
     fd: OwnedFd,
     conn: ConnId,
     decoder: Decoder,
+    /// Its socket was ready when the lot looked: its waking input is read at once.
+    readable: bool,
+}
+
+/// How many connections are parked right now, readable from any thread (tests,
+/// and later the metrics).
+#[derive(Clone, Default, Debug)]
+pub struct ParkedGauge(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl ParkedGauge {
+    /// Parked connections now.
+    pub fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn sub(&self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Parked {
@@ -64,11 +86,23 @@ impl Parked {
     /// runtime's reactor, for a new task to serve from
     /// [`Start::Opened`](crate::connection::Start::Opened). If the socket cannot be
     /// registered the connection is closed and this is `None`.
+    ///
+    /// A connection whose socket woke it has its waking input read and handed to
+    /// the core here, before its task exists: the lot takes ready sockets in the
+    /// order they became ready, so input is handled in the order it arrived across
+    /// connections (a SUBSCRIBE on a parked connection is not overtaken by a
+    /// PUBLISH that arrived after it on a busy one).
     pub fn resume<T: Parkable>(self, hub: &SharedHub, now: Now) -> Option<(T, Connection)> {
         let notify = LocalNotify::new();
         hub.borrow_mut().unpark(self.conn, notify.clone());
-        let conn = Connection::resume(self.conn, self.decoder, notify);
-        match T::from_fd(self.fd) {
+        let mut conn = Connection::resume(self.conn, self.decoder, notify);
+        let mut fd = self.fd;
+        if self.readable {
+            let mut socket = std::net::TcpStream::from(fd);
+            conn.read_waking_input(hub, now, &mut socket);
+            fd = OwnedFd::from(socket);
+        }
+        match T::from_fd(fd) {
             Ok(t) => Some((t, conn)),
             Err(error) => {
                 tracing::debug!(%error, "cannot register a parked connection again");
@@ -86,12 +120,13 @@ pub struct ParkingLot {
     free: Vec<u32>,
     /// Unpark requests from the hub, kept for their allocation.
     requests: Vec<(u32, ConnId)>,
+    parked: ParkedGauge,
 }
 
 impl ParkingLot {
     /// An empty lot with an epoll instance of its own.
     #[cfg(target_os = "linux")]
-    pub fn new() -> io::Result<Self> {
+    pub fn new(parked: ParkedGauge) -> io::Result<Self> {
         use std::os::fd::FromRawFd;
         // SAFETY: epoll_create1 has no memory preconditions; a non-negative result is
         // a new descriptor that we own from here on.
@@ -106,12 +141,13 @@ impl ParkingLot {
             slots: Vec::new(),
             free: Vec::new(),
             requests: Vec::new(),
+            parked,
         })
     }
 
     /// No epoll here: connections are never parked.
     #[cfg(not(target_os = "linux"))]
-    pub fn new() -> io::Result<Self> {
+    pub fn new(_parked: ParkedGauge) -> io::Result<Self> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "parking needs epoll",
@@ -155,7 +191,9 @@ impl ParkingLot {
             fd,
             conn: id,
             decoder,
+            readable: false,
         });
+        self.parked.add();
         Ok(())
     }
 
@@ -215,7 +253,7 @@ impl ParkingLot {
         for (slot, conn) in requests.drain(..) {
             let here = self.slots.get(slot as usize).and_then(Option::as_ref);
             if here.is_some_and(|p| p.conn == conn) {
-                self.unpark(slot, out);
+                self.unpark(slot, false, out);
             }
         }
         self.requests = requests;
@@ -239,12 +277,24 @@ impl ParkingLot {
             };
             let Ok(n) = usize::try_from(n) else {
                 let error = io::Error::last_os_error();
-                // EINTR: try again later; anything else: nothing to take now.
-                return error.kind() != io::ErrorKind::Interrupted;
+                if error.kind() == io::ErrorKind::Interrupted {
+                    // Try again at the next readiness.
+                    return false;
+                }
+                // The set cannot be read: no parked connection may be stranded in
+                // it, so every one gets its task back.
+                tracing::error!(%error, "epoll_wait on the parking lot failed; unparking every connection");
+                for slot in 0..self.slots.len() {
+                    if let Ok(slot) = u32::try_from(slot) {
+                        self.unpark(slot, false, out);
+                    }
+                }
+                return true;
             };
+            // In the order the sockets became ready.
             for event in &events[..n] {
                 if let Ok(slot) = u32::try_from(event.u64) {
-                    self.unpark(slot, out);
+                    self.unpark(slot, true, out);
                 }
             }
             if n < BATCH {
@@ -258,13 +308,25 @@ impl ParkingLot {
         true
     }
 
-    fn unpark(&mut self, slot: u32, out: &mut Vec<Parked>) {
-        let Some(parked) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+    fn unpark(&mut self, slot: u32, readable: bool, out: &mut Vec<Parked>) {
+        let Some(mut parked) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
             return;
         };
         self.unwatch(&parked.fd);
         self.free.push(slot);
+        self.parked.sub();
+        parked.readable = readable;
         out.push(parked);
+    }
+
+    /// Connections parked here now.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Whether no connection is parked here.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -278,4 +340,70 @@ pub fn sweep_idle(hub: &SharedHub) {
     }
     // The same tick reports what the core dropped since the previous one.
     hub.report();
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use broker_state::{Broker, Config, PeerInfo};
+    use std::os::unix::net::UnixStream;
+
+    /// A lot holding `n` parked sockets (the other ends are returned to keep them
+    /// open), without a hub: slots filled as `park` fills them.
+    fn lot_with(n: usize) -> (ParkingLot, Vec<UnixStream>) {
+        let gauge = ParkedGauge::default();
+        let mut lot = ParkingLot::new(gauge).expect("epoll");
+        let mut broker = Broker::new(Config::default(), [3; 32]);
+        let now = Now::new(std::time::Instant::now(), 0);
+        let mut peers = Vec::new();
+        for i in 0..n {
+            let (ours, theirs) = UnixStream::pair().expect("socket pair");
+            let fd = OwnedFd::from(ours);
+            let slot = u32::try_from(i).expect("small");
+            lot.watch(&fd, slot).expect("watch");
+            lot.slots.push(Some(Parked {
+                fd,
+                conn: broker.handle_accept(now, PeerInfo::memory("p")),
+                decoder: Decoder::new(1024),
+                readable: false,
+            }));
+            lot.parked.add();
+            peers.push(theirs);
+        }
+        (lot, peers)
+    }
+
+    #[test]
+    fn ready_sockets_come_out_in_the_order_they_became_ready_and_readable() {
+        use std::io::Write;
+        let (mut lot, mut peers) = lot_with(3);
+        let peers_conns: Vec<ConnId> = lot
+            .slots
+            .iter()
+            .map(|p| p.as_ref().expect("parked").conn)
+            .collect();
+        for i in [2, 0] {
+            peers[i].write_all(b"x").expect("write");
+        }
+        let mut out = Vec::new();
+        assert!(lot.take_ready_sockets(&mut out));
+        let conns: Vec<ConnId> = out.iter().map(|p| p.conn).collect();
+        let expected: Vec<ConnId> = [2, 0].iter().map(|&i| peers_conns[i]).collect();
+        assert_eq!(conns, expected, "readiness order");
+        assert!(out.iter().all(|p| p.readable));
+        assert_eq!(lot.len(), 1);
+        assert_eq!(lot.parked.get(), 1);
+    }
+
+    #[test]
+    fn an_epoll_wait_error_gives_every_parked_connection_its_task_back() {
+        let (mut lot, _peers) = lot_with(3);
+        // A descriptor that is not an epoll instance: epoll_wait fails with EINVAL.
+        lot.epoll = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        let mut out = Vec::new();
+        assert!(lot.take_ready_sockets(&mut out));
+        assert_eq!(out.len(), 3, "no connection stranded");
+        assert!(lot.is_empty());
+        assert_eq!(lot.parked.get(), 0);
+    }
 }

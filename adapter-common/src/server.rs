@@ -91,6 +91,10 @@ pub struct Prepared {
     pub handshake_timeout: Duration,
     /// With dev TLS, the CA clients should trust.
     pub ca_cert: Option<PathBuf>,
+    /// The parking lot's sweep tick ([`crate::park`]).
+    pub park_tick: Duration,
+    /// Connections parked right now, for [`RunningServer::parked_connections`].
+    pub parked: crate::park::ParkedGauge,
 }
 
 /// How long a connection has for its TLS and WebSocket handshakes by default.
@@ -170,6 +174,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         listeners,
         handshake_timeout,
         ca_cert: dev.map(|d| d.ca_cert),
+        park_tick: config
+            .limits
+            .park_idle_ms
+            .map_or(crate::park::PARK_TICK, Duration::from_millis),
+        parked: crate::park::ParkedGauge::default(),
     })
 }
 
@@ -197,6 +206,7 @@ pub fn os_seed() -> [u8; 32] {
 /// graceful shutdown. Dropping it shuts the server down.
 pub struct ServerHandle {
     addrs: Vec<(ListenerKind, SocketAddr)>,
+    parked: crate::park::ParkedGauge,
     ca_cert: Option<PathBuf>,
     stop: Option<Box<dyn FnOnce() + Send>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -215,12 +225,14 @@ impl ServerHandle {
     {
         let addrs = prepared.addrs();
         let ca_cert = prepared.ca_cert.clone();
+        let parked = prepared.parked.clone();
         let thread = std::thread::Builder::new()
             .name("brokk".into())
             .spawn(move || serve(prepared))
             .map_err(StartError::Runtime)?;
         Ok(ServerHandle {
             addrs,
+            parked,
             ca_cert,
             stop: Some(Box::new(stop)),
             thread: Some(thread),
@@ -276,6 +288,10 @@ impl RunningServer for ServerHandle {
     fn shutdown(self: Box<Self>) {
         ServerHandle::shutdown(*self);
     }
+
+    fn parked_connections(&self) -> usize {
+        self.parked.get()
+    }
 }
 
 /// A server some adapter started.
@@ -286,6 +302,8 @@ pub trait RunningServer {
     fn dev_ca_cert(&self) -> Option<&Path>;
     /// Graceful shutdown; returns when done.
     fn shutdown(self: Box<Self>);
+    /// Connections that are parked right now (idle, without a task).
+    fn parked_connections(&self) -> usize;
 }
 
 /// The `brokk` command line, for any adapter: `brokk passwd`, or load the config,

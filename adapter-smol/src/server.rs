@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::config::{Config, ListenerKind};
 use adapter_common::connection::{self, LocalNotify, SharedHub, Start, Transport};
-use adapter_common::park::{self, Parkable, ParkingLot, SharedLot};
+use adapter_common::park::{self, Parkable, ParkedGauge, ParkingLot, SharedLot};
 use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
 use broker_state::Now;
 use bytes::BytesMut;
@@ -98,6 +98,8 @@ async fn run_server(
         broker,
         listeners,
         handshake_timeout,
+        park_tick,
+        parked,
         ..
     } = prepared;
     let (hub, timer_notify) = connection::shared_hub(broker);
@@ -112,12 +114,19 @@ async fn run_server(
     // async-std's streams cannot be taken off its reactor without a second
     // descriptor, so only smol parks idle connections.
     let (lot, lot_task) = match flavor {
-        Flavor::Smol => match parking_lot() {
+        Flavor::Smol => match parking_lot(parked) {
             Ok((lot, ready_fd)) => {
                 let lot = Rc::new(RefCell::new(lot));
                 let notify = LocalNotify::new();
                 hub.borrow_mut().set_lot_waker(notify.clone());
-                let task = run_lot(ex.clone(), hub.clone(), lot.clone(), ready_fd, notify);
+                let task = run_lot(
+                    ex.clone(),
+                    hub.clone(),
+                    lot.clone(),
+                    ready_fd,
+                    notify,
+                    park_tick,
+                );
                 (Some(lot), Some(ex.spawn(task)))
             }
             Err(error) => {
@@ -178,8 +187,8 @@ async fn run_server(
 
 /// A parking lot and (a duplicate of) its epoll descriptor registered with
 /// async-io.
-fn parking_lot() -> io::Result<(ParkingLot, Async<OwnedFd>)> {
-    let lot = ParkingLot::new()?;
+fn parking_lot(parked: ParkedGauge) -> io::Result<(ParkingLot, Async<OwnedFd>)> {
+    let lot = ParkingLot::new(parked)?;
     let fd = lot.epoll_fd().try_clone_to_owned()?;
     Ok((lot, Async::new(fd)?))
 }
@@ -193,8 +202,9 @@ async fn run_lot(
     lot: SharedLot,
     ready_fd: Async<OwnedFd>,
     notify: Rc<LocalNotify>,
+    park_tick: Duration,
 ) {
-    let mut tick = Timer::interval(park::PARK_TICK);
+    let mut tick = Timer::interval(park_tick);
     let mut ready = Vec::new();
     loop {
         let sweep = poll_fn(|cx| {

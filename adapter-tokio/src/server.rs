@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use adapter_common::config::Config;
 use adapter_common::connection::{self, LocalNotify, SharedHub, Start};
-use adapter_common::park::{self, ParkingLot, SharedLot};
+use adapter_common::park::{self, ParkedGauge, ParkingLot, SharedLot};
 use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
@@ -48,6 +48,8 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         broker,
         listeners,
         handshake_timeout,
+        park_tick,
+        parked,
         ..
     } = prepared;
     let (hub, timer_notify) = connection::shared_hub(broker);
@@ -57,12 +59,12 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         now,
         |at| tokio::time::sleep_until(tokio::time::Instant::from_std(at)),
     ));
-    let (lot, lot_task) = match parking_lot() {
+    let (lot, lot_task) = match parking_lot(parked) {
         Ok((lot, ready_fd)) => {
             let lot = Rc::new(RefCell::new(lot));
             let notify = LocalNotify::new();
             hub.borrow_mut().set_lot_waker(notify.clone());
-            let task = run_lot(hub.clone(), lot.clone(), ready_fd, notify);
+            let task = run_lot(hub.clone(), lot.clone(), ready_fd, notify, park_tick);
             (Some(lot), Some(tokio::task::spawn_local(task)))
         }
         Err(error) => {
@@ -95,8 +97,8 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
 
 /// A parking lot and (a duplicate of) its epoll descriptor registered with this
 /// runtime.
-fn parking_lot() -> std::io::Result<(ParkingLot, AsyncFd<OwnedFd>)> {
-    let lot = ParkingLot::new()?;
+fn parking_lot(parked: ParkedGauge) -> std::io::Result<(ParkingLot, AsyncFd<OwnedFd>)> {
+    let lot = ParkingLot::new(parked)?;
     let fd = lot.epoll_fd().try_clone_to_owned()?;
     // SAFETY: the AsyncFd owns `fd`, so it stays open and the same while registered.
     let ready_fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
@@ -111,8 +113,9 @@ async fn run_lot(
     lot: SharedLot,
     ready_fd: AsyncFd<OwnedFd>,
     notify: Rc<LocalNotify>,
+    park_tick: Duration,
 ) {
-    let mut tick = tokio::time::interval(park::PARK_TICK);
+    let mut tick = tokio::time::interval(park_tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = Vec::new();
     loop {

@@ -207,6 +207,22 @@ impl RunningServer {
         format!("{kind}://{}{WS_PATH}", self.addr(kind))
     }
 
+    /// Connections parked right now (idle plain TCP without a task).
+    pub fn parked_connections(&self) -> usize {
+        self.handle.as_ref().map_or(0, |h| h.parked_connections())
+    }
+
+    /// Waits until at least `n` connections are parked; fails the test after
+    /// [`crate::TIMEOUT`].
+    pub async fn wait_parked(&self, n: usize) {
+        crate::within("connections to park", async {
+            while self.parked_connections() < n {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+
     /// The development CA certificate, which TLS clients trust.
     pub fn ca_cert(&self) -> &Path {
         self.ca_cert

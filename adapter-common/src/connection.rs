@@ -184,6 +184,19 @@ pub async fn run_timer<S, F>(
     }
 }
 
+/// Where there is no parking lot (async-std, or no epoll), the report of what the
+/// core dropped ([`Hub::report`]) still runs every `tick`: this is its task.
+pub async fn run_reports<S, F>(hub: SharedHub, tick: std::time::Duration, sleep: S)
+where
+    S: Fn(std::time::Duration) -> F,
+    F: Future<Output = ()>,
+{
+    loop {
+        sleep(tick).await;
+        hub.borrow_mut().report();
+    }
+}
+
 /// Graceful shutdown of a server thread's connections: DISCONNECT 0x8B to 5.0
 /// clients, then wait (polling with the runtime's `sleep`) until every connection
 /// has flushed and closed, or the grace period ends.

@@ -384,7 +384,7 @@ impl<W: Wake> Hub<W> {
     }
 
     /// The periodic report of what the core dropped since the last one (see
-    /// [`Reports`]); the adapter calls it every [`crate::park::PARK_TICK`].
+    /// [`Reports`]); the adapter calls it every park tick (`limits.park_idle_ms`).
     pub fn report(&mut self) {
         let stats = self.broker.stats();
         self.reports.tick(&stats);

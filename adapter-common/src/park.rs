@@ -332,7 +332,7 @@ impl ParkingLot {
 
 /// Asks every plain-TCP connection that stayed idle since the previous sweep to
 /// park, and starts the next idle period for the others. The adapter calls it every
-/// [`PARK_TICK`].
+/// park tick (`limits.park_idle_ms`, default [`PARK_TICK`]).
 pub fn sweep_idle(hub: &SharedHub) {
     let mut hub = hub.borrow_mut();
     for notify in hub.task_wakers() {

@@ -131,11 +131,15 @@ async fn run_server(
             }
             Err(error) => {
                 tracing::debug!(%error, "no parking lot: idle connections keep their tasks");
-                (None, None)
+                let reports = connection::run_reports(hub.clone(), park_tick, sleep);
+                (None, Some(ex.spawn(reports)))
             }
         },
         #[cfg(feature = "async-std")]
-        Flavor::AsyncStd => (None, None),
+        Flavor::AsyncStd => {
+            let reports = connection::run_reports(hub.clone(), park_tick, sleep);
+            (None, Some(ex.spawn(reports)))
+        }
     };
     let mut accept_tasks = Vec::new();
     for l in listeners {

@@ -69,7 +69,8 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         }
         Err(error) => {
             tracing::debug!(%error, "no parking lot: idle connections keep their tasks");
-            (None, None)
+            let reports = connection::run_reports(hub.clone(), park_tick, tokio::time::sleep);
+            (None, Some(tokio::task::spawn_local(reports)))
         }
     };
     let mut accept_tasks = Vec::new();

@@ -213,3 +213,64 @@ async fn passwd_users_connect_with_the_right_password_only() {
     let bytes = connack_bytes(addr, login(ProtocolVersion::V3_1_1, "m3", "mallory", "x")).await;
     assert_eq!(&bytes[..], [0x20, 0x02, 0x00, 0x04]);
 }
+
+/// Sessions the broker ends on its own are in the log with the client id, the
+/// reason and what was lost: here an offline session whose queue overflowed (Event
+/// Grid's default policy ends it), then the drop counters at the next tick.
+#[tokio::test]
+async fn a_session_ended_by_queue_overflow_is_logged_with_client_id_reason_and_counts() {
+    use mqtt_proto::QoS;
+    let runtime = Runtime::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("brokk.toml");
+    std::fs::write(
+        &config,
+        "[limits]\noffline_queue_messages = 3\npark_idle_ms = 50\n",
+    )
+    .unwrap();
+    let data_dir = dir.path().join("data");
+    let args = [
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+    ];
+    let brokk = BrokkProcess::spawn(runtime, args, 1).await;
+    let addr = brokk.addr(ListenerKind::Mqtt);
+    let mut connect = connect_packet(ProtocolVersion::V5, "overflowing-device");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(600);
+    let (mut sub, _) = RawClient::connect_with(addr, connect).await;
+    sub.subscribe("fleet/cmd", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = RawClient::connect(addr, ProtocolVersion::V5, "overflow-pub").await;
+    for _ in 0..4 {
+        publisher
+            .publish("fleet/cmd", b"reboot", QoS::AtLeastOnce, false)
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = brokk.stderr();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("session ended by the broker"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session-end line in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for part in [
+        "overflowing-device",
+        "offline queue overflow",
+        "queued_messages=3",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
+}

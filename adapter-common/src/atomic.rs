@@ -80,6 +80,17 @@ mod tests {
     use super::*;
     use std::fs;
 
+    /// The names of the files in `dir` (a temporary file left over would show).
+    fn names_in(dir: &Path) -> Vec<std::ffi::OsString> {
+        fs::read_dir(dir)
+            .expect("test setup: a failure here is the test failing")
+            .map(|e| {
+                e.expect("test setup: a failure here is the test failing")
+                    .file_name()
+            })
+            .collect()
+    }
+
     #[test]
     fn replaces_contents_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
@@ -92,14 +103,7 @@ mod tests {
             fs::read(&path).expect("test setup: a failure here is the test failing"),
             b"two"
         );
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .expect("test setup: a failure here is the test failing")
-            .map(|e| {
-                e.expect("test setup: a failure here is the test failing")
-                    .file_name()
-            })
-            .collect();
-        assert_eq!(names, ["f"]);
+        assert_eq!(names_in(dir.path()), ["f"]);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -293,13 +297,6 @@ mod tests {
         fs::write(path.join("inside"), b"x")
             .expect("test setup: a failure here is the test failing");
         assert!(write(&path, b"x", Access::Public).is_err());
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .expect("test setup: a failure here is the test failing")
-            .map(|e| {
-                e.expect("test setup: a failure here is the test failing")
-                    .file_name()
-            })
-            .collect();
-        assert_eq!(names, ["f"]);
+        assert_eq!(names_in(dir.path()), ["f"]);
     }
 }

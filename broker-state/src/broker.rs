@@ -423,10 +423,16 @@ impl Broker {
             // [MQTT-3.1.0-2] a second CONNECT is a protocol error.
             Packet::Connect(_) => self.violation(now, k, ReasonCode::ProtocolError),
             Packet::Publish(p) => self.on_publish(now, k, session, p),
-            Packet::PubAck(a) => self.on_puback(now, k, session, a),
+            Packet::PubAck(a) => {
+                let fits = (QoS::AtLeastOnce, FlightState::Published);
+                self.on_flow_end(now, k, session, a.packet_id, fits)
+            }
             Packet::PubRec(a) => self.on_pubrec(now, k, session, a),
             Packet::PubRel(a) => self.on_pubrel(k, session, a),
-            Packet::PubComp(a) => self.on_pubcomp(now, k, session, a),
+            Packet::PubComp(a) => {
+                let fits = (QoS::ExactlyOnce, FlightState::Released);
+                self.on_flow_end(now, k, session, a.packet_id, fits)
+            }
             Packet::Subscribe(s) => self.on_subscribe(now, k, session, s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(now, k, session, u),
             Packet::PingReq => self.push_out(k, Packet::PingResp),
@@ -1843,11 +1849,13 @@ impl Broker {
     // [MQTT-4.3.3-9]): PUBACK for QoS 2, PUBREC or PUBCOMP for QoS 1, PUBCOMP before
     // the PUBREL was sent.
 
-    fn on_puback(&mut self, now: Now, k: Key, sk: Key, a: PubAck) {
-        match self.flight_of(sk, a.packet_id) {
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2, after the PUBREL): the end of the flow of
+    /// the id it names, if that flow is in the state `fits` says.
+    fn on_flow_end(&mut self, now: Now, k: Key, sk: Key, id: PacketId, fits: (QoS, FlightState)) {
+        match self.flight_of(sk, id) {
             None => {}
-            Some((QoS::AtLeastOnce, FlightState::Published)) => {
-                self.remove_inflight(now, sk, a.packet_id);
+            Some(flight) if flight == fits => {
+                self.remove_inflight(now, sk, id);
                 self.fill_window(now, sk);
             }
             Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
@@ -1906,17 +1914,6 @@ impl Broker {
             comp.properties = self.ack_properties(k, comp.reason_code);
         }
         self.push_out(k, Packet::PubComp(comp));
-    }
-
-    fn on_pubcomp(&mut self, now: Now, k: Key, sk: Key, a: PubAck) {
-        match self.flight_of(sk, a.packet_id) {
-            None => {}
-            Some((QoS::ExactlyOnce, FlightState::Released)) => {
-                self.remove_inflight(now, sk, a.packet_id);
-                self.fill_window(now, sk);
-            }
-            Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
-        }
     }
 
     fn remove_inflight(&mut self, _now: Now, sk: Key, id: mqtt_proto::PacketId) {

@@ -152,6 +152,9 @@ pub struct Limits {
     pub connect_timeout_secs: Option<u64>,
     /// Seconds a new TLS connection has to finish its handshake.
     pub tls_handshake_timeout_secs: Option<u64>,
+    /// Password verifications (Argon2, ~13 ms and 19 MiB each) running at once, at
+    /// most; further logins wait in line. Default: the number of CPUs.
+    pub max_verifications_in_flight: Option<std::num::NonZeroU32>,
     /// Milliseconds a plain-TCP connection must stay idle, at least, before it
     /// gives up its task (the parking lot's sweep tick; default 1000).
     pub park_idle_ms: Option<u64>,

@@ -184,6 +184,63 @@ pub async fn run_timer<S, F>(
     }
 }
 
+/// The authentication task of a server thread: takes the questions the hub could
+/// not answer at once, runs at most `max_in_flight` verifications at a time on the
+/// worker pool (`blocking`), and hands each answer back to the core. Logins beyond
+/// the bound wait in line. Every second, and after each verification, the password
+/// file is checked for changes (on a worker too). `spawn` starts a future on this
+/// thread's executor; `sleep` is the runtime's timer.
+pub async fn run_authentication<C, Sp, S, F>(
+    hub: SharedHub,
+    notify: Rc<LocalNotify>,
+    verifier: std::sync::Arc<crate::authentication::Verifier>,
+    max_in_flight: usize,
+    clock: C,
+    spawn: Sp,
+    sleep: S,
+) where
+    C: Fn() -> Now + Clone + 'static,
+    Sp: Fn(std::pin::Pin<Box<dyn Future<Output = ()>>>),
+    S: Fn(std::time::Duration) -> F,
+    F: Future<Output = ()>,
+{
+    let in_flight = Rc::new(Cell::new(0usize));
+    loop {
+        while in_flight.get() < max_in_flight.max(1) {
+            let Some(question) = hub.borrow_mut().take_question() else {
+                break;
+            };
+            in_flight.set(in_flight.get() + 1);
+            let (hub, notify, verifier, in_flight, clock) = (
+                hub.clone(),
+                notify.clone(),
+                verifier.clone(),
+                in_flight.clone(),
+                clock.clone(),
+            );
+            spawn(Box::pin(async move {
+                let ticket = question.ticket;
+                let answer = blocking::unblock(move || verifier.verify(&question)).await;
+                hub.borrow_mut().answer(clock(), ticket, answer);
+                in_flight.set(in_flight.get() - 1);
+                notify.wake_task();
+            }));
+        }
+        let mut tick = std::pin::pin!(sleep(std::time::Duration::from_secs(1)));
+        let ticked = poll_fn(|cx| {
+            if notify.poll_notified(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            tick.as_mut().poll(cx).map(|()| true)
+        })
+        .await;
+        if ticked {
+            let verifier = verifier.clone();
+            blocking::unblock(move || verifier.refresh()).await;
+        }
+    }
+}
+
 /// Where there is no parking lot (async-std, or no epoll), the report of what the
 /// core dropped ([`Hub::report`]) still runs every `tick`: this is its task.
 pub async fn run_reports<S, F>(hub: SharedHub, tick: std::time::Duration, sleep: S)
@@ -624,6 +681,20 @@ impl Connection {
                     continue;
                 }
                 return Poll::Pending;
+            }
+            // A CONNECT waiting for the answer to its authentication: its further
+            // input is not read (or fed) until the answer came; then what was held
+            // is fed at once.
+            if self.io.held {
+                if hub.borrow().broker().is_authenticating(conn) {
+                    if self.notify.poll_notified(cx).is_ready() || progressed {
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+                routed += hub.borrow_mut().feed(clock(), conn, &mut self.io);
+                self.io.release_idle_buffers();
+                continue;
             }
             // Between packets, read into the thread's shared buffer, so an idle
             // connection holds no read buffer and only a partial packet's bytes are

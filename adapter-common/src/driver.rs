@@ -10,13 +10,15 @@
 //! packet in its read buffer and hands them to the core together, then pulls all the
 //! core has for it into one write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
-use broker_state::{Broker, ConnId, Event, Now, PeerInfo};
+use broker_state::{AuthQuestion, AuthStep, AuthTicket, Broker, ConnId, Event, Now, PeerInfo};
 use bytes::BytesMut;
-use mqtt_proto::{Decoder, FixedHeader, ReasonCode};
+use mqtt_proto::{Decoder, FixedHeader, Packet, ReasonCode};
 
+use crate::authentication::Verifier;
 use crate::reports::Reports;
 use crate::websocket::{self, DecodeStatus, FrameDecoder};
 
@@ -66,6 +68,10 @@ pub struct ConnIo {
     /// The transport must close after `output` is written (WebSocket close, decode
     /// failure handled).
     pub finished: bool,
+    /// Decoding stopped after CONNECT (or AUTH) because the core waits for the
+    /// answer to the client's authentication: the rest of the input waits too, and
+    /// nothing more is read until the answer came.
+    pub held: bool,
 }
 
 /// Read size when no packet is in progress.
@@ -83,6 +89,7 @@ impl ConnIo {
             input: BytesMut::new(),
             output: BytesMut::new(),
             finished: false,
+            held: false,
         }
     }
 
@@ -105,6 +112,7 @@ impl ConnIo {
             input: BytesMut::new(),
             output: BytesMut::new(),
             finished: false,
+            held: false,
         }
     }
 
@@ -162,6 +170,12 @@ pub struct Hub<W: Wake> {
     write_buffer: BytesMut,
     /// Sessions ended and messages dropped by the core, for the log.
     reports: Reports,
+    /// Who clients are (quick answers here; verifications on the workers).
+    verifier: Option<Arc<Verifier>>,
+    /// Authentication questions waiting for a worker, oldest first.
+    questions: VecDeque<AuthQuestion>,
+    /// The authentication task, woken when a question waits.
+    auth_waker: Option<W>,
 }
 
 impl<W: Wake> Hub<W> {
@@ -177,6 +191,9 @@ impl<W: Wake> Hub<W> {
             read_buffer: BytesMut::new(),
             write_buffer: BytesMut::new(),
             reports: Reports::default(),
+            verifier: None,
+            questions: VecDeque::new(),
+            auth_waker: None,
         }
     }
 
@@ -212,6 +229,25 @@ impl<W: Wake> Hub<W> {
     pub fn put_write_buffer(&mut self, buf: BytesMut) {
         debug_assert!(buf.is_empty());
         self.write_buffer = buf;
+    }
+
+    /// Answers the core's authentication questions with `verifier`: quick answers
+    /// at once, the rest through the authentication task, woken with `waker`
+    /// ([`crate::connection::run_authentication`]).
+    pub fn set_authentication(&mut self, verifier: Arc<Verifier>, waker: W) {
+        self.verifier = Some(verifier);
+        self.auth_waker = Some(waker);
+    }
+
+    /// The oldest authentication question waiting for a worker.
+    pub fn take_question(&mut self) -> Option<AuthQuestion> {
+        self.questions.pop_front()
+    }
+
+    /// The answer to an authentication question, from a worker.
+    pub fn answer(&mut self, now: Now, ticket: AuthTicket, step: AuthStep) {
+        self.broker.handle_auth_answer(now, ticket, step);
+        self.dispatch(now);
     }
 
     /// The waker of the timer task, woken when the core's next deadline moves earlier
@@ -276,7 +312,7 @@ impl<W: Wake> Hub<W> {
                 closing: None,
             },
         );
-        self.dispatch();
+        self.dispatch(now);
         conn
     }
 
@@ -301,9 +337,18 @@ impl<W: Wake> Hub<W> {
                 &mut ws.mqtt
             }
         };
+        io.held = false;
         loop {
             match io.decoder.decode(stream) {
-                Ok(Some(packet)) => self.broker.handle_packet(now, conn, packet),
+                Ok(Some(packet)) => {
+                    let asks = matches!(packet, Packet::Connect(_) | Packet::Auth(_));
+                    self.broker.handle_packet(now, conn, packet);
+                    // A CONNECT waiting for its answer: the rest waits with it.
+                    if asks && self.broker.is_authenticating(conn) {
+                        io.held = true;
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(error) => {
                     tracing::debug!(%conn, %error, "undecodable input");
@@ -313,7 +358,7 @@ impl<W: Wake> Hub<W> {
                 }
             }
         }
-        self.dispatch();
+        self.dispatch(now);
         self.broker.deliveries().wrapping_sub(before)
     }
 
@@ -366,14 +411,14 @@ impl<W: Wake> Hub<W> {
             }
         }
         self.broker.handle_closed(now, conn);
-        self.dispatch();
+        self.dispatch(now);
     }
 
     /// Fires the core's due timers.
     pub fn timeout(&mut self, now: Now) {
         self.armed = None;
         self.broker.handle_timeout(now);
-        self.dispatch();
+        self.dispatch(now);
     }
 
     /// The deadline the timer task should sleep to; remembered so that an earlier
@@ -393,10 +438,10 @@ impl<W: Wake> Hub<W> {
     /// Graceful shutdown: DISCONNECT 0x8B to 5.0 clients and close every connection.
     pub fn shutdown(&mut self, now: Now) {
         self.broker.handle_shutdown(now);
-        self.dispatch();
+        self.dispatch(now);
     }
 
-    fn dispatch(&mut self) {
+    fn dispatch(&mut self, now: Now) {
         while let Some(event) = self.broker.poll_event() {
             match event {
                 Event::Transmit(conn) => {
@@ -431,6 +476,22 @@ impl<W: Wake> Hub<W> {
                         session_present,
                         "connect"
                     );
+                }
+                Event::Authenticate(question) => {
+                    let quick = match &self.verifier {
+                        Some(v) => v.quick(&question, now.instant),
+                        // Nobody to ask: nobody gets in.
+                        None => Some(AuthStep::Failure(ReasonCode::ServerUnavailable)),
+                    };
+                    match quick {
+                        Some(step) => self.broker.handle_auth_answer(now, question.ticket, step),
+                        None => {
+                            self.questions.push_back(*question);
+                            if let Some(w) = &self.auth_waker {
+                                w.wake();
+                            }
+                        }
+                    }
                 }
                 Event::SessionEnded {
                     client_id,

@@ -69,6 +69,7 @@
 
 pub mod alloc;
 mod atomic;
+pub mod authentication;
 pub mod cli;
 pub mod config;
 pub mod connection;

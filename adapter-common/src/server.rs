@@ -12,9 +12,10 @@ use std::time::Duration;
 use broker_state::{Broker, PeerInfo, Transport};
 use clap::Parser;
 
+use crate::authentication::Verifier;
 use crate::cli::{load_config, run_passwd, Cli, Command};
 use crate::config::{Config, ListenerKind, TlsSource};
-use crate::core::{broker_config, PasswordAuthenticator};
+use crate::core::broker_config;
 use crate::passwd::{PasswdError, PasswordFile, SetPassword};
 use crate::tls::{self, TlsError};
 
@@ -95,6 +96,10 @@ pub struct Prepared {
     pub park_tick: Duration,
     /// Connections parked right now, for [`RunningServer::parked_connections`].
     pub parked: crate::park::ParkedGauge,
+    /// Who clients are: the password file and the anonymous policy.
+    pub verifier: Arc<Verifier>,
+    /// Password verifications running at once, at most (the rest wait in line).
+    pub max_verifications: usize,
 }
 
 /// How long a connection has for its TLS and WebSocket handshakes by default.
@@ -168,8 +173,28 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         .tls_handshake_timeout_secs
         .map_or(DEFAULT_HANDSHAKE_TIMEOUT, Duration::from_secs);
     let mut broker = Broker::new(broker_config(&config.limits), os_seed());
-    broker.set_authenticator(Box::new(PasswordAuthenticator::new(config, passwords)));
+    // Who a client is gets decided off the broker's thread (see
+    // crate::authentication): the core asks, the hub and its workers answer.
+    broker.set_external_authentication(true);
+    let key = os_seed();
+    let half = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&key[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let verifier = Arc::new(Verifier::new(
+        config.password_file.clone(),
+        passwords,
+        config.anonymous_allowed(),
+        (half(0), half(8)),
+    ));
+    let max_verifications = config.limits.max_verifications_in_flight.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get()),
+        |n| n.get() as usize,
+    );
     Ok(Prepared {
+        verifier,
+        max_verifications,
         broker,
         listeners,
         handshake_timeout,

@@ -100,6 +100,8 @@ async fn run_server(
         handshake_timeout,
         park_tick,
         parked,
+        verifier,
+        max_verifications,
         ..
     } = prepared;
     let (hub, timer_notify) = connection::shared_hub(broker);
@@ -110,6 +112,19 @@ async fn run_server(
         |at| async move {
             Timer::at(at).await;
         },
+    ));
+    let auth_notify = LocalNotify::new();
+    hub.borrow_mut()
+        .set_authentication(verifier.clone(), auth_notify.clone());
+    let spawner = ex.clone();
+    let auth = ex.spawn(connection::run_authentication(
+        hub.clone(),
+        auth_notify,
+        verifier,
+        max_verifications,
+        now,
+        move |f| spawner.spawn(f).detach(),
+        sleep,
     ));
     // async-std's streams cannot be taken off its reactor without a second
     // descriptor, so only smol parks idle connections.
@@ -186,6 +201,7 @@ async fn run_server(
     connection::shutdown(&hub, now, sleep).await;
     drop(lot_task);
     drop(timer);
+    drop(auth);
     tracing::info!("stopped");
 }
 

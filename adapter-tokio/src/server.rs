@@ -50,6 +50,8 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         handshake_timeout,
         park_tick,
         parked,
+        verifier,
+        max_verifications,
         ..
     } = prepared;
     let (hub, timer_notify) = connection::shared_hub(broker);
@@ -58,6 +60,20 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         timer_notify,
         now,
         |at| tokio::time::sleep_until(tokio::time::Instant::from_std(at)),
+    ));
+    let auth_notify = LocalNotify::new();
+    hub.borrow_mut()
+        .set_authentication(verifier.clone(), auth_notify.clone());
+    let auth = tokio::task::spawn_local(connection::run_authentication(
+        hub.clone(),
+        auth_notify,
+        verifier,
+        max_verifications,
+        now,
+        |f| {
+            tokio::task::spawn_local(f);
+        },
+        tokio::time::sleep,
     ));
     let (lot, lot_task) = match parking_lot(parked) {
         Ok((lot, ready_fd)) => {
@@ -93,6 +109,7 @@ async fn run_server(prepared: Prepared, stop: oneshot::Receiver<()>) {
         t.abort();
     }
     timer.abort();
+    auth.abort();
     tracing::info!("stopped");
 }
 

@@ -17,10 +17,7 @@ use crate::event::{
     Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage,
 };
 use crate::hash::{Map, SeededState};
-use crate::hooks::{
-    refusal_code, AllowAll, AuthRequest, Authenticator, Authorizer, ClientInfo,
-    EnhancedAuthenticator,
-};
+use crate::hooks::{AllowAll, Authenticator, Authorizer, ClientInfo, EnhancedAuthenticator};
 use crate::ids::{ConnId, Key, Slab};
 use crate::outq::{Front, MsgRef, OutPool, SharedMsgs, SharedTag};
 use crate::rng::Rng;
@@ -99,6 +96,11 @@ pub struct Broker {
     /// `authorizer` is still [`AllowAll`].
     authorizer_is_default: bool,
     enhanced: Option<Box<dyn EnhancedAuthenticator + Send>>,
+    /// Authentication questions go out as `Event::Authenticate` instead of to the
+    /// hooks.
+    external_auth: bool,
+    /// The last authentication question's number (see `AuthTicket`).
+    auth_seq: u32,
     scratch: Vec<Match>,
     /// Empty output queues of drained connections, reused by the next connection
     /// with output: idle connections hold no queue memory, and routing allocates
@@ -150,11 +152,22 @@ impl Picker for OnlinePicker<'_> {
     }
 }
 
-/// A successful enhanced authentication, carried into the rest of CONNECT.
-struct EnhancedOutcome {
-    method: MqttString,
-    data: Option<Bytes>,
-    authentication_name: Option<String>,
+/// A successful authentication, carried into the rest of CONNECT.
+pub(super) struct Authenticated {
+    /// Who the client is: the owner of its session.
+    pub(super) authentication_name: Option<String>,
+    /// The Authentication Method agreed and the final Authentication Data, for
+    /// CONNACK (enhanced authentication only).
+    pub(super) enhanced: Option<(MqttString, Option<Bytes>)>,
+}
+
+/// What CONNECT asks for that needs no decision about the client (see
+/// `plan_connect`), kept while it is authenticated.
+pub(crate) struct ConnectPlan {
+    client_id: MqttString,
+    assigned: Option<MqttString>,
+    keep_alive: u16,
+    server_keep_alive: Option<u16>,
 }
 
 /// Outcome of routing one message.
@@ -270,6 +283,8 @@ impl Broker {
             authorizer: Box::new(AllowAll),
             authorizer_is_default: true,
             enhanced: None,
+            external_auth: false,
+            auth_seq: 0,
             scratch: Vec::new(),
             out_pool: OutPool::default(),
             route_count: 0,
@@ -281,6 +296,14 @@ impl Broker {
     /// Replaces the authentication hook.
     pub fn set_authenticator(&mut self, hook: Box<dyn Authenticator + Send>) {
         self.authenticator = hook;
+    }
+
+    /// Asks the adapter, rather than the hooks, who each client is: every CONNECT,
+    /// and every AUTH of enhanced authentication or re-authentication, becomes
+    /// [`Event::Authenticate`], answered with [`Broker::handle_auth_answer`] (see
+    /// [`crate::authentication`]). Off by default: the hooks answer at once.
+    pub fn set_external_authentication(&mut self, on: bool) {
+        self.external_auth = on;
     }
 
     /// Enables enhanced authentication (AUTH packets, re-authentication) with this
@@ -341,6 +364,15 @@ impl Broker {
         }
     }
 
+    /// Whether a connection's CONNECT waits for the answer to its authentication:
+    /// until it comes, the adapter should not read or feed the connection's further
+    /// input (the core would only hold it, see [`crate::MAX_HELD_PACKETS`]).
+    pub fn is_authenticating(&self, conn: ConnId) -> bool {
+        self.conns.get(key(conn)).is_some_and(|c| {
+            matches!(c.state, ConnState::AwaitingConnect { .. }) && c.awaiting_answer()
+        })
+    }
+
     /// Client identifier bound to a connection.
     pub fn client_id(&self, conn: ConnId) -> Option<&MqttString> {
         self.conns.get(key(conn))?.client_id.as_ref()
@@ -378,6 +410,7 @@ impl Broker {
             Input::DecodeError(conn, e) => self.handle_decode_error(now, conn, &e),
             Input::Closed(conn) => self.handle_closed(now, conn),
             Input::Timeout => self.handle_timeout(now),
+            Input::AuthAnswer(ticket, answer) => self.handle_auth_answer(now, ticket, answer),
         }
         None
     }
@@ -405,6 +438,10 @@ impl Broker {
         c.last_rx = now.instant;
         let session = match c.state {
             ConnState::Closing { .. } => return,
+            // Pipelined after CONNECT, before the answer to its authentication.
+            ConnState::AwaitingConnect { .. } if c.awaiting_answer() => {
+                return self.hold(k, packet);
+            }
             ConnState::AwaitingConnect { .. } => {
                 match packet {
                     Packet::Connect(connect) if !c.pending_auth() => {
@@ -823,21 +860,21 @@ impl Broker {
 
     // ---------------------------------------------------------------- CONNECT
 
-    /// The rest of CONNECT, once any enhanced authentication has succeeded.
-    fn finish_connect(&mut self, now: Now, k: Key, p: Connect, enhanced: Option<EnhancedOutcome>) {
+    /// The checks of CONNECT that need no decision about the client: its client
+    /// identifier (assigned if empty) and its Keep Alive. Done before it is
+    /// authenticated, so a CONNECT that would be refused anyway costs no
+    /// verification.
+    pub(super) fn plan_connect(&mut self, p: &Connect) -> Result<ConnectPlan, ReasonCode> {
         let v5 = p.protocol.is_v5();
-        if let Some(c) = self.conns.get_mut(k) {
-            c.version = p.protocol;
-        }
         // Client identifier rules.
         if p.client_id.len() > self.config.max_client_id_length {
-            return self.refuse(k, ReasonCode::ClientIdentifierNotValid);
+            return Err(ReasonCode::ClientIdentifierNotValid);
         }
         let mut assigned = None;
         let client_id = if p.client_id.is_empty() {
             // [MQTT-3.1.3-8] 3.1.1: a zero-length id needs Clean Session 1.
             if !v5 && !p.clean_start {
-                return self.refuse(k, ReasonCode::ClientIdentifierNotValid);
+                return Err(ReasonCode::ClientIdentifierNotValid);
             }
             // [MQTT-3.1.3-6] assign a unique identifier.
             let id = self.assign_client_id();
@@ -857,29 +894,37 @@ impl Broker {
                 keep_alive = max_ka;
                 server_keep_alive = Some(max_ka);
             } else {
-                return self.refuse(k, ReasonCode::ClientIdentifierNotValid);
+                return Err(ReasonCode::ClientIdentifierNotValid);
             }
         }
-        // Authentication: the enhanced exchange already decided, else the hook.
-        let (auth_name, enhanced_ack) = match enhanced {
-            Some(e) => (e.authentication_name, Some((e.method, e.data))),
-            None => {
-                let decision = {
-                    let Some(c) = self.conns.get(k) else { return };
-                    self.authenticator.authenticate(&AuthRequest {
-                        peer: &c.peer,
-                        protocol: p.protocol,
-                        client_id: client_id.as_str(),
-                        username: p.username.as_ref().map(|u| u.as_str()),
-                        password: p.password.as_deref(),
-                    })
-                };
-                match decision {
-                    Ok(name) => (name, None),
-                    Err(code) => return self.refuse(k, refusal_code(code)),
-                }
-            }
-        };
+        Ok(ConnectPlan {
+            client_id,
+            assigned,
+            keep_alive,
+            server_keep_alive,
+        })
+    }
+
+    /// The rest of CONNECT, once the client is authenticated.
+    pub(super) fn finish_connect(
+        &mut self,
+        now: Now,
+        k: Key,
+        p: Connect,
+        plan: ConnectPlan,
+        auth: Authenticated,
+    ) {
+        let v5 = p.protocol.is_v5();
+        let ConnectPlan {
+            client_id,
+            assigned,
+            keep_alive,
+            server_keep_alive,
+        } = plan;
+        let Authenticated {
+            authentication_name: auth_name,
+            enhanced: enhanced_ack,
+        } = auth;
         // Session ownership (Event Grid): a session owned by another authentication
         // name is not for this client. A session without an owner (created by a
         // client without an authentication name) follows the plain MQTT rules, and

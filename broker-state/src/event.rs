@@ -113,6 +113,10 @@ pub enum Event {
         /// Their bytes (topic, payload and properties).
         queued_bytes: usize,
     },
+    /// Who is this client? Answer with [`crate::Broker::handle_auth_answer`] (only
+    /// with [`crate::Broker::set_external_authentication`]; see
+    /// [`crate::authentication`]). Boxed: rare next to `Transmit`.
+    Authenticate(Box<crate::AuthQuestion>),
     /// A durable change for the store (only when `Config::store_effects` is set).
     /// Boxed: store operations are rare, and every other event stays small.
     Store(Box<StoreOp>),
@@ -158,6 +162,8 @@ pub enum Input {
     Closed(ConnId),
     /// Time passed.
     Timeout,
+    /// The answer to an authentication question ([`Event::Authenticate`]).
+    AuthAnswer(crate::AuthTicket, crate::AuthStep),
 }
 
 /// A message as the store keeps it.

@@ -65,16 +65,6 @@ pub trait Authorizer {
 
 impl Authorizer for AllowAll {}
 
-/// Maps a refused authentication to what a 3.1.1 client can be told.
-pub(crate) fn refusal_code(code: ReasonCode) -> ReasonCode {
-    // A code CONNACK cannot carry would reach the client as a malformed packet.
-    if code.is_success() || !code.valid_in(mqtt_proto::ReasonContext::ConnAck) {
-        ReasonCode::NotAuthorized
-    } else {
-        code
-    }
-}
-
 /// One step of enhanced authentication (MQTT 5.0 section 4.12).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthStep {

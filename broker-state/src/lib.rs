@@ -71,6 +71,7 @@
 #![forbid(unsafe_code)]
 
 mod alias;
+pub mod authentication;
 mod broker;
 mod config;
 mod event;
@@ -85,6 +86,7 @@ mod store;
 mod subscriptions;
 mod timer;
 
+pub use authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
 pub use broker::{Broker, Stats};
 pub use config::{Config, OverflowPolicy, QueueLimits};
 pub use event::{

@@ -94,6 +94,15 @@ pub(crate) struct InFlight {
     pub(crate) sent: bool,
 }
 
+/// A CONNECT while it is authenticated: the packet, what was decided about it
+/// already, and the packets the client sent after it in the meantime.
+pub(crate) struct PendingConnect {
+    pub(crate) connect: mqtt_proto::Connect,
+    pub(crate) plan: crate::broker::ConnectPlan,
+    /// At most [`crate::MAX_HELD_PACKETS`], handled after the CONNACK.
+    pub(crate) held: Vec<mqtt_proto::Packet>,
+}
+
 /// A will waiting for its connection to end abnormally, or for its delay.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingWill {
@@ -314,8 +323,12 @@ pub(crate) struct Conn {
     pub(crate) inbound_aliases: Vec<Option<TopicName>>,
     /// The Authentication Method agreed at CONNECT (enhanced authentication).
     pub(crate) auth_method: Option<MqttString>,
-    /// A CONNECT waiting for its AUTH exchange to finish.
-    pub(crate) pending_connect: Option<Box<mqtt_proto::Connect>>,
+    /// A CONNECT waiting for its authentication (an answer, or the client's next
+    /// AUTH).
+    pub(crate) pending_connect: Option<Box<PendingConnect>>,
+    /// The current authentication question's number while its answer is awaited
+    /// (see [`crate::AuthTicket`]); 0 when none is.
+    pub(crate) auth_ticket: u32,
     /// A re-authentication (AUTH 0x19) is in progress.
     pub(crate) reauthenticating: bool,
     /// Peer's Topic Alias Maximum: how many aliases the broker may set towards it.
@@ -353,6 +366,7 @@ impl Conn {
             peer_topic_alias_max: 0,
             auth_method: None,
             pending_connect: None,
+            auth_ticket: 0,
             reauthenticating: false,
             out_aliases: crate::alias::OutboundAliases::default(),
             will: None,
@@ -363,9 +377,14 @@ impl Conn {
         }
     }
 
-    /// A CONNECT is waiting for its AUTH exchange.
+    /// A CONNECT is waiting for its authentication to finish.
     pub(crate) fn pending_auth(&self) -> bool {
         self.pending_connect.is_some()
+    }
+
+    /// An answer to an authentication question is awaited.
+    pub(crate) fn awaiting_answer(&self) -> bool {
+        self.auth_ticket != 0
     }
 
     pub(crate) fn session(&self) -> Option<Key> {

@@ -1,70 +1,230 @@
-//! Enhanced authentication and re-authentication (MQTT 5.0 section 4.12).
+//! Authentication: CONNECT's decision, enhanced authentication and
+//! re-authentication (MQTT 5.0 section 4.12), as questions and answers (see
+//! [`crate::authentication`]).
 
 use mqtt_proto::{Auth, AuthProperties, Connect, MqttString, Packet, ReasonCode, ReasonContext};
 
-use super::{Broker, EnhancedOutcome};
-use crate::event::Now;
-use crate::hooks::AuthStep;
+use super::{conn_id, key, Authenticated, Broker};
+use crate::authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
+use crate::event::{Event, Now};
+use crate::hooks::{AuthRequest, AuthStep};
 use crate::ids::Key;
-use crate::session::ConnState;
+use crate::session::{ConnState, PendingConnect};
 
 impl Broker {
-    /// CONNECT: with an Authentication Method the exchange starts here; without one,
-    /// straight on to the rest of CONNECT handling.
+    /// CONNECT: the checks that need no decision, then the question (password, or
+    /// the first step of the Authentication Method it names).
     pub(super) fn on_connect(&mut self, now: Now, k: Key, p: Connect) {
         // [MQTT-3.2.2-19] even a refusal must fit the client's Maximum Packet Size.
-        if let (Some(c), Some(max)) = (self.conns.get_mut(k), p.properties.maximum_packet_size) {
-            c.peer_max_packet = max.get();
-        }
-        let Some(method) = p.properties.authentication_method.clone() else {
-            return self.finish_connect(now, k, p, None);
-        };
         if let Some(c) = self.conns.get_mut(k) {
+            if let Some(max) = p.properties.maximum_packet_size {
+                c.peer_max_packet = max.get();
+            }
             c.version = p.protocol;
         }
-        let supported = self
-            .enhanced
-            .as_ref()
-            .is_some_and(|h| h.supports(method.as_str()));
-        let Some(hook) = self.enhanced.as_mut().filter(|_| supported) else {
-            // [MQTT-4.12.0-1] a method the server does not support.
-            return self.refuse(k, ReasonCode::BadAuthenticationMethod);
+        let plan = match self.plan_connect(&p) {
+            Ok(plan) => plan,
+            Err(code) => return self.refuse(k, code),
         };
-        let data = p.properties.authentication_data.as_deref();
-        let step = hook.start(method.as_str(), p.client_id.as_str(), data, false);
-        self.connect_step(now, k, p, method, step);
+        let kind = match &p.properties.authentication_method {
+            None => AuthKind::Password {
+                username: p.username.clone(),
+                password: p.password.clone(),
+            },
+            Some(method) => {
+                // [MQTT-4.12.0-1] a method the server does not support. With external
+                // authentication the adapter's answer says so.
+                let supported = self.external_auth
+                    || self
+                        .enhanced
+                        .as_ref()
+                        .is_some_and(|h| h.supports(method.as_str()));
+                if !supported {
+                    return self.refuse(k, ReasonCode::BadAuthenticationMethod);
+                }
+                AuthKind::Start {
+                    method: method.clone(),
+                    data: p.properties.authentication_data.clone(),
+                    reauthenticate: false,
+                }
+            }
+        };
+        let client_id = plan.client_id.clone();
+        if let Some(c) = self.conns.get_mut(k) {
+            c.pending_connect = Some(Box::new(PendingConnect {
+                connect: p,
+                plan,
+                held: Vec::new(),
+            }));
+        }
+        self.ask(now, k, client_id, kind);
     }
 
-    fn connect_step(&mut self, now: Now, k: Key, p: Connect, method: MqttString, step: AuthStep) {
+    /// Asks who the client is: as `Event::Authenticate` with external
+    /// authentication, else of the synchronous hooks, whose answer is handled at
+    /// once.
+    fn ask(&mut self, now: Now, k: Key, client_id: MqttString, kind: AuthKind) {
+        self.auth_seq = self.auth_seq.wrapping_add(1).max(1);
+        let seq = self.auth_seq;
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.auth_ticket = seq;
+        if self.external_auth {
+            let question = AuthQuestion {
+                ticket: AuthTicket {
+                    conn: conn_id(k),
+                    seq,
+                },
+                peer: c.peer.clone(),
+                protocol: c.version,
+                client_id,
+                kind,
+            };
+            self.events
+                .push_back(Event::Authenticate(Box::new(question)));
+            return;
+        }
+        let step = match kind {
+            AuthKind::Password { username, password } => {
+                let decision = self.authenticator.authenticate(&AuthRequest {
+                    peer: &c.peer,
+                    protocol: c.version,
+                    client_id: client_id.as_str(),
+                    username: username.as_ref().map(|u| u.as_str()),
+                    password: password.as_deref(),
+                });
+                match decision {
+                    Ok(authentication_name) => AuthStep::Success {
+                        data: None,
+                        authentication_name,
+                    },
+                    Err(code) => AuthStep::Failure(code),
+                }
+            }
+            AuthKind::Start {
+                method,
+                data,
+                reauthenticate,
+            } => match self.enhanced.as_mut() {
+                Some(hook) if hook.supports(method.as_str()) => hook.start(
+                    method.as_str(),
+                    client_id.as_str(),
+                    data.as_deref(),
+                    reauthenticate,
+                ),
+                _ => AuthStep::Failure(ReasonCode::BadAuthenticationMethod),
+            },
+            AuthKind::Step { method, data } => match self.enhanced.as_mut() {
+                Some(hook) => hook.step(method.as_str(), client_id.as_str(), data.as_deref()),
+                None => AuthStep::Failure(ReasonCode::ProtocolError),
+            },
+        };
+        if let Some(c) = self.conns.get_mut(k) {
+            c.auth_ticket = 0;
+        }
+        self.answer(now, k, step);
+    }
+
+    /// The answer to an authentication question ([`Event::Authenticate`]). An answer
+    /// for a connection that is gone, or to a question no longer asked (it timed
+    /// out, or the connection closed and its slot was reused), is ignored.
+    ///
+    /// [`Event::Authenticate`]: crate::Event::Authenticate
+    pub fn handle_auth_answer(&mut self, now: Now, ticket: AuthTicket, answer: AuthStep) {
+        let k = key(ticket.conn);
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        if ticket.seq == 0 || c.auth_ticket != ticket.seq {
+            return;
+        }
+        c.auth_ticket = 0;
+        self.answer(now, k, answer);
+    }
+
+    fn answer(&mut self, now: Now, k: Key, step: AuthStep) {
+        let Some(c) = self.conns.get(k) else { return };
+        match c.state {
+            ConnState::AwaitingConnect { .. } => self.connect_answer(now, k, step),
+            ConnState::Active { .. } => self.reauthentication_answer(now, k, step),
+            ConnState::Closing { .. } => {}
+        }
+    }
+
+    fn connect_answer(&mut self, now: Now, k: Key, step: AuthStep) {
+        let Some(pending) = self.conns.get_mut(k).and_then(|c| c.pending_connect.take()) else {
+            return;
+        };
+        let method = pending.connect.properties.authentication_method.clone();
         // The method agreed, also when the first step succeeds at once: the client
         // may re-authenticate with it later [MQTT-4.12.1-1].
-        if !matches!(step, AuthStep::Failure(_)) {
-            if let Some(c) = self.conns.get_mut(k) {
-                c.auth_method = Some(method.clone());
-            }
+        if let (Some(c), Some(m), false) = (
+            self.conns.get_mut(k),
+            &method,
+            matches!(step, AuthStep::Failure(_)),
+        ) {
+            c.auth_method = Some(m.clone());
         }
-        match step {
-            AuthStep::Continue(data) => {
+        match (step, method) {
+            (AuthStep::Continue(data), Some(method)) => {
                 if let Some(c) = self.conns.get_mut(k) {
-                    c.pending_connect = Some(Box::new(p));
+                    c.pending_connect = Some(pending);
                 }
                 self.push_auth(k, ReasonCode::ContinueAuthentication, method, data);
             }
-            AuthStep::Success {
-                data,
-                authentication_name,
-            } => self.finish_connect(
-                now,
-                k,
-                p,
-                Some(EnhancedOutcome {
-                    method,
+            // A password has no further steps.
+            (AuthStep::Continue(_), None) => self.refuse(k, ReasonCode::NotAuthorized),
+            (
+                AuthStep::Success {
                     data,
                     authentication_name,
-                }),
-            ),
-            AuthStep::Failure(code) => self.refuse(k, failure_code(code, ReasonContext::ConnAck)),
+                },
+                method,
+            ) => {
+                let PendingConnect {
+                    connect,
+                    plan,
+                    held,
+                } = *pending;
+                let enhanced = method.map(|m| (m, data));
+                let auth = Authenticated {
+                    authentication_name,
+                    enhanced,
+                };
+                self.finish_connect(now, k, connect, plan, auth);
+                // What the client sent after CONNECT, in order, now that it is
+                // connected (if it is: a refusal drops it).
+                let conn = conn_id(k);
+                for packet in held {
+                    if self.conns.get(k).is_none_or(|c| c.session().is_none()) {
+                        break;
+                    }
+                    self.handle_packet(now, conn, packet);
+                }
+            }
+            (AuthStep::Failure(code), _) => {
+                self.refuse(k, failure_code(code, ReasonContext::ConnAck))
+            }
         }
+    }
+
+    /// A packet that arrived while the answer to its connection's CONNECT is
+    /// awaited: held, in order, up to [`MAX_HELD_PACKETS`].
+    pub(super) fn hold(&mut self, k: Key, packet: Packet) {
+        let Some(pending) = self
+            .conns
+            .get_mut(k)
+            .and_then(|c| c.pending_connect.as_mut())
+        else {
+            return;
+        };
+        if pending.held.len() >= MAX_HELD_PACKETS {
+            // A client that floods before it is even accepted: no CONNACK will
+            // reach it in time to matter.
+            return self.close(k, ReasonCode::QuotaExceeded);
+        }
+        pending.held.push(packet);
     }
 
     /// AUTH from the client: the next step of the CONNECT exchange, or
@@ -75,45 +235,48 @@ impl Broker {
         let agreed = c.auth_method.clone();
         let method = a.properties.authentication_method.clone();
         // [MQTT-4.12.0-1] no method agreed at CONNECT; [MQTT-4.12.0-5] the method
-        // may not change.
-        let (Some(agreed), true) = (agreed, method.is_some()) else {
+        // may not change; and no AUTH while the server has not answered the last.
+        let (Some(agreed), true, false) = (agreed, method.is_some(), c.awaiting_answer()) else {
             return self.violation(now, k, ReasonCode::ProtocolError);
         };
         if method.as_ref() != Some(&agreed) {
             return self.violation(now, k, ReasonCode::ProtocolError);
         }
-        let data = a.properties.authentication_data.as_deref();
-        let client_id = c.client_id.clone().unwrap_or_default();
+        let data = a.properties.authentication_data;
         let pending = !connected && c.pending_connect.is_some();
         let reauth_running = connected && c.reauthenticating;
-        let Some(hook) = self.enhanced.as_mut() else {
-            return self.violation(now, k, ReasonCode::ProtocolError);
+        let client_id = match (&c.pending_connect, &c.client_id) {
+            (Some(p), _) => p.plan.client_id.clone(),
+            (None, Some(id)) => id.clone(),
+            (None, None) => MqttString::default(),
         };
-        let step = match a.reason_code {
-            ReasonCode::ContinueAuthentication if pending || reauth_running => {
-                let id = match self.conns.get(k).and_then(|c| c.pending_connect.as_ref()) {
-                    Some(p) => p.client_id.clone(),
-                    None => client_id,
-                };
-                hook.step(agreed.as_str(), id.as_str(), data)
-            }
+        let kind = match a.reason_code {
+            ReasonCode::ContinueAuthentication if pending || reauth_running => AuthKind::Step {
+                method: agreed,
+                data,
+            },
             // [MQTT-4.12.1-1] re-authentication only once connected.
             ReasonCode::ReAuthenticate if connected && !reauth_running => {
-                hook.start(agreed.as_str(), client_id.as_str(), data, true)
-            }
-            _ => return self.violation(now, k, ReasonCode::ProtocolError),
-        };
-        if pending {
-            let Some(p) = self.conns.get_mut(k).and_then(|c| c.pending_connect.take()) else {
-                return;
-            };
-            return self.connect_step(now, k, *p, agreed, step);
-        }
-        match step {
-            AuthStep::Continue(data) => {
                 if let Some(c) = self.conns.get_mut(k) {
                     c.reauthenticating = true;
                 }
+                AuthKind::Start {
+                    method: agreed,
+                    data,
+                    reauthenticate: true,
+                }
+            }
+            _ => return self.violation(now, k, ReasonCode::ProtocolError),
+        };
+        self.ask(now, k, client_id, kind);
+    }
+
+    fn reauthentication_answer(&mut self, now: Now, k: Key, step: AuthStep) {
+        let Some(agreed) = self.conns.get(k).and_then(|c| c.auth_method.clone()) else {
+            return;
+        };
+        match step {
+            AuthStep::Continue(data) => {
                 self.push_auth(k, ReasonCode::ContinueAuthentication, agreed, data);
             }
             AuthStep::Success {
@@ -166,11 +329,11 @@ impl Broker {
     }
 }
 
-/// A hook's failure code as CONNACK or DISCONNECT can carry it: a success code, or
-/// one the packet's table lacks (0x86 Bad User Name or Password exists in CONNACK
-/// only [MQTT-3.14.2.1]), is Not authorized; a peer would take any other code as a
+/// A failure code as CONNACK or DISCONNECT can carry it: a success code, or one
+/// the packet's table lacks (0x86 Bad User Name or Password exists in CONNACK only
+/// [MQTT-3.14.2.1]), is Not authorized; a peer would take any other code as a
 /// malformed packet.
-fn failure_code(code: ReasonCode, packet: ReasonContext) -> ReasonCode {
+pub(crate) fn failure_code(code: ReasonCode, packet: ReasonContext) -> ReasonCode {
     if code.is_success() || !code.valid_in(packet) {
         ReasonCode::NotAuthorized
     } else {

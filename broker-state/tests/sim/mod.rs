@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use broker_state::{
-    AuthStep, Authorizer, Broker, ClientInfo, Config, ConnId, EnhancedAuthenticator, Event,
-    MemoryStore, Now, PeerInfo, SessionEnd, StoreOp,
+    AuthQuestion, AuthStep, Authorizer, Broker, ClientInfo, Config, ConnId, EnhancedAuthenticator,
+    Event, MemoryStore, Now, PeerInfo, SessionEnd, StoreOp,
 };
 use mqtt_proto::bytes::{Bytes, BytesMut};
 use mqtt_proto::*;
@@ -43,6 +43,8 @@ pub struct Sim {
     pub reading: Vec<bool>,
     /// Sessions the broker ended on its own: client id, reason, messages queued.
     pub ended: Vec<(String, SessionEnd, usize)>,
+    /// Authentication questions asked (external authentication), oldest first.
+    pub questions: Vec<AuthQuestion>,
 }
 
 pub type C = usize;
@@ -64,6 +66,7 @@ impl Sim {
             budget: 64 * 1024,
             reading: Vec::new(),
             ended: Vec::new(),
+            questions: Vec::new(),
         }
     }
 
@@ -177,6 +180,7 @@ impl Sim {
                     self.store_ops.push(*op);
                 }
                 Event::Connected { .. } => {}
+                Event::Authenticate(q) => self.questions.push(*q),
                 Event::SessionEnded {
                     client_id,
                     reason,
@@ -208,6 +212,21 @@ impl Sim {
         {
             client.inbox.push_back(p);
         }
+    }
+
+    /// The oldest authentication question not yet taken.
+    pub fn question(&mut self) -> AuthQuestion {
+        assert!(
+            !self.questions.is_empty(),
+            "no authentication question was asked"
+        );
+        self.questions.remove(0)
+    }
+
+    /// Answers an authentication question, then drains.
+    pub fn answer(&mut self, q: &AuthQuestion, step: AuthStep) {
+        self.broker.handle_auth_answer(self.now, q.ticket, step);
+        self.drain();
     }
 
     /// Lets a client that stopped reading read again.

@@ -726,6 +726,7 @@ impl Harness {
             let id = match &event {
                 Event::Transmit(id) | Event::Close { conn: id, .. } => Some(*id),
                 Event::Connected { conn, .. } => Some(*conn),
+                Event::Authenticate(q) => Some(q.ticket.conn()),
                 Event::Store(_) | Event::SessionEnded { .. } => None,
             };
             let i = id.map(|id| {

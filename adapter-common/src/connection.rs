@@ -220,7 +220,11 @@ pub async fn run_authentication<C, Sp, S, F>(
             );
             spawn(Box::pin(async move {
                 let ticket = question.ticket;
-                let answer = blocking::unblock(move || verifier.verify(&question)).await;
+                let answer = blocking::unblock(move || {
+                    crate::authentication::lower_worker_priority();
+                    verifier.verify(&question)
+                })
+                .await;
                 hub.borrow_mut().answer(clock(), ticket, answer);
                 in_flight.set(in_flight.get() - 1);
                 notify.wake_task();

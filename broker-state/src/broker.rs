@@ -1262,7 +1262,7 @@ impl Broker {
                 if p.topic.is_empty() {
                     match &c.inbound_aliases[slot] {
                         Some(t) => p.topic = t.clone(),
-                        // [MQTT-3.3.4-?] an unknown alias with an empty topic.
+                        // Section 3.3.2.3.4: an empty topic with an alias that names no topic.
                         None => return self.violation(now, k, ReasonCode::ProtocolError),
                     }
                 } else {
@@ -1273,7 +1273,7 @@ impl Broker {
             }
         }
         if p.retain && !self.config.retain_available {
-            // [MQTT-3.3.1-?] Retain not supported was announced in CONNACK.
+            // Section 3.3.1.3: Retain not supported was announced in CONNACK (3.2.2.3.5).
             return self.violation(now, k, ReasonCode::RetainNotSupported);
         }
         let id = p.packet_id;

@@ -1,0 +1,108 @@
+//! Acknowledgements of outbound QoS 1/2 flows (PUBACK, PUBREC, PUBCOMP) and of
+//! inbound QoS 2 (PUBREL), each checked against the flow it names (section 4.3).
+
+use super::*;
+
+impl Broker {
+    /// The QoS and state of the outbound flow `id` names, if one is in flight.
+    pub(super) fn flight_of(&self, sk: Key, id: PacketId) -> Option<(QoS, FlightState)> {
+        let s = self.sessions.get(sk)?;
+        let f = s.inflight.iter().find(|f| f.packet_id == id)?;
+        Some((f.msg.qos, f.state))
+    }
+
+    // An acknowledgement naming an id that is not in flight is ignored (a late
+    // duplicate after a reconnect, as Mosquitto does); one that names an id whose
+    // flow it does not fit is a Protocol Error (section 4.3, [MQTT-4.3.2-5],
+    // [MQTT-4.3.3-9]): PUBACK for QoS 2, PUBREC or PUBCOMP for QoS 1, PUBCOMP before
+    // the PUBREL was sent.
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2, after the PUBREL): the end of the flow of
+    /// the id it names, if that flow is in the state `fits` says.
+    pub(super) fn on_flow_end(
+        &mut self,
+        now: Now,
+        k: Key,
+        sk: Key,
+        id: PacketId,
+        fits: (QoS, FlightState),
+    ) {
+        match self.flight_of(sk, id) {
+            None => {}
+            Some(flight) if flight == fits => {
+                self.remove_inflight(now, sk, id);
+                self.fill_window(now, sk);
+            }
+            Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
+        }
+    }
+
+    pub(super) fn on_pubrec(&mut self, now: Now, k: Key, sk: Key, a: PubAck) {
+        match self.flight_of(sk, a.packet_id) {
+            // Section 4.3.3: a PUBREC with a failure code (>= 0x80) ends the flow, and
+            // no PUBREL follows it, not even one with 0x92.
+            None if !a.reason_code.is_success() => {}
+            None => {
+                let mut rel = PubAck::new(a.packet_id);
+                rel.reason_code = ReasonCode::PacketIdentifierNotFound;
+                rel.properties = self.ack_properties(k, rel.reason_code);
+                self.push_out(k, Packet::PubRel(rel));
+            }
+            Some((QoS::ExactlyOnce, state)) => {
+                if !a.reason_code.is_success() {
+                    if state == FlightState::Published {
+                        self.remove_inflight(now, sk, a.packet_id);
+                        self.fill_window(now, sk);
+                    } else {
+                        // The message was received (PUBREC 0x00 came before): a
+                        // failure now contradicts the flow.
+                        self.violation(now, k, ReasonCode::ProtocolError);
+                    }
+                    return;
+                }
+                // The message is delivered; only the id matters until PUBCOMP (the
+                // entry keeps its reference to the message until then). A repeated
+                // PUBREC gets the PUBREL again.
+                if let Some(f) = self
+                    .sessions
+                    .get_mut(sk)
+                    .and_then(|s| s.inflight.iter_mut().find(|f| f.packet_id == a.packet_id))
+                {
+                    f.state = FlightState::Released;
+                }
+                self.push_out(k, Packet::PubRel(PubAck::new(a.packet_id)));
+            }
+            Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
+        }
+    }
+
+    pub(super) fn on_pubrel(&mut self, k: Key, sk: Key, a: PubAck) {
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        let mut comp = PubAck::new(a.packet_id);
+        if !s.incoming_qos2.release(a.packet_id) {
+            comp.reason_code = ReasonCode::PacketIdentifierNotFound;
+        }
+        // [MQTT-3.7.2.2] a Reason String with the error, as on every negative ack.
+        if !comp.reason_code.is_success() {
+            comp.properties = self.ack_properties(k, comp.reason_code);
+        }
+        self.push_out(k, Packet::PubComp(comp));
+    }
+
+    pub(super) fn remove_inflight(&mut self, _now: Now, sk: Key, id: mqtt_proto::PacketId) {
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        // Acks usually come in order: the entry is at or near the front.
+        if let Some(i) = s.inflight.iter().position(|f| f.packet_id == id) {
+            if let Some(f) = s.inflight.remove(i) {
+                self.msgs.release(f.msg.msg);
+                let persistent = s.persistent();
+                let client_id = s.client_id.clone();
+                self.store_remove(persistent, client_id, f.msg.seq);
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Restoring a broker from its store's replay.
+
+use super::*;
+
+impl Broker {
+    /// Restores one record from the store into a fresh broker, before any
+    /// connection is accepted. Sessions come back offline, with their
+    /// subscriptions and queued messages; expiry deadlines continue from the wall
+    /// clock.
+    pub fn handle_restore(&mut self, now: Now, op: StoreOp) {
+        match op {
+            StoreOp::SessionUpsert(rec) => {
+                let k = match self.by_client_id.get(rec.client_id.as_bytes()) {
+                    Some(&k) => k,
+                    None => {
+                        let k = self.sessions.insert(Session::new(
+                            rec.client_id.clone(),
+                            rec.authentication_name.clone(),
+                        ));
+                        self.by_client_id
+                            .insert(rec.client_id.as_shared().clone(), k);
+                        if let Some(a) = &rec.authentication_name {
+                            self.count_owned_session(a);
+                        }
+                        k
+                    }
+                };
+                let Some(s) = self.sessions.get_mut(k) else {
+                    return;
+                };
+                s.expiry_interval = rec.expiry_interval;
+                s.stored = true;
+                let remaining = rec
+                    .expires_at_unix_ms
+                    .map(|at| Duration::from_millis(at.saturating_sub(now.unix_ms)));
+                let subs: Vec<_> = rec.subscriptions.clone();
+                for (filter, options, id) in subs {
+                    self.add_subscription(k, filter, options, id);
+                }
+                if rec.expiry_interval != u32::MAX {
+                    let d =
+                        remaining.unwrap_or(Duration::from_secs(u64::from(rec.expiry_interval)));
+                    let at = now.instant + d;
+                    if let Some(s) = self.sessions.get_mut(k) {
+                        s.expires_at = Some(at);
+                    }
+                    self.timers.schedule(at, TimerKind::SessionExpiry(k));
+                }
+            }
+            StoreOp::SessionRemove { client_id } => {
+                if let Some(&k) = self.by_client_id.get(client_id.as_bytes()) {
+                    self.end_session(now, k);
+                }
+            }
+            StoreOp::MessageEnqueue {
+                client_id,
+                seq,
+                message,
+            } => {
+                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                    return;
+                };
+                let Some(expires_at) = wall_to_instant(now, message.expires_at_unix_ms) else {
+                    return;
+                };
+                if let Some(s) = self.sessions.get_mut(k) {
+                    let mut p = message.publish;
+                    let (qos, retain) = (p.qos, p.retain);
+                    let sub_ids = SubIds::from_vec(core::mem::take(
+                        &mut p.properties.subscription_identifiers,
+                    ));
+                    strip_delivery(&mut p);
+                    let msg = self.msgs.insert(p, expires_at);
+                    s.next_seq = s.next_seq.max(seq);
+                    s.queue_bytes += self.msgs.size(msg);
+                    s.queue.push_back(Queued {
+                        msg,
+                        qos,
+                        retain,
+                        sub_ids,
+                        expiry_left: None,
+                        seq,
+                        shared: None,
+                    });
+                }
+            }
+            StoreOp::MessageRemove { client_id, seq } => {
+                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                    return;
+                };
+                if let Some(s) = self.sessions.get_mut(k) {
+                    if let Some(i) = s.queue.iter().position(|q| q.seq == seq) {
+                        if let Some(q) = s.queue.remove(i) {
+                            s.queue_bytes -= self.msgs.size(q.msg);
+                            self.msgs.release(q.msg);
+                        }
+                    }
+                }
+            }
+            StoreOp::RetainSet(m) => {
+                if let Some(expires_at) = wall_to_instant(now, m.expires_at_unix_ms) {
+                    let size = approx_size(&m.publish);
+                    self.retained_bytes += size;
+                    let topic = m.publish.topic.as_shared().clone();
+                    if let Some(at) = expires_at {
+                        self.schedule_retained_expiry(at, topic.clone());
+                    }
+                    if let Some(old) = self.retained.insert(
+                        topic,
+                        Retained {
+                            publish: m.publish,
+                            expires_at,
+                            size,
+                        },
+                    ) {
+                        self.retained_bytes -= old.size;
+                    }
+                }
+            }
+            StoreOp::RetainClear { topic } => {
+                if let Some(old) = self.retained.remove(topic.as_bytes()) {
+                    self.retained_bytes -= old.size;
+                }
+            }
+        }
+    }
+}

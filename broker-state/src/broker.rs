@@ -18,7 +18,7 @@ use crate::event::{
 };
 use crate::hash::{Map, SeededState};
 use crate::hooks::{AllowAll, Authenticator, Authorizer, ClientInfo, EnhancedAuthenticator};
-use crate::ids::{ConnId, Key, Slab};
+use crate::ids::{ConnId, ConnKey, SessionKey, Slab};
 use crate::outq::{Front, MsgRef, OutPool, SharedMsgs, SharedTag};
 use crate::rng::Rng;
 use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
@@ -86,7 +86,7 @@ pub struct Broker {
     config: Config,
     conns: Slab<Conn>,
     sessions: Slab<Session>,
-    by_client_id: Map<Bytes, Key>,
+    by_client_id: Map<Bytes, SessionKey>,
     sessions_per_auth: Map<String, usize>,
     router: Router,
     retained: Map<Bytes, Retained>,
@@ -127,7 +127,7 @@ struct OnlinePicker<'a> {
     rng: &'a mut Rng,
     sessions: &'a Slab<Session>,
     /// A member not to pick (the one whose session ended, on redelivery).
-    exclude: Option<Key>,
+    exclude: Option<SessionKey>,
 }
 
 impl Picker for OnlinePicker<'_> {
@@ -745,7 +745,7 @@ impl Broker {
 
     // ---------------------------------------------------------------- plumbing
 
-    fn push_out(&mut self, k: Key, mut packet: Packet) {
+    fn push_out(&mut self, k: ConnKey, mut packet: Packet) {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -786,7 +786,7 @@ impl Broker {
     }
 
     /// Queues a reference to a shared QoS 0 message (its reference already taken).
-    fn push_shared(&mut self, k: Key, tag: SharedTag, size: usize) {
+    fn push_shared(&mut self, k: ConnKey, tag: SharedTag, size: usize) {
         let Some(c) = self.conns.get_mut(k) else {
             self.msgs.release(tag.msg);
             return;
@@ -797,7 +797,7 @@ impl Broker {
 
     /// Queues the in-flight PUBLISH `id` (already in the session's window) for the
     /// wire.
-    fn push_flight(&mut self, k: Key, id: PacketId, size: usize) {
+    fn push_flight(&mut self, k: ConnKey, id: PacketId, size: usize) {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -808,7 +808,7 @@ impl Broker {
     /// Writes the session's record, or removes it once the session is no longer
     /// persistent (expiry 0 from a resuming CONNECT or a DISCONNECT): such a
     /// session ends with its connection and must not come back after a restart.
-    fn store_session(&mut self, now: Now, sk: Key) {
+    fn store_session(&mut self, now: Now, sk: SessionKey) {
         if !self.config.store_effects {
             return;
         }
@@ -831,7 +831,7 @@ impl Broker {
         }
     }
 
-    fn store_enqueue(&mut self, sk: Key, q: &Queued, now: Now) {
+    fn store_enqueue(&mut self, sk: SessionKey, q: &Queued, now: Now) {
         if !self.config.store_effects {
             return;
         }
@@ -853,7 +853,7 @@ impl Broker {
 }
 
 /// Output is waiting for `c`: one Transmit event until `poll_transmit` drains it.
-fn signal_transmit(c: &mut Conn, events: &mut VecDeque<Event>, k: Key) {
+fn signal_transmit(c: &mut Conn, events: &mut VecDeque<Event>, k: ConnKey) {
     if !c.transmit_signalled {
         c.transmit_signalled = true;
         events.push_back(Event::Transmit(conn_id(k)));
@@ -1057,14 +1057,11 @@ fn out_size(p: &Packet) -> usize {
         }
 }
 
-fn key(c: ConnId) -> Key {
-    Key {
-        index: c.index,
-        generation: c.generation,
-    }
+fn key(c: ConnId) -> ConnKey {
+    ConnKey::new(c.index, c.generation)
 }
 
-fn conn_id(k: Key) -> ConnId {
+fn conn_id(k: ConnKey) -> ConnId {
     ConnId {
         index: k.index,
         generation: k.generation,

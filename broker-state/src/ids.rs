@@ -1,6 +1,7 @@
 //! Connection ids with generations, and the slab that hands them out.
 
 use core::fmt;
+use core::marker::PhantomData;
 
 /// A connection, as the adapter knows it. The generation makes a reused slot
 /// distinct from the connection that held it before.
@@ -29,12 +30,62 @@ impl fmt::Display for ConnId {
     }
 }
 
-/// A key into a [`Slab`]: index plus generation.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub(crate) struct Key {
+/// A key into a [`Slab`] of `T`s: index plus generation. The type parameter keeps
+/// a connection's key from being used for a session and the other way round.
+pub(crate) struct Key<T> {
     pub(crate) index: u32,
     pub(crate) generation: u32,
+    kind: PhantomData<fn() -> T>,
 }
+
+impl<T> Key<T> {
+    pub(crate) const fn new(index: u32, generation: u32) -> Self {
+        Key {
+            index,
+            generation,
+            kind: PhantomData,
+        }
+    }
+}
+
+// By hand: derived impls would ask the same of `T`, which a key does not hold.
+impl<T> Clone for Key<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Key<T> {}
+impl<T> PartialEq for Key<T> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.index, self.generation) == (other.index, other.generation)
+    }
+}
+impl<T> Eq for Key<T> {}
+impl<T> core::hash::Hash for Key<T> {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        (self.index, self.generation).hash(state);
+    }
+}
+impl<T> PartialOrd for Key<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Key<T> {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        (self.index, self.generation).cmp(&(other.index, other.generation))
+    }
+}
+impl<T> fmt::Debug for Key<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.index, self.generation)
+    }
+}
+
+/// A connection's key in the broker's slab of connections.
+pub(crate) type ConnKey = Key<crate::session::Conn>;
+/// A session's key in the broker's slab of sessions.
+pub(crate) type SessionKey = Key<crate::session::Session>;
 
 enum Slot<T> {
     Full { generation: u32, value: T },
@@ -63,7 +114,7 @@ impl<T> Slab<T> {
         self.len
     }
 
-    pub(crate) fn insert(&mut self, value: T) -> Key {
+    pub(crate) fn insert(&mut self, value: T) -> Key<T> {
         self.len += 1;
         if self.free != NONE {
             let index = self.free;
@@ -74,34 +125,31 @@ impl<T> Slab<T> {
             self.free = next;
             let generation = generation.wrapping_add(1);
             *slot = Slot::Full { generation, value };
-            return Key { index, generation };
+            return Key::new(index, generation);
         }
         let index = self.slots.len() as u32;
         self.slots.push(Slot::Full {
             generation: 0,
             value,
         });
-        Key {
-            index,
-            generation: 0,
-        }
+        Key::new(index, 0)
     }
 
-    pub(crate) fn get(&self, key: Key) -> Option<&T> {
+    pub(crate) fn get(&self, key: Key<T>) -> Option<&T> {
         match self.slots.get(key.index as usize) {
             Some(Slot::Full { generation, value }) if *generation == key.generation => Some(value),
             _ => None,
         }
     }
 
-    pub(crate) fn get_mut(&mut self, key: Key) -> Option<&mut T> {
+    pub(crate) fn get_mut(&mut self, key: Key<T>) -> Option<&mut T> {
         match self.slots.get_mut(key.index as usize) {
             Some(Slot::Full { generation, value }) if *generation == key.generation => Some(value),
             _ => None,
         }
     }
 
-    pub(crate) fn remove(&mut self, key: Key) -> Option<T> {
+    pub(crate) fn remove(&mut self, key: Key<T>) -> Option<T> {
         let slot = self.slots.get_mut(key.index as usize)?;
         match slot {
             Slot::Full { generation, .. } if *generation == key.generation => {
@@ -124,15 +172,9 @@ impl<T> Slab<T> {
         }
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Key<T>, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| match s {
-            Slot::Full { generation, value } => Some((
-                Key {
-                    index: i as u32,
-                    generation: *generation,
-                },
-                value,
-            )),
+            Slot::Full { generation, value } => Some((Key::new(i as u32, *generation), value)),
             Slot::Free { .. } => None,
         })
     }

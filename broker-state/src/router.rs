@@ -9,12 +9,12 @@ use core::num::NonZeroU32;
 use mqtt_proto::{split_levels, SubscriptionOptions, TopicFilter};
 
 use crate::hash::{Map, SeededState};
-use crate::ids::Key;
+use crate::ids::SessionKey;
 
 /// One subscription as the router stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SubEntry {
-    pub(crate) session: Key,
+    pub(crate) session: SessionKey,
     pub(crate) options: SubscriptionOptions,
     pub(crate) id: Option<NonZeroU32>,
 }
@@ -245,7 +245,7 @@ impl Router {
         &mut self,
         group: Option<&Bytes>,
         filter: &Bytes,
-        session: Key,
+        session: SessionKey,
     ) -> bool {
         let Some((node, hash)) = self.node_for(filter, false) else {
             return false;
@@ -372,7 +372,7 @@ fn push_all(list: &[SubEntry], groups: &[Group], picker: &mut dyn Picker, out: &
     }
 }
 
-fn remove_entry(list: &mut Vec<SubEntry>, session: Key) -> bool {
+fn remove_entry(list: &mut Vec<SubEntry>, session: SessionKey) -> bool {
     match list.iter().position(|e| e.session == session) {
         Some(i) => {
             // Order of subscribers is not observable; swap_remove keeps this O(1).

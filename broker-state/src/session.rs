@@ -7,7 +7,7 @@ use core::num::NonZeroU32;
 use mqtt_proto::{MqttString, PacketId, ProtocolVersion, Publish, QoS, TopicFilter, TopicName};
 
 use crate::event::PeerInfo;
-use crate::ids::{ConnId, Key};
+use crate::ids::{ConnId, SessionKey};
 use crate::subscriptions::Subscriptions;
 
 /// A QoS 1/2 message waiting in a session queue or in flight: a reference to the
@@ -296,11 +296,11 @@ pub(crate) enum ConnState {
     /// Accepted, waiting for CONNECT until the deadline.
     AwaitingConnect { deadline: Instant },
     /// CONNECT accepted; bound to a session.
-    Active { session: Key },
+    Active { session: SessionKey },
     /// The broker is done with it; the adapter drains the output and closes it.
     /// `session` is the one it was bound to, whose in-flight PUBLISHes still queued
     /// for it are written before it closes (as copies would be).
-    Closing { session: Option<Key> },
+    Closing { session: Option<SessionKey> },
 }
 
 pub(crate) struct Conn {
@@ -387,7 +387,7 @@ impl Conn {
         self.auth_ticket != 0
     }
 
-    pub(crate) fn session(&self) -> Option<Key> {
+    pub(crate) fn session(&self) -> Option<SessionKey> {
         match self.state {
             ConnState::Active { session } => Some(session),
             _ => None,
@@ -396,7 +396,7 @@ impl Conn {
 
     /// The session whose in-flight window the output queue's flight tags name: the
     /// bound one, also while closing.
-    pub(crate) fn flight_session(&self) -> Option<Key> {
+    pub(crate) fn flight_session(&self) -> Option<SessionKey> {
         match self.state {
             ConnState::Active { session } => Some(session),
             ConnState::Closing { session } => session,

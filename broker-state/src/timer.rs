@@ -11,19 +11,19 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use crate::ids::Key;
+use crate::ids::{ConnKey, SessionKey};
 
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum TimerKind {
     /// A connection that has not sent CONNECT in time.
-    Connect(Key),
+    Connect(ConnKey),
     /// Keep-alive check of a connection.
-    KeepAlive(Key),
+    KeepAlive(ConnKey),
     /// An offline session reaching its expiry.
-    SessionExpiry(Key),
+    SessionExpiry(SessionKey),
     /// A delayed will becoming due.
-    WillDelay(Key),
+    WillDelay(SessionKey),
 }
 
 /// A deadline queue over timers of kind `K`: the broker's own timers, and the

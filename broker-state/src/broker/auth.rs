@@ -8,13 +8,13 @@ use super::{conn_id, key, Authenticated, Broker};
 use crate::authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
 use crate::event::{Event, Now};
 use crate::hooks::{AuthRequest, AuthStep};
-use crate::ids::Key;
+use crate::ids::ConnKey;
 use crate::session::{ConnState, PendingConnect};
 
 impl Broker {
     /// CONNECT: the checks that need no decision, then the question (password, or
     /// the first step of the Authentication Method it names).
-    pub(super) fn on_connect(&mut self, now: Now, k: Key, p: Connect) {
+    pub(super) fn on_connect(&mut self, now: Now, k: ConnKey, p: Connect) {
         // [MQTT-3.2.2-19] even a refusal must fit the client's Maximum Packet Size.
         if let Some(c) = self.conns.get_mut(k) {
             if let Some(max) = p.properties.maximum_packet_size {
@@ -63,7 +63,7 @@ impl Broker {
     /// Asks who the client is: as `Event::Authenticate` with external
     /// authentication, else of the synchronous hooks, whose answer is handled at
     /// once.
-    fn ask(&mut self, now: Now, k: Key, client_id: MqttString, kind: AuthKind) {
+    fn ask(&mut self, now: Now, k: ConnKey, client_id: MqttString, kind: AuthKind) {
         self.auth_seq = self.auth_seq.wrapping_add(1).max(1);
         let seq = self.auth_seq;
         let Some(c) = self.conns.get_mut(k) else {
@@ -143,7 +143,7 @@ impl Broker {
         self.answer(now, k, answer);
     }
 
-    fn answer(&mut self, now: Now, k: Key, step: AuthStep) {
+    fn answer(&mut self, now: Now, k: ConnKey, step: AuthStep) {
         let Some(c) = self.conns.get(k) else { return };
         match c.state {
             ConnState::AwaitingConnect { .. } => self.connect_answer(now, k, step),
@@ -152,7 +152,7 @@ impl Broker {
         }
     }
 
-    fn connect_answer(&mut self, now: Now, k: Key, step: AuthStep) {
+    fn connect_answer(&mut self, now: Now, k: ConnKey, step: AuthStep) {
         let Some(pending) = self.conns.get_mut(k).and_then(|c| c.pending_connect.take()) else {
             return;
         };
@@ -211,7 +211,7 @@ impl Broker {
 
     /// A packet that arrived while the answer to its connection's CONNECT is
     /// awaited: held, in order, up to [`MAX_HELD_PACKETS`].
-    pub(super) fn hold(&mut self, k: Key, packet: Packet) {
+    pub(super) fn hold(&mut self, k: ConnKey, packet: Packet) {
         let Some(pending) = self
             .conns
             .get_mut(k)
@@ -229,7 +229,7 @@ impl Broker {
 
     /// AUTH from the client: the next step of the CONNECT exchange, or
     /// re-authentication (0x19) and its steps once connected.
-    pub(super) fn on_auth(&mut self, now: Now, k: Key, a: Auth) {
+    pub(super) fn on_auth(&mut self, now: Now, k: ConnKey, a: Auth) {
         let Some(c) = self.conns.get(k) else { return };
         let connected = matches!(c.state, ConnState::Active { .. });
         let agreed = c.auth_method.clone();
@@ -271,7 +271,7 @@ impl Broker {
         self.ask(now, k, client_id, kind);
     }
 
-    fn reauthentication_answer(&mut self, now: Now, k: Key, step: AuthStep) {
+    fn reauthentication_answer(&mut self, now: Now, k: ConnKey, step: AuthStep) {
         let Some(agreed) = self.conns.get(k).and_then(|c| c.auth_method.clone()) else {
             return;
         };
@@ -310,7 +310,7 @@ impl Broker {
 
     fn push_auth(
         &mut self,
-        k: Key,
+        k: ConnKey,
         code: ReasonCode,
         method: MqttString,
         data: Option<bytes::Bytes>,

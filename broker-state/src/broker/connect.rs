@@ -54,7 +54,7 @@ impl Broker {
     pub(super) fn finish_connect(
         &mut self,
         now: Now,
-        k: Key,
+        k: ConnKey,
         p: Connect,
         plan: ConnectPlan,
         auth: Authenticated,
@@ -322,7 +322,7 @@ impl Broker {
     }
 
     /// Refuses a CONNECT: CONNACK with `code` (mapped for 3.1.1), then close.
-    pub(super) fn refuse(&mut self, k: Key, code: ReasonCode) {
+    pub(super) fn refuse(&mut self, k: ConnKey, code: ReasonCode) {
         let mut ack = connack(false, code);
         if let Packet::ConnAck(a) = &mut ack {
             // The encoder drops properties for 3.1.1.
@@ -334,7 +334,7 @@ impl Broker {
 
     /// [MQTT-4.4.0-1] on reconnect, resend unacknowledged PUBLISH (DUP set) and PUBREL,
     /// in their original order; never at any other time.
-    pub(super) fn resend_inflight(&mut self, now: Now, k: Key, sk: Key) {
+    pub(super) fn resend_inflight(&mut self, now: Now, k: ConnKey, sk: SessionKey) {
         let (Some(s), Some(c)) = (self.sessions.get_mut(sk), self.conns.get(k)) else {
             return;
         };

@@ -5,7 +5,7 @@ use super::*;
 
 impl Broker {
     /// The QoS and state of the outbound flow `id` names, if one is in flight.
-    pub(super) fn flight_of(&self, sk: Key, id: PacketId) -> Option<(QoS, FlightState)> {
+    pub(super) fn flight_of(&self, sk: SessionKey, id: PacketId) -> Option<(QoS, FlightState)> {
         let s = self.sessions.get(sk)?;
         let f = s.inflight.iter().find(|f| f.packet_id == id)?;
         Some((f.msg.qos, f.state))
@@ -22,8 +22,8 @@ impl Broker {
     pub(super) fn on_flow_end(
         &mut self,
         now: Now,
-        k: Key,
-        sk: Key,
+        k: ConnKey,
+        sk: SessionKey,
         id: PacketId,
         fits: (QoS, FlightState),
     ) {
@@ -37,7 +37,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn on_pubrec(&mut self, now: Now, k: Key, sk: Key, a: PubAck) {
+    pub(super) fn on_pubrec(&mut self, now: Now, k: ConnKey, sk: SessionKey, a: PubAck) {
         match self.flight_of(sk, a.packet_id) {
             // Section 4.3.3: a PUBREC with a failure code (>= 0x80) ends the flow, and
             // no PUBREL follows it, not even one with 0x92.
@@ -76,7 +76,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn on_pubrel(&mut self, k: Key, sk: Key, a: PubAck) {
+    pub(super) fn on_pubrel(&mut self, k: ConnKey, sk: SessionKey, a: PubAck) {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
@@ -91,7 +91,7 @@ impl Broker {
         self.push_out(k, Packet::PubComp(comp));
     }
 
-    pub(super) fn remove_inflight(&mut self, _now: Now, sk: Key, id: mqtt_proto::PacketId) {
+    pub(super) fn remove_inflight(&mut self, _now: Now, sk: SessionKey, id: mqtt_proto::PacketId) {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };

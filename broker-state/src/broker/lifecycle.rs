@@ -5,7 +5,7 @@
 use super::*;
 
 impl Broker {
-    pub(super) fn on_disconnect(&mut self, now: Now, k: Key, sk: Key, d: Disconnect) {
+    pub(super) fn on_disconnect(&mut self, now: Now, k: ConnKey, sk: SessionKey, d: Disconnect) {
         let Some(c) = self.conns.get(k) else { return };
         if let Some(expiry) = d.properties.session_expiry_interval {
             // [MQTT-3.14.2-2] a session expiry of 0 at CONNECT cannot be raised.
@@ -33,7 +33,7 @@ impl Broker {
 
     /// A protocol violation or server-side decision ends the connection: DISCONNECT
     /// with `code` for 5.0 [MQTT-4.13.1-1], the will is published (abnormal end).
-    pub(super) fn violation(&mut self, now: Now, k: Key, code: ReasonCode) {
+    pub(super) fn violation(&mut self, now: Now, k: ConnKey, code: ReasonCode) {
         let Some(c) = self.conns.get(k) else { return };
         let sk = c.session();
         // [MQTT-3.14.0-1] no DISCONNECT before CONNACK: a violation during the AUTH
@@ -57,7 +57,7 @@ impl Broker {
     /// DISCONNECT with a Reason Code and Reason String (5.0 only; a 3.1.1 client is
     /// just disconnected). Reason Strings are allowed on DISCONNECT even when the
     /// client asked for no problem information [MQTT-3.1.2-29].
-    pub(super) fn push_disconnect(&mut self, k: Key, code: ReasonCode) {
+    pub(super) fn push_disconnect(&mut self, k: ConnKey, code: ReasonCode) {
         if self.conns.get(k).is_some_and(|c| c.version.is_v5()) {
             let mut d = Disconnect::new(code);
             d.properties.reason_string = reason_string(code);
@@ -67,7 +67,7 @@ impl Broker {
 
     /// Reason String for a negative acknowledgement, if the client wants problem
     /// information (Request Problem Information, default 1 [MQTT-3.1.2-29]).
-    pub(super) fn ack_properties(&self, k: Key, code: ReasonCode) -> AckProperties {
+    pub(super) fn ack_properties(&self, k: ConnKey, code: ReasonCode) -> AckProperties {
         let wanted = self
             .conns
             .get(k)
@@ -83,7 +83,7 @@ impl Broker {
     }
 
     /// Marks a connection closing without a session (before CONNACK or a refusal).
-    pub(super) fn close(&mut self, k: Key, reason: ReasonCode) {
+    pub(super) fn close(&mut self, k: ConnKey, reason: ReasonCode) {
         if let Some(c) = self.conns.get_mut(k) {
             if matches!(c.state, ConnState::Closing { .. }) {
                 return;
@@ -97,7 +97,7 @@ impl Broker {
     }
 
     /// The transport dropped without DISCONNECT.
-    pub(super) fn lose_connection(&mut self, now: Now, k: Key, publish_will: bool) {
+    pub(super) fn lose_connection(&mut self, now: Now, k: ConnKey, publish_will: bool) {
         let Some(sk) = self.conns.get(k).and_then(|c| c.session()) else {
             return;
         };
@@ -110,7 +110,7 @@ impl Broker {
     /// Separates a session from its connection: the will (if it is to be published)
     /// goes out now or after its delay, and the session either ends (expiry 0) or
     /// starts its expiry timer.
-    pub(super) fn detach(&mut self, now: Now, k: Key, sk: Key, publish_will: bool) {
+    pub(super) fn detach(&mut self, now: Now, k: ConnKey, sk: SessionKey, publish_will: bool) {
         let will = self.conns.get_mut(k).and_then(|c| c.will.take());
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
@@ -162,7 +162,7 @@ impl Broker {
     /// Ends a session: subscriptions removed, a pending will published [MQTT-3.1.3-9],
     /// queued messages discarded.
     /// Tells the adapter that the broker is about to end a session on its own.
-    pub(super) fn session_ended(&mut self, sk: Key, reason: SessionEnd) {
+    pub(super) fn session_ended(&mut self, sk: SessionKey, reason: SessionEnd) {
         if let Some(s) = self.sessions.get(sk) {
             self.events.push_back(Event::SessionEnded {
                 client_id: s.client_id.clone(),
@@ -173,7 +173,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn end_session(&mut self, now: Now, sk: Key) {
+    pub(super) fn end_session(&mut self, now: Now, sk: SessionKey) {
         let Some(s) = self.sessions.remove(sk) else {
             return;
         };
@@ -216,7 +216,7 @@ impl Broker {
     /// Client that is subscribed to the same Shared Subscription"). QoS 2 stays with
     /// its session: once PUBREC may have been seen, a second delivery would break
     /// exactly once.
-    pub(super) fn redeliver_shared(&mut self, now: Now, ended: Key, s: &Session) {
+    pub(super) fn redeliver_shared(&mut self, now: Now, ended: SessionKey, s: &Session) {
         let unacked = s
             .inflight
             .iter()
@@ -267,7 +267,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn check_keep_alive(&mut self, now: Now, k: Key, at: Instant) {
+    pub(super) fn check_keep_alive(&mut self, now: Now, k: ConnKey, at: Instant) {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };

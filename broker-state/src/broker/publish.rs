@@ -5,7 +5,7 @@
 use super::*;
 
 impl Broker {
-    pub(super) fn on_publish(&mut self, now: Now, k: Key, sk: Key, mut p: Publish) {
+    pub(super) fn on_publish(&mut self, now: Now, k: ConnKey, sk: SessionKey, mut p: Publish) {
         self.stats.publishes_received += 1;
         let Some(c) = self.conns.get_mut(k) else {
             return;
@@ -146,7 +146,7 @@ impl Broker {
     pub(super) fn route(
         &mut self,
         now: Now,
-        publisher: Option<Key>,
+        publisher: Option<SessionKey>,
         p: &Publish,
         expires_at: Option<Instant>,
     ) -> Routed {
@@ -256,7 +256,7 @@ impl Broker {
     pub(super) fn deliver(
         &mut self,
         now: Now,
-        sk: Key,
+        sk: SessionKey,
         template: &Publish,
         qos: QoS,
         retain: bool,
@@ -359,7 +359,7 @@ impl Broker {
     }
 
     /// Puts a QoS 1/2 message in flight on an online connection.
-    pub(super) fn send_inflight(&mut self, now: Now, ck: Key, sk: Key, q: Queued) {
+    pub(super) fn send_inflight(&mut self, now: Now, ck: ConnKey, sk: SessionKey, q: Queued) {
         let (Some(s), Some(c)) = (self.sessions.get_mut(sk), self.conns.get(ck)) else {
             self.msgs.release(q.msg);
             return;
@@ -416,7 +416,7 @@ impl Broker {
     }
 
     /// Adds to a session queue within its limits (online or offline).
-    pub(super) fn enqueue(&mut self, now: Now, sk: Key, q: Queued, online: bool) {
+    pub(super) fn enqueue(&mut self, now: Now, sk: SessionKey, q: Queued, online: bool) {
         let limits = if online {
             self.config.online_queue
         } else {
@@ -525,7 +525,7 @@ impl Broker {
     }
 
     /// Moves queued messages into flight while the peer's window allows.
-    pub(super) fn fill_window(&mut self, now: Now, sk: Key) {
+    pub(super) fn fill_window(&mut self, now: Now, sk: SessionKey) {
         loop {
             let Some(s) = self.sessions.get_mut(sk) else {
                 return;

@@ -4,7 +4,7 @@
 use super::*;
 
 impl Broker {
-    pub(super) fn on_subscribe(&mut self, now: Now, k: Key, sk: Key, sub: Subscribe) {
+    pub(super) fn on_subscribe(&mut self, now: Now, k: ConnKey, sk: SessionKey, sub: Subscribe) {
         let Some(c) = self.conns.get(k) else { return };
         let version = c.version;
         let v5 = version.is_v5();
@@ -122,7 +122,7 @@ impl Broker {
 
     pub(super) fn add_subscription(
         &mut self,
-        sk: Key,
+        sk: SessionKey,
         filter: mqtt_proto::TopicFilter,
         options: mqtt_proto::SubscriptionOptions,
         id: Option<NonZeroU32>,
@@ -153,7 +153,7 @@ impl Broker {
         }
     }
 
-    pub(super) fn on_unsubscribe(&mut self, now: Now, k: Key, sk: Key, u: Unsubscribe) {
+    pub(super) fn on_unsubscribe(&mut self, now: Now, k: ConnKey, sk: SessionKey, u: Unsubscribe) {
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in u.filters {
             let Some(s) = self.sessions.get_mut(sk) else {

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use broker_state::{ConnId, Now, PeerInfo};
 use bytes::{Buf, BytesMut};
 
-use crate::driver::{ConnIo, Framing, Hub, Wake, WebSocketIo};
+use crate::hub::{ConnIo, Framing, Hub, Wake, WebSocketIo};
 use crate::park::{Parkable, SharedLot};
 use crate::websocket::{self, FrameDecoder, Handshake};
 

@@ -12,26 +12,37 @@
 //!   development CA (`--dev-tls`).
 //! - [`websocket`]: a sans-IO RFC 6455 server: upgrade handshake, frame decoder
 //!   producing the MQTT byte stream, frame encoder.
-//! - [`core`]: the config's limits mapped onto the broker core, and the password
-//!   file as its authentication hook.
-//! - [`driver`]: the connection driver's decisions (decode batches, pull output,
-//!   wake tasks, close) around one `broker_state::Broker`, behind a `Wake` trait.
+//! - [`core`]: the config's limits mapped onto the broker core.
+//! - [`hub`]: one server thread's hub around a `broker_state::Broker`: decode
+//!   batches, pull output, wake tasks, close, answer authentication, log reports;
+//!   behind a `Wake` trait.
+//! - [`authentication`]: who a client is (password file, anonymous policy, a cache
+//!   of recent verifications), answered off the broker's thread.
+//! - [`reports`]: sessions the broker ended and messages it dropped, in the log.
 //! - [`server`]: binding listeners and configuring the core before a runtime
-//!   starts, and the `brokk` command-line `main` every adapter's binary calls.
+//!   starts, the server thread, and the `brokk` command-line `main` every adapter's
+//!   binary calls.
 //! - [`connection`]: one connection's life (WebSocket upgrade, the read/feed/pull/
-//!   write loop, the last flush) over a poll-based [`connection::Transport`], so the
-//!   tokio and smol adapters share it and only wrap their socket types.
+//!   write loop, the last flush and lingering close) over a poll-based
+//!   [`connection::Transport`], and the server thread's timer, authentication and
+//!   report tasks, so the tokio and smol adapters share them and only wrap their
+//!   socket types, timers and spawning.
 //! - [`park`]: the parking lot where idle plain-TCP connections wait without a task
 //!   (an epoll set of its own, which the adapter registers with its runtime).
 //! - [`alloc`]: the servers' global allocator (small cache-aligned blocks pooled).
 //!
-//! What this crate never does: it depends on no async runtime (tokio, smol,
-//! async-std, futures), opens no socket, spawns no thread or task and reads no
-//! clock; the one kernel object it makes is the parking lot's epoll instance. The WebSocket code works on buffers the adapter owns; the adapter reads
-//! and writes the sockets. The only I/O here is on files the operator names (config,
-//! password file, PEM files, the dev TLS directory) and standard input for
-//! `brokk passwd`, all of it at startup or from the command line, never per
-//! connection.
+//! What this crate does and does not: it depends on no async runtime (tokio,
+//! smol, async-std) and never blocks one: the tasks it defines are futures the
+//! adapter spawns, over the adapter's sockets, timer and spawner. It does touch
+//! the world where the adapters share the code that does: [`server::prepare`] binds
+//! the listening sockets and [`server::ServerHandle::spawn`] starts the server
+//! thread; the parking lot owns an epoll instance and the sockets parked in it; the
+//! authentication task runs password verifications on the `blocking` crate's
+//! worker threads and checks the password file for changes there; the connection
+//! loop reads the clock the adapter hands it. Files are read and written at startup
+//! or from the command line (config, PEM files, the dev TLS directory, `brokk
+//! passwd`), and the password file again only on a worker, never on the thread that
+//! routes messages.
 //!
 //! An adapter's `main` goes roughly like this:
 //!
@@ -74,7 +85,8 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod core;
-pub mod driver;
+mod epoll;
+pub mod hub;
 pub mod park;
 pub mod passwd;
 pub mod reports;

@@ -34,6 +34,7 @@ use broker_state::{ConnId, Now};
 use mqtt_proto::Decoder;
 
 use crate::connection::{Connection, LocalNotify, SharedHub, Transport};
+use crate::epoll::Epoll;
 
 /// How long a connection must stay idle, at least, before it is parked (a new
 /// connection parks right after its CONNACK); it is parked within two ticks of its
@@ -115,43 +116,28 @@ impl Parked {
 
 /// Parked connections of one server thread, in one epoll instance.
 pub struct ParkingLot {
-    epoll: OwnedFd,
+    epoll: Epoll,
     slots: Vec<Option<Parked>>,
     free: Vec<u32>,
     /// Unpark requests from the hub, kept for their allocation.
     requests: Vec<(u32, ConnId)>,
+    /// Tokens (slots) of ready sockets, kept for their allocation.
+    ready: Vec<u64>,
     parked: ParkedGauge,
 }
 
 impl ParkingLot {
-    /// An empty lot with an epoll instance of its own.
-    #[cfg(target_os = "linux")]
+    /// An empty lot with an epoll instance of its own (Linux; elsewhere an error,
+    /// and connections keep their tasks).
     pub fn new(parked: ParkedGauge) -> io::Result<Self> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: epoll_create1 has no memory preconditions; a non-negative result is
-        // a new descriptor that we own from here on.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is open and owned by nobody else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(ParkingLot {
-            epoll,
+            epoll: Epoll::new()?,
             slots: Vec::new(),
             free: Vec::new(),
             requests: Vec::new(),
+            ready: Vec::new(),
             parked,
         })
-    }
-
-    /// No epoll here: connections are never parked.
-    #[cfg(not(target_os = "linux"))]
-    pub fn new(_parked: ParkedGauge) -> io::Result<Self> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "parking needs epoll",
-        ))
     }
 
     /// The epoll descriptor, readable while a parked socket is ready. The adapter
@@ -197,50 +183,15 @@ impl ParkingLot {
         Ok(())
     }
 
-    #[cfg(target_os = "linux")]
     fn watch(&self, fd: &OwnedFd, slot: u32) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
-            u64: u64::from(slot),
-        };
-        // SAFETY: both descriptors are open; `event` lives through the call.
-        let rc = unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_ADD,
-                fd.as_raw_fd(),
-                &mut event,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        use std::os::fd::AsFd;
+        self.epoll.add(fd.as_fd(), u64::from(slot))
     }
 
-    #[cfg(not(target_os = "linux"))]
-    fn watch(&self, _fd: &OwnedFd, _slot: u32) -> io::Result<()> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
-    #[cfg(target_os = "linux")]
     fn unwatch(&self, fd: &OwnedFd) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: both descriptors are open; a null event is allowed for DEL. A
-        // failure (the descriptor was not in the set) leaves nothing to undo.
-        unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd.as_raw_fd(),
-                std::ptr::null_mut(),
-            );
-        }
+        use std::os::fd::AsFd;
+        self.epoll.delete(fd.as_fd());
     }
-
-    #[cfg(not(target_os = "linux"))]
-    fn unwatch(&self, _fd: &OwnedFd) {}
 
     /// Moves every parked connection that must run again into `out`: those whose
     /// socket is ready, and those the core has output for or closes. Returns true
@@ -260,27 +211,11 @@ impl ParkingLot {
         drained
     }
 
-    #[cfg(target_os = "linux")]
     fn take_ready_sockets(&mut self, out: &mut Vec<Parked>) -> bool {
-        use std::os::fd::AsRawFd;
-        const BATCH: usize = 256;
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
-        loop {
-            // SAFETY: `events` has room for BATCH entries; timeout 0 never blocks.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    BATCH as libc::c_int,
-                    0,
-                )
-            };
-            let Ok(n) = usize::try_from(n) else {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    // Try again at the next readiness.
-                    return false;
-                }
+        let mut ready = std::mem::take(&mut self.ready);
+        let drained = match self.epoll.ready(&mut ready) {
+            Ok(drained) => drained,
+            Err(error) => {
                 // The set cannot be read: no parked connection may be stranded in
                 // it, so every one gets its task back.
                 tracing::error!(%error, "epoll_wait on the parking lot failed; unparking every connection");
@@ -289,23 +224,17 @@ impl ParkingLot {
                         self.unpark(slot, false, out);
                     }
                 }
-                return true;
-            };
-            // In the order the sockets became ready.
-            for event in &events[..n] {
-                if let Ok(slot) = u32::try_from(event.u64) {
-                    self.unpark(slot, true, out);
-                }
+                true
             }
-            if n < BATCH {
-                return true;
+        };
+        // In the order the sockets became ready.
+        for token in ready.drain(..) {
+            if let Ok(slot) = u32::try_from(token) {
+                self.unpark(slot, true, out);
             }
         }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn take_ready_sockets(&mut self, _out: &mut Vec<Parked>) -> bool {
-        true
+        self.ready = ready;
+        drained
     }
 
     fn unpark(&mut self, slot: u32, readable: bool, out: &mut Vec<Parked>) {
@@ -399,7 +328,9 @@ mod tests {
     fn an_epoll_wait_error_gives_every_parked_connection_its_task_back() {
         let (mut lot, _peers) = lot_with(3);
         // A descriptor that is not an epoll instance: epoll_wait fails with EINVAL.
-        lot.epoll = OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"));
+        lot.epoll = Epoll::from_fd(OwnedFd::from(
+            std::fs::File::open("/dev/null").expect("/dev/null"),
+        ));
         let mut out = Vec::new();
         assert!(lot.take_ready_sockets(&mut out));
         assert_eq!(out.len(), 3, "no connection stranded");

@@ -6,7 +6,7 @@
 //! favour of smol; it is supported as a tested compatibility target only.
 //!
 //! Everything that is not runtime-specific (config, TLS setup, WebSocket rules, the
-//! connection loop and the driver's decisions) comes from `adapter-common`, shared
+//! connection loop and the hub's decisions) comes from `adapter-common`, shared
 //! with the tokio adapter; this crate only accepts sockets, wraps them, arms the
 //! timer and spawns tasks.
 //!

@@ -5,7 +5,7 @@
 //! connection task on that thread shares the core directly (no channel hop per
 //! message), decodes all complete packets of one read in a batch, and writes all the
 //! core has for it in one write. Everything that is not tokio-specific (config, TLS
-//! setup, WebSocket rules, the driver's decisions) lives in `adapter-common`.
+//! setup, WebSocket rules, the hub's decisions) lives in `adapter-common`.
 //!
 //! ```no_run
 //! let config = adapter_common::config::Config::default();

@@ -1,6 +1,7 @@
-//! The connection driver's decisions, free of any runtime: what to do with bytes
-//! read, what to write, when to wake whom, when to close. The tokio and smol
-//! adapters only move bytes between sockets and these functions, and arm one timer.
+//! The hub of one server thread: the broker core, its connections, and what to do
+//! with bytes read, what to write, when to wake whom, when to close, free of any
+//! runtime. The tokio and smol adapters only move bytes between sockets and these
+//! functions, and arm one timer.
 //!
 //! One [`Hub`] owns the broker core and a table of connections. A connection task
 //! owns a [`ConnIo`] (its buffers and framing). After any input the hub drains the

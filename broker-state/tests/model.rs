@@ -1561,8 +1561,13 @@ fn encode_with_alias_zero(p: Publish) -> BytesMut {
 
 impl Harness {
     fn new(model: &Model) -> Self {
+        // Every CONNECT goes through the authentication exchange: a question out,
+        // the answer back as input (answered at once, as the default hook would).
+        let mut sim = Sim::new(config(model.policy));
+        sim.broker.set_external_authentication(true);
+        sim.auto_answer = true;
         Harness {
-            sim: Sim::new(config(model.policy)),
+            sim,
             conn: vec![None; CLIENTS],
             sim_of: Vec::new(),
             live: Vec::new(),

@@ -10,8 +10,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use broker_state::{
-    AuthQuestion, AuthStep, Authorizer, Broker, ClientInfo, Config, ConnId, EnhancedAuthenticator,
-    Event, MemoryStore, Now, PeerInfo, SessionEnd, StoreOp,
+    AuthKind, AuthQuestion, AuthStep, Authorizer, Broker, ClientInfo, Config, ConnId,
+    EnhancedAuthenticator, Event, MemoryStore, Now, PeerInfo, SessionEnd, StoreOp,
 };
 use mqtt_proto::bytes::{Bytes, BytesMut};
 use mqtt_proto::*;
@@ -45,6 +45,10 @@ pub struct Sim {
     pub ended: Vec<(String, SessionEnd, usize)>,
     /// Authentication questions asked (external authentication), oldest first.
     pub questions: Vec<AuthQuestion>,
+    /// Answer every authentication question as soon as it is asked, as the
+    /// default hook would (the User Name is the authentication name; no enhanced
+    /// method), through `handle_auth_answer`.
+    pub auto_answer: bool,
 }
 
 pub type C = usize;
@@ -67,6 +71,7 @@ impl Sim {
             reading: Vec::new(),
             ended: Vec::new(),
             questions: Vec::new(),
+            auto_answer: false,
         }
     }
 
@@ -159,6 +164,23 @@ impl Sim {
 
     /// Drains every output of the broker, as the run-loop contract says.
     pub fn drain(&mut self) {
+        self.drain_events();
+        while self.auto_answer && !self.questions.is_empty() {
+            for q in std::mem::take(&mut self.questions) {
+                let step = match q.kind {
+                    AuthKind::Password { username, .. } => AuthStep::Success {
+                        data: None,
+                        authentication_name: username.map(|u| u.as_str().to_owned()),
+                    },
+                    _ => AuthStep::Failure(ReasonCode::BadAuthenticationMethod),
+                };
+                self.broker.handle_auth_answer(self.now, q.ticket, step);
+            }
+            self.drain_events();
+        }
+    }
+
+    fn drain_events(&mut self) {
         while let Some(ev) = self.broker.poll_event() {
             match ev {
                 Event::Transmit(conn) => {

@@ -14,7 +14,6 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::num::{NonZeroU16, NonZeroU32};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
@@ -25,10 +24,6 @@ pub const DEFAULT_MQTT_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::L
 pub const DEFAULT_WS_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8083);
 /// The data directory (dev TLS material and, later, the durable store) by default.
 pub const DEFAULT_DATA_DIR: &str = "brokk-data";
-
-/// The largest packet MQTT can express: a 268,435,455-byte remaining length plus a
-/// 5-byte fixed header.
-const MQTT_MAX_PACKET_SIZE: u32 = 268_435_460;
 
 /// The transport a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,86 +131,7 @@ fn one_of_error<E: serde::de::Error>(names: &[&str], found: &str) -> E {
     ))
 }
 
-/// Every broker limit the operator may set. `None` means "the broker's default":
-/// this crate does not know the core's defaults, the adapter maps each `Some` onto
-/// the core's config and leaves the rest alone. `brokk.example.toml` lists the
-/// defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Largest MQTT packet accepted or sent, in bytes (the v5 Maximum Packet Size).
-    pub max_packet_size: Option<NonZeroU32>,
-    /// Largest keep-alive a client may ask for; larger requests get the v5 Server
-    /// Keep Alive.
-    pub max_keep_alive: Option<u16>,
-    /// Seconds a new connection has to send CONNECT.
-    pub connect_timeout_secs: Option<u64>,
-    /// Seconds a new TLS connection has to finish its handshake.
-    pub tls_handshake_timeout_secs: Option<u64>,
-    /// Password verifications (Argon2, ~13 ms and 19 MiB each) running at once, at
-    /// most; further logins wait in line. Default: the number of CPUs.
-    pub max_verifications_in_flight: Option<std::num::NonZeroU32>,
-    /// Milliseconds a plain-TCP connection must stay idle, at least, before it
-    /// gives up its task (the parking lot's sweep tick; default 1000).
-    pub park_idle_ms: Option<u64>,
-    /// Open connections across all listeners.
-    pub max_connections: Option<u32>,
-    /// Sessions, connected or not.
-    pub max_sessions: Option<u32>,
-    /// Subscriptions one session may hold.
-    pub max_subscriptions_per_session: Option<u32>,
-    /// Subscriptions in the broker, all sessions together.
-    pub max_subscriptions: Option<u32>,
-    /// Retained messages across all topics.
-    pub max_retained_messages: Option<u32>,
-    /// Payload bytes of all retained messages together.
-    pub max_retained_bytes: Option<u64>,
-    /// Longest topic name or filter, in bytes.
-    pub max_topic_length: Option<u16>,
-    /// Most `/`-separated levels in a topic name or filter.
-    pub max_topic_levels: Option<u16>,
-    /// Longest client id (Event Grid's session name), in bytes.
-    pub max_client_id_length: Option<u16>,
-    /// Most user properties on one packet.
-    pub max_user_properties: Option<u16>,
-    /// The broker's v5 Receive Maximum: QoS 1/2 publishes a client may have unacknowledged.
-    pub receive_maximum: Option<NonZeroU16>,
-    /// QoS 1/2 publishes in flight towards an MQTT 3.1.1 client, which cannot state a
-    /// Receive Maximum of its own.
-    pub max_inflight_v3: Option<NonZeroU16>,
-    /// The broker's v5 Topic Alias Maximum (0 disables topic aliases from clients).
-    pub topic_alias_maximum: Option<u16>,
-    /// Session expiry given to MQTT 3.1.1 clients that connect with clean session 0,
-    /// which have no way to ask for one.
-    pub default_session_expiry_secs: Option<u32>,
-    /// Largest session expiry a client may ask for.
-    pub max_session_expiry_secs: Option<u32>,
-    /// Sessions one authentication name may hold at once.
-    pub max_sessions_per_authentication_name: Option<u32>,
-    /// Messages queued for a session while its client is offline.
-    pub offline_queue_messages: Option<u32>,
-    /// Payload bytes queued for a session while its client is offline.
-    pub offline_queue_bytes: Option<u64>,
-    /// Messages queued beyond the in-flight window while the client is online.
-    pub online_queue_messages: Option<u32>,
-    /// Payload bytes queued beyond the in-flight window while the client is online.
-    pub online_queue_bytes: Option<u64>,
-    /// Encoded bytes waiting to be written to one connection.
-    pub outbound_buffer_bytes: Option<u64>,
-    /// What happens when an offline session's queue is full.
-    pub offline_overflow: Option<OfflineOverflow>,
-    /// Prefix of the v5 Response Information given to clients that request it;
-    /// unset means none is given.
-    pub response_information_prefix: Option<String>,
-    /// Whether retained messages are supported.
-    pub retain_available: Option<bool>,
-    /// Whether subscriptions may use `+` and `#`.
-    pub wildcard_subscriptions: Option<bool>,
-    /// Whether `$share/` subscriptions are supported.
-    pub shared_subscriptions: Option<bool>,
-    /// Whether v5 subscription identifiers are supported.
-    pub subscription_identifiers: Option<bool>,
-}
+pub use crate::limits::Limits;
 
 /// Where a listener's TLS certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,31 +449,15 @@ impl Config {
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let limits = &self.limits;
-        let range = |key: &'static str, value: Option<u64>, min: u64, max: u64| match value {
-            Some(value) if value < min || value > max => Err(ConfigError::LimitOutOfRange {
+        if let Some((key, value, min, max)) = limits.out_of_range() {
+            return Err(ConfigError::LimitOutOfRange {
                 file: self.source.clone(),
                 key,
                 value,
                 min,
                 max,
-            }),
-            _ => Ok(()),
-        };
-        range(
-            "max_packet_size",
-            limits.max_packet_size.map(|v| u64::from(v.get())),
-            1,
-            u64::from(MQTT_MAX_PACKET_SIZE),
-        )?;
-        // A zero timeout would drop every connection before it could say anything.
-        range("connect_timeout_secs", limits.connect_timeout_secs, 1, 3600)?;
-        range(
-            "tls_handshake_timeout_secs",
-            limits.tls_handshake_timeout_secs,
-            1,
-            3600,
-        )?;
-        range("park_idle_ms", limits.park_idle_ms, 10, 3_600_000)?;
+            });
+        }
         if let (Some(default), Some(max)) = (
             limits.default_session_expiry_secs,
             limits.max_session_expiry_secs,

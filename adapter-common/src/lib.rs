@@ -13,6 +13,8 @@
 //! - [`websocket`]: a sans-IO RFC 6455 server: upgrade handshake, frame decoder
 //!   producing the MQTT byte stream, frame encoder.
 //! - [`core`]: the config's limits mapped onto the broker core.
+//! - [`limits`]: every `[limits]` key defined once: its meaning, range, default
+//!   (read from the core's) and how it reaches the core.
 //! - [`hub`]: one server thread's hub around a `broker_state::Broker`: decode
 //!   batches, pull output, wake tasks, close, answer authentication, log reports;
 //!   behind a `Wake` trait.
@@ -87,6 +89,7 @@ pub mod connection;
 pub mod core;
 mod epoll;
 pub mod hub;
+pub mod limits;
 pub mod park;
 pub mod passwd;
 pub mod reports;

@@ -20,8 +20,9 @@ use crate::hash::{Map, SeededState};
 use crate::hooks::{AllowAll, Authenticator, Authorizer, ClientInfo, EnhancedAuthenticator};
 use crate::ids::{ConnId, ConnKey, SessionKey, Slab};
 use crate::outq::{Front, MsgRef, OutPool, SharedMsgs, SharedTag};
+use crate::retained::RetainedStore;
 use crate::rng::Rng;
-use crate::router::{filter_matches, Match, Picker, Router, SubEntry};
+use crate::router::{Match, Picker, Router, SubEntry};
 use crate::session::{
     approx_size, qos_min, Conn, ConnState, FlightState, InFlight, PendingWill, Queued, Session,
     SubIds,
@@ -73,12 +74,6 @@ pub struct Stats {
     pub subscriptions_refused: u64,
 }
 
-struct Retained {
-    publish: Publish,
-    expires_at: Option<Instant>,
-    size: usize,
-}
-
 /// The sans-IO MQTT broker. See the crate documentation for the run-loop contract.
 pub struct Broker {
     /// The secret key of every map keyed by client-chosen bytes (HashDoS).
@@ -89,12 +84,7 @@ pub struct Broker {
     by_client_id: Map<Bytes, SessionKey>,
     sessions_per_auth: Map<String, usize>,
     router: Router,
-    retained: Map<Bytes, Retained>,
-    retained_bytes: usize,
-    /// Deadlines of retained messages with a Message Expiry Interval, by topic. An
-    /// entry whose message was replaced or cleared since is stale and skipped (see
-    /// `retained_live`).
-    retained_expiry: Timers<Bytes>,
+    retained: RetainedStore,
     timers: Timers,
     events: VecDeque<Event>,
     rng: Rng,
@@ -280,9 +270,7 @@ impl Broker {
             by_client_id: Map::with_hasher(hasher),
             sessions_per_auth: Map::with_hasher(hasher),
             router: Router::new(hasher),
-            retained: Map::with_hasher(hasher),
-            retained_bytes: 0,
-            retained_expiry: Timers::default(),
+            retained: RetainedStore::new(hasher),
             timers: Timers::default(),
             events: VecDeque::new(),
             rng,
@@ -734,10 +722,7 @@ impl Broker {
     /// When the broker next needs `handle_timeout`.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (
-            self.timers.next_deadline(),
-            self.retained_expiry.next_deadline(),
-        ) {
+        match (self.timers.next_deadline(), self.retained.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -988,14 +973,6 @@ fn unsent_flight(
         .filter(|&i| inflight.get(i).is_some_and(wanted))
         .or_else(|| inflight.iter().position(wanted))?;
     inflight.get_mut(at)
-}
-
-/// Whether the retained message of `topic` is the one that expires at `at` (an
-/// expiry entry of a message replaced or cleared since is stale).
-fn retained_live(retained: &Map<Bytes, Retained>, topic: &Bytes, at: Instant) -> bool {
-    retained
-        .get(topic)
-        .is_some_and(|r| r.expires_at == Some(at))
 }
 
 fn fits(packet: &Packet, c: &Conn) -> bool {

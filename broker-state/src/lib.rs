@@ -79,6 +79,7 @@ mod hash;
 mod hooks;
 mod ids;
 mod outq;
+mod retained;
 mod rng;
 mod router;
 mod session;

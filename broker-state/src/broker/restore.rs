@@ -99,28 +99,11 @@ impl Broker {
             }
             StoreOp::RetainSet(m) => {
                 if let Some(expires_at) = wall_to_instant(now, m.expires_at_unix_ms) {
-                    let size = approx_size(&m.publish);
-                    self.retained_bytes += size;
-                    let topic = m.publish.topic.as_shared().clone();
-                    if let Some(at) = expires_at {
-                        self.schedule_retained_expiry(at, topic.clone());
-                    }
-                    if let Some(old) = self.retained.insert(
-                        topic,
-                        Retained {
-                            publish: m.publish,
-                            expires_at,
-                            size,
-                        },
-                    ) {
-                        self.retained_bytes -= old.size;
-                    }
+                    self.retained.insert(m.publish, expires_at);
                 }
             }
             StoreOp::RetainClear { topic } => {
-                if let Some(old) = self.retained.remove(topic.as_bytes()) {
-                    self.retained_bytes -= old.size;
-                }
+                self.retained.remove(topic.as_bytes());
             }
         }
     }

@@ -94,14 +94,7 @@ impl Broker {
             self.expire_retained(now);
         }
         for (filter, granted) in retained_for {
-            let mut matching: Vec<(Publish, Option<Instant>)> = self
-                .retained
-                .values()
-                .filter(|r| filter_matches(filter.match_filter(), r.publish.topic.as_bytes()))
-                .map(|r| (r.publish.clone(), r.expires_at))
-                .collect();
-            matching.sort_by(|a, b| a.0.topic.cmp(&b.0.topic));
-            for (p, expires_at) in matching {
+            for (p, expires_at) in self.retained.matching(filter.match_filter()) {
                 let qos = qos_min(p.qos, granted);
                 let mut copies = RouteCopies::default();
                 self.deliver(

@@ -430,7 +430,8 @@ impl<W: Wake> Hub<W> {
     }
 
     /// The periodic report of what the core dropped since the last one (see
-    /// [`Reports`]); the adapter calls it every park tick (`limits.park_idle_ms`).
+    /// [`Reports`]); called every park tick (`limits.park_idle_ms`), by the parking
+    /// lot's sweep or, without a lot, by [`run_reports`](crate::connection::run_reports).
     pub fn report(&mut self) {
         let stats = self.broker.stats();
         self.reports.tick(&stats);

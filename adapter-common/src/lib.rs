@@ -29,6 +29,10 @@
 //!   [`connection::Transport`], and the server thread's timer, authentication and
 //!   report tasks, so the tokio and smol adapters share them and only wrap their
 //!   socket types, timers and spawning.
+//! - [`runtime`]: what the adapters' runtimes differ in (spawning, the timer, the
+//!   reactor, the socket types) as a [`runtime::Runtime`] trait, and the server
+//!   thread's tasks written once over it: the accept loops, the parking lot's task
+//!   and graceful shutdown ([`runtime::run_server`]).
 //! - [`park`]: the parking lot where idle plain-TCP connections wait without a task
 //!   (an epoll set of its own, which the adapter registers with its runtime).
 //! - [`alloc`]: the servers' global allocator (small cache-aligned blocks pooled).
@@ -93,6 +97,7 @@ pub mod limits;
 pub mod park;
 pub mod passwd;
 pub mod reports;
+pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod websocket;

@@ -1,7 +1,7 @@
 //! Every broker limit the operator may set, defined once: the config key, what it
 //! means, its range, how it reaches the core, and where its default comes from.
 //!
-//! The [`limits!`] table below generates the `[limits]` section of the config file
+//! The `limits!` table below generates the `[limits]` section of the config file
 //! ([`Limits`], parsed with serde), the checks of their ranges
 //! ([`Limits::out_of_range`]), the mapping onto `broker_state::Config`
 //! ([`Limits::apply_to`]) and the reference ([`table`]: key, documentation,

@@ -12,9 +12,9 @@
 //! socket moves to this lot's own epoll instance (the kernel's memory, not the
 //! process's), its task ends, and what is left of it in the process is a
 //! [`Parked`] slot of 24 bytes beside the core's connection and session state. The
-//! lot's epoll descriptor is itself registered with the runtime, so one task (the
-//! adapter's) waits for every parked socket. A parked connection gets its task back
-//! ([`Parked::resume`], then the adapter spawns
+//! lot's epoll descriptor is itself registered with the runtime, so one task
+//! ([`run_lot`](crate::runtime::run_lot)) waits for every parked socket. A parked
+//! connection gets its task back ([`Parked::resume`], then that task spawns
 //! [`serve_plain`](crate::connection::serve_plain) again) as soon as
 //! - its socket becomes readable or the peer hangs up (epoll, level-triggered, so
 //!   bytes that arrived while it was being parked are seen at once), or
@@ -140,8 +140,10 @@ impl ParkingLot {
         })
     }
 
-    /// The epoll descriptor, readable while a parked socket is ready. The adapter
-    /// registers it with its runtime and calls [`ParkingLot::take_ready`] when it is.
+    /// The epoll descriptor, readable while a parked socket is ready. The server
+    /// registers it with its runtime's reactor and the lot's task
+    /// ([`run_lot`](crate::runtime::run_lot)) calls [`ParkingLot::take_ready`] when
+    /// it is.
     pub fn epoll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.epoll.as_fd()
@@ -195,7 +197,7 @@ impl ParkingLot {
 
     /// Moves every parked connection that must run again into `out`: those whose
     /// socket is ready, and those the core has output for or closes. Returns true
-    /// when the epoll set had no more ready sockets (the adapter may then clear the
+    /// when the epoll set had no more ready sockets (the runtime may then clear the
     /// descriptor's readiness).
     pub fn take_ready(&mut self, hub: &SharedHub, out: &mut Vec<Parked>) -> bool {
         let drained = self.take_ready_sockets(out);
@@ -260,8 +262,9 @@ impl ParkingLot {
 }
 
 /// Asks every plain-TCP connection that stayed idle since the previous sweep to
-/// park, and starts the next idle period for the others. The adapter calls it every
-/// park tick (`limits.park_idle_ms`, default [`PARK_TICK`]).
+/// park, and starts the next idle period for the others. The lot's task
+/// ([`run_lot`](crate::runtime::run_lot)) calls it every park tick
+/// (`limits.park_idle_ms`, default [`PARK_TICK`]).
 pub fn sweep_idle(hub: &SharedHub) {
     let mut hub = hub.borrow_mut();
     for notify in hub.task_wakers() {

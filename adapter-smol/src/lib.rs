@@ -6,9 +6,10 @@
 //! favour of smol; it is supported as a tested compatibility target only.
 //!
 //! Everything that is not runtime-specific (config, TLS setup, WebSocket rules, the
-//! connection loop and the hub's decisions) comes from `adapter-common`, shared
-//! with the tokio adapter; this crate only accepts sockets, wraps them, arms the
-//! timer and spawns tasks.
+//! connection loop, the hub's decisions, the accept loops, the parking lot's task
+//! and shutdown) comes from `adapter-common`, shared with the tokio adapter; this
+//! crate only gives it smol's executor, timer, reactor and socket types (its
+//! `Runtime` trait).
 //!
 //! Embedding it in a smol program: see `examples/embed.rs`.
 #![warn(missing_docs)]

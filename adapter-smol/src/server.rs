@@ -1,22 +1,22 @@
-//! Listeners, the timer task and graceful shutdown on one server thread, with a
-//! smol `LocalExecutor` driven by smol's or async-std's `block_on`.
+//! The server thread: a smol `LocalExecutor` driven by smol's or async-std's
+//! `block_on`, serving with adapter-common's server loop over [`Smol`].
 
-use std::cell::RefCell;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use adapter_common::config::{Config, ListenerKind};
-use adapter_common::connection::{self, LocalNotify, SharedHub, Start, Transport};
-use adapter_common::park::{self, Parkable, ParkedGauge, ParkingLot, SharedLot};
-use adapter_common::server::{prepare, BoundListener, Prepared, ServerHandle, StartError};
-use broker_state::Now;
+use adapter_common::connection::Transport;
+use adapter_common::park::Parkable;
+use adapter_common::runtime::{run_server, Runtime};
+use adapter_common::server::{prepare, ServerHandle, StartError};
 use bytes::BytesMut;
 use smol::io::{AsyncRead, AsyncWrite};
 use smol::stream::Stream;
@@ -36,13 +36,6 @@ pub enum Flavor {
 /// The smol (and async-std) server.
 pub struct Server;
 
-fn now() -> Now {
-    let unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    Now::new(Instant::now(), unix_ms)
-}
-
 impl Server {
     /// Starts on smol.
     pub fn start(config: Config) -> Result<ServerHandle, StartError> {
@@ -59,11 +52,17 @@ impl Server {
         };
         ServerHandle::spawn(prepared, stop, move |prepared| {
             let ex = Rc::new(LocalExecutor::new());
-            let fut = ex.run(run_server(ex.clone(), prepared, flavor, stop_rx));
+            let stop = stopped(stop_rx);
             match flavor {
-                Flavor::Smol => smol::block_on(fut),
+                Flavor::Smol => {
+                    let rt = Smol::<smol::net::TcpListener>::new(ex.clone());
+                    smol::block_on(ex.run(run_server(rt, prepared, stop)));
+                }
                 #[cfg(feature = "async-std")]
-                Flavor::AsyncStd => async_std::task::block_on(fut),
+                Flavor::AsyncStd => {
+                    let rt = Smol::<async_std::net::TcpListener>::new(ex.clone());
+                    async_std::task::block_on(ex.run(run_server(rt, prepared, stop)));
+                }
             }
         })
     }
@@ -80,188 +79,127 @@ pub fn serve_on(
 ) -> Result<(Vec<(ListenerKind, SocketAddr)>, impl Future<Output = ()>), StartError> {
     let prepared = prepare(config)?;
     let addrs = prepared.addrs();
-    Ok((addrs, run_server(ex, prepared, Flavor::Smol, stop)))
+    let rt = Smol::<smol::net::TcpListener>::new(ex);
+    Ok((addrs, run_server(rt, prepared, stopped(stop))))
 }
 
-/// `Some(output)`, or `None` if `d` passed first.
-async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> {
-    connection::timeout(sleep(d), fut).await
-}
-
-async fn run_server(
-    ex: Rc<LocalExecutor<'static>>,
-    prepared: Prepared,
-    flavor: Flavor,
-    stop: smol::channel::Receiver<()>,
-) {
-    let Prepared {
-        broker,
-        listeners,
-        handshake_timeout,
-        park_tick,
-        parked,
-        verifier,
-        max_verifications,
-        ..
-    } = prepared;
-    let (hub, timer_notify) = connection::shared_hub(broker);
-    let timer = ex.spawn(connection::run_timer(
-        hub.clone(),
-        timer_notify,
-        now,
-        |at| async move {
-            Timer::at(at).await;
-        },
-    ));
-    let auth_notify = LocalNotify::new();
-    hub.borrow_mut()
-        .set_authentication(verifier.clone(), auth_notify.clone());
-    let spawner = ex.clone();
-    let auth = ex.spawn(connection::run_authentication(
-        hub.clone(),
-        auth_notify,
-        verifier,
-        max_verifications,
-        now,
-        move |f| spawner.spawn(f).detach(),
-        sleep,
-    ));
-    // async-std's streams cannot be taken off its reactor without a second
-    // descriptor, so only smol parks idle connections.
-    let (lot, lot_task) = match flavor {
-        Flavor::Smol => match parking_lot(parked) {
-            Ok((lot, ready_fd)) => {
-                let lot = Rc::new(RefCell::new(lot));
-                let notify = LocalNotify::new();
-                hub.borrow_mut().set_lot_waker(notify.clone());
-                let task = run_lot(
-                    ex.clone(),
-                    hub.clone(),
-                    lot.clone(),
-                    ready_fd,
-                    notify,
-                    park_tick,
-                );
-                (Some(lot), Some(ex.spawn(task)))
-            }
-            Err(error) => {
-                tracing::debug!(%error, "no parking lot: idle connections keep their tasks");
-                let reports = connection::run_reports(hub.clone(), park_tick, sleep);
-                (None, Some(ex.spawn(reports)))
-            }
-        },
-        #[cfg(feature = "async-std")]
-        Flavor::AsyncStd => {
-            let reports = connection::run_reports(hub.clone(), park_tick, sleep);
-            (None, Some(ex.spawn(reports)))
-        }
-    };
-    let mut accept_tasks = Vec::new();
-    for l in listeners {
-        let socket = match l.socket.try_clone() {
-            Ok(socket) => socket,
-            Err(error) => {
-                tracing::error!(listener = %l.label, %error, "cannot register listener");
-                continue;
-            }
-        };
-        let task = match flavor {
-            Flavor::Smol => match smol::net::TcpListener::try_from(socket) {
-                Ok(listener) => ex.spawn(accept_loop(
-                    ex.clone(),
-                    hub.clone(),
-                    lot.clone(),
-                    listener,
-                    l,
-                    handshake_timeout,
-                )),
-                Err(error) => {
-                    tracing::error!(listener = %l.label, %error, "cannot register listener");
-                    continue;
-                }
-            },
-            #[cfg(feature = "async-std")]
-            Flavor::AsyncStd => {
-                let listener = async_std::net::TcpListener::from(socket);
-                ex.spawn(accept_loop(
-                    ex.clone(),
-                    hub.clone(),
-                    None,
-                    listener,
-                    l,
-                    handshake_timeout,
-                ))
-            }
-        };
-        accept_tasks.push(task);
-    }
+/// Ready when `stop` receives a message or is closed.
+async fn stopped(stop: smol::channel::Receiver<()>) {
     let _ = stop.recv().await;
-    tracing::info!("shutting down");
-    drop(accept_tasks);
-    connection::shutdown(&hub, now, sleep).await;
-    drop(lot_task);
-    drop(timer);
-    drop(auth);
-    tracing::info!("stopped");
 }
 
-/// A parking lot and (a duplicate of) its epoll descriptor registered with
-/// async-io.
-fn parking_lot(parked: ParkedGauge) -> io::Result<(ParkingLot, Async<OwnedFd>)> {
-    let lot = ParkingLot::new(parked)?;
-    let fd = lot.epoll_fd().try_clone_to_owned()?;
-    Ok((lot, Async::new(fd)?))
-}
-
-/// The parking lot's task: sweeps for idle connections every tick, and gives a
-/// task back to each parked connection whose socket is ready or that the core has
-/// output for.
-async fn run_lot(
+/// smol's executor and timer as adapter-common's [`Runtime`], with the sockets of
+/// smol or of async-std (`L`, the listener type): smol's `block_on` or async-std's
+/// drives the executor.
+struct Smol<L> {
     ex: Rc<LocalExecutor<'static>>,
-    hub: SharedHub,
-    lot: SharedLot,
-    ready_fd: Async<OwnedFd>,
-    notify: Rc<LocalNotify>,
-    park_tick: Duration,
-) {
-    let mut tick = Timer::interval(park_tick);
-    let mut ready = Vec::new();
-    loop {
-        let sweep = poll_fn(|cx| {
-            if ready_fd.poll_readable(cx).is_ready() || notify.poll_notified(cx).is_ready() {
-                return Poll::Ready(false);
-            }
-            Pin::new(&mut tick).poll_next(cx).map(|_| true)
-        })
-        .await;
-        if sweep {
-            park::sweep_idle(&hub);
-        }
-        lot.borrow_mut().take_ready(&hub, &mut ready);
-        for parked in ready.drain(..) {
-            if let Some((t, conn)) = parked.resume::<FuturesIo<smol::net::TcpStream>>(&hub, now()) {
-                let (lot, start) = (Some(lot.clone()), Start::Opened(conn));
-                let serve = connection::serve_plain(hub.clone(), lot, t, start, now, sleep);
-                ex.spawn(serve).detach();
-            }
+    sockets: PhantomData<fn() -> L>,
+}
+
+impl<L> Smol<L> {
+    fn new(ex: Rc<LocalExecutor<'static>>) -> Self {
+        Smol {
+            ex,
+            sockets: PhantomData,
         }
     }
 }
 
-/// The runtime's timer as the connection code takes it.
-async fn sleep(d: Duration) {
-    Timer::after(d).await;
+impl<L> Clone for Smol<L> {
+    fn clone(&self) -> Self {
+        Smol::new(self.ex.clone())
+    }
+}
+
+impl<L: Accept> Runtime for Smol<L>
+where
+    FuturesIo<L::Stream>: Parkable,
+{
+    type Task = smol::Task<()>;
+
+    fn spawn<F: Future<Output = ()> + 'static>(&self, task: F) -> smol::Task<()> {
+        self.ex.spawn(task)
+    }
+
+    fn spawn_detached<F: Future<Output = ()> + 'static>(&self, task: F) {
+        self.ex.spawn(task).detach();
+    }
+
+    async fn sleep(d: Duration) {
+        Timer::after(d).await;
+    }
+
+    async fn sleep_until(at: Instant) {
+        Timer::at(at).await;
+    }
+
+    fn interval(period: Duration) -> impl FnMut(&mut Context<'_>) -> Poll<()> + 'static {
+        // The first tick after one period; missed ticks come at once.
+        let mut tick = Timer::interval(period);
+        move |cx| Pin::new(&mut tick).poll_next(cx).map(drop)
+    }
+
+    /// async-std's streams cannot be taken off its reactor without a second
+    /// descriptor, so only smol parks idle connections.
+    const PARKS: bool = L::PARKS;
+
+    type LotFd = Async<OwnedFd>;
+
+    fn watch_lot(fd: OwnedFd) -> io::Result<Async<OwnedFd>> {
+        Async::new(fd)
+    }
+
+    fn poll_lot(
+        fd: &Async<OwnedFd>,
+        cx: &mut Context<'_>,
+        take: impl FnOnce() -> bool,
+    ) -> Poll<io::Result<()>> {
+        ready!(fd.poll_readable(cx))?;
+        // async-io reports each readiness once and watches the descriptor again at
+        // the next poll: there is no readiness to clear.
+        take();
+        Poll::Ready(Ok(()))
+    }
+
+    type Plain = FuturesIo<L::Stream>;
+
+    type Listener = L;
+
+    fn listen(socket: std::net::TcpListener) -> io::Result<L> {
+        L::from_std(socket)
+    }
+
+    async fn accept(listener: &L) -> io::Result<(FuturesIo<L::Stream>, SocketAddr)> {
+        let (socket, remote) = listener.accept().await?;
+        L::set_nodelay(&socket);
+        Ok((FuturesIo(socket), remote))
+    }
+
+    async fn tls_accept(
+        config: Arc<futures_rustls::rustls::ServerConfig>,
+        plain: FuturesIo<L::Stream>,
+    ) -> io::Result<impl Transport + 'static> {
+        let acceptor = futures_rustls::TlsAcceptor::from(config);
+        acceptor.accept(plain.0).await.map(FuturesIo)
+    }
 }
 
 /// A listening socket of smol or async-std.
-trait Accept: 'static {
+trait Accept: Sized + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    /// Whether its streams can leave the reactor for the parking lot.
+    const PARKS: bool;
+    fn from_std(socket: std::net::TcpListener) -> io::Result<Self>;
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>>;
     fn set_nodelay(stream: &Self::Stream);
 }
 
 impl Accept for smol::net::TcpListener {
     type Stream = smol::net::TcpStream;
+    const PARKS: bool = true;
+    fn from_std(socket: std::net::TcpListener) -> io::Result<Self> {
+        smol::net::TcpListener::try_from(socket)
+    }
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> {
         smol::net::TcpListener::accept(self)
     }
@@ -273,79 +211,15 @@ impl Accept for smol::net::TcpListener {
 #[cfg(feature = "async-std")]
 impl Accept for async_std::net::TcpListener {
     type Stream = async_std::net::TcpStream;
+    const PARKS: bool = false;
+    fn from_std(socket: std::net::TcpListener) -> io::Result<Self> {
+        Ok(async_std::net::TcpListener::from(socket))
+    }
     fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> {
         async_std::net::TcpListener::accept(self)
     }
     fn set_nodelay(stream: &Self::Stream) {
         let _ = stream.set_nodelay(true);
-    }
-}
-
-async fn accept_loop<L: Accept>(
-    ex: Rc<LocalExecutor<'static>>,
-    hub: SharedHub,
-    lot: Option<SharedLot>,
-    listener: L,
-    l: BoundListener,
-    handshake_timeout: Duration,
-) where
-    FuturesIo<L::Stream>: Parkable,
-{
-    let tls = l.tls.clone().map(futures_rustls::TlsAcceptor::from);
-    loop {
-        let (socket, remote) = match listener.accept().await {
-            Ok(s) => s,
-            Err(error) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(listener = %l.label, %error, "accept failed");
-                Timer::after(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        L::set_nodelay(&socket);
-        let peer = l.peer(remote);
-        let (hub, tls, websocket, path) = (
-            hub.clone(),
-            tls.clone(),
-            l.kind.is_websocket(),
-            l.path.clone(),
-        );
-        if tls.is_none() && !websocket {
-            let (t, start) = (FuturesIo(socket), Start::New(peer));
-            let serve = connection::serve_plain(hub, lot.clone(), t, start, now, sleep);
-            ex.spawn(serve).detach();
-            continue;
-        }
-        let Some(acceptor) = tls else {
-            // A task per plain connection holds only what the connection loop needs.
-            let t = FuturesIo(socket);
-            ex.spawn(connection::serve(
-                hub,
-                t,
-                peer,
-                websocket,
-                path,
-                handshake_timeout,
-                now,
-                sleep,
-            ))
-            .detach();
-            continue;
-        };
-        ex.spawn(async move {
-            match timeout(handshake_timeout, acceptor.accept(socket)).await {
-                Some(Ok(stream)) => {
-                    let t = FuturesIo(stream);
-                    connection::serve(hub, t, peer, websocket, path, handshake_timeout, now, sleep)
-                        .await
-                }
-                Some(Err(error)) => {
-                    tracing::debug!(remote = %peer.remote, %error, "TLS handshake failed")
-                }
-                None => tracing::debug!(remote = %peer.remote, "TLS handshake timed out"),
-            }
-        })
-        .detach();
     }
 }
 

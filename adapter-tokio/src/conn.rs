@@ -1,23 +1,13 @@
-//! tokio's socket types as a [`Transport`], and the clock.
+//! tokio's socket types as a [`Transport`].
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use adapter_common::connection::Transport;
 use adapter_common::park::Parkable;
-use broker_state::Now;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
-
-/// Both clocks, read by the adapter and handed to the core.
-pub(crate) fn now() -> Now {
-    let unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    Now::new(Instant::now(), unix_ms)
-}
 
 /// Any tokio stream (TCP, TLS over TCP) as a [`Transport`].
 pub(crate) struct TokioIo<S>(pub(crate) S);

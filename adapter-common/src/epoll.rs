@@ -95,35 +95,33 @@ impl Epoll {
     #[cfg(not(target_os = "linux"))]
     pub(crate) fn delete(&self, _socket: BorrowedFd<'_>) {}
 
-    /// Appends the tokens of every ready socket to `ready`, in the order they
-    /// became ready, without waiting. `Ok(true)`: no more are ready; `Ok(false)`:
-    /// interrupted (EINTR), ask again at the next readiness.
+    /// Appends the tokens of up to [`BATCH`] ready sockets to `ready`, in the order
+    /// they became ready, without waiting. `Ok(true)`: that was all of them;
+    /// `Ok(false)`: there may be more, or the call was interrupted (EINTR): take
+    /// these off the set (level-triggered, they would be reported again) and ask
+    /// again.
     #[cfg(target_os = "linux")]
     pub(crate) fn ready(&self, ready: &mut Vec<u64>) -> io::Result<bool> {
         use std::os::fd::AsRawFd;
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
-        loop {
-            // SAFETY: `events` has room for BATCH entries; timeout 0 never blocks.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.fd.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    BATCH as libc::c_int,
-                    0,
-                )
-            };
-            let Ok(n) = usize::try_from(n) else {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    return Ok(false);
-                }
-                return Err(error);
-            };
-            ready.extend(events[..n].iter().map(|e| e.u64));
-            if n < BATCH {
-                return Ok(true);
+        // SAFETY: `events` has room for BATCH entries; timeout 0 never blocks.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.as_mut_ptr(),
+                BATCH as libc::c_int,
+                0,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
             }
-        }
+            return Err(error);
+        };
+        ready.extend(events[..n].iter().map(|e| e.u64));
+        Ok(n < BATCH)
     }
 
     #[cfg(not(target_os = "linux"))]

@@ -215,26 +215,39 @@ impl ParkingLot {
 
     fn take_ready_sockets(&mut self, out: &mut Vec<Parked>) -> bool {
         let mut ready = std::mem::take(&mut self.ready);
-        let drained = match self.epoll.ready(&mut ready) {
-            Ok(drained) => drained,
-            Err(error) => {
-                // The set cannot be read: no parked connection may be stranded in
-                // it, so every one gets its task back.
-                tracing::error!(%error, "epoll_wait on the parking lot failed; unparking every connection");
-                for slot in 0..self.slots.len() {
-                    if let Ok(slot) = u32::try_from(slot) {
-                        self.unpark(slot, false, out);
-                    }
+        // One batch at a time: a socket stays ready (level-triggered) until it is
+        // taken off the set, so each batch is unparked before the next is asked for.
+        let drained = loop {
+            let batch = self.epoll.ready(&mut ready);
+            let before = out.len();
+            // In the order the sockets became ready.
+            for token in ready.drain(..) {
+                if let Ok(slot) = u32::try_from(token) {
+                    self.unpark(slot, true, out);
                 }
-                true
+            }
+            let progressed = out.len() > before;
+            match batch {
+                Ok(true) => break true,
+                // More may be ready: ask again, as long as each batch takes some
+                // (a batch of nothing but tokens no slot holds would repeat).
+                Ok(false) if progressed && !self.is_empty() => continue,
+                // Interrupted, or nothing more to take: the adapter waits for the
+                // lot's readiness again.
+                Ok(false) => break false,
+                Err(error) => {
+                    // The set cannot be read: no parked connection may be stranded
+                    // in it, so every one gets its task back.
+                    tracing::error!(%error, "epoll_wait on the parking lot failed; unparking every connection");
+                    for slot in 0..self.slots.len() {
+                        if let Ok(slot) = u32::try_from(slot) {
+                            self.unpark(slot, false, out);
+                        }
+                    }
+                    break true;
+                }
             }
         };
-        // In the order the sockets became ready.
-        for token in ready.drain(..) {
-            if let Ok(slot) = u32::try_from(token) {
-                self.unpark(slot, true, out);
-            }
-        }
         self.ready = ready;
         drained
     }
@@ -325,6 +338,22 @@ mod tests {
         assert!(out.iter().all(|p| p.readable));
         assert_eq!(lot.len(), 1);
         assert_eq!(lot.parked.get(), 1);
+    }
+
+    #[test]
+    fn more_ready_sockets_than_one_batch_are_all_taken_once() {
+        use std::io::Write;
+        // More than epoll's batch of 256: each batch must be taken off the set
+        // before the next is asked for (level-triggered, it would come back).
+        let (mut lot, mut peers) = lot_with(300);
+        for p in &mut peers {
+            p.write_all(b"x").expect("write");
+        }
+        let mut out = Vec::new();
+        assert!(lot.take_ready_sockets(&mut out));
+        assert_eq!(out.len(), 300);
+        assert!(lot.is_empty());
+        assert_eq!(lot.parked.get(), 0);
     }
 
     #[test]

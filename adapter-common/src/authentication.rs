@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::path::PathBuf;
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use broker_state::{AuthKind, AuthQuestion, AuthStep};
@@ -38,8 +39,15 @@ const CACHE_MAX: usize = 100_000;
 /// config allows them. Shared by the broker's thread (quick answers) and the
 /// workers (verifications).
 pub struct Verifier {
+    /// Where the password file is; `None`: there is none.
     path: Option<PathBuf>,
-    file: RwLock<Loaded>,
+    /// The password file as last read, replaced whole when it changes: a
+    /// verification takes its own reference and holds no lock while Argon2 runs,
+    /// so the broker's thread never waits behind one.
+    file: RwLock<Arc<Loaded>>,
+    /// Bumped by every reload; a remembered verification of an older one no
+    /// longer counts (also one that finished while the file was being replaced).
+    generation: AtomicU64,
     allow_anonymous: bool,
     cache: Mutex<Cache>,
     key: (u64, u64),
@@ -53,24 +61,26 @@ struct Loaded {
 
 #[derive(Default)]
 struct Cache {
-    /// User name -> digest of the password that was verified, and until when.
-    users: HashMap<String, (u128, Instant)>,
+    /// User name -> digest of the password that was verified, until when, and
+    /// against which generation of the file.
+    users: HashMap<String, (u128, Instant, u64)>,
 }
 
 impl Verifier {
-    /// From the loaded password file (`path` is where it came from, watched for
-    /// changes) and the anonymous policy. `key` is secret randomness for the
+    /// From the password file (where it came from, watched for changes, and as
+    /// loaded) and the anonymous policy. `key` is secret randomness for the
     /// cache's digests.
     pub fn new(
-        path: Option<PathBuf>,
-        passwords: Option<PasswordFile>,
+        file: Option<(PathBuf, PasswordFile)>,
         allow_anonymous: bool,
         key: (u64, u64),
     ) -> Self {
+        let (path, passwords) = file.unzip();
         let stamp = path.as_deref().and_then(stamp_of);
         Verifier {
             path,
-            file: RwLock::new(Loaded { passwords, stamp }),
+            file: RwLock::new(Arc::new(Loaded { passwords, stamp })),
+            generation: AtomicU64::new(0),
             allow_anonymous,
             cache: Mutex::new(Cache::default()),
             key,
@@ -89,18 +99,20 @@ impl Verifier {
             }
             AuthKind::Step { .. } => return Some(AuthStep::Failure(ReasonCode::ProtocolError)),
         };
-        let has_file = self.file.read().ok()?.passwords.is_some();
         let Some(user) = username else {
             return Some(self.anonymous(None));
         };
-        if !has_file {
+        if self.path.is_none() {
             // No password file: the user name names the session's owner.
             return Some(self.anonymous(Some(user.as_str())));
         }
         let digest = self.digest(user.as_str(), password.as_deref().unwrap_or_default());
+        let generation = self.generation.load(Ordering::Acquire);
         let cache = self.cache.lock().ok()?;
         match cache.users.get(user.as_str()) {
-            Some(&(d, until)) if d == digest && now < until => Some(allow(user.as_str())),
+            Some(&(d, until, g)) if d == digest && now < until && g == generation => {
+                Some(allow(user.as_str()))
+            }
             _ => None,
         }
     }
@@ -119,14 +131,17 @@ impl Verifier {
             return self.anonymous(None);
         };
         let password = password.as_deref().unwrap_or_default();
-        let verified = match self.file.read() {
-            // `verify` spends the same time on unknown users as on known ones.
-            Ok(file) => file
-                .passwords
-                .as_ref()
-                .is_some_and(|f| f.verify(user.as_str(), password)),
-            Err(_) => false,
+        // The generation first: a reload that lands during the verification makes
+        // the result one the cache no longer counts.
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(file) = self.file.read().ok().map(|f| Arc::clone(&f)) else {
+            return AuthStep::Failure(ReasonCode::ServerUnavailable);
         };
+        // `verify` spends the same time on unknown users as on known ones.
+        let verified = file
+            .passwords
+            .as_ref()
+            .is_some_and(|f| f.verify(user.as_str(), password));
         if !verified {
             return AuthStep::Failure(ReasonCode::BadUserNameOrPassword);
         }
@@ -134,14 +149,14 @@ impl Verifier {
         if let Ok(mut cache) = self.cache.lock() {
             if cache.users.len() >= CACHE_MAX {
                 let now = Instant::now();
-                cache.users.retain(|_, (_, until)| *until > now);
+                cache.users.retain(|_, (_, until, _)| *until > now);
                 if cache.users.len() >= CACHE_MAX {
                     cache.users.clear();
                 }
             }
             cache.users.insert(
                 user.as_str().to_owned(),
-                (digest, Instant::now() + CACHE_TTL),
+                (digest, Instant::now() + CACHE_TTL, generation),
             );
         }
         allow(user.as_str())
@@ -156,24 +171,25 @@ impl Verifier {
         if now == current {
             return;
         }
-        match PasswordFile::load(path) {
+        let passwords = match PasswordFile::load(path) {
             Ok(passwords) => {
-                if let Ok(mut file) = self.file.write() {
-                    *file = Loaded {
-                        passwords: Some(passwords),
-                        stamp: now,
-                    };
-                }
                 tracing::info!(file = %path.display(), "password file changed: reloaded");
+                Some(passwords)
             }
             Err(error) => {
                 // The old users stay; the next change is tried again.
-                if let Ok(mut file) = self.file.write() {
-                    file.stamp = now;
-                }
                 tracing::error!(%error, "password file changed but cannot be read; keeping the old one");
+                None
             }
+        };
+        if let Ok(mut file) = self.file.write() {
+            let passwords = passwords.or_else(|| file.passwords.clone());
+            *file = Arc::new(Loaded {
+                passwords,
+                stamp: now,
+            });
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut cache) = self.cache.lock() {
             cache.users.clear();
         }

@@ -183,8 +183,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         u64::from_le_bytes(w)
     };
     let verifier = Arc::new(Verifier::new(
-        config.password_file.clone(),
-        passwords,
+        config.password_file.clone().zip(passwords),
         config.anonymous_allowed(),
         (half(0), half(8)),
     ));

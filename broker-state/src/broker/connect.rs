@@ -370,11 +370,11 @@ impl Broker {
         }
         for id in expired {
             self.stats.expired += 1;
-            self.remove_inflight(now, sk, id);
+            self.remove_inflight(sk, id);
         }
         for id in too_large {
             self.stats.dropped_too_large += 1;
-            self.remove_inflight(now, sk, id);
+            self.remove_inflight(sk, id);
         }
         for p in packets {
             self.push_out(k, p);

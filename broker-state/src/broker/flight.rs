@@ -4,11 +4,14 @@
 use super::*;
 
 impl Broker {
-    /// The QoS and state of the outbound flow `id` names, if one is in flight.
-    pub(super) fn flight_of(&self, sk: SessionKey, id: PacketId) -> Option<(QoS, FlightState)> {
+    /// Where the outbound flow `id` names is in the session's window, and its QoS
+    /// and state, if one is in flight. Acks usually come in order: the entry is at
+    /// or near the front.
+    fn flight_of(&self, sk: SessionKey, id: PacketId) -> Option<(usize, (QoS, FlightState))> {
         let s = self.sessions.get(sk)?;
-        let f = s.inflight.iter().find(|f| f.packet_id == id)?;
-        Some((f.msg.qos, f.state))
+        let i = s.inflight.iter().position(|f| f.packet_id == id)?;
+        let f = &s.inflight[i];
+        Some((i, (f.msg.qos, f.state)))
     }
 
     // An acknowledgement naming an id that is not in flight is ignored (a late
@@ -29,8 +32,8 @@ impl Broker {
     ) {
         match self.flight_of(sk, id) {
             None => {}
-            Some(flight) if flight == fits => {
-                self.remove_inflight(now, sk, id);
+            Some((at, flight)) if flight == fits => {
+                self.remove_inflight_at(sk, at);
                 self.fill_window(now, sk);
             }
             Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
@@ -48,10 +51,10 @@ impl Broker {
                 rel.properties = self.ack_properties(k, rel.reason_code);
                 self.push_out(k, Packet::PubRel(rel));
             }
-            Some((QoS::ExactlyOnce, state)) => {
+            Some((at, (QoS::ExactlyOnce, state))) => {
                 if !a.reason_code.is_success() {
                     if state == FlightState::Published {
-                        self.remove_inflight(now, sk, a.packet_id);
+                        self.remove_inflight_at(sk, at);
                         self.fill_window(now, sk);
                     } else {
                         // The message was received (PUBREC 0x00 came before): a
@@ -66,7 +69,7 @@ impl Broker {
                 if let Some(f) = self
                     .sessions
                     .get_mut(sk)
-                    .and_then(|s| s.inflight.iter_mut().find(|f| f.packet_id == a.packet_id))
+                    .and_then(|s| s.inflight.get_mut(at))
                 {
                     f.state = FlightState::Released;
                 }
@@ -91,18 +94,29 @@ impl Broker {
         self.push_out(k, Packet::PubComp(comp));
     }
 
-    pub(super) fn remove_inflight(&mut self, _now: Now, sk: SessionKey, id: mqtt_proto::PacketId) {
+    pub(super) fn remove_inflight(&mut self, sk: SessionKey, id: mqtt_proto::PacketId) {
+        let at = self
+            .sessions
+            .get(sk)
+            .and_then(|s| s.inflight.iter().position(|f| f.packet_id == id));
+        if let Some(at) = at {
+            self.remove_inflight_at(sk, at);
+        }
+    }
+
+    /// Ends the flow at `at` in the session's window: its reference to the message
+    /// goes back, and a persistent session's store forgets the message.
+    fn remove_inflight_at(&mut self, sk: SessionKey, at: usize) {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
-        // Acks usually come in order: the entry is at or near the front.
-        if let Some(i) = s.inflight.iter().position(|f| f.packet_id == id) {
-            if let Some(f) = s.inflight.remove(i) {
-                self.msgs.release(f.msg.msg);
-                let persistent = s.persistent();
-                let client_id = s.client_id.clone();
-                self.store_remove(persistent, client_id, f.msg.seq);
-            }
+        let Some(f) = s.inflight.remove(at) else {
+            return;
+        };
+        self.msgs.release(f.msg.msg);
+        if self.config.store_effects && s.persistent() {
+            let client_id = s.client_id.clone();
+            self.store_remove(true, client_id, f.msg.seq);
         }
     }
 }

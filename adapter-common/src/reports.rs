@@ -106,3 +106,25 @@ impl Reports {
         self.last = *stats;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_end_lines_are_limited_per_tick_and_the_rest_counted() {
+        let mut r = Reports::default();
+        for i in 0..SESSION_LINES_PER_TICK + 5 {
+            r.session_ended(&format!("c{i}"), SessionEnd::QueueOverflow, 3, 30);
+        }
+        assert_eq!((r.lines_left, r.suppressed), (0, 5));
+        // The tick sums up what was left out and starts a new allowance.
+        r.tick(&Stats::default());
+        assert_eq!((r.lines_left, r.suppressed), (SESSION_LINES_PER_TICK, 0));
+        r.session_ended("next", SessionEnd::Expired, 0, 0);
+        assert_eq!(
+            (r.lines_left, r.suppressed),
+            (SESSION_LINES_PER_TICK - 1, 0)
+        );
+    }
+}

@@ -89,7 +89,6 @@ impl Router {
     }
 
     /// Number of subscriptions in the table.
-    #[allow(dead_code)]
     pub(crate) fn len(&self) -> usize {
         self.subscriptions
     }

@@ -495,12 +495,20 @@ pub enum Op {
 /// User Name, as the default hook does.
 struct FuzzAuthenticator;
 
-impl Authenticator for FuzzAuthenticator {
-    fn authenticate(&mut self, request: &AuthRequest<'_>) -> AuthDecision {
-        if request.password == Some(b"bad") {
+impl FuzzAuthenticator {
+    /// The password "bad" is refused; anyone else is their User Name. The same
+    /// decision as the hook and as the harness's answers to external questions.
+    fn decide(username: Option<&str>, password: Option<&[u8]>) -> AuthDecision {
+        if password == Some(b"bad") {
             return Err(ReasonCode::BadUserNameOrPassword);
         }
-        Ok(request.username.map(str::to_owned))
+        Ok(username.map(str::to_owned))
+    }
+}
+
+impl Authenticator for FuzzAuthenticator {
+    fn authenticate(&mut self, request: &AuthRequest<'_>) -> AuthDecision {
+        Self::decide(request.username, request.password)
     }
 }
 
@@ -683,13 +691,18 @@ impl Harness {
     fn answer_questions(&mut self) {
         for q in std::mem::take(&mut self.questions) {
             let step = match &q.kind {
-                AuthKind::Password { password, .. } if password.as_deref() == Some(&b"bad"[..]) => {
-                    AuthStep::Failure(ReasonCode::BadUserNameOrPassword)
+                AuthKind::Password { username, password } => {
+                    match FuzzAuthenticator::decide(
+                        username.as_ref().map(|u| u.as_str()),
+                        password.as_deref(),
+                    ) {
+                        Ok(authentication_name) => AuthStep::Success {
+                            data: None,
+                            authentication_name,
+                        },
+                        Err(code) => AuthStep::Failure(code),
+                    }
                 }
-                AuthKind::Password { username, .. } => AuthStep::Success {
-                    data: None,
-                    authentication_name: username.as_ref().map(|u| u.as_str().to_owned()),
-                },
                 _ => AuthStep::Failure(ReasonCode::BadAuthenticationMethod),
             };
             self.broker

@@ -406,7 +406,12 @@ mod tests {
                     };
                     let mut held: Vec<Block> = Vec::new();
                     start.wait();
-                    for _ in 0..OPS {
+                    // OPS operations, and on (within bounds) until blocks have
+                    // crossed threads: on a loaded machine the threads may run one
+                    // after the other, and a thread then takes back its own blocks.
+                    let mut done = 0;
+                    while done < OPS || (foreign_frees.load(Relaxed) <= 200 && done < OPS * 50) {
+                        done += 1;
                         let choice = next() % 10;
                         let pick = next() as usize;
                         match choice {

@@ -743,13 +743,20 @@ impl Connection {
     }
 
     /// After a read into the shared buffer: a partial packet left in it is copied
-    /// into the connection's own buffer, and the shared buffer goes back.
+    /// into the connection's own buffer (or, the head of a large packet, keeps the
+    /// block), and the shared buffer goes back.
     fn give_back(&mut self, hub: &SharedHub, shared: bool) {
         if !shared {
             return;
         }
         let mut rest = core::mem::take(&mut self.io.input);
         if !rest.is_empty() {
+            // The head of a large packet: the connection keeps the block (no copy),
+            // and the thread's next read takes a fresh one.
+            if self.io.keeps_read_block(&rest) {
+                self.io.input = rest;
+                return;
+            }
             self.io.input = BytesMut::from(&rest[..]);
             rest.clear();
         }

@@ -79,6 +79,9 @@ pub struct ConnIo {
 const READ_CHUNK: usize = 4096;
 /// Size of a block of the shared read buffer.
 const SHARED_READ_BLOCK: usize = 64 * 1024;
+/// A packet at least this long, cut by the end of a read into the shared buffer,
+/// keeps the block with its connection (see [`ConnIo::keeps_read_block`]).
+const LARGE_PACKET: usize = 8 * 1024;
 
 impl ConnIo {
     /// Buffers for a new connection; the decoder learns the version from CONNECT and
@@ -103,6 +106,17 @@ impl ConnIo {
             _ => 0,
         };
         self.input.reserve(want.clamp(READ_CHUNK, 1024 * 1024));
+    }
+
+    /// After a read into the shared buffer left `rest`, the head of a packet: true
+    /// when that packet is large (plain framing), so that the connection should keep
+    /// the shared block, the rest of the packet and what follows it read into the
+    /// same block, instead of copying the head into a buffer of its own.
+    pub(crate) fn keeps_read_block(&self, rest: &[u8]) -> bool {
+        matches!(
+            (&self.framing, FixedHeader::parse(rest)),
+            (Framing::Raw, Ok(Some(h))) if h.packet_len() >= LARGE_PACKET
+        )
     }
 
     /// A plain connection's buffers around the decoder it had when it was parked.

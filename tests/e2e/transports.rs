@@ -186,3 +186,56 @@ async fn mqtt_packets_split_across_tcp_reads_and_websocket_frames_decode_alike()
         other => panic!("expected PUBLISH, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_stream_of_large_packets_cut_anywhere_arrives_whole_and_in_order() {
+    // Packets of 8 KiB and more, cut by a read, keep the read's block with their
+    // connection (adapter-common `ConnIo::keeps_read_block`); small ones between them
+    // take the other path. Every size must come out intact and in order.
+    let server = Setup::new(&[ListenerKind::Mqtt]).start();
+    let v5 = ProtocolVersion::V5;
+    let mut tcp = RawClient::open(server.addr(ListenerKind::Mqtt), v5).await;
+    tcp.send(&Packet::Connect(Box::new(connect_packet(
+        v5,
+        "large-stream",
+    ))))
+    .await;
+    assert!(matches!(tcp.recv().await, Packet::ConnAck(_)));
+    tcp.send(&Packet::Subscribe(mqtt_proto::Subscribe {
+        packet_id: std::num::NonZeroU16::MIN,
+        filters: vec![(
+            mqtt_proto::TopicFilter::from_static("large/#").unwrap(),
+            mqtt_proto::SubscriptionOptions::qos(QoS::AtMostOnce),
+        )],
+        properties: Default::default(),
+    }))
+    .await;
+    assert!(matches!(tcp.recv().await, Packet::SubAck(_)));
+    let sizes = [20_000usize, 9_000, 100, 70_000, 8_192, 8_180, 3, 40_000];
+    let payloads: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            let n = sizes[i % sizes.len()];
+            (0..n).map(|j| ((i * 7 + j) % 253) as u8).collect()
+        })
+        .collect();
+    let mut stream = Vec::new();
+    for p in &payloads {
+        stream.extend(encode(
+            &Packet::Publish(publish_packet("large/x", p, QoS::AtMostOnce, false, None)),
+            v5,
+        ));
+    }
+    for piece in stream.chunks(7_001) {
+        tcp.send_bytes(piece).await;
+        tokio::task::yield_now().await;
+    }
+    for (i, p) in payloads.iter().enumerate() {
+        let got = tcp.recv_publish().await;
+        assert!(
+            got.payload[..] == p[..],
+            "message {i} ({} bytes) came out as {} bytes or changed",
+            p.len(),
+            got.payload.len()
+        );
+    }
+}

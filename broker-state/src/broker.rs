@@ -856,6 +856,7 @@ fn session_record(s: &Session, expires_at_unix_ms: Option<u64>) -> SessionRecord
             .iter()
             .map(|x| (x.filter.clone(), x.options, x.id))
             .collect(),
+        will: None,
     }
 }
 

@@ -194,6 +194,20 @@ pub struct SessionRecord {
         SubscriptionOptions,
         Option<core::num::NonZeroU32>,
     )>,
+    /// The will of the session's connection, or a will whose delay is running.
+    pub will: Option<StoredWill>,
+}
+
+/// A will as the store keeps it with its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredWill {
+    /// The will message (topic, payload, QoS, retain, properties).
+    pub message: StoredMessage,
+    /// Will Delay Interval, seconds.
+    pub delay_interval: u32,
+    /// When the delay runs out (wall clock, ms): set once the connection is gone.
+    /// `None` while connected: a restart then counts as the connection ending.
+    pub publish_at_unix_ms: Option<u64>,
 }
 
 /// A durable change. The store applies them in order.
@@ -215,7 +229,25 @@ pub enum StoreOp {
         /// The message.
         message: StoredMessage,
     },
-    /// A queued message was acknowledged, dropped or expired.
+    /// A queued message went out with `packet_id`: after a restart it is resent
+    /// with DUP set and the same packet id [MQTT-4.4.0-1].
+    MessageSent {
+        /// Client identifier.
+        client_id: MqttString,
+        /// Its sequence number.
+        seq: u64,
+        /// The packet id it was sent with.
+        packet_id: u16,
+    },
+    /// QoS 2 out: the receiver sent PUBREC. The message is no longer needed; after a
+    /// restart PUBREL is resent for its packet id.
+    MessageReleased {
+        /// Client identifier.
+        client_id: MqttString,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A queued message was acknowledged (PUBACK, PUBCOMP), dropped or expired.
     MessageRemove {
         /// Client identifier.
         client_id: MqttString,
@@ -228,5 +260,20 @@ pub enum StoreOp {
     RetainClear {
         /// Topic.
         topic: TopicName,
+    },
+    /// QoS 2 in: a PUBLISH with this packet id was received and acknowledged with
+    /// PUBREC; until its PUBREL a resend must not be delivered again.
+    Qos2Received {
+        /// Client identifier.
+        client_id: MqttString,
+        /// Packet id.
+        packet_id: u16,
+    },
+    /// QoS 2 in: the PUBREL for the packet id came; the id is free again.
+    Qos2Released {
+        /// Client identifier.
+        client_id: MqttString,
+        /// Packet id.
+        packet_id: u16,
     },
 }

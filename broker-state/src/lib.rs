@@ -91,7 +91,8 @@ pub use authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
 pub use broker::{Broker, Stats};
 pub use config::{Config, OverflowPolicy, QueueLimits};
 pub use event::{
-    Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, Transport,
+    Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill,
+    Transport,
 };
 pub use hooks::{
     AllowAll, AuthDecision, AuthRequest, AuthStep, Authenticator, Authorizer, ClientInfo,

@@ -105,6 +105,11 @@ impl Broker {
             StoreOp::RetainClear { topic } => {
                 self.retained.remove(topic.as_bytes());
             }
+            // Flow state: restored by the durable store's work (issue 17).
+            StoreOp::MessageSent { .. }
+            | StoreOp::MessageReleased { .. }
+            | StoreOp::Qos2Received { .. }
+            | StoreOp::Qos2Released { .. } => {}
         }
     }
 }

@@ -14,7 +14,7 @@ use mqtt_proto::{
 use crate::alias::{Budget, PeerLimits};
 use crate::config::{Config, OverflowPolicy};
 use crate::event::{
-    Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage,
+    Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill,
 };
 use crate::hash::{Map, SeededState};
 use crate::hooks::{AllowAll, Authenticator, Authorizer, ClientInfo, EnhancedAuthenticator};
@@ -32,6 +32,7 @@ use crate::timer::{TimerKind, Timers};
 
 mod auth;
 mod connect;
+mod durability;
 mod flight;
 mod invariants;
 mod lifecycle;
@@ -72,6 +73,9 @@ pub struct Stats {
     pub shared_redeliveries: u64,
     /// Subscriptions refused with Quota exceeded (per-session or broker-wide limit).
     pub subscriptions_refused: u64,
+    /// Acknowledgements refused (or connections closed) because the store could
+    /// not make what they acknowledged durable.
+    pub store_failures_refused: u64,
 }
 
 /// The sans-IO MQTT broker. See the crate documentation for the run-loop contract.
@@ -108,6 +112,8 @@ pub struct Broker {
     /// Routes that matched more than one subscription, numbered (see `route`).
     route_count: u32,
     stats: Stats,
+    /// Store effects emitted and durable, and the acknowledgements that wait.
+    durability: durability::Durability,
 }
 
 /// Picks a shared-subscription member: uniformly among those whose session is
@@ -285,6 +291,7 @@ impl Broker {
             route_count: 0,
             msgs: SharedMsgs::default(),
             stats: Stats::default(),
+            durability: Default::default(),
         }
     }
 
@@ -406,6 +413,8 @@ impl Broker {
             Input::Closed(conn) => self.handle_closed(now, conn),
             Input::Timeout => self.handle_timeout(now),
             Input::AuthAnswer(ticket, answer) => self.handle_auth_answer(now, ticket, answer),
+            Input::StoreCommitted(through) => self.handle_store_committed(now, through),
+            Input::StoreFailed(through) => self.handle_store_failed(now, through),
         }
         None
     }
@@ -572,6 +581,8 @@ impl Broker {
                             .map(|w| *w)
                         {
                             self.publish_will(now, will);
+                            // The record no longer holds the will.
+                            self.store_session(now, k);
                         }
                     }
                 }
@@ -803,7 +814,26 @@ impl Broker {
                 let expires = s.expires_at.map(|at| {
                     now.unix_ms + at.saturating_duration_since(now.instant).as_millis() as u64
                 });
-                StoreOp::SessionUpsert(session_record(s, expires))
+                // The will of its connection, or one whose delay runs.
+                let will = match s.conn.and_then(|c| self.conns.get(key(c))) {
+                    Some(c) => c.will.as_deref().map(|w| StoredWill {
+                        message: StoredMessage {
+                            publish: w.publish.clone(),
+                            expires_at_unix_ms: None,
+                        },
+                        delay_interval: w.delay,
+                        publish_at_unix_ms: None,
+                    }),
+                    None => s.delayed_will.as_deref().map(|(at, publish)| StoredWill {
+                        message: StoredMessage {
+                            publish: publish.clone(),
+                            expires_at_unix_ms: None,
+                        },
+                        delay_interval: 0,
+                        publish_at_unix_ms: expiry_wall(now, Some(*at)),
+                    }),
+                };
+                StoreOp::SessionUpsert(session_record(s, expires, will))
             } else if s.stored {
                 s.stored = false;
                 StoreOp::SessionRemove {
@@ -812,7 +842,7 @@ impl Broker {
             } else {
                 return;
             };
-            self.events.push_back(Event::store(op));
+            self.emit_store(op);
         }
     }
 
@@ -823,7 +853,7 @@ impl Broker {
         if let Some(s) = self.sessions.get(sk) {
             if s.persistent() {
                 if let Some(op) = enqueue_op(&self.msgs, s.client_id.clone(), q, now) {
-                    self.events.push_back(Event::store(op));
+                    self.emit_store(op);
                 }
             }
         }
@@ -831,8 +861,7 @@ impl Broker {
 
     fn store_remove(&mut self, persistent: bool, client_id: MqttString, seq: u64) {
         if self.config.store_effects && persistent {
-            self.events
-                .push_back(Event::store(StoreOp::MessageRemove { client_id, seq }));
+            self.emit_store(StoreOp::MessageRemove { client_id, seq });
         }
     }
 }
@@ -845,7 +874,11 @@ fn signal_transmit(c: &mut Conn, events: &mut VecDeque<Event>, k: ConnKey) {
     }
 }
 
-fn session_record(s: &Session, expires_at_unix_ms: Option<u64>) -> SessionRecord {
+fn session_record(
+    s: &Session,
+    expires_at_unix_ms: Option<u64>,
+    will: Option<StoredWill>,
+) -> SessionRecord {
     SessionRecord {
         client_id: s.client_id.clone(),
         authentication_name: s.auth_name.clone(),
@@ -856,7 +889,7 @@ fn session_record(s: &Session, expires_at_unix_ms: Option<u64>) -> SessionRecord
             .iter()
             .map(|x| (x.filter.clone(), x.options, x.id))
             .collect(),
-        will: None,
+        will,
     }
 }
 

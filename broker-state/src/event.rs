@@ -164,6 +164,11 @@ pub enum Input {
     Timeout,
     /// The answer to an authentication question ([`Event::Authenticate`]).
     AuthAnswer(crate::AuthTicket, crate::AuthStep),
+    /// Store effects up to this number are durable
+    /// ([`crate::Broker::handle_store_committed`]).
+    StoreCommitted(u64),
+    /// Store effects up to this number failed ([`crate::Broker::handle_store_failed`]).
+    StoreFailed(u64),
 }
 
 /// A message as the store keeps it.

@@ -347,6 +347,9 @@ pub(crate) struct Conn {
     /// A packet too large for the peer even without its Reason String could not be
     /// sent, and the connection was asked to close (once).
     pub(crate) unsendable: bool,
+    /// Acknowledgements to this connection waiting for the store (see
+    /// `broker/durability.rs`).
+    pub(crate) held_acks: u32,
 }
 
 impl Conn {
@@ -374,6 +377,7 @@ impl Conn {
             client_id: None,
             connect_expiry_zero: true,
             unsendable: false,
+            held_acks: 0,
         }
     }
 

@@ -66,12 +66,19 @@ impl Broker {
                 // The message is delivered; only the id matters until PUBCOMP (the
                 // entry keeps its reference to the message until then). A repeated
                 // PUBREC gets the PUBREL again.
-                if let Some(f) = self
-                    .sessions
-                    .get_mut(sk)
-                    .and_then(|s| s.inflight.get_mut(at))
-                {
-                    f.state = FlightState::Released;
+                let mut released = None;
+                if let Some(s) = self.sessions.get_mut(sk) {
+                    let persistent = s.persistent();
+                    if let Some(f) = s.inflight.get_mut(at) {
+                        if f.state == FlightState::Published && persistent {
+                            released = Some(f.msg.seq);
+                        }
+                        f.state = FlightState::Released;
+                    }
+                    if let (Some(seq), true) = (released, self.config.store_effects) {
+                        let client_id = s.client_id.clone();
+                        self.emit_store(StoreOp::MessageReleased { client_id, seq });
+                    }
                 }
                 self.push_out(k, Packet::PubRel(PubAck::new(a.packet_id)));
             }
@@ -80,18 +87,25 @@ impl Broker {
     }
 
     pub(super) fn on_pubrel(&mut self, k: ConnKey, sk: SessionKey, a: PubAck) {
+        let mark = self.durability.emitted;
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
         let mut comp = PubAck::new(a.packet_id);
         if !s.incoming_qos2.release(a.packet_id) {
             comp.reason_code = ReasonCode::PacketIdentifierNotFound;
+        } else if self.config.store_effects && s.persistent() {
+            let client_id = s.client_id.clone();
+            self.emit_store(StoreOp::Qos2Released {
+                client_id,
+                packet_id: a.packet_id.get(),
+            });
         }
         // [MQTT-3.7.2.2] a Reason String with the error, as on every negative ack.
         if !comp.reason_code.is_success() {
             comp.properties = self.ack_properties(k, comp.reason_code);
         }
-        self.push_out(k, Packet::PubComp(comp));
+        self.push_ack(k, Packet::PubComp(comp), mark);
     }
 
     pub(super) fn remove_inflight(&mut self, sk: SessionKey, id: mqtt_proto::PacketId) {

@@ -12,6 +12,26 @@ impl Broker {
     /// walks every connection and session).
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
+        let d = &self.durability;
+        if d.done > d.emitted
+            || d.held
+                .iter()
+                .any(|h| h.needs <= d.done || h.needs > d.emitted)
+        {
+            return Err(format!(
+                "store: {} effects emitted, {} done, waiting acknowledgements need {:?}",
+                d.emitted,
+                d.done,
+                d.held.iter().map(|h| h.needs).collect::<Vec<_>>()
+            ));
+        }
+        if d.held
+            .iter()
+            .zip(d.held.iter().skip(1))
+            .any(|(a, b)| a.needs > b.needs)
+        {
+            return Err("store: waiting acknowledgements out of order".into());
+        }
         for (k, c) in self.conns.iter() {
             let id = super::conn_id(k);
             if let ConnState::Active { session } = c.state {
@@ -28,6 +48,13 @@ impl Broker {
             c.out
                 .check()
                 .map_err(|e| format!("{id}: output queue: {e}"))?;
+            let held = self.durability.held.iter().filter(|h| h.conn == k).count();
+            if held != c.held_acks as usize {
+                return Err(format!(
+                    "{id} counts {} acknowledgements waiting for the store, {held} wait",
+                    c.held_acks
+                ));
+            }
             let out = c.out.recount(out_size, |m| self.msgs.size(m));
             if out != c.out.bytes() {
                 return Err(format!(

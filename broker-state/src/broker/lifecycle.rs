@@ -196,9 +196,9 @@ impl Broker {
         }
         // `stored`, not `persistent()`: a DISCONNECT may have set the expiry to 0.
         if self.config.store_effects && s.stored {
-            self.events.push_back(Event::store(StoreOp::SessionRemove {
+            self.emit_store(StoreOp::SessionRemove {
                 client_id: s.client_id.clone(),
-            }));
+            });
         }
         // A session ended while online (overflow cannot happen online; clean start
         // replaces offline sessions) leaves nothing bound to a connection.

@@ -7,6 +7,7 @@ use super::*;
 impl Broker {
     pub(super) fn on_publish(&mut self, now: Now, k: ConnKey, sk: SessionKey, mut p: Publish) {
         self.stats.publishes_received += 1;
+        let mark = self.durability.emitted;
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -50,7 +51,8 @@ impl Broker {
             };
             // QoS 2 duplicate: acknowledge again, do not route again [MQTT-4.3.3-2].
             if s.incoming_qos2.received_again(id) {
-                return self.push_out(k, Packet::PubRec(PubAck::new(id)));
+                self.push_ack(k, Packet::PubRec(PubAck::new(id)), mark);
+                return;
             }
             // 5.0 section 3.3.4: more QoS 2 PUBLISHes unreleased on this connection
             // than the Receive Maximum in CONNACK [MQTT-3.3.4-7]. (QoS 1 is
@@ -118,18 +120,25 @@ impl Broker {
                 let mut ack = PubAck::new(id);
                 ack.reason_code = code;
                 ack.properties = self.ack_properties(k, code);
-                self.push_out(k, Packet::PubAck(ack));
+                self.push_ack(k, Packet::PubAck(ack), mark);
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 if code.is_success() {
                     if let Some(s) = self.sessions.get_mut(sk) {
                         s.incoming_qos2.insert(id);
+                        if self.config.store_effects && s.persistent() {
+                            let client_id = s.client_id.clone();
+                            self.emit_store(StoreOp::Qos2Received {
+                                client_id,
+                                packet_id: id.get(),
+                            });
+                        }
                     }
                 }
                 let mut ack = PubAck::new(id);
                 ack.reason_code = code;
                 ack.properties = self.ack_properties(k, code);
-                self.push_out(k, Packet::PubRec(ack));
+                self.push_ack(k, Packet::PubRec(ack), mark);
             }
             _ => {}
         }
@@ -404,6 +413,11 @@ impl Broker {
         // The in-flight entry is what goes on the wire: the output queue only names it.
         let size = self.msgs.size(q.msg);
         let allocated = s.allocations;
+        let sent_op = (self.config.store_effects && s.persistent()).then(|| StoreOp::MessageSent {
+            client_id: s.client_id.clone(),
+            seq: q.seq,
+            packet_id: id.get(),
+        });
         s.inflight.push_back(InFlight {
             packet_id: id,
             state: FlightState::Published,
@@ -411,6 +425,9 @@ impl Broker {
             allocated,
             sent: false,
         });
+        if let Some(op) = sent_op {
+            self.emit_store(op);
+        }
         self.stats.deliveries += 1;
         self.push_flight(ck, id, size);
     }
@@ -518,7 +535,7 @@ impl Broker {
         if self.config.store_effects && persistent && !drop_new {
             if let Some(q) = self.sessions.get(sk).and_then(|s| s.queue.back()) {
                 if let Some(op) = enqueue_op(&self.msgs, client_id, q, now) {
-                    self.events.push_back(Event::store(op));
+                    self.emit_store(op);
                 }
             }
         }

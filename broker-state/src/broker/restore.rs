@@ -46,6 +46,25 @@ impl Broker {
                     }
                     self.timers.schedule(at, TimerKind::SessionExpiry(k));
                 }
+                // A will: its delay ran on (wall clock), or its connection was live
+                // when the broker stopped, and the restart ends that connection: the
+                // delay starts now [MQTT-3.1.3-9]. Published by the timer, after
+                // every record is back, so that it reaches restored subscribers.
+                if let Some(w) = rec.will {
+                    let at = match w.publish_at_unix_ms {
+                        Some(ms) => {
+                            now.instant + Duration::from_millis(ms.saturating_sub(now.unix_ms))
+                        }
+                        None => {
+                            let delay = w.delay_interval.min(rec.expiry_interval);
+                            now.instant + Duration::from_secs(u64::from(delay))
+                        }
+                    };
+                    if let Some(s) = self.sessions.get_mut(k) {
+                        s.delayed_will = Some(Box::new((at, w.message.publish)));
+                    }
+                    self.timers.schedule(at, TimerKind::WillDelay(k));
+                }
             }
             StoreOp::SessionRemove { client_id } => {
                 if let Some(&k) = self.by_client_id.get(client_id.as_bytes()) {
@@ -105,11 +124,80 @@ impl Broker {
             StoreOp::RetainClear { topic } => {
                 self.retained.remove(topic.as_bytes());
             }
-            // Flow state: restored by the durable store's work (issue 17).
-            StoreOp::MessageSent { .. }
-            | StoreOp::MessageReleased { .. }
-            | StoreOp::Qos2Received { .. }
-            | StoreOp::Qos2Released { .. } => {}
+            // A queued message that went out: back in flight with its packet id,
+            // resent with DUP when the client returns [MQTT-4.4.0-1].
+            StoreOp::MessageSent {
+                client_id,
+                seq,
+                packet_id,
+            } => {
+                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                    return;
+                };
+                let Some(id) = PacketId::new(packet_id) else {
+                    return;
+                };
+                let Some(s) = self.sessions.get_mut(k) else {
+                    return;
+                };
+                let Some(i) = s.queue.iter().position(|q| q.seq == seq) else {
+                    return;
+                };
+                if s.inflight.iter().any(|f| f.packet_id == id) {
+                    return;
+                }
+                if let Some(q) = s.queue.remove(i) {
+                    s.queue_bytes -= self.msgs.size(q.msg);
+                    // Restored ids are not in allocation order: `next_packet_id`
+                    // searches the window until they are gone (see there).
+                    s.allocations = s.allocations.max(u64::from(u16::MAX));
+                    s.inflight.push_back(InFlight {
+                        packet_id: id,
+                        state: FlightState::Published,
+                        msg: q,
+                        allocated: 0,
+                        sent: true,
+                    });
+                }
+            }
+            StoreOp::MessageReleased { client_id, seq } => {
+                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                    return;
+                };
+                if let Some(f) = self
+                    .sessions
+                    .get_mut(k)
+                    .and_then(|s| s.inflight.iter_mut().find(|f| f.msg.seq == seq))
+                {
+                    f.state = FlightState::Released;
+                }
+            }
+            StoreOp::Qos2Received {
+                client_id,
+                packet_id,
+            } => {
+                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                    return;
+                };
+                if let (Some(s), Some(id)) = (self.sessions.get_mut(k), PacketId::new(packet_id)) {
+                    if !s.incoming_qos2.received_again(id) {
+                        s.incoming_qos2.insert(id);
+                    }
+                    // Received on a connection before the restart.
+                    s.incoming_qos2.new_connection();
+                }
+            }
+            StoreOp::Qos2Released {
+                client_id,
+                packet_id,
+            } => {
+                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                    return;
+                };
+                if let (Some(s), Some(id)) = (self.sessions.get_mut(k), PacketId::new(packet_id)) {
+                    s.incoming_qos2.release(id);
+                }
+            }
         }
     }
 }

@@ -36,18 +36,16 @@ impl Broker {
         {
             SetOutcome::Stored => {
                 if let Some(publish) = effect {
-                    self.events
-                        .push_back(Event::store(StoreOp::RetainSet(StoredMessage {
-                            publish,
-                            expires_at_unix_ms: expiry_wall(now, expires_at),
-                        })));
+                    self.emit_store(StoreOp::RetainSet(StoredMessage {
+                        publish,
+                        expires_at_unix_ms: expiry_wall(now, expires_at),
+                    }));
                 }
                 true
             }
             SetOutcome::Cleared(topic) => {
                 if let (Some(topic), true) = (topic, self.config.store_effects) {
-                    self.events
-                        .push_back(Event::store(StoreOp::RetainClear { topic }));
+                    self.emit_store(StoreOp::RetainClear { topic });
                 }
                 true
             }
@@ -67,9 +65,9 @@ impl Broker {
         while let Some(old) = self.retained.pop_expired(now.instant) {
             self.stats.retained_expired += 1;
             if self.config.store_effects {
-                self.events.push_back(Event::store(StoreOp::RetainClear {
+                self.emit_store(StoreOp::RetainClear {
                     topic: old.publish.topic,
-                }));
+                });
             }
         }
     }

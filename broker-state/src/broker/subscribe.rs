@@ -5,6 +5,7 @@ use super::*;
 
 impl Broker {
     pub(super) fn on_subscribe(&mut self, now: Now, k: ConnKey, sk: SessionKey, sub: Subscribe) {
+        let mark = self.durability.emitted;
         let Some(c) = self.conns.get(k) else { return };
         let version = c.version;
         let v5 = version.is_v5();
@@ -79,21 +80,38 @@ impl Broker {
             Some(code) if v5 => self.ack_properties(k, code),
             _ => AckProperties::default(),
         };
-        self.push_out(
+        // A persistent session's SUBACK waits until its record is durable, and the
+        // retained messages wait with it.
+        self.store_session(now, sk);
+        let sent = self.push_ack(
             k,
             Packet::SubAck(SubAck {
                 packet_id: sub.packet_id,
                 reason_codes: codes,
                 properties,
             }),
+            mark,
         );
-        self.store_session(now, sk);
-        // Retained messages after the SUBACK [MQTT-3.8.4-4], RETAIN set [MQTT-3.3.1-8];
-        // expired ones are deleted rather than sent [MQTT-3.3.2-5].
-        if !retained_for.is_empty() {
+        let retained = RetainedFor {
+            filters: retained_for,
+            sub_id,
+        };
+        if sent {
+            self.send_retained(now, sk, retained);
+        } else if !retained.filters.is_empty() {
+            self.after_held_ack(retained);
+        }
+    }
+
+    /// Retained messages for new subscriptions, after the SUBACK [MQTT-3.8.4-4],
+    /// RETAIN set [MQTT-3.3.1-8]; expired ones are deleted rather than sent
+    /// [MQTT-3.3.2-5].
+    pub(super) fn send_retained(&mut self, now: Now, sk: SessionKey, retained: RetainedFor) {
+        let RetainedFor { filters, sub_id } = retained;
+        if !filters.is_empty() {
             self.expire_retained(now);
         }
-        for (filter, granted) in retained_for {
+        for (filter, granted) in filters {
             for (p, expires_at) in self.retained.matching(filter.match_filter()) {
                 let qos = qos_min(p.qos, granted);
                 let mut copies = RouteCopies::default();
@@ -112,7 +130,15 @@ impl Broker {
             }
         }
     }
+}
 
+/// Retained messages due to a session for the filters of a SUBSCRIBE.
+pub(crate) struct RetainedFor {
+    filters: Vec<(mqtt_proto::TopicFilter, QoS)>,
+    sub_id: Option<NonZeroU32>,
+}
+
+impl Broker {
     pub(super) fn add_subscription(
         &mut self,
         sk: SessionKey,
@@ -147,6 +173,7 @@ impl Broker {
     }
 
     pub(super) fn on_unsubscribe(&mut self, now: Now, k: ConnKey, sk: SessionKey, u: Unsubscribe) {
+        let mark = self.durability.emitted;
         let mut codes = Vec::with_capacity(u.filters.len());
         for filter in u.filters {
             let Some(s) = self.sessions.get_mut(sk) else {
@@ -163,14 +190,15 @@ impl Broker {
             codes.push(code);
         }
         let v5 = self.conns.get(k).is_some_and(|c| c.version.is_v5());
-        self.push_out(
+        self.store_session(now, sk);
+        self.push_ack(
             k,
             Packet::UnsubAck(UnsubAck {
                 packet_id: u.packet_id,
                 reason_codes: if v5 { codes } else { Vec::new() },
                 properties: AckProperties::default(),
             }),
+            mark,
         );
-        self.store_session(now, sk);
     }
 }

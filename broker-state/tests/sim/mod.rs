@@ -49,6 +49,9 @@ pub struct Sim {
     /// default hook would (the User Name is the authentication name; no enhanced
     /// method), through `handle_auth_answer`.
     pub auto_answer: bool,
+    /// Tell the broker its store effects are durable as soon as they are applied
+    /// to `store` (true unless a test holds them back to watch what waits).
+    pub auto_commit: bool,
 }
 
 pub type C = usize;
@@ -72,6 +75,7 @@ impl Sim {
             ended: Vec::new(),
             questions: Vec::new(),
             auto_answer: false,
+            auto_commit: true,
         }
     }
 
@@ -165,6 +169,7 @@ impl Sim {
     /// Drains every output of the broker, as the run-loop contract says.
     pub fn drain(&mut self) {
         self.drain_events();
+        self.commit_if_auto();
         while self.auto_answer && !self.questions.is_empty() {
             for q in std::mem::take(&mut self.questions) {
                 let step = match q.kind {
@@ -177,7 +182,28 @@ impl Sim {
                 self.broker.handle_auth_answer(self.now, q.ticket, step);
             }
             self.drain_events();
+            self.commit_if_auto();
         }
+    }
+
+    fn commit_if_auto(&mut self) {
+        if self.auto_commit {
+            self.commit_store();
+        }
+    }
+
+    /// Tells the broker every store effect so far is durable, and drains.
+    pub fn commit_store(&mut self) {
+        let through = self.broker.store_effects_emitted();
+        self.broker.handle_store_committed(self.now, through);
+        self.drain_events();
+    }
+
+    /// Tells the broker every store effect so far failed, and drains.
+    pub fn fail_store(&mut self) {
+        let through = self.broker.store_effects_emitted();
+        self.broker.handle_store_failed(self.now, through);
+        self.drain_events();
     }
 
     fn drain_events(&mut self) {
@@ -340,6 +366,23 @@ impl Sim {
             Some(Packet::SubAck(a)) => a,
             other => panic!("expected SUBACK, got {other:?}"),
         }
+    }
+
+    /// Sends a QoS 1 SUBSCRIBE to `filter` without waiting for its SUBACK.
+    pub fn subscribe_opts_nowait(&mut self, c: C, filter: &str) -> PacketId {
+        let packet_id = self.next_id(c);
+        self.send(
+            c,
+            Packet::Subscribe(Subscribe {
+                packet_id,
+                filters: vec![(
+                    TopicFilter::copy_from_str(filter).expect("filter"),
+                    SubscriptionOptions::qos(QoS::AtLeastOnce),
+                )],
+                properties: Default::default(),
+            }),
+        );
+        packet_id
     }
 
     pub fn unsubscribe(&mut self, c: C, filter: &str) -> UnsubAck {

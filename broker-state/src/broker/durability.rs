@@ -1,0 +1,156 @@
+//! Acknowledgements that wait for the store: a PUBACK or PUBREC goes out once the
+//! message is durable for every persistent session it was queued to (and for the
+//! retained store), a SUBACK or UNSUBACK once the session's record is, a PUBCOMP
+//! once the released QoS 2 id is (otherwise a restart would drop the client's next
+//! message with that id as a duplicate).
+//!
+//! Store effects are numbered in the order they are emitted (the n-th
+//! `Event::Store` is number n, from 1); the adapter applies them in that order and
+//! says how far they are durable ([`Broker::handle_store_committed`]) or failed
+//! ([`Broker::handle_store_failed`]). An acknowledgement whose packet caused store
+//! effects waits for the last of them; so does every later acknowledgement to the
+//! same connection, so that a client sees its acknowledgements in the order of its
+//! packets [MQTT-4.6.0-2]. A packet that caused none (QoS 0, a clean session, a
+//! message no persistent session wanted) is acknowledged at once.
+
+use super::subscribe::RetainedFor;
+use super::*;
+
+/// The store's progress and the acknowledgements waiting for it.
+#[derive(Default)]
+pub(crate) struct Durability {
+    /// Store effects emitted.
+    pub(crate) emitted: u64,
+    /// Store effects durable (or failed): the adapter's last word.
+    pub(crate) done: u64,
+    /// Waiting acknowledgements, in the order they were made (so `needs` only grows).
+    pub(crate) held: VecDeque<HeldAck>,
+}
+
+pub(crate) struct HeldAck {
+    /// The store effect that must be durable first.
+    pub(crate) needs: u64,
+    pub(crate) conn: ConnKey,
+    pub(crate) packet: Packet,
+    /// A SUBACK's retained messages, sent after it.
+    pub(crate) then: Option<Box<RetainedFor>>,
+}
+
+impl Broker {
+    /// Emits a durable change (only called with `store_effects` on).
+    pub(super) fn emit_store(&mut self, op: StoreOp) {
+        self.durability.emitted += 1;
+        self.events.push_back(Event::store(op));
+    }
+
+    /// Store effects emitted so far: the number of the last `Event::Store`.
+    pub fn store_effects_emitted(&self) -> u64 {
+        self.durability.emitted
+    }
+
+    /// Acknowledgements waiting for the store.
+    pub fn acks_waiting_for_store(&self) -> usize {
+        self.durability.held.len()
+    }
+
+    /// Sends `packet`, the acknowledgement of a packet whose handling began when
+    /// `mark` store effects had been emitted: at once (true), or once what that
+    /// handling emitted is durable (and after the connection's earlier waiting
+    /// ones).
+    pub(super) fn push_ack(&mut self, k: ConnKey, packet: Packet, mark: u64) -> bool {
+        let d = &self.durability;
+        let caused = d.emitted > mark && d.emitted > d.done;
+        let Some(c) = self.conns.get_mut(k) else {
+            return false;
+        };
+        if !caused && c.held_acks == 0 {
+            self.push_out(k, packet);
+            return true;
+        }
+        c.held_acks += 1;
+        let needs = self.durability.emitted;
+        self.durability.held.push_back(HeldAck {
+            needs,
+            conn: k,
+            packet,
+            then: None,
+        });
+        false
+    }
+
+    /// What to do once the acknowledgement just held has gone out.
+    pub(super) fn after_held_ack(&mut self, retained: RetainedFor) {
+        if let Some(h) = self.durability.held.back_mut() {
+            h.then = Some(Box::new(retained));
+        }
+    }
+
+    /// The store has made every effect up to number `through` durable: the
+    /// acknowledgements that waited for them go out.
+    pub fn handle_store_committed(&mut self, now: Now, through: u64) {
+        self.store_done(now, through, false);
+    }
+
+    /// The store could not make the effects up to number `through` durable (a
+    /// write or sync failed). What waited for them is refused rather than
+    /// acknowledged: a 5.0 PUBACK or PUBREC carries Unspecified error (0x80) and
+    /// the QoS 2 id is free again; every other acknowledgement (3.1.1 PUBACK and
+    /// PUBREC, SUBACK, UNSUBACK, PUBCOMP) cannot say so, and its connection is
+    /// closed (5.0: DISCONNECT 0x80) so that the client does not take it for
+    /// done. The messages stay routed in memory; they are not durable.
+    pub fn handle_store_failed(&mut self, now: Now, through: u64) {
+        self.store_done(now, through, true);
+    }
+
+    fn store_done(&mut self, now: Now, through: u64, failed: bool) {
+        let d = &mut self.durability;
+        d.done = d.done.max(through.min(d.emitted));
+        while let Some(h) = self.durability.held.front() {
+            if h.needs > self.durability.done {
+                break;
+            }
+            let Some(h) = self.durability.held.pop_front() else {
+                break;
+            };
+            let Some(c) = self.conns.get_mut(h.conn) else {
+                continue;
+            };
+            c.held_acks -= 1;
+            let sk = c.session();
+            if failed {
+                self.refuse_ack(now, h.conn, h.packet);
+            } else {
+                self.push_out(h.conn, h.packet);
+                if let (Some(retained), Some(sk)) = (h.then, sk) {
+                    self.send_retained(now, sk, *retained);
+                }
+            }
+        }
+    }
+
+    /// An acknowledgement whose store effects failed.
+    fn refuse_ack(&mut self, now: Now, k: ConnKey, packet: Packet) {
+        let Some(c) = self.conns.get(k) else { return };
+        if matches!(c.state, ConnState::Closing { .. }) {
+            return;
+        }
+        let (v5, sk) = (c.version.is_v5(), c.session());
+        self.stats.store_failures_refused += 1;
+        match packet {
+            Packet::PubAck(mut a) if v5 => {
+                a.reason_code = ReasonCode::UnspecifiedError;
+                a.properties = self.ack_properties(k, a.reason_code);
+                self.push_out(k, Packet::PubAck(a));
+            }
+            Packet::PubRec(mut a) if v5 => {
+                if let Some(s) = sk.and_then(|sk| self.sessions.get_mut(sk)) {
+                    s.incoming_qos2.release(a.packet_id);
+                }
+                a.reason_code = ReasonCode::UnspecifiedError;
+                a.properties = self.ack_properties(k, a.reason_code);
+                self.push_out(k, Packet::PubRec(a));
+            }
+            _ => self.violation(now, k, ReasonCode::UnspecifiedError),
+        }
+    }
+}

@@ -69,6 +69,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Keep sessions, subscriptions, queued and retained messages in memory only
+    /// (lost when the broker stops), instead of in the data directory
+    #[arg(long)]
+    pub in_memory: bool,
+
+    /// If the store file is damaged, move it aside, start with what can be read of
+    /// it and say what was dropped (without this flag the broker refuses to start)
+    #[arg(long)]
+    pub recover: bool,
+
     /// Accept clients without a username and password, also on listeners other
     /// machines can reach
     #[arg(long)]
@@ -191,6 +201,10 @@ pub fn build_config(args: &RunArgs, file: Option<Config>) -> Result<Config, Conf
     if args.allow_anonymous {
         config.allow_anonymous = Some(true);
     }
+    if args.in_memory {
+        config.persistence = crate::config::Persistence::Memory;
+    }
+    config.recover |= args.recover;
     if args.dev_tls {
         config.enable_dev_tls();
     }

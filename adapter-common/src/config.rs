@@ -123,6 +123,84 @@ impl<'de> Deserialize<'de> for OfflineOverflow {
     }
 }
 
+/// Where sessions, subscriptions, queued and retained messages live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Persistence {
+    /// In one database file in the data directory; what was acknowledged survives
+    /// a crash (the default).
+    #[default]
+    Disk,
+    /// In memory only: lost when the process ends.
+    Memory,
+}
+
+impl Persistence {
+    const ALL: [Persistence; 2] = [Self::Disk, Self::Memory];
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disk => "disk",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Persistence {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Persistence::ALL.map(Persistence::as_str);
+        let name = String::deserialize(d)?;
+        Persistence::ALL
+            .into_iter()
+            .find(|o| o.as_str() == name)
+            .ok_or_else(|| one_of_error(&names, &name))
+    }
+}
+
+/// When the store forces its writes to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Fsync {
+    /// Every commit (a group of writes) is synced before what it holds is
+    /// acknowledged: nothing acknowledged is lost on power loss (the default).
+    #[default]
+    Always,
+    /// At most every `fsync_interval_ms`: a crash of the process loses nothing, a
+    /// power loss at most that much.
+    Interval,
+    /// Only at shutdown: a crash of the process loses nothing (the operating
+    /// system has the writes), a power loss may lose everything since.
+    Never,
+}
+
+impl Fsync {
+    const ALL: [Fsync; 3] = [Self::Always, Self::Interval, Self::Never];
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Interval => "interval",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Fsync {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Fsync::ALL.map(Fsync::as_str);
+        let name = String::deserialize(d)?;
+        Fsync::ALL
+            .into_iter()
+            .find(|o| o.as_str() == name)
+            .ok_or_else(|| one_of_error(&names, &name))
+    }
+}
+
+/// The default of `fsync_interval_ms`.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 100;
+/// The largest `fsync_interval_ms`.
+pub const MAX_FSYNC_INTERVAL_MS: u64 = 60_000;
+
 fn one_of_error<E: serde::de::Error>(names: &[&str], found: &str) -> E {
     let expected: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
     E::custom(format_args!(
@@ -240,8 +318,17 @@ fn is_loopback(ip: IpAddr) -> bool {
 pub struct Config {
     /// The config file these settings came from, if any; errors name it.
     pub source: Option<PathBuf>,
-    /// Where dev TLS material (and later the durable store) lives.
+    /// Where dev TLS material and the durable store live.
     pub data_dir: PathBuf,
+    /// Whether the broker's state is kept on disk.
+    pub persistence: Persistence,
+    /// When the store syncs to the disk.
+    pub fsync: Fsync,
+    /// With `Fsync::Interval`: the longest time between syncs.
+    pub fsync_interval_ms: u64,
+    /// A damaged store file is moved aside and what can be read of it kept
+    /// (`--recover`), instead of refusing to start.
+    pub recover: bool,
     /// The operator's explicit choice about clients without credentials; see
     /// [`Config::anonymous_allowed`] for what happens when it is unset.
     pub allow_anonymous: Option<bool>,
@@ -263,6 +350,10 @@ impl Default for Config {
         Config {
             source: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            persistence: Persistence::Disk,
+            fsync: Fsync::Always,
+            fsync_interval_ms: DEFAULT_FSYNC_INTERVAL_MS,
+            recover: false,
             allow_anonymous: None,
             password_file: None,
             dev_tls: false,
@@ -304,6 +395,11 @@ fn deserialize_bind<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Er
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     data_dir: Option<PathBuf>,
+    #[serde(default)]
+    persistence: Persistence,
+    #[serde(default)]
+    fsync: Fsync,
+    fsync_interval_ms: Option<u64>,
     allow_anonymous: Option<bool>,
     password_file: Option<PathBuf>,
     #[serde(default, rename = "listener")]
@@ -377,6 +473,10 @@ impl Config {
         Ok(Config {
             source: Some(path.to_path_buf()),
             data_dir: resolve(file.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+            persistence: file.persistence,
+            fsync: file.fsync,
+            fsync_interval_ms: file.fsync_interval_ms.unwrap_or(DEFAULT_FSYNC_INTERVAL_MS),
+            recover: false,
             allow_anonymous: file.allow_anonymous,
             password_file: file.password_file.map(resolve),
             dev_tls: false,
@@ -448,6 +548,12 @@ impl Config {
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_FSYNC_INTERVAL_MS).contains(&self.fsync_interval_ms) {
+            return Err(ConfigError::FsyncInterval {
+                file: self.source.clone(),
+                value: self.fsync_interval_ms,
+            });
+        }
         let limits = &self.limits;
         if let Some((key, value, min, max)) = limits.out_of_range() {
             return Err(ConfigError::LimitOutOfRange {
@@ -642,6 +748,13 @@ pub enum ConfigError {
         min: u64,
         /// Largest accepted value.
         max: u64,
+    },
+    /// `fsync_interval_ms` is out of range.
+    FsyncInterval {
+        /// The config file, if any.
+        file: Option<PathBuf>,
+        /// The value given.
+        value: u64,
     },
     /// The session expiry given to 3.1.1 clients exceeds the maximum.
     SessionExpiryDefaultAboveMax {
@@ -869,6 +982,12 @@ impl fmt::Display for ConfigError {
                 "{}limits.{key}: expected a value from {min} to {max}, found {value}",
                 file_prefix(file)
             ),
+            ConfigError::FsyncInterval { file, value } => write!(
+                f,
+                "{}fsync_interval_ms: expected a value from 1 to {MAX_FSYNC_INTERVAL_MS} \
+                 (milliseconds), found {value}",
+                file_prefix(file)
+            ),
             ConfigError::SessionExpiryDefaultAboveMax { file, default, max } => write!(
                 f,
                 "{}limits.default_session_expiry_secs: {default} is above \
@@ -909,6 +1028,41 @@ mod tests {
             Ok(config) => panic!("expected an error, got {config:?}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn persistence_is_on_disk_and_synced_unless_the_file_says_otherwise() {
+        let config = parse_valid("").unwrap();
+        assert_eq!(
+            (config.persistence, config.fsync),
+            (Persistence::Disk, Fsync::Always)
+        );
+        let config = parse_valid(
+            "persistence = \"memory\"\nfsync = \"interval\"\nfsync_interval_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(config.persistence, Persistence::Memory);
+        assert_eq!(
+            (config.fsync, config.fsync_interval_ms),
+            (Fsync::Interval, 250)
+        );
+        let e = error("persistence = \"tape\"\n");
+        assert!(
+            e.starts_with(
+                "brokk.toml: persistence: expected one of \"disk\", \"memory\", found \"tape\""
+            ),
+            "{e}"
+        );
+        let e = error("fsync = \"sometimes\"\n");
+        assert!(
+            e.contains("fsync: expected one of \"always\", \"interval\", \"never\""),
+            "{e}"
+        );
+        let e = error("fsync_interval_ms = 0\n");
+        assert!(
+            e.starts_with("brokk.toml: fsync_interval_ms: expected a value from 1 to 60000"),
+            "{e}"
+        );
     }
 
     #[test]

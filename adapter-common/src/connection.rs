@@ -184,6 +184,25 @@ pub async fn run_timer<S, F>(
     }
 }
 
+/// The store task of a server thread: hands what the durable store made durable
+/// (or could not) back to the core, which releases the acknowledgements that
+/// waited. Ends when the hub has no store (none was configured, or shutdown took
+/// it to flush it).
+pub async fn run_store(hub: SharedHub, clock: impl Fn() -> Now) {
+    let mut done = Vec::new();
+    loop {
+        let more = poll_fn(|cx| match hub.borrow().store() {
+            Some(store) => store.poll_completions(cx, &mut done).map(|()| true),
+            None => Poll::Ready(false),
+        })
+        .await;
+        if !more {
+            return;
+        }
+        hub.borrow_mut().store_completed(clock(), &mut done);
+    }
+}
+
 /// The authentication task of a server thread: takes the questions the hub could
 /// not answer at once, runs at most `max_in_flight` verifications at a time on the
 /// worker pool (`blocking`), and hands each answer back to the core. Logins beyond

@@ -15,7 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use broker_state::{AuthQuestion, AuthStep, AuthTicket, Broker, ConnId, Event, Now, PeerInfo};
+use broker_state::{
+    AuthQuestion, AuthStep, AuthTicket, Broker, ConnId, Event, Now, PeerInfo, StoreOp,
+};
 use bytes::BytesMut;
 use mqtt_proto::{Decoder, FixedHeader, Packet, ReasonCode};
 
@@ -191,6 +193,10 @@ pub struct Hub<W: Wake> {
     questions: VecDeque<AuthQuestion>,
     /// The authentication task, woken when a question waits.
     auth_waker: Option<W>,
+    /// The durable store, when persistence is on, and the store effects of the
+    /// current round, handed to it together at the end of the round.
+    store: Option<brokk_store::DurableStore>,
+    store_batch: Vec<StoreOp>,
 }
 
 impl<W: Wake> Hub<W> {
@@ -209,6 +215,51 @@ impl<W: Wake> Hub<W> {
             verifier: None,
             questions: VecDeque::new(),
             auth_waker: None,
+            store: None,
+            store_batch: Vec::new(),
+        }
+    }
+
+    /// Hands the core's store effects to `store` from now on (the core must have
+    /// `store_effects` on, and be restored from this store).
+    pub fn set_store(&mut self, store: brokk_store::DurableStore) {
+        self.store = Some(store);
+    }
+
+    /// The durable store, if there is one.
+    pub fn store(&self) -> Option<&brokk_store::DurableStore> {
+        self.store.as_ref()
+    }
+
+    /// Takes the store out (at shutdown, to flush and close it).
+    pub fn take_store(&mut self) -> Option<brokk_store::DurableStore> {
+        self.submit_store_batch();
+        self.store.take()
+    }
+
+    /// The store's answers: what it made durable (or could not) releases the
+    /// acknowledgements that waited for it.
+    pub fn store_completed(&mut self, now: Now, completions: &mut Vec<brokk_store::Completion>) {
+        for c in completions.drain(..) {
+            match c.result {
+                Ok(()) => self.broker.handle_store_committed(now, c.ticket),
+                Err(error) => {
+                    self.reports.store_failed(&error);
+                    self.broker.handle_store_failed(now, c.ticket);
+                }
+            }
+        }
+        self.dispatch(now);
+    }
+
+    /// Hands the round's store effects to the store, numbered by the last of them.
+    fn submit_store_batch(&mut self) {
+        if self.store_batch.is_empty() {
+            return;
+        }
+        let batch = core::mem::take(&mut self.store_batch);
+        if let Some(store) = &self.store {
+            store.submit(batch, self.broker.store_effects_emitted());
         }
     }
 
@@ -520,11 +571,16 @@ impl<W: Wake> Hub<W> {
                     queued_messages,
                     queued_bytes,
                 ),
-                // Sessions, queues and retained messages live in the core's memory
-                // until a durable store arrives; store effects are off.
-                Event::Store(_) => {}
+                // Collected for the store, handed over once the round's events
+                // are drained (the store commits many rounds at once).
+                Event::Store(op) => {
+                    if self.store.is_some() {
+                        self.store_batch.push(*op);
+                    }
+                }
             }
         }
+        self.submit_store_batch();
         if let (Some(next), Some(timer)) = (self.broker.poll_timeout(), &self.timer) {
             if self.armed.is_none_or(|armed| next < armed) {
                 self.armed = Some(next);

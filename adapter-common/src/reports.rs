@@ -17,6 +17,8 @@ pub struct Reports {
     last: Stats,
     lines_left: u32,
     suppressed: u64,
+    /// Store failures since the last tick beyond the first, which is logged.
+    store_failures: u64,
 }
 
 impl Default for Reports {
@@ -25,6 +27,7 @@ impl Default for Reports {
             last: Stats::default(),
             lines_left: SESSION_LINES_PER_TICK,
             suppressed: 0,
+            store_failures: 0,
         }
     }
 }
@@ -62,9 +65,25 @@ impl Reports {
         }
     }
 
+    /// The store could not make a batch durable (what waited for it is refused):
+    /// the first failure of a tick is logged with its message, the rest counted.
+    pub fn store_failed(&mut self, error: &str) {
+        if self.store_failures == 0 {
+            tracing::error!(%error, "store write failed: what it held was not acknowledged");
+        }
+        self.store_failures += 1;
+    }
+
     /// The tick: logs the drop counters that moved since the previous one, and how
     /// many session-end lines were left out.
     pub fn tick(&mut self, stats: &Stats) {
+        if self.store_failures > 1 {
+            tracing::error!(
+                failures = self.store_failures - 1,
+                "more store writes failed since the last report"
+            );
+        }
+        self.store_failures = 0;
         if self.suppressed > 0 {
             tracing::warn!(
                 sessions = self.suppressed,

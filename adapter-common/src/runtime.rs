@@ -113,9 +113,14 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
         parked,
         verifier,
         max_verifications,
+        store,
         ..
     } = prepared;
     let (hub, timer_notify) = connection::shared_hub(broker);
+    let store_task = store.map(|store| {
+        hub.borrow_mut().set_store(store);
+        rt.spawn(connection::run_store(hub.clone(), now))
+    });
     let timer = rt.spawn(connection::run_timer(
         hub.clone(),
         timer_notify,
@@ -190,6 +195,16 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
     drop(lot_task);
     drop(timer);
     drop(auth);
+    drop(store_task);
+    // Everything the core handed the store is written and synced before the
+    // process ends (the thread waits: nothing else runs any more).
+    let store = hub.borrow_mut().take_store();
+    if let Some(store) = store {
+        match store.flush_and_close() {
+            Ok(()) => tracing::info!("store flushed"),
+            Err(error) => tracing::error!(%error, "store flush failed at shutdown"),
+        }
+    }
     tracing::info!("stopped");
 }
 

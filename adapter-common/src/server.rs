@@ -14,7 +14,7 @@ use clap::Parser;
 
 use crate::authentication::Verifier;
 use crate::cli::{load_config, run_passwd, Cli, Command};
-use crate::config::{Config, ListenerKind, TlsSource};
+use crate::config::{Config, Fsync, ListenerKind, Persistence, TlsSource};
 use crate::core::broker_config;
 use crate::passwd::{PasswdError, PasswordFile, SetPassword};
 use crate::tls::{self, TlsError};
@@ -35,6 +35,8 @@ pub enum StartError {
     Passwords(PasswdError),
     /// The runtime or its thread could not start.
     Runtime(std::io::Error),
+    /// The durable store could not be opened (in use, damaged, unreadable).
+    Store(brokk_store::StoreError),
 }
 
 impl fmt::Display for StartError {
@@ -44,6 +46,7 @@ impl fmt::Display for StartError {
             StartError::Tls(e) => write!(f, "{e}"),
             StartError::Passwords(e) => write!(f, "{e}"),
             StartError::Runtime(e) => write!(f, "cannot start the runtime: {e}"),
+            StartError::Store(e) => write!(f, "{e}"),
         }
     }
 }
@@ -84,8 +87,10 @@ impl BoundListener {
 
 /// Everything a runtime needs to serve a config.
 pub struct Prepared {
-    /// The configured core.
+    /// The configured core, restored from the store.
     pub broker: Broker,
+    /// The durable store the core's effects go to (`persistence = "disk"`).
+    pub store: Option<brokk_store::DurableStore>,
     /// The listeners, bound.
     pub listeners: Vec<BoundListener>,
     /// Time for TLS and WebSocket handshakes.
@@ -129,8 +134,51 @@ impl Prepared {
     }
 }
 
+/// Opens the durable store (unless persistence is off) and restores the core from
+/// it: sessions, subscriptions, queued and in-flight messages, retained messages,
+/// wills.
+fn open_store(config: &Config) -> Result<(Broker, Option<brokk_store::DurableStore>), StartError> {
+    let mut core = broker_config(&config.limits);
+    if config.persistence == Persistence::Memory {
+        return Ok((Broker::new(core, os_seed()), None));
+    }
+    let options = brokk_store::StoreOptions {
+        dir: config.data_dir.clone(),
+        fsync: match config.fsync {
+            Fsync::Always => brokk_store::FsyncPolicy::Always,
+            Fsync::Interval => brokk_store::FsyncPolicy::EveryMs(config.fsync_interval_ms),
+            Fsync::Never => brokk_store::FsyncPolicy::Never,
+        },
+        recover: config.recover,
+    };
+    let started = std::time::Instant::now();
+    let opened = brokk_store::open(&options).map_err(StartError::Store)?;
+    if let Some(report) = &opened.recovery {
+        tracing::warn!(%report, "the store file was damaged and has been moved aside");
+    }
+    core.store_effects = true;
+    let mut broker = Broker::new(core, os_seed());
+    let now = crate::runtime::now();
+    let records = opened.replay.len();
+    for op in opened.replay {
+        broker.handle_restore(now, op);
+    }
+    tracing::info!(
+        path = %opened.store.path().display(),
+        records,
+        sessions = broker.session_count(),
+        retained = broker.retained_count(),
+        millis = started.elapsed().as_millis() as u64,
+        "state restored from the store"
+    );
+    Ok((broker, Some(opened.store)))
+}
+
 /// Loads TLS material and passwords, binds every listener and configures the core.
 pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    // First: a second broker on the same data directory stops here, before it
+    // binds anything.
+    let (mut broker, store) = open_store(config)?;
     let dev = if config.dev_tls {
         Some(tls::dev_tls(&config.data_dir).map_err(StartError::Tls)?)
     } else {
@@ -172,7 +220,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         .limits
         .tls_handshake_timeout_secs
         .map_or(DEFAULT_HANDSHAKE_TIMEOUT, Duration::from_secs);
-    let mut broker = Broker::new(broker_config(&config.limits), os_seed());
     // Who a client is gets decided off the broker's thread (see
     // crate::authentication): the core asks, the hub and its workers answer.
     broker.set_external_authentication(true);
@@ -195,6 +242,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         verifier,
         max_verifications,
         broker,
+        store,
         listeners,
         handshake_timeout,
         ca_cert: dev.map(|d| d.ca_cert),

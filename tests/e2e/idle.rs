@@ -34,7 +34,7 @@ async fn parked(server: &RunningServer, n: usize) {
 }
 
 fn version(i: usize) -> ProtocolVersion {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         ProtocolVersion::V5
     } else {
         ProtocolVersion::V3_1_1

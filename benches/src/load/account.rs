@@ -59,7 +59,7 @@ impl SeqTracker {
             .take(full)
             .map(|w| u64::from(w.count_ones()))
             .sum();
-        if sent % 64 != 0 {
+        if !sent.is_multiple_of(64) {
             if let Some(w) = self.seen.get(full) {
                 got += u64::from((w & ((1u64 << (sent % 64)) - 1)).count_ones());
             }

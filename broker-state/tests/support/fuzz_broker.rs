@@ -140,7 +140,7 @@ impl Setup {
                 1 => OverflowPolicy::DropOldest,
                 _ => OverflowPolicy::DropNewest,
             },
-            response_information_prefix: (self.seed % 2 == 0).then(|| "resp/".to_owned()),
+            response_information_prefix: (self.seed.is_multiple_of(2)).then(|| "resp/".to_owned()),
             retain_available: self.retain_available,
             wildcard_subscriptions: self.wildcard_subscriptions,
             shared_subscriptions: self.shared_subscriptions,

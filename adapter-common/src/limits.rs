@@ -327,6 +327,14 @@ limits! {
     range = None,
     apply = |c, v| c.outbound_buffer_bytes = usize_of64(v);
 
+    /// Output beyond `outbound_buffer_bytes`, all connections together: a burst a
+    /// subscriber that falls behind for a moment may hold before its QoS 0 messages
+    /// are dropped.
+    outbound_burst_bytes: u64,
+    default = |c| some(c.outbound_burst_bytes),
+    range = None,
+    apply = |c, v| c.outbound_burst_bytes = usize_of64(v);
+
     /// What happens when an offline session's queue is full.
     offline_overflow: OfflineOverflow,
     default = |c| Some(format!("{:?}", OfflineOverflow::from_core(c.offline_overflow).as_str())),
@@ -439,6 +447,7 @@ mod tests {
             max_session_expiry_secs = 19\nmax_sessions_per_authentication_name = 20\n\
             offline_queue_messages = 21\noffline_queue_bytes = 22\n\
             online_queue_messages = 23\nonline_queue_bytes = 24\noutbound_buffer_bytes = 25\n\
+            outbound_burst_bytes = 26\n\
             offline_overflow = \"drop-oldest\"\nresponse_information_prefix = \"r/\"\n\
             retain_available = false\nwildcard_subscriptions = false\n\
             shared_subscriptions = false\nsubscription_identifiers = false\n";
@@ -474,6 +483,7 @@ mod tests {
                 bytes: 24,
             },
             outbound_buffer_bytes: 25,
+            outbound_burst_bytes: 26,
             offline_overflow: OverflowPolicy::DropOldest,
             response_information_prefix: Some("r/".into()),
             retain_available: false,

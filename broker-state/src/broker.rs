@@ -114,6 +114,9 @@ pub struct Broker {
     stats: Stats,
     /// Store effects emitted and durable, and the acknowledgements that wait.
     durability: durability::Durability,
+    /// Output held beyond `outbound_buffer_bytes` by connections, together (as
+    /// last counted: see `sync_burst`), bounded by `outbound_burst_bytes`.
+    outbound_burst: usize,
 }
 
 /// Picks a shared-subscription member: uniformly among those whose session is
@@ -292,6 +295,7 @@ impl Broker {
             msgs: SharedMsgs::default(),
             stats: Stats::default(),
             durability: Default::default(),
+            outbound_burst: 0,
         }
     }
 
@@ -539,6 +543,7 @@ impl Broker {
         }
         // Output never sent gives back the shared messages it names.
         if let Some(c) = self.conns.remove(k) {
+            self.outbound_burst -= c.burst;
             for m in c.out.shared_refs() {
                 self.msgs.release(m);
             }
@@ -727,6 +732,10 @@ impl Broker {
             // An idle connection keeps no queue memory.
             c.out.release(&mut self.out_pool);
         }
+        if c.burst > 0 {
+            let guaranteed = self.config.outbound_buffer_bytes;
+            sync_burst(c, &mut self.outbound_burst, guaranteed);
+        }
         buf.len() - budget.start
     }
 
@@ -864,6 +873,17 @@ impl Broker {
             self.emit_store(StoreOp::MessageRemove { client_id, seq });
         }
     }
+}
+
+/// Counts what `c` holds beyond its `guaranteed` output in the broker-wide burst
+/// total. Done where QoS 0 is admitted beyond the guarantee and after each
+/// transmit, so the total is exact for every connection holding a burst, up to
+/// what other packets (acknowledgements, QoS 1/2 flights, each bounded on its own)
+/// added since.
+fn sync_burst(c: &mut Conn, total: &mut usize, guaranteed: usize) {
+    let now = c.out.bytes().saturating_sub(guaranteed);
+    *total = *total - c.burst + now;
+    c.burst = now;
 }
 
 /// Output is waiting for `c`: one Transmit event until `poll_transmit` drains it.

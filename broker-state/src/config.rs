@@ -86,6 +86,12 @@ pub struct Config {
     /// publications fanned out to a subscriber that keeps up is never dropped;
     /// 64 stalled subscribers hold at most 64 MiB.
     pub outbound_buffer_bytes: usize,
+    /// Output beyond `outbound_buffer_bytes`, all connections together: a
+    /// subscriber that falls behind for a moment may hold a burst (QoS 0 is dropped
+    /// for it only once this is used up), while the memory of a flood stays bounded
+    /// (every connection's own buffer plus this). Default 32 MiB: a burst of 20,000
+    /// small messages to one subscriber, or 2,000 of 16 KiB.
+    pub outbound_burst_bytes: usize,
     /// What a full offline queue does.
     pub offline_overflow: OverflowPolicy,
     /// Response Information prefix given to 5.0 clients that request it. `None`: not
@@ -135,6 +141,7 @@ impl Default for Config {
                 bytes: 16 * 1024 * 1024,
             },
             outbound_buffer_bytes: 1024 * 1024,
+            outbound_burst_bytes: 32 * 1024 * 1024,
             offline_overflow: OverflowPolicy::EndSession,
             response_information_prefix: None,
             retain_available: true,

@@ -350,6 +350,9 @@ pub(crate) struct Conn {
     /// Acknowledgements to this connection waiting for the store (see
     /// `broker/durability.rs`).
     pub(crate) held_acks: u32,
+    /// What this connection's output held beyond `outbound_buffer_bytes` when last
+    /// counted into the broker's burst total.
+    pub(crate) burst: usize,
 }
 
 impl Conn {
@@ -378,6 +381,7 @@ impl Conn {
             connect_expiry_zero: true,
             unsendable: false,
             held_acks: 0,
+            burst: 0,
         }
     }
 

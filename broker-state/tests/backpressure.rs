@@ -52,6 +52,7 @@ fn drain_acking(sim: &mut Sim, c: C) -> Vec<Publish> {
 fn slow_subscriber_blocks_neither_publisher_nor_other_subscribers_qos0() {
     let mut sim = Sim::new(Config {
         outbound_buffer_bytes: 10_000,
+        outbound_burst_bytes: 0,
         ..Config::default()
     });
     let slow = sim.connect(V4, "slow", true);
@@ -83,6 +84,56 @@ fn slow_subscriber_blocks_neither_publisher_nor_other_subscribers_qos0() {
     // Reading again, it gets new messages again.
     sim.publish(p, "t", QoS::AtMostOnce, false, b"fresh");
     assert_eq!(payloads(&sim.publishes(slow)), vec![&b"fresh"[..]]);
+}
+
+#[test]
+fn a_burst_beyond_the_buffer_is_held_while_the_shared_allowance_lasts() {
+    let mut sim = Sim::new(Config {
+        outbound_buffer_bytes: 10_000,
+        outbound_burst_bytes: 30_000,
+        ..Config::default()
+    });
+    let first = sim.connect(V5, "first", true);
+    let second = sim.connect(V5, "second", true);
+    sim.subscribe(first, "a", QoS::AtMostOnce);
+    sim.subscribe(second, "b", QoS::AtMostOnce);
+    sim.reading[first] = false;
+    sim.reading[second] = false;
+    let p = sim.connect(V5, "p", true);
+    let message = |i: u32| [&i.to_be_bytes()[..], &[0; 96]].concat();
+    // The first subscriber to fall behind takes the whole allowance: its buffer
+    // and the burst, about 40 KB.
+    for i in 0..1000u32 {
+        sim.publish(p, "a", QoS::AtMostOnce, false, &message(i));
+    }
+    sim.broker.check_invariants().unwrap();
+    // The second gets its own buffer only.
+    for i in 0..1000u32 {
+        sim.publish(p, "b", QoS::AtMostOnce, false, &message(i));
+    }
+    sim.resume_reading(first);
+    sim.resume_reading(second);
+    let (a, b) = (sim.publishes(first), sim.publishes(second));
+    assert!(
+        a.len() > 3 * b.len() && b.len() > 10,
+        "the burst went to the first: {} and {} held",
+        a.len(),
+        b.len()
+    );
+    assert_eq!(
+        (a.len() + b.len()) as u64 + sim.broker.stats().dropped_qos0_slow_consumer,
+        2000,
+        "every drop counted"
+    );
+    // Drained, the allowance is free again: now the second may burst.
+    sim.reading[second] = false;
+    for i in 0..1000u32 {
+        sim.publish(p, "b", QoS::AtMostOnce, false, &message(i));
+    }
+    sim.resume_reading(second);
+    let again = sim.publishes(second);
+    assert!(again.len() > 3 * b.len(), "{} after the drain", again.len());
+    sim.broker.check_invariants().unwrap();
 }
 
 #[test]

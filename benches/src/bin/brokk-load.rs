@@ -121,6 +121,11 @@ struct RunArgs {
     /// Receive Maximum)
     #[arg(long)]
     window: Option<u16>,
+    /// Subscribers keep persistent sessions (Session Expiry Interval 3600 s; 3.1.1:
+    /// clean session 0): with a durable broker, QoS 1 messages for them are written
+    /// to disk before they are acknowledged
+    #[arg(long)]
+    persistent: bool,
     /// Connections opened by idle-conns
     #[arg(long, default_value_t = 10_000)]
     conns: usize,
@@ -197,6 +202,7 @@ fn run(args: RunArgs) -> ExitCode {
                 if let Some(window) = args.window {
                     spec.window = window;
                 }
+                spec.persistent = args.persistent;
                 if args.sink {
                     let (sink_addr, _) = sink::spawn(None);
                     addr = sink_addr;
@@ -288,6 +294,7 @@ fn ceiling(duration: f64, sink_cpu: usize, gen_cpu: Option<usize>, tags: Vec<Str
                 rate: None,
                 batch: 64,
                 latency: false,
+                persistent: false,
             };
             let sink_cpu = CpuMeter::start(sink_stat.clone());
             let started = std::time::Instant::now();

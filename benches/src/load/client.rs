@@ -109,6 +109,7 @@ pub async fn connect(
     version: Version,
     client_id: &str,
     keep_alive: u16,
+    persistent: bool,
 ) -> Result<Session, ConnectError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let socket = TcpSocket::new_v4()?;
@@ -118,7 +119,13 @@ pub async fn connect(
         let mut stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         let mut out = Vec::with_capacity(64);
-        wire::connect(&mut out, version, client_id.as_bytes(), keep_alive);
+        wire::connect(
+            &mut out,
+            version,
+            client_id.as_bytes(),
+            keep_alive,
+            persistent,
+        );
         stream.write_all(&out).await?;
         let mut session = Session {
             stream,
@@ -193,7 +200,7 @@ pub async fn probe(addr: SocketAddr, version: Version, wait: Duration) -> Result
     let deadline = tokio::time::Instant::now() + wait;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline {
-        match connect(addr, None, version, "brokk-load-probe", 30).await {
+        match connect(addr, None, version, "brokk-load-probe", 30, false).await {
             Ok(mut s) => {
                 let mut out = Vec::new();
                 wire::disconnect(&mut out);

@@ -46,7 +46,15 @@ pub async fn idle(
         let id = format!("bl-{tag}-idle-{i}");
         tasks.push(tokio::task::spawn_local(async move {
             let _permit = gate.acquire().await.expect("semaphore never closed");
-            client::connect(addr, Some(client::spread_source(i)), version, &id, 300).await
+            client::connect(
+                addr,
+                Some(client::spread_source(i)),
+                version,
+                &id,
+                300,
+                false,
+            )
+            .await
         }));
     }
     let mut held = Vec::with_capacity(n);
@@ -160,7 +168,7 @@ pub async fn churn(
                 let id = format!("bl-{tag}-c{w}-{i}");
                 let source = client::spread_source(w + i * concurrency);
                 i += 1;
-                match client::connect(addr, Some(source), version, &id, 300).await {
+                match client::connect(addr, Some(source), version, &id, 300, false).await {
                     Ok(mut s) => {
                         if s.stream.write_all(&bye).await.is_ok() {
                             done.set(done.get() + 1);

@@ -128,6 +128,9 @@ pub struct FlowSpec {
     pub batch: usize,
     /// Record end-to-end latency of each message sent inside the window.
     pub latency: bool,
+    /// Subscribers keep persistent sessions (a durable broker then writes every
+    /// QoS 1/2 message for them to disk before acknowledging it).
+    pub persistent: bool,
 }
 
 #[derive(Default)]
@@ -592,10 +595,10 @@ pub async fn run(
     let mut subs = Vec::new();
     for s in 0..t.subscribers() {
         let filter = t.filter(s, spec.qos);
-        let (version, qos) = (spec.version, spec.qos);
+        let (version, qos, persistent) = (spec.version, spec.qos, spec.persistent);
         let id = format!("bl-{tag}-s{s}");
         subs.push(tokio::task::spawn_local(async move {
-            let mut session = client::connect(addr, None, version, &id, 300).await?;
+            let mut session = client::connect(addr, None, version, &id, 300, persistent).await?;
             session.subscribe(&filter, qos).await?;
             Ok::<_, ConnectError>(session)
         }));
@@ -605,7 +608,7 @@ pub async fn run(
         let version = spec.version;
         let id = format!("bl-{tag}-p{p}");
         pubs.push(tokio::task::spawn_local(async move {
-            client::connect(addr, None, version, &id, 300).await
+            client::connect(addr, None, version, &id, 300, false).await
         }));
     }
     let mut sub_sessions = Vec::new();

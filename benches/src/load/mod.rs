@@ -154,6 +154,7 @@ pub fn flow_spec(
         rate,
         batch: if rate.is_some() { 1 } else { 64 },
         latency: rate.is_some(),
+        persistent: false,
     })
 }
 
@@ -206,6 +207,7 @@ mod tests {
                 rate: None,
                 batch: 8,
                 latency: false,
+                persistent: false,
             };
             let r = tokio::task::LocalSet::new().block_on(
                 &rt,

@@ -55,19 +55,34 @@ fn vbi_len(value: usize) -> usize {
 
 /// CONNECT with clean start, no will, no credentials. A v5 CONNECT states Receive
 /// Maximum 65535 so that the broker's window towards our subscribers is its own
-/// limit, not ours.
-pub fn connect(out: &mut Vec<u8>, version: Version, client_id: &[u8], keep_alive: u16) {
-    let props: &[u8] = match version {
-        Version::V4 => &[],
+/// limit, not ours. `persistent`: the session outlives the connection (v5: Session
+/// Expiry Interval 3600 s, still with clean start; v4: clean session 0), so that a
+/// broker with a durable store keeps what is queued for it on disk.
+pub fn connect(
+    out: &mut Vec<u8>,
+    version: Version,
+    client_id: &[u8],
+    keep_alive: u16,
+    persistent: bool,
+) {
+    let props: &[u8] = match (version, persistent) {
+        (Version::V4, _) => &[],
         // properties length 3: Receive Maximum (0x21) = 65535
-        Version::V5 => &[3, 0x21, 0xFF, 0xFF],
+        (Version::V5, false) => &[3, 0x21, 0xFF, 0xFF],
+        // ... and Session Expiry Interval (0x11) = 3600
+        (Version::V5, true) => &[8, 0x21, 0xFF, 0xFF, 0x11, 0, 0, 0x0E, 0x10],
     };
     let remaining = 2 + 4 + 1 + 1 + 2 + props.len() + 2 + client_id.len();
     out.push(0x10);
     put_vbi(out, remaining);
     put_str(out, b"MQTT");
     out.push(version.level());
-    out.push(0x02); // clean session / clean start
+    // clean session / clean start (a v4 persistent session must not say clean)
+    out.push(if persistent && version == Version::V4 {
+        0
+    } else {
+        0x02
+    });
     out.extend_from_slice(&keep_alive.to_be_bytes());
     out.extend_from_slice(props);
     put_str(out, client_id);
@@ -414,14 +429,23 @@ mod tests {
     #[test]
     fn encoders_agree_with_mqtt_proto() {
         for v in [Version::V4, Version::V5] {
-            let mut out = Vec::new();
-            connect(&mut out, v, b"gen-1", 300);
-            let mut input = BytesMut::from(&out[..]);
-            let Some(Packet::Connect(c)) = Decoder::new(1 << 20).decode(&mut input).unwrap() else {
-                panic!("not a CONNECT")
-            };
-            assert_eq!(c.client_id.as_str(), "gen-1");
-            assert_eq!(c.protocol, proto(v));
+            for persistent in [false, true] {
+                let mut out = Vec::new();
+                connect(&mut out, v, b"gen-1", 300, persistent);
+                let mut input = BytesMut::from(&out[..]);
+                let Some(Packet::Connect(c)) = Decoder::new(1 << 20).decode(&mut input).unwrap()
+                else {
+                    panic!("not a CONNECT")
+                };
+                assert_eq!(c.client_id.as_str(), "gen-1");
+                assert_eq!(c.protocol, proto(v));
+                let expiry = c.properties.session_expiry_interval.unwrap_or(0);
+                let keeps = match v {
+                    Version::V4 => !c.clean_start,
+                    Version::V5 => expiry > 0,
+                };
+                assert_eq!(keeps, persistent, "{v:?}: a persistent session or not");
+            }
 
             let mut dec = Decoder::with_version(proto(v), 1 << 20);
             for qos in [0u8, 1] {

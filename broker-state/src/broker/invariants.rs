@@ -32,6 +32,14 @@ impl Broker {
         {
             return Err("store: waiting acknowledgements out of order".into());
         }
+        let burst: usize = self.conns.iter().map(|(_, c)| c.burst).sum();
+        if burst != self.outbound_burst {
+            return Err(format!(
+                "connections count {burst} bytes of output beyond their buffers, the \
+                 broker {}",
+                self.outbound_burst
+            ));
+        }
         for (k, c) in self.conns.iter() {
             let id = super::conn_id(k);
             if let ConnState::Active { session } = c.state {

@@ -135,6 +135,9 @@ impl Setup {
                 bytes: usize::from(self.online_bytes % 4096),
             },
             outbound_buffer_bytes: usize::from(self.outbound_buffer_bytes % 4096),
+            // From bytes the setup already has (saved corpora keep their meaning):
+            // a third of the seeds have no burst allowance.
+            outbound_burst_bytes: usize::from(self.seed % 3) * 4096,
             offline_overflow: match self.policy % 3 {
                 0 => OverflowPolicy::EndSession,
                 1 => OverflowPolicy::DropOldest,

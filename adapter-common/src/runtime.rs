@@ -200,8 +200,19 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
     // process ends (the thread waits: nothing else runs any more).
     let store = hub.borrow_mut().take_store();
     if let Some(store) = store {
+        let s = store.stats();
         match store.flush_and_close() {
-            Ok(()) => tracing::info!("store flushed"),
+            Ok(()) => tracing::info!(
+                commits = s.commits,
+                batches = s.batches,
+                ops = s.ops_applied,
+                fsyncs = s.fsyncs,
+                bytes = s.bytes_written,
+                commit_ms_total = s.commit_time_total.as_millis() as u64,
+                commit_ms_max = s.commit_time_max.as_millis() as u64,
+                failed_batches = s.failed_batches,
+                "store flushed"
+            ),
             Err(error) => tracing::error!(%error, "store flush failed at shutdown"),
         }
     }

@@ -543,7 +543,7 @@ impl Broker {
         }
         // Output never sent gives back the shared messages it names.
         if let Some(c) = self.conns.remove(k) {
-            self.outbound_burst -= c.burst;
+            self.outbound_burst -= c.burst as usize;
             for m in c.out.shared_refs() {
                 self.msgs.release(m);
             }
@@ -881,8 +881,8 @@ impl Broker {
 /// what other packets (acknowledgements, QoS 1/2 flights, each bounded on its own)
 /// added since.
 fn sync_burst(c: &mut Conn, total: &mut usize, guaranteed: usize) {
-    let now = c.out.bytes().saturating_sub(guaranteed);
-    *total = *total - c.burst + now;
+    let now = u32::try_from(c.out.bytes().saturating_sub(guaranteed)).unwrap_or(u32::MAX);
+    *total = *total - c.burst as usize + now as usize;
     c.burst = now;
 }
 

@@ -352,7 +352,7 @@ pub(crate) struct Conn {
     pub(crate) held_acks: u32,
     /// What this connection's output held beyond `outbound_buffer_bytes` when last
     /// counted into the broker's burst total.
-    pub(crate) burst: usize,
+    pub(crate) burst: u32,
 }
 
 impl Conn {

@@ -32,7 +32,7 @@ impl Broker {
         {
             return Err("store: waiting acknowledgements out of order".into());
         }
-        let burst: usize = self.conns.iter().map(|(_, c)| c.burst).sum();
+        let burst: usize = self.conns.iter().map(|(_, c)| c.burst as usize).sum();
         if burst != self.outbound_burst {
             return Err(format!(
                 "connections count {burst} bytes of output beyond their buffers, the \

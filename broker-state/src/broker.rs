@@ -800,16 +800,6 @@ impl Broker {
         signal_transmit(c, &mut self.events, k);
     }
 
-    /// Queues the in-flight PUBLISH `id` (already in the session's window) for the
-    /// wire.
-    fn push_flight(&mut self, k: ConnKey, id: PacketId, size: usize) {
-        let Some(c) = self.conns.get_mut(k) else {
-            return;
-        };
-        c.out.push_flight(id, size, &mut self.out_pool);
-        signal_transmit(c, &mut self.events, k);
-    }
-
     /// Writes the session's record, or removes it once the session is no longer
     /// persistent (expiry 0 from a resuming CONNECT or a DISCONNECT): such a
     /// session ends with its connection and must not come back after a restart.

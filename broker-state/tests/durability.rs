@@ -311,3 +311,37 @@ fn a_will_outlives_a_crash_and_a_finished_one_does_not_come_back() {
     sim.advance(Duration::from_secs(10));
     assert!(sim.publishes(w).is_empty());
 }
+
+#[test]
+fn a_qos2_publish_to_a_persistent_session_waits_until_its_packet_id_is_durable() {
+    let mut sim = Sim::new(durable());
+    let (s, _) = sim.connect_v5("s", false, Some(600));
+    sim.subscribe(s, "t", QoS::ExactlyOnce);
+    sim.auto_commit = false;
+    let p = sim.connect(V5, "p", true);
+    sim.publish(p, "t", QoS::ExactlyOnce, false, b"two");
+    // A receiver keeps the id of a QoS 2 message until PUBREL: it must not get an
+    // id the broker could forget in a crash.
+    assert!(sim.publishes(s).is_empty());
+    sim.commit_store();
+    let got = sim.publishes(s);
+    assert_eq!(payloads(&got), vec![&b"two"[..]]);
+    // PUBREC: the PUBREL waits until the release is durable (else a restart
+    // resends a PUBLISH the receiver has released).
+    let id = got[0].packet_id.unwrap();
+    sim.send(s, Packet::PubRec(PubAck::new(id)));
+    sim.assert_silent(s);
+    sim.commit_store();
+    match sim.recv(s) {
+        Some(Packet::PubRel(a)) => assert_eq!(a.packet_id, id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    // QoS 1 to the same session does not wait for its id.
+    let (s1, _) = sim.connect_v5("s1", false, Some(600));
+    sim.subscribe_opts_nowait(s1, "u");
+    sim.commit_store();
+    sim.recv_all(s1);
+    sim.publish(p, "u", QoS::AtLeastOnce, false, b"one");
+    assert_eq!(payloads(&sim.publishes(s1)), vec![&b"one"[..]]);
+    sim.broker.check_invariants().unwrap();
+}

@@ -376,8 +376,11 @@ impl Broker {
             self.stats.dropped_too_large += 1;
             self.remove_inflight(sk, id);
         }
+        // Resent once everything the store was told so far is durable (a message
+        // whose packet id is not yet durable must not reach the receiver first;
+        // see `push_flight`).
         for p in packets {
-            self.push_out(k, p);
+            self.push_ack(k, p, 0);
         }
     }
 }

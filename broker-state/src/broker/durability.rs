@@ -31,9 +31,18 @@ pub(crate) struct HeldAck {
     /// The store effect that must be durable first.
     pub(crate) needs: u64,
     pub(crate) conn: ConnKey,
-    pub(crate) packet: Packet,
+    pub(crate) item: Held,
     /// A SUBACK's retained messages, sent after it.
     pub(crate) then: Option<Box<RetainedFor>>,
+}
+
+/// What waits.
+#[allow(clippy::large_enum_variant)] // a packet is the common case, not the outlier
+pub(crate) enum Held {
+    /// A packet: an acknowledgement, a PUBREL, a resent PUBLISH.
+    Packet(Packet),
+    /// A QoS 2 PUBLISH of a persistent session's window (see `push_flight`).
+    Flight { id: PacketId, size: usize },
 }
 
 impl Broker {
@@ -72,10 +81,37 @@ impl Broker {
         self.durability.held.push_back(HeldAck {
             needs,
             conn: k,
-            packet,
+            item: Held::Packet(packet),
             then: None,
         });
         false
+    }
+
+    /// Queues the in-flight PUBLISH `id` (already in the session's window) for the
+    /// wire. A QoS 2 PUBLISH whose packet id the store was just told (`wait`)
+    /// goes out only once that is durable: a receiver keeps the id of a QoS 2
+    /// message it acknowledged until the PUBREL, and treats a new message with the
+    /// same id as a resend, so the broker must never hand out, after a restart,
+    /// an id a receiver may still hold. Flights behind a waiting one wait too (the
+    /// output queue sends a session's flights in window order).
+    pub(super) fn push_flight(&mut self, k: ConnKey, id: PacketId, size: usize, wait: bool) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        let d = &self.durability;
+        if !(wait && d.emitted > d.done) && c.held_acks == 0 {
+            c.out.push_flight(id, size, &mut self.out_pool);
+            signal_transmit(c, &mut self.events, k);
+            return;
+        }
+        c.held_acks += 1;
+        let needs = self.durability.emitted;
+        self.durability.held.push_back(HeldAck {
+            needs,
+            conn: k,
+            item: Held::Flight { id, size },
+            then: None,
+        });
     }
 
     /// What to do once the acknowledgement just held has gone out.
@@ -117,12 +153,19 @@ impl Broker {
             };
             c.held_acks -= 1;
             let sk = c.session();
-            if failed {
-                self.refuse_ack(now, h.conn, h.packet);
-            } else {
-                self.push_out(h.conn, h.packet);
-                if let (Some(retained), Some(sk)) = (h.then, sk) {
-                    self.send_retained(now, sk, *retained);
+            match (h.item, failed) {
+                // Not durable, but in flight in memory: it goes out (the store's
+                // failure is reported; there is no durability left to keep).
+                (Held::Flight { id, size }, _) => {
+                    c.out.push_flight(id, size, &mut self.out_pool);
+                    signal_transmit(c, &mut self.events, h.conn);
+                }
+                (Held::Packet(packet), true) => self.refuse_ack(now, h.conn, packet),
+                (Held::Packet(packet), false) => {
+                    self.push_out(h.conn, packet);
+                    if let (Some(retained), Some(sk)) = (h.then, sk) {
+                        self.send_retained(now, sk, *retained);
+                    }
                 }
             }
         }

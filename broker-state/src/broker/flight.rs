@@ -41,6 +41,7 @@ impl Broker {
     }
 
     pub(super) fn on_pubrec(&mut self, now: Now, k: ConnKey, sk: SessionKey, a: PubAck) {
+        let mark = self.durability.emitted;
         match self.flight_of(sk, a.packet_id) {
             // Section 4.3.3: a PUBREC with a failure code (>= 0x80) ends the flow, and
             // no PUBREL follows it, not even one with 0x92.
@@ -80,7 +81,9 @@ impl Broker {
                         self.emit_store(StoreOp::MessageReleased { client_id, seq });
                     }
                 }
-                self.push_out(k, Packet::PubRel(PubAck::new(a.packet_id)));
+                // Once the release is durable: a PUBREL sent before would let a
+                // restart resend the PUBLISH the receiver has already released.
+                self.push_ack(k, Packet::PubRel(PubAck::new(a.packet_id)), mark);
             }
             Some(_) => self.violation(now, k, ReasonCode::ProtocolError),
         }

@@ -423,6 +423,7 @@ impl Broker {
         // The in-flight entry is what goes on the wire: the output queue only names it.
         let size = self.msgs.size(q.msg);
         let allocated = s.allocations;
+        let qos2 = q.qos == QoS::ExactlyOnce;
         let sent_op = (self.config.store_effects && s.persistent()).then(|| StoreOp::MessageSent {
             client_id: s.client_id.clone(),
             seq: q.seq,
@@ -435,11 +436,12 @@ impl Broker {
             allocated,
             sent: false,
         });
+        let wait = sent_op.is_some() && qos2;
         if let Some(op) = sent_op {
             self.emit_store(op);
         }
         self.stats.deliveries += 1;
-        self.push_flight(ck, id, size);
+        self.push_flight(ck, id, size, wait);
     }
 
     /// Adds to a session queue within its limits (online or offline).

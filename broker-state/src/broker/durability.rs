@@ -152,6 +152,11 @@ impl Broker {
                 continue;
             };
             c.held_acks -= 1;
+            // A connection the broker is closing gets nothing more (its session,
+            // if any, resends its window on the next connection).
+            if matches!(c.state, ConnState::Closing { .. }) {
+                continue;
+            }
             let sk = c.session();
             match (h.item, failed) {
                 // Not durable, but in flight in memory: it goes out (the store's

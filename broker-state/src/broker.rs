@@ -427,9 +427,13 @@ impl Broker {
     /// CONNECT.
     pub fn handle_accept(&mut self, now: Now, peer: PeerInfo) -> ConnId {
         let deadline = now.instant + self.config.connect_timeout;
-        let k = self.conns.insert(Conn::new(peer, deadline, now.instant));
+        let mut conn = Conn::new(peer, deadline, now.instant);
+        // One timer entry per connection: the connect timeout, which becomes the
+        // keep-alive check once CONNECT came (`check_connection`).
+        conn.timer_at = Some(deadline);
+        let k = self.conns.insert(conn);
         let id = conn_id(k);
-        self.timers.schedule(deadline, TimerKind::Connect(k));
+        self.timers.schedule(deadline, TimerKind::Conn(k));
         if self.conns.len() > self.config.max_connections {
             self.close(k, ReasonCode::ServerBusy);
         }
@@ -556,15 +560,7 @@ impl Broker {
         self.expire_retained(now);
         while let Some((at, kind)) = self.timers.pop_due(now.instant) {
             match kind {
-                TimerKind::Connect(k) => {
-                    if let Some(c) = self.conns.get(k) {
-                        if matches!(c.state, ConnState::AwaitingConnect { deadline } if deadline == at)
-                        {
-                            self.close(k, ReasonCode::MaximumConnectTime);
-                        }
-                    }
-                }
-                TimerKind::KeepAlive(k) => self.check_keep_alive(now, k, at),
+                TimerKind::Conn(k) => self.check_connection(now, k, at),
                 TimerKind::SessionExpiry(k) => {
                     if let Some(s) = self.sessions.get(k) {
                         if s.conn.is_none() && s.expires_at == Some(at) {
@@ -596,7 +592,7 @@ impl Broker {
         let bound = 4 * (self.conns.len() + self.sessions.len());
         let (conns, sessions) = (&self.conns, &self.sessions);
         self.timers.compact_if_over(bound, |kind, at| match *kind {
-            TimerKind::Connect(k) | TimerKind::KeepAlive(k) => conns.get(k).is_some(),
+            TimerKind::Conn(k) => conns.get(k).is_some_and(|c| c.timer_at == Some(at)),
             TimerKind::SessionExpiry(k) => {
                 sessions.get(k).is_some_and(|s| s.expires_at == Some(at))
             }

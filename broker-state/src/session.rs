@@ -314,7 +314,9 @@ pub(crate) struct Conn {
     /// 1.5 x Keep Alive, or `None` when keep-alive is off.
     pub(crate) keep_alive: Option<core::time::Duration>,
     pub(crate) last_rx: Instant,
-    pub(crate) keep_alive_deadline: Option<Instant>,
+    /// When the connection's one timer entry fires (connect timeout, then
+    /// keep-alive check); other entries for it are stale.
+    pub(crate) timer_at: Option<Instant>,
     /// Peer's Maximum Packet Size (u32::MAX when it set none).
     pub(crate) peer_max_packet: u32,
     /// Peer's Receive Maximum (our window towards it).
@@ -365,7 +367,7 @@ impl Conn {
             transmit_signalled: false,
             keep_alive: None,
             last_rx: now,
-            keep_alive_deadline: None,
+            timer_at: None,
             peer_max_packet: u32::MAX,
             peer_receive_max: u16::MAX,
             inbound_aliases: Vec::new(),

@@ -16,10 +16,9 @@ use crate::ids::{ConnKey, SessionKey};
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum TimerKind {
-    /// A connection that has not sent CONNECT in time.
-    Connect(ConnKey),
-    /// Keep-alive check of a connection.
-    KeepAlive(ConnKey),
+    /// A connection's one timer: the connect timeout until CONNECT, then the
+    /// keep-alive check.
+    Conn(ConnKey),
     /// An offline session reaching its expiry.
     SessionExpiry(SessionKey),
     /// A delayed will becoming due.

@@ -281,6 +281,26 @@ fn keepalive_is_one_and_a_half_times_and_reset_by_any_packet_mqtt_3_1_2_24() {
 }
 
 #[test]
+fn a_keep_alive_shorter_than_the_connect_timeout_is_checked_on_time_mqtt_3_1_2_24() {
+    // One timer per connection, armed for the connect timeout (10 s): a keep-alive
+    // of 2 s must still end the connection at 3 s, not at 10.
+    let mut sim = Sim::default();
+    let mut p = connect_packet(V5, "short", true);
+    p.keep_alive = 2;
+    let (c, _) = sim.connect_with(p);
+    sim.advance(Duration::from_millis(2_900));
+    assert_eq!(sim.closed(c), None);
+    sim.advance(Duration::from_millis(200));
+    assert_eq!(sim.closed(c), Some(ReasonCode::KeepAliveTimeout));
+    // A long keep-alive rides on the connect timeout's entry and is re-armed.
+    let long = sim.connect(V4, "long", true); // 60 s: 90 s
+    sim.advance(Duration::from_secs(89));
+    assert_eq!(sim.closed(long), None);
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(sim.closed(long), Some(ReasonCode::KeepAliveTimeout));
+}
+
+#[test]
 fn keepalive_zero_never_times_out_mqtt_3_1_2_10() {
     let mut sim = Sim::default();
     let mut p = connect_packet(V5, "never", true);

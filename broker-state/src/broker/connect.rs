@@ -286,11 +286,13 @@ impl Broker {
             }
             if let Some((ka, deadline)) = keep_alive_deadline {
                 c.keep_alive = Some(ka);
-                c.keep_alive_deadline = Some(deadline);
+                // The connection's timer (armed for the connect timeout) checks the
+                // keep-alive when it fires; a new entry only if that is too late.
+                if c.timer_at.is_none_or(|at| at > deadline) {
+                    c.timer_at = Some(deadline);
+                    self.timers.schedule(deadline, TimerKind::Conn(k));
+                }
             }
-        }
-        if let Some((_, deadline)) = keep_alive_deadline {
-            self.timers.schedule(deadline, TimerKind::KeepAlive(k));
         }
         self.store_session(now, sk);
         if let Packet::ConnAck(a) = &mut ack {

@@ -267,18 +267,29 @@ impl Broker {
         }
     }
 
-    pub(super) fn check_keep_alive(&mut self, now: Now, k: ConnKey, at: Instant) {
+    /// A connection's timer (`TimerKind::Conn`) at `at`: the connect timeout while
+    /// CONNECT has not come, then the keep-alive check, re-armed from the last
+    /// packet received.
+    pub(super) fn check_connection(&mut self, now: Now, k: ConnKey, at: Instant) {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        if c.keep_alive_deadline != Some(at) || !matches!(c.state, ConnState::Active { .. }) {
+        if c.timer_at != Some(at) {
             return;
+        }
+        c.timer_at = None;
+        match c.state {
+            ConnState::AwaitingConnect { deadline } if deadline <= now.instant => {
+                return self.close(k, ReasonCode::MaximumConnectTime);
+            }
+            ConnState::Active { .. } => {}
+            _ => return,
         }
         let Some(ka) = c.keep_alive else { return };
         let deadline = c.last_rx + ka;
         if deadline > now.instant {
-            c.keep_alive_deadline = Some(deadline);
-            self.timers.schedule(deadline, TimerKind::KeepAlive(k));
+            c.timer_at = Some(deadline);
+            self.timers.schedule(deadline, TimerKind::Conn(k));
             return;
         }
         // [MQTT-3.1.2-24] nothing received for 1.5 x Keep Alive.

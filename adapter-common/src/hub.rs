@@ -257,7 +257,11 @@ impl<W: Wake> Hub<W> {
         if self.store_batch.is_empty() {
             return;
         }
-        let batch = core::mem::take(&mut self.store_batch);
+        // The next round's batch starts with this one's size: a round of a flood
+        // holds thousands of effects, and growing a vector of them copies each
+        // several times.
+        let len = self.store_batch.len();
+        let batch = core::mem::replace(&mut self.store_batch, Vec::with_capacity(len));
         if let Some(store) = &self.store {
             store.submit(batch, self.broker.store_effects_emitted());
         }

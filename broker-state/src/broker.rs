@@ -900,8 +900,9 @@ fn session_record(
 }
 
 fn enqueue_op(msgs: &SharedMsgs, client_id: MqttString, q: &Queued, now: Now) -> Option<StoreOp> {
-    let mut publish = delivered_form(msgs, q, None, false)?;
-    detach_publish(&mut publish);
+    // The message's bytes are shared, not copied: the store writes them out
+    // within a commit and lets go.
+    let publish = delivered_form(msgs, q, None, false)?;
     Some(StoreOp::MessageEnqueue {
         client_id,
         seq: q.seq,

@@ -127,6 +127,9 @@ pub struct StoreStats {
     pub failed_batches: u64,
     /// Commits that failed (or were refused by [`DurableStore::set_failing`]).
     pub failed_commits: u64,
+    /// Ops not written because they cancelled out within their group (a message
+    /// queued and acknowledged while the group waited for the disk).
+    pub ops_elided: u64,
 }
 
 /// The durable store: a handle to the writer thread.

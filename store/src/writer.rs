@@ -26,6 +26,51 @@ pub(crate) struct Batch {
     pub size: usize,
 }
 
+/// The ops of a group (flattened, in order) whose effects cancel out within it: a
+/// message queued and removed again in the same group (delivered and acknowledged
+/// while the group waited for the disk), with its flow state between. The final
+/// state of the group is the same without them, and the disk sees none of them:
+/// a subscriber that keeps up costs no writes.
+fn elided_ops(group: &[Batch]) -> Vec<bool> {
+    use std::collections::HashMap;
+    let ops: Vec<&StoreOp> = group.iter().flat_map(|b| b.ops.iter()).collect();
+    let mut elided = vec![false; ops.len()];
+    // (client id, seq) queued in this group -> the indices of its ops so far.
+    let mut open: HashMap<(&[u8], u64), Vec<usize>> = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        match op {
+            StoreOp::MessageEnqueue { client_id, seq, .. } => {
+                open.insert((client_id.as_bytes(), *seq), vec![i]);
+            }
+            StoreOp::MessageSent { client_id, seq, .. }
+            | StoreOp::MessageReleased { client_id, seq } => {
+                if let Some(v) = open.get_mut(&(client_id.as_bytes(), *seq)) {
+                    v.push(i);
+                }
+            }
+            StoreOp::MessageRemove { client_id, seq } => {
+                if let Some(v) = open.remove(&(client_id.as_bytes(), *seq)) {
+                    for j in v {
+                        elided[j] = true;
+                    }
+                    elided[i] = true;
+                }
+            }
+            // A session removed (and perhaps created again, its seqs starting
+            // over): what it queued before cannot pair with what comes after.
+            StoreOp::SessionRemove { client_id } => {
+                open.retain(|(cid, _), _| *cid != client_id.as_bytes());
+            }
+            StoreOp::SessionUpsert(_)
+            | StoreOp::RetainSet(_)
+            | StoreOp::RetainClear { .. }
+            | StoreOp::Qos2Received { .. }
+            | StoreOp::Qos2Released { .. } => {}
+        }
+    }
+    elided
+}
+
 /// Rough bytes a batch writes: payloads and topics plus a fixed cost per op.
 pub(crate) fn estimate(ops: &[StoreOp]) -> usize {
     ops.iter()
@@ -70,6 +115,7 @@ pub(crate) struct Counters {
     commit_ns_max: AtomicU64,
     failed_batches: AtomicU64,
     failed_commits: AtomicU64,
+    elided: AtomicU64,
 }
 
 impl Counters {
@@ -85,6 +131,7 @@ impl Counters {
             commit_time_max: Duration::from_nanos(g(&self.commit_ns_max)),
             failed_batches: g(&self.failed_batches),
             failed_commits: g(&self.failed_commits),
+            ops_elided: g(&self.elided),
         }
     }
 }
@@ -287,11 +334,18 @@ impl Writer {
             return;
         }
         let path = self.path.display().to_string();
+        let elided = elided_ops(&group);
+        c.elided.fetch_add(
+            elided.iter().filter(|&&e| e).count() as u64,
+            Ordering::Relaxed,
+        );
+        let mut elided = elided.into_iter();
         let prepared: Vec<Result<Vec<Prepared<'_>>, String>> = group
             .iter()
             .map(|b| {
                 b.ops
                     .iter()
+                    .filter(|_| !elided.next().unwrap_or(false))
                     .map(prepare)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("{path}: batch {} cannot be stored: {}", b.ticket, e.0))

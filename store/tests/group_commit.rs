@@ -86,3 +86,56 @@ fn poll_completions_wakes_the_poller() {
     let reopened = common::open(dir.path(), FsyncPolicy::Never);
     assert_eq!(reopened.replay.len(), 300);
 }
+
+#[test]
+fn a_message_queued_and_removed_in_one_group_is_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(dir.path(), FsyncPolicy::Always).store;
+    let id = || common::cid("quick");
+    let enqueue = |seq: u64| StoreOp::MessageEnqueue {
+        client_id: id(),
+        seq,
+        message: common::message("t", &seq.to_be_bytes(), mqtt_proto::QoS::AtLeastOnce),
+    };
+    let mut ops = common::session_with_messages("quick", 0, b"");
+    // 1: queued, sent, acknowledged in the same batch: nothing to write.
+    ops.push(enqueue(1));
+    ops.push(StoreOp::MessageSent {
+        client_id: id(),
+        seq: 1,
+        packet_id: 1,
+    });
+    ops.push(StoreOp::MessageRemove {
+        client_id: id(),
+        seq: 1,
+    });
+    // 2: queued and still there.
+    ops.push(enqueue(2));
+    // 3: queued, then the session removed and made again (its seqs start over),
+    // then a remove of "3" that belongs to the new session's message only.
+    ops.push(enqueue(3));
+    ops.push(StoreOp::SessionRemove { client_id: id() });
+    ops.extend(common::session_with_messages("quick", 0, b""));
+    ops.push(enqueue(3));
+    ops.push(enqueue(4));
+    ops.push(StoreOp::MessageRemove {
+        client_id: id(),
+        seq: 3,
+    });
+    let mut memory = broker_state::MemoryStore::new();
+    for op in &ops {
+        memory.apply(op).unwrap();
+    }
+    store.submit(ops, 1);
+    assert!(common::wait_for(&store, 1)[0].result.is_ok());
+    let elided = store.stats().ops_elided;
+    store.flush_and_close().unwrap();
+    let replay = common::open(dir.path(), FsyncPolicy::Always).replay;
+    assert_eq!(
+        replay,
+        memory.replay(),
+        "the same state as applying every op"
+    );
+    // 1's three ops and the new session's 3 (queued and removed) were not written.
+    assert_eq!(elided, 5);
+}

@@ -208,3 +208,56 @@ async fn qos2_both_ways_with_a_persistent_subscriber_completes() {
     }
     stop(brokk).await;
 }
+
+#[tokio::test]
+async fn every_pipelined_qos1_publish_is_acknowledged_once_durable() {
+    // Many QoS 1 PUBLISHes sent without waiting: each PUBACK waits for the disk
+    // (a persistent subscriber wants the messages), and every one must come.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let brokk = start(&data, &[]).await;
+    let addr = brokk.addr(ListenerKind::Mqtt);
+    let mut connect = connect_packet(ProtocolVersion::V5, "pipelined-sub");
+    connect.clean_start = false;
+    connect.properties.session_expiry_interval = Some(600);
+    let (mut sub, _) = RawClient::connect_with(addr, connect).await;
+    sub.subscribe("pipe/#", QoS::AtLeastOnce).await;
+    let mut p = RawClient::connect(addr, ProtocolVersion::V5, "pipelined-pub").await;
+    const N: u16 = 500;
+    let mut wire = Vec::new();
+    for i in 1..=N {
+        let publish = brokk_e2e::raw::publish_packet(
+            "pipe/x",
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            std::num::NonZeroU16::new(i),
+        );
+        wire.extend_from_slice(&brokk_e2e::raw::encode(
+            &mqtt_proto::Packet::Publish(publish),
+            ProtocolVersion::V5,
+        ));
+    }
+    p.send_bytes(&wire).await;
+    let reader = tokio::spawn(async move {
+        for _ in 0..N {
+            sub.recv_publish().await;
+        }
+        sub
+    });
+    let mut acked = std::collections::BTreeSet::new();
+    while acked.len() < usize::from(N) {
+        match p.recv().await {
+            mqtt_proto::Packet::PubAck(a) => {
+                assert!(
+                    acked.insert(a.packet_id.get()),
+                    "PUBACK {} twice",
+                    a.packet_id
+                );
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    let _sub = reader.await.unwrap();
+    stop(brokk).await;
+}

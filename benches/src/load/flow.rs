@@ -168,6 +168,8 @@ struct Shared {
     publishers: Vec<Publisher>,
     subscribers: Vec<RefCell<Subscriber>>,
     stop: Cell<bool>,
+    /// The drain is over: publishers may close their write halves.
+    drained: Cell<bool>,
     errors: RefCell<Vec<String>>,
 }
 
@@ -531,6 +533,14 @@ async fn publisher_task(
         me.sent.set(seq);
         shared.totals.sent.set(shared.totals.sent.get() + n);
     }
+    // Dropping the write half shuts the socket's sending side down, and a broker
+    // takes that as the client gone, with whatever it has not acknowledged yet
+    // (a durable broker acknowledges after its disk): keep it open until the
+    // drain has seen the last acknowledgements.
+    while !shared.drained.get() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(wr);
 }
 
 /// Snapshot of the counters a rate is computed from.
@@ -585,6 +595,7 @@ pub async fn run(
         spec,
         totals: Totals::default(),
         stop: Cell::new(false),
+        drained: Cell::new(false),
         errors: RefCell::default(),
     });
     let spec = &shared.spec;
@@ -688,6 +699,7 @@ pub async fn run(
         }
     }
     let drain_secs = drain_start.elapsed().as_secs_f64();
+    shared.drained.set(true);
 
     let integrity = shared.integrity();
     let (misrouted, foreign) = shared.subscribers.iter().fold((0, 0), |(m, f), s| {

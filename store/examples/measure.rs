@@ -7,7 +7,6 @@
 //!
 //! `load`: writes `sessions` (default 100,000) sessions with `messages` (default
 //! 10) queued messages of 100 bytes each, closes, then times reopen + replay.
-//! With `BROKK_MEASURE_KEEP=DIR` the store is written to DIR and kept.
 //!
 //! `commit`: FsyncPolicy::Always, one op per batch (a 100-byte MessageEnqueue),
 //! submitted as fast as completions allow with 1, 64 and 4096 batches in flight;
@@ -71,11 +70,8 @@ fn wait(store: &brokk_store::DurableStore, n: usize) -> Vec<Completion> {
 
 fn load(sessions: usize, messages: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    // BROKK_MEASURE_KEEP=DIR writes the store there and keeps it (to time a whole
-    // broker's start on it: `brokk --data-dir DIR` logs "state restored ... millis").
-    let keep = std::env::var_os("BROKK_MEASURE_KEEP").map(std::path::PathBuf::from);
     let opts = StoreOptions {
-        dir: keep.unwrap_or_else(|| dir.path().to_path_buf()),
+        dir: dir.path().to_path_buf(),
         fsync: FsyncPolicy::Never,
         recover: false,
     };

@@ -114,12 +114,7 @@ impl fmt::Display for OfflineOverflow {
 
 impl<'de> Deserialize<'de> for OfflineOverflow {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let names = OfflineOverflow::ALL.map(OfflineOverflow::as_str);
-        let name = String::deserialize(d)?;
-        OfflineOverflow::ALL
-            .into_iter()
-            .find(|o| o.as_str() == name)
-            .ok_or_else(|| one_of_error(&names, &name))
+        named(d, &OfflineOverflow::ALL, OfflineOverflow::as_str)
     }
 }
 
@@ -148,12 +143,7 @@ impl Persistence {
 
 impl<'de> Deserialize<'de> for Persistence {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let names = Persistence::ALL.map(Persistence::as_str);
-        let name = String::deserialize(d)?;
-        Persistence::ALL
-            .into_iter()
-            .find(|o| o.as_str() == name)
-            .ok_or_else(|| one_of_error(&names, &name))
+        named(d, &Persistence::ALL, Persistence::as_str)
     }
 }
 
@@ -187,12 +177,7 @@ impl Fsync {
 
 impl<'de> Deserialize<'de> for Fsync {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let names = Fsync::ALL.map(Fsync::as_str);
-        let name = String::deserialize(d)?;
-        Fsync::ALL
-            .into_iter()
-            .find(|o| o.as_str() == name)
-            .ok_or_else(|| one_of_error(&names, &name))
+        named(d, &Fsync::ALL, Fsync::as_str)
     }
 }
 
@@ -200,6 +185,22 @@ impl<'de> Deserialize<'de> for Fsync {
 pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 100;
 /// The largest `fsync_interval_ms`.
 pub const MAX_FSYNC_INTERVAL_MS: u64 = 60_000;
+
+/// One of `all`, by its name in the config file (`name`).
+fn named<'de, D: Deserializer<'de>, T: Copy>(
+    d: D,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, D::Error> {
+    let found = String::deserialize(d)?;
+    all.iter()
+        .copied()
+        .find(|v| name(*v) == found)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+            one_of_error(&names, &found)
+        })
+}
 
 fn one_of_error<E: serde::de::Error>(names: &[&str], found: &str) -> E {
     let expected: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();

@@ -26,11 +26,11 @@ pub(crate) struct Batch {
     pub size: usize,
 }
 
-/// The ops of a group (flattened, in order) whose effects cancel out within it: a
+/// The ops of a group (flattened, in order) whose effects are undone within it: a
 /// message queued and removed again in the same group (delivered and acknowledged
 /// while the group waited for the disk), with its flow state between. The final
-/// state of the group is the same without them, and the disk sees none of them:
-/// a subscriber that keeps up costs no writes.
+/// state is the same without them; only the remove, a lookup that finds nothing,
+/// reaches the tree: a subscriber that keeps up costs no inserts.
 fn elided_ops(group: &[Batch]) -> Vec<bool> {
     use std::collections::HashMap;
     let ops: Vec<&StoreOp> = group.iter().flat_map(|b| b.ops.iter()).collect();
@@ -39,8 +39,12 @@ fn elided_ops(group: &[Batch]) -> Vec<bool> {
     let mut open: HashMap<(&[u8], u64), Vec<usize>> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
         match op {
+            // Queued again under the same seq (the broker does not, but the store
+            // takes any history): the later one replaces it, and a remove ends both.
             StoreOp::MessageEnqueue { client_id, seq, .. } => {
-                open.insert((client_id.as_bytes(), *seq), vec![i]);
+                open.entry((client_id.as_bytes(), *seq))
+                    .or_default()
+                    .push(i);
             }
             StoreOp::MessageSent { client_id, seq, .. }
             | StoreOp::MessageReleased { client_id, seq } => {
@@ -48,12 +52,14 @@ fn elided_ops(group: &[Batch]) -> Vec<bool> {
                     v.push(i);
                 }
             }
+            // The remove itself is kept: a message under the same key may have
+            // been stored before this group (not by the broker, whose seqs are
+            // never reused within a session, but the store takes any history).
             StoreOp::MessageRemove { client_id, seq } => {
                 if let Some(v) = open.remove(&(client_id.as_bytes(), *seq)) {
                     for j in v {
                         elided[j] = true;
                     }
-                    elided[i] = true;
                 }
             }
             // A session removed (and perhaps created again, its seqs starting

@@ -45,13 +45,25 @@ async fn stop(mut brokk: BrokkProcess) {
     assert!(status.success(), "exit {status}\n{}", brokk.stderr());
 }
 
+/// A client that keeps its session: clean start 0 and (5.0) Session Expiry
+/// Interval 3600 s.
+async fn persistent(
+    addr: std::net::SocketAddr,
+    version: ProtocolVersion,
+    client_id: &str,
+) -> (RawClient, mqtt_proto::ConnAck) {
+    let mut connect = connect_packet(version, client_id);
+    connect.clean_start = false;
+    if version == ProtocolVersion::V5 {
+        connect.properties.session_expiry_interval = Some(3600);
+    }
+    RawClient::connect_with(addr, connect).await
+}
+
 /// A persistent 5.0 session "keeper" subscribed to `kept/#` at QoS 1 (offline
 /// afterwards), a message queued for it and a retained message.
 async fn leave_state(addr: std::net::SocketAddr) {
-    let mut connect = connect_packet(ProtocolVersion::V5, "keeper");
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(3600);
-    let (mut keeper, _) = RawClient::connect_with(addr, connect).await;
+    let (mut keeper, _) = persistent(addr, ProtocolVersion::V5, "keeper").await;
     keeper.subscribe("kept/#", QoS::AtLeastOnce).await;
     keeper.disconnect().await;
     let mut p = RawClient::connect(addr, ProtocolVersion::V3_1_1, "leaver").await;
@@ -65,10 +77,7 @@ async fn leave_state(addr: std::net::SocketAddr) {
 /// "keeper" comes back to its session and its queued message (which does not
 /// need a new SUBSCRIBE).
 async fn check_state(addr: std::net::SocketAddr) {
-    let mut connect = connect_packet(ProtocolVersion::V5, "keeper");
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(3600);
-    let (mut keeper, ack) = RawClient::connect_with(addr, connect).await;
+    let (mut keeper, ack) = persistent(addr, ProtocolVersion::V5, "keeper").await;
     assert!(ack.session_present, "the session did not survive");
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -112,9 +121,12 @@ async fn in_memory_keeps_nothing() {
     stop(brokk).await;
     assert!(!data.join("brokk.redb").exists());
     let brokk = start(&data, &["--in-memory"]).await;
-    let mut connect = connect_packet(ProtocolVersion::V5, "keeper");
-    connect.clean_start = false;
-    let (_keeper, ack) = RawClient::connect_with(brokk.addr(ListenerKind::Mqtt), connect).await;
+    let (_keeper, ack) = persistent(
+        brokk.addr(ListenerKind::Mqtt),
+        ProtocolVersion::V5,
+        "keeper",
+    )
+    .await;
     assert!(!ack.session_present);
     stop(brokk).await;
 }
@@ -193,14 +205,9 @@ async fn qos2_both_ways_with_a_persistent_subscriber_completes() {
     let data = dir.path().join("data");
     let brokk = start(&data, &[]).await;
     let addr = brokk.addr(ListenerKind::Mqtt);
-    let mut connect = connect_packet(ProtocolVersion::V3_1_1, "durable-sub");
-    connect.clean_start = false;
-    let (mut sub, _) = RawClient::connect_with(addr, connect).await;
+    let (mut sub, _) = persistent(addr, ProtocolVersion::V3_1_1, "durable-sub").await;
     sub.subscribe("d/#", QoS::ExactlyOnce).await;
-    let mut connect = connect_packet(ProtocolVersion::V5, "durable-pub");
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(60);
-    let (mut p, _) = RawClient::connect_with(addr, connect).await;
+    let (mut p, _) = persistent(addr, ProtocolVersion::V5, "durable-pub").await;
     for i in 0..20u8 {
         p.publish("d/1", &[i], QoS::ExactlyOnce, false).await;
         let m = sub.recv_publish().await;
@@ -217,10 +224,7 @@ async fn every_pipelined_qos1_publish_is_acknowledged_once_durable() {
     let data = dir.path().join("data");
     let brokk = start(&data, &[]).await;
     let addr = brokk.addr(ListenerKind::Mqtt);
-    let mut connect = connect_packet(ProtocolVersion::V5, "pipelined-sub");
-    connect.clean_start = false;
-    connect.properties.session_expiry_interval = Some(600);
-    let (mut sub, _) = RawClient::connect_with(addr, connect).await;
+    let (mut sub, _) = persistent(addr, ProtocolVersion::V5, "pipelined-sub").await;
     sub.subscribe("pipe/#", QoS::AtLeastOnce).await;
     let mut p = RawClient::connect(addr, ProtocolVersion::V5, "pipelined-pub").await;
     const N: u16 = 500;

@@ -3,6 +3,12 @@
 use super::*;
 
 impl Broker {
+    /// The session a store record names, if it was restored.
+    fn restored_session(&mut self, client_id: &MqttString) -> Option<&mut Session> {
+        let k = *self.by_client_id.get(client_id.as_bytes())?;
+        self.sessions.get_mut(k)
+    }
+
     /// Restores one record from the store into a fresh broker, before any
     /// connection is accepted. Sessions come back offline, with their
     /// subscriptions and queued messages; expiry deadlines continue from the wall
@@ -161,12 +167,8 @@ impl Broker {
                 }
             }
             StoreOp::MessageReleased { client_id, seq } => {
-                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
-                    return;
-                };
                 if let Some(f) = self
-                    .sessions
-                    .get_mut(k)
+                    .restored_session(&client_id)
                     .and_then(|s| s.inflight.iter_mut().find(|f| f.msg.seq == seq))
                 {
                     f.state = FlightState::Released;
@@ -176,10 +178,8 @@ impl Broker {
                 client_id,
                 packet_id,
             } => {
-                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
-                    return;
-                };
-                if let (Some(s), Some(id)) = (self.sessions.get_mut(k), PacketId::new(packet_id)) {
+                let id = PacketId::new(packet_id);
+                if let (Some(s), Some(id)) = (self.restored_session(&client_id), id) {
                     if !s.incoming_qos2.received_again(id) {
                         s.incoming_qos2.insert(id);
                     }
@@ -191,10 +191,8 @@ impl Broker {
                 client_id,
                 packet_id,
             } => {
-                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
-                    return;
-                };
-                if let (Some(s), Some(id)) = (self.sessions.get_mut(k), PacketId::new(packet_id)) {
+                let id = PacketId::new(packet_id);
+                if let (Some(s), Some(id)) = (self.restored_session(&client_id), id) {
                     s.incoming_qos2.release(id);
                 }
             }

@@ -164,7 +164,7 @@ impl Broker {
             &method,
             matches!(step, AuthStep::Failure(_)),
         ) {
-            c.auth_method = Some(m.clone());
+            c.auth_method = Some(Box::new(m.clone()));
         }
         match (step, method) {
             (AuthStep::Continue(data), Some(method)) => {
@@ -232,7 +232,7 @@ impl Broker {
     pub(super) fn on_auth(&mut self, now: Now, k: ConnKey, a: Auth) {
         let Some(c) = self.conns.get(k) else { return };
         let connected = matches!(c.state, ConnState::Active { .. });
-        let agreed = c.auth_method.clone();
+        let agreed = c.auth_method.as_deref().cloned();
         let method = a.properties.authentication_method.clone();
         // [MQTT-4.12.0-1] no method agreed at CONNECT; [MQTT-4.12.0-5] the method
         // may not change; and no AUTH while the server has not answered the last.
@@ -272,7 +272,11 @@ impl Broker {
     }
 
     fn reauthentication_answer(&mut self, now: Now, k: ConnKey, step: AuthStep) {
-        let Some(agreed) = self.conns.get(k).and_then(|c| c.auth_method.clone()) else {
+        let Some(agreed) = self
+            .conns
+            .get(k)
+            .and_then(|c| c.auth_method.as_deref().cloned())
+        else {
             return;
         };
         match step {

@@ -25,7 +25,7 @@ impl Broker {
                 }
                 let slot = usize::from(alias.get() - 1);
                 if c.inbound_aliases.len() < usize::from(max) {
-                    c.inbound_aliases.resize(usize::from(max), None);
+                    c.inbound_aliases = vec![None; usize::from(max)].into_boxed_slice();
                 }
                 if p.topic.is_empty() {
                     match &c.inbound_aliases[slot] {

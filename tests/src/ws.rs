@@ -135,10 +135,13 @@ impl WsClient {
         assert_eq!(b[1] & 0x80, 0, "the server masked a frame [RFC 6455 5.1]");
         let (len, header) = match b[1] & 0x7f {
             126 if b.len() >= 4 => (usize::from(u16::from_be_bytes([b[2], b[3]])), 4),
-            127 if b.len() >= 10 => (
-                usize::try_from(u64::from_be_bytes(b[2..10].try_into().unwrap())).unwrap(),
-                10,
-            ),
+            127 if b.len() >= 10 => {
+                let n = u64::from_be_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
+                // A length this client cannot even address is the server's error.
+                let n = usize::try_from(n)
+                    .unwrap_or_else(|_| panic!("the server announced a frame of {n} bytes"));
+                (n, 10)
+            }
             126 | 127 => return None,
             n => (usize::from(n), 2),
         };

@@ -810,23 +810,20 @@ impl Broker {
                     now.unix_ms + at.saturating_duration_since(now.instant).as_millis() as u64
                 });
                 // The will of its connection, or one whose delay runs.
+                let stored = |publish: &Publish, delay_interval, publish_at_unix_ms| StoredWill {
+                    message: StoredMessage {
+                        publish: publish.clone(),
+                        expires_at_unix_ms: None,
+                    },
+                    delay_interval,
+                    publish_at_unix_ms,
+                };
                 let will = match s.conn.and_then(|c| self.conns.get(key(c))) {
-                    Some(c) => c.will.as_deref().map(|w| StoredWill {
-                        message: StoredMessage {
-                            publish: w.publish.clone(),
-                            expires_at_unix_ms: None,
-                        },
-                        delay_interval: w.delay,
-                        publish_at_unix_ms: None,
-                    }),
-                    None => s.delayed_will.as_deref().map(|(at, publish)| StoredWill {
-                        message: StoredMessage {
-                            publish: publish.clone(),
-                            expires_at_unix_ms: None,
-                        },
-                        delay_interval: 0,
-                        publish_at_unix_ms: expiry_wall(now, Some(*at)),
-                    }),
+                    Some(c) => c.will.as_deref().map(|w| stored(&w.publish, w.delay, None)),
+                    None => s
+                        .delayed_will
+                        .as_deref()
+                        .map(|(at, p)| stored(p, 0, expiry_wall(now, Some(*at)))),
                 };
                 StoreOp::SessionUpsert(session_record(s, expires, will))
             } else if s.stored {

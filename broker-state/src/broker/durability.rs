@@ -69,22 +69,31 @@ impl Broker {
     pub(super) fn push_ack(&mut self, k: ConnKey, packet: Packet, mark: u64) -> bool {
         let d = &self.durability;
         let caused = d.emitted > mark && d.emitted > d.done;
-        let Some(c) = self.conns.get_mut(k) else {
+        // Nothing waits anywhere (always so without a store): no lookup of the
+        // connection's count on the per-message path.
+        let behind = !d.held.is_empty() && self.conns.get(k).is_some_and(|c| c.held_acks > 0);
+        if caused || behind {
+            self.hold_for_store(k, Held::Packet(packet));
             return false;
-        };
-        if !caused && c.held_acks == 0 {
-            self.push_out(k, packet);
-            return true;
         }
+        self.push_out(k, packet);
+        true
+    }
+
+    /// Holds `item` for connection `k` until everything the store was told so far
+    /// is durable.
+    fn hold_for_store(&mut self, k: ConnKey, item: Held) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
         c.held_acks += 1;
         let needs = self.durability.emitted;
         self.durability.held.push_back(HeldAck {
             needs,
             conn: k,
-            item: Held::Packet(packet),
+            item,
             then: None,
         });
-        false
     }
 
     /// Queues the in-flight PUBLISH `id` (already in the session's window) for the
@@ -95,23 +104,16 @@ impl Broker {
     /// an id a receiver may still hold. Flights behind a waiting one wait too (the
     /// output queue sends a session's flights in window order).
     pub(super) fn push_flight(&mut self, k: ConnKey, id: PacketId, size: usize, wait: bool) {
+        let d = &self.durability;
+        let caused = wait && d.emitted > d.done;
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        let d = &self.durability;
-        if !(wait && d.emitted > d.done) && c.held_acks == 0 {
-            c.out.push_flight(id, size, &mut self.out_pool);
-            signal_transmit(c, &mut self.events, k);
-            return;
+        if caused || c.held_acks > 0 {
+            return self.hold_for_store(k, Held::Flight { id, size });
         }
-        c.held_acks += 1;
-        let needs = self.durability.emitted;
-        self.durability.held.push_back(HeldAck {
-            needs,
-            conn: k,
-            item: Held::Flight { id, size },
-            then: None,
-        });
+        c.out.push_flight(id, size, &mut self.out_pool);
+        signal_transmit(c, &mut self.events, k);
     }
 
     /// What to do once the acknowledgement just held has gone out.

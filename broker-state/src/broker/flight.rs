@@ -67,16 +67,16 @@ impl Broker {
                 // The message is delivered; only the id matters until PUBCOMP (the
                 // entry keeps its reference to the message until then). A repeated
                 // PUBREC gets the PUBREL again.
-                let mut released = None;
                 if let Some(s) = self.sessions.get_mut(sk) {
-                    let persistent = s.persistent();
+                    let stored = self.config.store_effects && s.persistent();
+                    let mut released = None;
                     if let Some(f) = s.inflight.get_mut(at) {
-                        if f.state == FlightState::Published && persistent {
+                        if f.state == FlightState::Published && stored {
                             released = Some(f.msg.seq);
                         }
                         f.state = FlightState::Released;
                     }
-                    if let (Some(seq), true) = (released, self.config.store_effects) {
+                    if let Some(seq) = released {
                         let client_id = s.client_id.clone();
                         self.emit_store(StoreOp::MessageReleased { client_id, seq });
                     }

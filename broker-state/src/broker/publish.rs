@@ -286,21 +286,23 @@ impl Broker {
         });
         if qos == QoS::AtMostOnce {
             // QoS 0 is not queued for offline sessions.
-            let Some((ck, _)) = online else { return };
+            let Some((ck, c)) = online else { return };
             // Beyond its own buffer, a connection may hold a burst while the
-            // broker's shared allowance lasts.
+            // broker's shared allowance lasts (counted on this slow path only).
             let guaranteed = self.config.outbound_buffer_bytes;
-            let Some(c) = self.conns.get_mut(ck) else {
-                return;
-            };
-            if c.out.bytes() >= guaranteed {
+            let c = if c.out.bytes() < guaranteed {
+                c
+            } else {
+                let Some(c) = self.conns.get_mut(ck) else {
+                    return;
+                };
                 sync_burst(c, &mut self.outbound_burst, guaranteed);
                 if self.outbound_burst >= self.config.outbound_burst_bytes {
                     self.stats.dropped_qos0_slow_consumer += 1;
                     return;
                 }
-            }
-            let c = &*c;
+                &*c
+            };
             if expires_at.is_some_and(|at| at <= now.instant) {
                 self.stats.expired += 1;
                 return;

@@ -165,6 +165,8 @@ pub(super) struct Authenticated {
     /// The Authentication Method agreed and the final Authentication Data, for
     /// CONNACK (enhanced authentication only).
     pub(super) enhanced: Option<(MqttString, Option<Bytes>)>,
+    /// The client's attributes.
+    pub(super) attributes: Option<std::sync::Arc<crate::hooks::Attributes>>,
 }
 
 /// What CONNECT asks for that needs no decision about the client (see

@@ -59,6 +59,26 @@ pub struct PeerInfo {
     pub listener: std::sync::Arc<str>,
     /// Remote address as text, for logs and the authentication hook.
     pub remote: String,
+    /// The certificate chain the client presented in the TLS handshake, if any.
+    /// The core only carries it to the authentication question (and the
+    /// synchronous hook); checking it is the authenticator's work.
+    pub certificates: Option<std::sync::Arc<CertificateChain>>,
+}
+
+/// A client's certificate chain as sent in the TLS handshake: DER, the client's
+/// own certificate first. Boxed behind an `Arc` in [`PeerInfo`] so that a
+/// connection without one pays a pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateChain {
+    /// DER-encoded certificates, leaf first.
+    pub der: Vec<bytes::Bytes>,
+}
+
+impl CertificateChain {
+    /// The client's own certificate (the chain's first).
+    pub fn leaf(&self) -> Option<&[u8]> {
+        self.der.first().map(|c| &c[..])
+    }
 }
 
 impl PeerInfo {
@@ -68,6 +88,7 @@ impl PeerInfo {
             transport: Transport::Memory,
             listener: "memory".into(),
             remote: name.into(),
+            certificates: None,
         }
     }
 }

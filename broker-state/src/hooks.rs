@@ -34,6 +34,19 @@ pub trait Authenticator {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AllowAll;
 
+impl AuthStep {
+    /// Success with this authentication name, no attributes, no end of validity
+    /// and no Authentication Data.
+    pub fn allow(authentication_name: Option<String>) -> Self {
+        AuthStep::Success {
+            data: None,
+            authentication_name,
+            attributes: None,
+            valid_until_ms: None,
+        }
+    }
+}
+
 impl Authenticator for AllowAll {
     fn authenticate(&mut self, request: &AuthRequest<'_>) -> AuthDecision {
         Ok(request.username.map(str::to_owned))
@@ -47,6 +60,8 @@ pub struct ClientInfo<'a> {
     pub client_id: &'a str,
     /// Authentication name from the authentication hook.
     pub authentication_name: Option<&'a str>,
+    /// The client's attributes from its authentication, if it has any.
+    pub attributes: Option<&'a Attributes>,
 }
 
 /// Decides what a client may do. Every method defaults to "allowed".
@@ -65,6 +80,22 @@ pub trait Authorizer {
 
 impl Authorizer for AllowAll {}
 
+/// The value of one of a client's attributes, as Event Grid's client resources
+/// have them: a string, an integer or a list of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttributeValue {
+    /// A string.
+    String(String),
+    /// An integer.
+    Integer(i64),
+    /// A list of strings.
+    StringList(Vec<String>),
+}
+
+/// A client's attributes by name (from its registration, its token's claims or a
+/// webhook's answer); authorization's client groups query them.
+pub type Attributes = std::collections::BTreeMap<String, AttributeValue>;
+
 /// One step of enhanced authentication (MQTT 5.0 section 4.12).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthStep {
@@ -78,6 +109,13 @@ pub enum AuthStep {
         data: Option<bytes::Bytes>,
         /// The authentication name that owns the session.
         authentication_name: Option<String>,
+        /// The client's attributes, for authorization.
+        attributes: Option<std::sync::Arc<Attributes>>,
+        /// When the credentials stop being valid (a token's `exp`), as wall-clock
+        /// milliseconds since the Unix epoch: the connection is ended then unless a
+        /// re-authentication renewed them (5.0 DISCONNECT 0xA0 Maximum connect
+        /// time). Already past at CONNECT: refused with 0x87 Not authorized.
+        valid_until_ms: Option<u64>,
     },
     /// Refused: CONNACK (or, on re-authentication, DISCONNECT) with this code,
     /// typically 0x87 Not authorized or 0x8C Bad authentication method.

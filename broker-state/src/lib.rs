@@ -91,12 +91,12 @@ pub use authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
 pub use broker::{Broker, Stats};
 pub use config::{Config, OverflowPolicy, QueueLimits};
 pub use event::{
-    Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill,
-    Transport,
+    CertificateChain, Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp,
+    StoredMessage, StoredWill, Transport,
 };
 pub use hooks::{
-    AllowAll, AuthDecision, AuthRequest, AuthStep, Authenticator, Authorizer, ClientInfo,
-    EnhancedAuthenticator,
+    AllowAll, AttributeValue, Attributes, AuthDecision, AuthRequest, AuthStep, Authenticator,
+    Authorizer, ClientInfo, EnhancedAuthenticator,
 };
 pub use ids::ConnId;
 pub use store::MemoryStore;

@@ -113,6 +113,9 @@ pub(crate) struct PendingWill {
 pub(crate) struct Session {
     pub(crate) client_id: MqttString,
     pub(crate) auth_name: Option<String>,
+    /// The attributes of the client's last authentication (not stored: every
+    /// connection brings its own).
+    pub(crate) attributes: Option<std::sync::Arc<crate::hooks::Attributes>>,
     pub(crate) conn: Option<ConnId>,
     /// Seconds; 0 ends the session with its connection, `u32::MAX` never expires.
     pub(crate) expiry_interval: u32,
@@ -144,6 +147,7 @@ impl Session {
         Session {
             client_id,
             auth_name,
+            attributes: None,
             conn: None,
             expiry_interval: 0,
             expires_at: None,
@@ -303,6 +307,15 @@ pub(crate) enum ConnState {
     Closing { session: Option<SessionKey> },
 }
 
+/// A connection's authentication beyond its name: what lasts for its life.
+#[derive(Debug, Default)]
+pub(crate) struct ConnAuth {
+    /// The Authentication Method agreed at CONNECT.
+    pub(crate) method: Option<MqttString>,
+    /// When the credentials stop being valid (monotonic).
+    pub(crate) expires: Option<Instant>,
+}
+
 pub(crate) struct Conn {
     pub(crate) peer: PeerInfo,
     pub(crate) state: ConnState,
@@ -323,9 +336,10 @@ pub(crate) struct Conn {
     pub(crate) peer_receive_max: u16,
     /// Inbound topic aliases, indexed by alias - 1; allocated on first use.
     pub(crate) inbound_aliases: Box<[Option<TopicName>]>,
-    /// The Authentication Method agreed at CONNECT (enhanced authentication).
-    /// Boxed: most connections have none (8 bytes instead of 32 in every `Conn`).
-    pub(crate) auth_method: Option<Box<MqttString>>,
+    /// The Authentication Method agreed at CONNECT (enhanced authentication) and
+    /// when the credentials expire. Boxed: most connections have neither (8 bytes
+    /// instead of 40 in every `Conn`).
+    pub(crate) auth: Option<Box<ConnAuth>>,
     /// A CONNECT waiting for its authentication (an answer, or the client's next
     /// AUTH).
     pub(crate) pending_connect: Option<Box<PendingConnect>>,
@@ -373,7 +387,7 @@ impl Conn {
             peer_receive_max: u16::MAX,
             inbound_aliases: Box::default(),
             peer_topic_alias_max: 0,
-            auth_method: None,
+            auth: None,
             pending_connect: None,
             auth_ticket: 0,
             reauthenticating: false,

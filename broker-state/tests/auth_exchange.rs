@@ -33,10 +33,7 @@ fn with_password(
 }
 
 fn allow(name: &str) -> AuthStep {
-    AuthStep::Success {
-        data: None,
-        authentication_name: Some(name.to_owned()),
-    }
+    AuthStep::allow(Some(name.to_owned()))
 }
 
 /// Sends CONNECT on a new connection and returns it; nothing is answered yet.
@@ -192,13 +189,7 @@ fn a_takeover_happens_only_after_the_answer_accepts_the_new_connection() {
     let q_new = sim.question();
     let p = pending(&mut sim, connect_packet(V4, "p", true));
     let q = sim.question();
-    sim.answer(
-        &q,
-        AuthStep::Success {
-            data: None,
-            authentication_name: None,
-        },
-    );
+    sim.answer(&q, AuthStep::allow(None));
     assert_eq!(connack(&mut sim, p).reason_code, ReasonCode::Success);
     sim.publish(p, "t", QoS::AtMostOnce, false, b"still mine");
     assert_eq!(payloads(&sim.publishes(old)), vec![&b"still mine"[..]]);
@@ -275,6 +266,8 @@ fn an_auth_exchange_across_several_answers_then_reauthentication_mqtt_4_12() {
         AuthStep::Success {
             data: Some(Bytes::from_static(b"server-final")),
             authentication_name: Some("scram-user".into()),
+            attributes: None,
+            valid_until_ms: None,
         },
     );
     let ack = connack(&mut sim, c);
@@ -296,13 +289,7 @@ fn an_auth_exchange_across_several_answers_then_reauthentication_mqtt_4_12() {
         }
     ));
     sim.subscribe(c, "still/working", QoS::AtMostOnce);
-    sim.answer(
-        &q,
-        AuthStep::Success {
-            data: None,
-            authentication_name: Some("scram-user".into()),
-        },
-    );
+    sim.answer(&q, AuthStep::allow(Some("scram-user".into())));
     match sim.recv(c) {
         Some(Packet::Auth(a)) => assert_eq!(a.reason_code, ReasonCode::Success),
         other => panic!("expected AUTH 0x00, got {other:?}"),
@@ -314,4 +301,89 @@ fn an_auth_exchange_across_several_answers_then_reauthentication_mqtt_4_12() {
         auth(ReasonCode::ContinueAuthentication, "SCRAM", b"too early"),
     );
     assert_eq!(sim.expect_disconnect(c), ReasonCode::ProtocolError);
+}
+
+fn allow_until(name: &str, valid_until_ms: u64) -> AuthStep {
+    AuthStep::Success {
+        data: None,
+        authentication_name: Some(name.to_owned()),
+        attributes: None,
+        valid_until_ms: Some(valid_until_ms),
+    }
+}
+
+fn token_connect(client_id: &str, token: &'static [u8]) -> Connect {
+    let mut connect = connect_packet(V5, client_id, true);
+    connect.properties.authentication_method =
+        Some(MqttString::copy_from_str("CUSTOM-JWT").unwrap());
+    connect.properties.authentication_data = Some(Bytes::from_static(token));
+    connect
+}
+
+#[test]
+fn credentials_end_the_connection_when_they_expire_unless_renewed() {
+    let mut sim = external();
+    let c = pending(&mut sim, token_connect("tok", b"t1"));
+    let q = sim.question();
+    let t0 = sim.now.unix_ms;
+    sim.answer(&q, allow_until("dev", t0 + 10_000));
+    assert_eq!(connack(&mut sim, c).reason_code, ReasonCode::Success);
+    // Renewed 5 s in with a token good for 20 s more: the first expiry passes.
+    sim.advance(Duration::from_secs(5));
+    sim.send(c, auth(ReasonCode::ReAuthenticate, "CUSTOM-JWT", b"t2"));
+    let q = sim.question();
+    sim.answer(&q, allow_until("dev", t0 + 25_000));
+    match sim.recv(c) {
+        Some(Packet::Auth(a)) => assert_eq!(a.reason_code, ReasonCode::Success),
+        other => panic!("expected AUTH 0x00, got {other:?}"),
+    }
+    sim.advance(Duration::from_secs(10));
+    assert_eq!(sim.closed(c), None, "renewed credentials outlive the first");
+    sim.subscribe(c, "still/here", QoS::AtMostOnce);
+    // Not renewed again: ended at the second expiry with Maximum connect time.
+    sim.advance(Duration::from_secs(11));
+    assert_eq!(sim.expect_disconnect(c), ReasonCode::MaximumConnectTime);
+}
+
+#[test]
+fn credentials_already_expired_are_refused_and_a_later_token_cannot_be_stale() {
+    let mut sim = external();
+    let c = pending(&mut sim, token_connect("late", b"old"));
+    let q = sim.question();
+    let now = sim.now.unix_ms;
+    sim.answer(&q, allow_until("dev", now));
+    assert_eq!(connack(&mut sim, c).reason_code, ReasonCode::NotAuthorized);
+    // A re-authentication whose answer is already expired fails it.
+    let c = pending(&mut sim, token_connect("late", b"new"));
+    let q = sim.question();
+    sim.answer(&q, allow_until("dev", now + 60_000));
+    assert_eq!(connack(&mut sim, c).reason_code, ReasonCode::Success);
+    sim.send(c, auth(ReasonCode::ReAuthenticate, "CUSTOM-JWT", b"stale"));
+    let q = sim.question();
+    sim.answer(&q, allow_until("dev", now));
+    assert_eq!(sim.expect_disconnect(c), ReasonCode::NotAuthorized);
+}
+
+#[test]
+fn an_expiry_with_keep_alive_fires_whichever_comes_first() {
+    let mut sim = external();
+    // Keep-alive 60 s (checked at 90 s); credentials for 30 s: expiry first.
+    let c = pending(&mut sim, with_password(V5, "pw", "alice", b"pw"));
+    let q = sim.question();
+    let t0 = sim.now.unix_ms;
+    sim.answer(&q, allow_until("alice", t0 + 30_000));
+    assert_eq!(connack(&mut sim, c).reason_code, ReasonCode::Success);
+    sim.advance(Duration::from_secs(29));
+    sim.send(c, Packet::PingReq);
+    assert!(matches!(sim.recv(c), Some(Packet::PingResp)));
+    assert_eq!(sim.closed(c), None);
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(sim.expect_disconnect(c), ReasonCode::MaximumConnectTime);
+    // Without an expiry the keep-alive still ends a silent connection.
+    let d = pending(&mut sim, with_password(V5, "pw2", "bob", b"pw"));
+    let q = sim.question();
+    sim.answer(&q, allow("bob"));
+    assert_eq!(connack(&mut sim, d).reason_code, ReasonCode::Success);
+    sim.advance(Duration::from_secs(91));
+    assert_eq!(sim.expect_disconnect(d), ReasonCode::KeepAliveTimeout);
 }

@@ -209,14 +209,8 @@ fn resuming_an_unowned_session_with_an_authentication_name_claims_it() {
 /// Names the owner after the Authentication Data of a one-step enhanced
 /// authentication ("anonymous" names nobody), at CONNECT and on re-authentication.
 const TOKEN_NAME: OneStepToken = OneStepToken(|data| match data {
-    Some(b"anonymous") => AuthStep::Success {
-        data: None,
-        authentication_name: None,
-    },
-    Some(name) => AuthStep::Success {
-        data: None,
-        authentication_name: Some(String::from_utf8_lossy(name).into_owned()),
-    },
+    Some(b"anonymous") => AuthStep::allow(None),
+    Some(name) => AuthStep::allow(Some(String::from_utf8_lossy(name).into_owned())),
     None => AuthStep::Failure(ReasonCode::NotAuthorized),
 });
 

@@ -1544,6 +1544,8 @@ impl EnhancedAuthenticator for TestCr {
             Some(b"response-2") => AuthStep::Success {
                 data: Some(Bytes::from_static(b"welcome")),
                 authentication_name: Some("cr-user".into()),
+                attributes: None,
+                valid_until_ms: None,
             },
             _ => AuthStep::Failure(self.fail),
         }
@@ -1800,10 +1802,7 @@ fn reauthentication_with_another_method_is_disconnect_0x82_mqtt_4_12_1_1() {
 
 /// Accepts the right token at once: CONNACK follows CONNECT without AUTH packets.
 const ONE_STEP: OneStepToken = OneStepToken(|data| match data {
-    Some(b"token") => AuthStep::Success {
-        data: None,
-        authentication_name: Some("token-user".into()),
-    },
+    Some(b"token") => AuthStep::allow(Some("token-user".into())),
     _ => AuthStep::Failure(ReasonCode::NotAuthorized),
 });
 

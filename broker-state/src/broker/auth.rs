@@ -9,7 +9,9 @@ use crate::authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS
 use crate::event::{Event, Now};
 use crate::hooks::{AuthRequest, AuthStep};
 use crate::ids::ConnKey;
-use crate::session::{ConnState, PendingConnect};
+use crate::session::{ConnAuth, ConnState, PendingConnect};
+use crate::timer::TimerKind;
+use std::time::Instant;
 
 impl Broker {
     /// CONNECT: the checks that need no decision, then the question (password, or
@@ -95,10 +97,7 @@ impl Broker {
                     password: password.as_deref(),
                 });
                 match decision {
-                    Ok(authentication_name) => AuthStep::Success {
-                        data: None,
-                        authentication_name,
-                    },
+                    Ok(authentication_name) => AuthStep::allow(authentication_name),
                     Err(code) => AuthStep::Failure(code),
                 }
             }
@@ -164,7 +163,7 @@ impl Broker {
             &method,
             matches!(step, AuthStep::Failure(_)),
         ) {
-            c.auth_method = Some(Box::new(m.clone()));
+            c.auth.get_or_insert_with(Box::default).method = Some(m.clone());
         }
         match (step, method) {
             (AuthStep::Continue(data), Some(method)) => {
@@ -179,9 +178,14 @@ impl Broker {
                 AuthStep::Success {
                     data,
                     authentication_name,
+                    attributes,
+                    valid_until_ms,
                 },
                 method,
             ) => {
+                let Some(expires) = credentials_expiry(now, valid_until_ms) else {
+                    return self.refuse(k, ReasonCode::NotAuthorized);
+                };
                 let PendingConnect {
                     connect,
                     plan,
@@ -191,8 +195,12 @@ impl Broker {
                 let auth = Authenticated {
                     authentication_name,
                     enhanced,
+                    attributes,
                 };
                 self.finish_connect(now, k, connect, plan, auth);
+                if self.conns.get(k).is_some_and(|c| c.session().is_some()) {
+                    self.set_credentials_expiry(k, expires);
+                }
                 // What the client sent after CONNECT, in order, now that it is
                 // connected (if it is: a refusal drops it).
                 let conn = conn_id(k);
@@ -232,7 +240,7 @@ impl Broker {
     pub(super) fn on_auth(&mut self, now: Now, k: ConnKey, a: Auth) {
         let Some(c) = self.conns.get(k) else { return };
         let connected = matches!(c.state, ConnState::Active { .. });
-        let agreed = c.auth_method.as_deref().cloned();
+        let agreed = c.auth.as_ref().and_then(|a| a.method.clone());
         let method = a.properties.authentication_method.clone();
         // [MQTT-4.12.0-1] no method agreed at CONNECT; [MQTT-4.12.0-5] the method
         // may not change; and no AUTH while the server has not answered the last.
@@ -275,7 +283,7 @@ impl Broker {
         let Some(agreed) = self
             .conns
             .get(k)
-            .and_then(|c| c.auth_method.as_deref().cloned())
+            .and_then(|c| c.auth.as_ref()?.method.clone())
         else {
             return;
         };
@@ -286,6 +294,8 @@ impl Broker {
             AuthStep::Success {
                 data,
                 authentication_name,
+                attributes,
+                valid_until_ms,
             } => {
                 // Re-authentication renews the credentials of the session's owner; it
                 // does not hand the session (its subscriptions, authorized for the
@@ -300,14 +310,47 @@ impl Broker {
                 if !same_owner {
                     return self.violation(now, k, ReasonCode::NotAuthorized);
                 }
-                if let Some(c) = self.conns.get_mut(k) {
+                // Renewed credentials: their own end of validity, and attributes.
+                let Some(expires) = credentials_expiry(now, valid_until_ms) else {
+                    return self.violation(now, k, ReasonCode::NotAuthorized);
+                };
+                let session = self.conns.get_mut(k).and_then(|c| {
                     c.reauthenticating = false;
+                    c.session()
+                });
+                if let Some(s) = session.and_then(|sk| self.sessions.get_mut(sk)) {
+                    s.attributes = attributes;
                 }
+                self.set_credentials_expiry(k, expires);
                 self.push_auth(k, ReasonCode::Success, agreed, data);
             }
             // [MQTT-4.12.1-2] a failed re-authentication disconnects.
             AuthStep::Failure(code) => {
                 self.violation(now, k, failure_code(code, ReasonContext::Disconnect))
+            }
+        }
+    }
+
+    /// Ends the connection at `expires` (or never): its one timer entry is moved
+    /// earlier if it would fire later (`check_connection` ends it).
+    fn set_credentials_expiry(&mut self, k: ConnKey, expires: Option<Instant>) {
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        match (&mut c.auth, expires) {
+            (Some(a), _) => a.expires = expires,
+            (None, None) => return,
+            (slot @ None, Some(_)) => {
+                *slot = Some(Box::new(ConnAuth {
+                    method: None,
+                    expires,
+                }))
+            }
+        }
+        if let Some(at) = expires {
+            if c.timer_at.is_none_or(|t| t > at) {
+                c.timer_at = Some(at);
+                self.timers.schedule(at, TimerKind::Conn(k));
             }
         }
     }
@@ -330,6 +373,18 @@ impl Broker {
                 },
             }),
         );
+    }
+}
+
+/// When credentials valid until `valid_until_ms` (wall clock) expire on the
+/// monotonic clock: `Some(None)` never, `None` already.
+fn credentials_expiry(now: Now, valid_until_ms: Option<u64>) -> Option<Option<Instant>> {
+    match valid_until_ms {
+        None => Some(None),
+        Some(ms) if ms <= now.unix_ms => None,
+        Some(ms) => Some(Some(
+            now.instant + core::time::Duration::from_millis(ms - now.unix_ms),
+        )),
     }
 }
 

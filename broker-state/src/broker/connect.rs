@@ -69,6 +69,7 @@ impl Broker {
         let Authenticated {
             authentication_name: auth_name,
             enhanced: enhanced_ack,
+            attributes,
         } = auth;
         // Session ownership (Event Grid): a session owned by another authentication
         // name is not for this client. A session without an owner (created by a
@@ -111,6 +112,7 @@ impl Broker {
                 ClientInfo {
                     client_id: client_id.as_str(),
                     authentication_name: auth_name.as_deref(),
+                    attributes: attributes.as_deref(),
                 },
                 &w.topic,
                 w.retain,
@@ -254,6 +256,7 @@ impl Broker {
         let conn = conn_id(k);
         if let Some(s) = self.sessions.get_mut(sk) {
             s.conn = Some(conn);
+            s.attributes = attributes;
             s.expires_at = None;
             s.expiry_interval = granted;
             // The send quota starts afresh with the connection (5.0 section 4.9).

@@ -285,14 +285,20 @@ impl Broker {
             ConnState::Active { .. } => {}
             _ => return,
         }
-        let Some(ka) = c.keep_alive else { return };
-        let deadline = c.last_rx + ka;
-        if deadline > now.instant {
-            c.timer_at = Some(deadline);
-            self.timers.schedule(deadline, TimerKind::Conn(k));
-            return;
+        // Credentials that expired (a token's `exp`) and were not renewed by a
+        // re-authentication: the time this connection was authorized for is over.
+        let expires = c.auth.as_ref().and_then(|a| a.expires);
+        if expires.is_some_and(|at| at <= now.instant) {
+            return self.violation(now, k, ReasonCode::MaximumConnectTime);
         }
-        // [MQTT-3.1.2-24] nothing received for 1.5 x Keep Alive.
-        self.violation(now, k, ReasonCode::KeepAliveTimeout);
+        let keep_alive = c.keep_alive.map(|ka| c.last_rx + ka);
+        if keep_alive.is_some_and(|at| at <= now.instant) {
+            // [MQTT-3.1.2-24] nothing received for 1.5 x Keep Alive.
+            return self.violation(now, k, ReasonCode::KeepAliveTimeout);
+        }
+        if let Some(next) = keep_alive.into_iter().chain(expires).min() {
+            c.timer_at = Some(next);
+            self.timers.schedule(next, TimerKind::Conn(k));
+        }
     }
 }

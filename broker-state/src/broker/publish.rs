@@ -83,6 +83,7 @@ impl Broker {
                     ClientInfo {
                         client_id: s.client_id.as_str(),
                         authentication_name: s.auth_name.as_deref(),
+                        attributes: s.attributes.as_deref(),
                     },
                     &p.topic,
                     p.retain,

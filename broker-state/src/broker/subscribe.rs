@@ -27,14 +27,14 @@ impl Broker {
             } else if filter.has_wildcards() && !self.config.wildcard_subscriptions {
                 ReasonCode::WildcardSubscriptionsNotSupported
             } else {
-                let (client_id, auth) = match self.sessions.get(sk) {
-                    Some(s) => (s.client_id.clone(), s.auth_name.clone()),
-                    None => return,
+                let Some(s) = self.sessions.get(sk) else {
+                    return;
                 };
                 let allowed = self.authorizer.may_subscribe(
                     ClientInfo {
-                        client_id: client_id.as_str(),
-                        authentication_name: auth.as_deref(),
+                        client_id: s.client_id.as_str(),
+                        authentication_name: s.auth_name.as_deref(),
+                        attributes: s.attributes.as_deref(),
                     },
                     &filter,
                 );

@@ -173,10 +173,9 @@ impl Sim {
         while self.auto_answer && !self.questions.is_empty() {
             for q in std::mem::take(&mut self.questions) {
                 let step = match q.kind {
-                    AuthKind::Password { username, .. } => AuthStep::Success {
-                        data: None,
-                        authentication_name: username.map(|u| u.as_str().to_owned()),
-                    },
+                    AuthKind::Password { username, .. } => {
+                        AuthStep::allow(username.map(|u| u.as_str().to_owned()))
+                    }
                     _ => AuthStep::Failure(ReasonCode::BadAuthenticationMethod),
                 };
                 self.broker.handle_auth_answer(self.now, q.ticket, step);

@@ -699,10 +699,7 @@ impl Harness {
                         username.as_ref().map(|u| u.as_str()),
                         password.as_deref(),
                     ) {
-                        Ok(authentication_name) => AuthStep::Success {
-                            data: None,
-                            authentication_name,
-                        },
+                        Ok(authentication_name) => AuthStep::allow(authentication_name),
                         Err(code) => AuthStep::Failure(code),
                     }
                 }

@@ -197,10 +197,7 @@ impl Verifier {
 
     fn anonymous(&self, user: Option<&str>) -> AuthStep {
         if self.allow_anonymous {
-            AuthStep::Success {
-                data: None,
-                authentication_name: user.map(str::to_owned),
-            }
+            AuthStep::allow(user.map(str::to_owned))
         } else {
             AuthStep::Failure(ReasonCode::NotAuthorized)
         }
@@ -239,10 +236,7 @@ pub fn lower_worker_priority() {
 }
 
 fn allow(user: &str) -> AuthStep {
-    AuthStep::Success {
-        data: None,
-        authentication_name: Some(user.to_owned()),
-    }
+    AuthStep::allow(Some(user.to_owned()))
 }
 
 fn stamp_of(path: &std::path::Path) -> Option<(SystemTime, u64)> {

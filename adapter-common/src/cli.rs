@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! brokk [--config FILE] [--listen URL]... [--dev-tls] [--data-dir DIR] [--allow-anonymous]
-//! brokk passwd FILE USERNAME [--password PASSWORD]
+//! brokk passwd FILE USERNAME [--password PASSWORD] [--scheme argon2id|pbkdf2-sha512]
 //! ```
 //!
 //! Flags override the config file; `--listen` replaces the file's listeners (or the
@@ -15,7 +15,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{parse_bind, Config, ConfigError, Listener, ListenerKind, Origin};
-use crate::passwd::{PasswdError, PasswordFile, SetPassword};
+use crate::passwd::{HashScheme, PasswdError, PasswordFile, SetPassword};
 
 /// The parsed command line.
 #[derive(Debug, Clone, Parser)]
@@ -109,6 +109,11 @@ pub struct PasswdArgs {
     /// prefer standard input)
     #[arg(long, value_name = "PASSWORD")]
     pub password: Option<String>,
+
+    /// How to hash the password. pbkdf2-sha512 writes Mosquitto's own $7$ form, for
+    /// a file that Mosquitto reads too. Other users' lines keep their format
+    #[arg(long, value_enum, value_name = "SCHEME", default_value_t = HashScheme::Argon2id)]
+    pub scheme: HashScheme,
 }
 
 /// A `--listen` value.
@@ -213,7 +218,8 @@ pub fn build_config(args: &RunArgs, file: Option<Config>) -> Result<Config, Conf
 }
 
 /// Runs `brokk passwd`: takes the password from `--password` or the first line of
-/// `stdin`, then adds or updates the user and rewrites the file atomically.
+/// `stdin`, then adds or updates the user, hashed with `--scheme`, and rewrites the
+/// file atomically.
 pub fn run_passwd(args: &PasswdArgs, stdin: &mut dyn BufRead) -> Result<SetPassword, PasswdError> {
     let password = match &args.password {
         Some(password) => password.clone(),
@@ -227,7 +233,7 @@ pub fn run_passwd(args: &PasswdArgs, stdin: &mut dyn BufRead) -> Result<SetPassw
         }
     };
     let mut file = PasswordFile::load_or_new(&args.file)?;
-    let outcome = file.set_password(&args.username, password.as_bytes())?;
+    let outcome = file.set_password_with(&args.username, password.as_bytes(), args.scheme)?;
     file.write(&args.file)?;
     Ok(outcome)
 }
@@ -281,6 +287,10 @@ mod tests {
             "<USERNAME>",
             "--password <PASSWORD>",
             "standard input",
+            "--scheme <SCHEME>",
+            "argon2id",
+            "pbkdf2-sha512",
+            "[default: argon2id]",
         ] {
             assert!(
                 passwd_help.contains(needle),
@@ -469,6 +479,50 @@ mod tests {
         let e = run_passwd(&args, &mut &b"\n"[..]).unwrap_err();
         assert_eq!(e.to_string(), "the password is empty");
         assert!(!file.exists());
+    }
+
+    #[test]
+    fn passwd_scheme_pbkdf2_sha512_writes_a_mosquitto_line_beside_the_others() {
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        let file = dir.path().join("passwords");
+        let file_arg = file
+            .to_str()
+            .expect("test setup: a failure here is the test failing");
+        let passwd = |args: &[&str], stdin: &[u8]| {
+            let cli = parse(args).expect("test setup: a failure here is the test failing");
+            let Some(Command::Passwd(args)) = cli.command else {
+                panic!("passwd not parsed")
+            };
+            run_passwd(&args, &mut &stdin[..])
+        };
+        passwd(&["passwd", file_arg, "alice"], b"argon\n")
+            .expect("test setup: a failure here is the test failing");
+        let outcome = passwd(
+            &["passwd", file_arg, "bob", "--scheme", "pbkdf2-sha512"],
+            b"mosquitto\n",
+        )
+        .expect("test setup: a failure here is the test failing");
+        assert_eq!(outcome, SetPassword::Added);
+
+        let text =
+            std::fs::read_to_string(&file).expect("test setup: a failure here is the test failing");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("alice:$argon2id$"), "{text}");
+        assert!(lines[1].starts_with("bob:$7$101$"), "{text}");
+        let loaded =
+            PasswordFile::load(&file).expect("test setup: a failure here is the test failing");
+        assert!(loaded.verify("alice", b"argon"));
+        assert!(loaded.verify("bob", b"mosquitto"));
+        assert!(!loaded.verify("bob", b"argon"));
+    }
+
+    #[test]
+    fn passwd_refuses_an_unknown_scheme_listing_the_known_ones() {
+        let e = parse(&["passwd", "f", "u", "--scheme", "md5"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("md5"), "{e}");
+        assert!(e.contains("argon2id") && e.contains("pbkdf2-sha512"), "{e}");
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl BoundListener {
             },
             listener: self.label.clone(),
             remote: remote.to_string(),
+            certificates: None,
         }
     }
 }

@@ -1,0 +1,1 @@
+//! Who a client is: Event Grid's identity model.

@@ -21,12 +21,13 @@ use std::hash::Hasher;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use broker_state::{AuthKind, AuthQuestion, AuthStep};
 use mqtt_proto::ReasonCode;
 use siphasher::sip128::{Hasher128, SipHasher13};
 
+use crate::identity::{Policy, Quick};
 use crate::passwd::PasswordFile;
 
 /// How long a successful password verification is remembered.
@@ -35,12 +36,12 @@ pub const CACHE_TTL: Duration = Duration::from_secs(300);
 /// Users remembered at most; beyond it the cache starts over.
 const CACHE_MAX: usize = 100_000;
 
-/// Decides who a client is: the password file, and anonymous clients where the
-/// config allows them. Shared by the broker's thread (quick answers) and the
-/// workers (verifications).
+/// Decides who a client is: the identity policy ([`crate::identity`]) with the
+/// password file. Shared by the broker's thread (quick answers), the workers
+/// (verifications) and the TLS handshakes (which certificates get in).
 pub struct Verifier {
-    /// Where the password file is; `None`: there is none.
-    path: Option<PathBuf>,
+    /// The identity policy, replaced whole by a reload.
+    policy: RwLock<Arc<Policy>>,
     /// The password file as last read, replaced whole when it changes: a
     /// verification takes its own reference and holds no lock while Argon2 runs,
     /// so the broker's thread never waits behind one.
@@ -48,12 +49,13 @@ pub struct Verifier {
     /// Bumped by every reload; a remembered verification of an older one no
     /// longer counts (also one that finished while the file was being replaced).
     generation: AtomicU64,
-    allow_anonymous: bool,
     cache: Mutex<Cache>,
     key: (u64, u64),
 }
 
 struct Loaded {
+    /// Where the password file is; `None`: there is none.
+    path: Option<PathBuf>,
     passwords: Option<PasswordFile>,
     /// The file's modification time and length when it was read.
     stamp: Option<(SystemTime, u64)>,
@@ -61,114 +63,137 @@ struct Loaded {
 
 #[derive(Default)]
 struct Cache {
-    /// User name -> digest of the password that was verified, until when, and
-    /// against which generation of the file.
-    users: HashMap<String, (u128, Instant, u64)>,
+    /// User name -> digest of the password that was verified, until when, against
+    /// which generation of the file and policy, and the answer it got.
+    users: HashMap<String, (u128, Instant, u64, AuthStep)>,
 }
 
 impl Verifier {
-    /// From the password file (where it came from, watched for changes, and as
-    /// loaded) and the anonymous policy. `key` is secret randomness for the
-    /// cache's digests.
-    pub fn new(
-        file: Option<(PathBuf, PasswordFile)>,
-        allow_anonymous: bool,
-        key: (u64, u64),
-    ) -> Self {
-        let (path, passwords) = file.unzip();
-        let stamp = path.as_deref().and_then(stamp_of);
+    /// From the identity policy and the password file (where it came from, watched
+    /// for changes, and as loaded). `key` is secret randomness for the cache's
+    /// digests.
+    pub fn new(policy: Policy, file: Option<(PathBuf, PasswordFile)>, key: (u64, u64)) -> Self {
         Verifier {
-            path,
-            file: RwLock::new(Arc::new(Loaded { passwords, stamp })),
+            policy: RwLock::new(Arc::new(policy)),
+            file: RwLock::new(Arc::new(loaded(file))),
             generation: AtomicU64::new(0),
-            allow_anonymous,
             cache: Mutex::new(Cache::default()),
             key,
         }
     }
 
-    /// The answer, if it needs no verification: anonymous clients, methods this
-    /// server does not support, a password verified within [`CACHE_TTL`]. Cheap
-    /// enough for the broker's thread.
-    pub fn quick(&self, q: &AuthQuestion, now: Instant) -> Option<AuthStep> {
-        let (username, password) = match &q.kind {
-            AuthKind::Password { username, password } => (username, password),
-            // No enhanced authentication method is configured (yet): [MQTT-4.12.0-1].
-            AuthKind::Start { .. } => {
-                return Some(AuthStep::Failure(ReasonCode::BadAuthenticationMethod))
-            }
-            AuthKind::Step { .. } => return Some(AuthStep::Failure(ReasonCode::ProtocolError)),
-        };
-        let Some(user) = username else {
-            return Some(self.anonymous(None));
-        };
-        if self.path.is_none() {
-            // No password file: the user name names the session's owner.
-            return Some(self.anonymous(Some(user.as_str())));
-        }
-        let digest = self.digest(user.as_str(), password.as_deref().unwrap_or_default());
-        let generation = self.generation.load(Ordering::Acquire);
-        let cache = self.cache.lock().ok()?;
-        match cache.users.get(user.as_str()) {
-            Some(&(d, until, g)) if d == digest && now < until && g == generation => {
-                Some(allow(user.as_str()))
-            }
-            _ => None,
+    /// The current policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
-    /// Verifies a password (tens of milliseconds: call it on a worker, never on
-    /// the broker's thread).
+    /// Replaces the policy and the password file at once (a reload): connections
+    /// decided from now on see only the new ones; remembered verifications are
+    /// forgotten. Established connections are not touched.
+    pub fn reload(&self, policy: Policy, file: Option<(PathBuf, PasswordFile)>) {
+        let loaded = Arc::new(loaded(file));
+        match (self.policy.write(), self.file.write()) {
+            (Ok(mut p), Ok(mut f)) => {
+                *p = Arc::new(policy);
+                *f = loaded;
+            }
+            _ => tracing::error!("identity reload failed: a lock is poisoned"),
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.users.clear();
+        }
+    }
+
+    /// The answer, if it needs no verification: anonymous clients, methods this
+    /// server does not support, refusals by rule, a password verified within
+    /// [`CACHE_TTL`]. Cheap enough for the broker's thread.
+    pub fn quick(&self, q: &AuthQuestion, now: Instant) -> Option<AuthStep> {
+        let policy = self.policy();
+        let has_file = self.file.read().is_ok_and(|f| f.path.is_some());
+        match policy.quick(q, has_file)? {
+            Quick::Answer(step) => Some(step),
+            Quick::Password => {
+                let AuthKind::Password {
+                    username: Some(user),
+                    password,
+                } = &q.kind
+                else {
+                    return None;
+                };
+                let digest = self.digest(user.as_str(), password.as_deref().unwrap_or_default());
+                let generation = self.generation.load(Ordering::Acquire);
+                let cache = self.cache.lock().ok()?;
+                match cache.users.get(user.as_str()) {
+                    Some((d, until, g, step))
+                        if *d == digest && now < *until && *g == generation =>
+                    {
+                        Some(step.clone())
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Decides (tens of milliseconds for a password, a network round trip for the
+    /// webhook: call it on a worker, never on the broker's thread).
     pub fn verify(&self, q: &AuthQuestion) -> AuthStep {
+        self.refresh();
         if let Some(step) = self.quick(q, Instant::now()) {
             return step;
         }
-        self.refresh();
-        let AuthKind::Password { username, password } = &q.kind else {
-            return AuthStep::Failure(ReasonCode::NotAuthorized);
-        };
-        let Some(user) = username else {
-            return self.anonymous(None);
-        };
-        let password = password.as_deref().unwrap_or_default();
         // The generation first: a reload that lands during the verification makes
         // the result one the cache no longer counts.
         let generation = self.generation.load(Ordering::Acquire);
+        let policy = self.policy();
         let Some(file) = self.file.read().ok().map(|f| Arc::clone(&f)) else {
             return AuthStep::Failure(ReasonCode::ServerUnavailable);
         };
-        // `verify` spends the same time on unknown users as on known ones.
-        let verified = file
-            .passwords
-            .as_ref()
-            .is_some_and(|f| f.verify(user.as_str(), password));
-        if !verified {
-            return AuthStep::Failure(ReasonCode::BadUserNameOrPassword);
-        }
-        let digest = self.digest(user.as_str(), password);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.users.len() >= CACHE_MAX {
-                let now = Instant::now();
-                cache.users.retain(|_, (_, until, _)| *until > now);
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let step = policy.decide(q, file.passwords.as_ref(), now_unix);
+        let cacheable = matches!(policy.quick(q, file.path.is_some()), Some(Quick::Password))
+            && matches!(step, AuthStep::Success { .. });
+        if let (
+            true,
+            AuthKind::Password {
+                username: Some(user),
+                password,
+            },
+        ) = (cacheable, &q.kind)
+        {
+            let digest = self.digest(user.as_str(), password.as_deref().unwrap_or_default());
+            if let Ok(mut cache) = self.cache.lock() {
                 if cache.users.len() >= CACHE_MAX {
-                    cache.users.clear();
+                    let now = Instant::now();
+                    cache.users.retain(|_, (_, until, _, _)| *until > now);
+                    if cache.users.len() >= CACHE_MAX {
+                        cache.users.clear();
+                    }
                 }
+                cache.users.insert(
+                    user.as_str().to_owned(),
+                    (digest, Instant::now() + CACHE_TTL, generation, step.clone()),
+                );
             }
-            cache.users.insert(
-                user.as_str().to_owned(),
-                (digest, Instant::now() + CACHE_TTL, generation),
-            );
         }
-        allow(user.as_str())
+        step
     }
 
     /// Reads the password file again if it changed on disk, and then forgets every
     /// remembered verification. Blocking (a `stat`, maybe a read): on a worker.
     pub fn refresh(&self) {
-        let Some(path) = &self.path else { return };
+        let Some(current) = self.file.read().ok().map(|f| Arc::clone(&f)) else {
+            return;
+        };
+        let Some(path) = &current.path else { return };
         let now = stamp_of(path);
-        let current = self.file.read().map(|f| f.stamp).unwrap_or(None);
-        if now == current {
+        if now == current.stamp {
             return;
         }
         let passwords = match PasswordFile::load(path) {
@@ -183,23 +208,19 @@ impl Verifier {
             }
         };
         if let Ok(mut file) = self.file.write() {
-            let passwords = passwords.or_else(|| file.passwords.clone());
-            *file = Arc::new(Loaded {
-                passwords,
-                stamp: now,
-            });
+            // Unless a reload replaced it meanwhile.
+            if file.path.as_ref() == Some(path) {
+                let passwords = passwords.or_else(|| file.passwords.clone());
+                *file = Arc::new(Loaded {
+                    path: Some(path.clone()),
+                    passwords,
+                    stamp: now,
+                });
+            }
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut cache) = self.cache.lock() {
             cache.users.clear();
-        }
-    }
-
-    fn anonymous(&self, user: Option<&str>) -> AuthStep {
-        if self.allow_anonymous {
-            AuthStep::allow(user.map(str::to_owned))
-        } else {
-            AuthStep::Failure(ReasonCode::NotAuthorized)
         }
     }
 
@@ -209,6 +230,16 @@ impl Verifier {
         h.write_u8(0xff);
         h.write(password);
         h.finish128().as_u128()
+    }
+}
+
+fn loaded(file: Option<(PathBuf, PasswordFile)>) -> Loaded {
+    let (path, passwords) = file.unzip();
+    let stamp = path.as_deref().and_then(stamp_of);
+    Loaded {
+        path,
+        passwords,
+        stamp,
     }
 }
 
@@ -233,10 +264,6 @@ pub fn lower_worker_priority() {
             }
         });
     }
-}
-
-fn allow(user: &str) -> AuthStep {
-    AuthStep::allow(Some(user.to_owned()))
 }
 
 fn stamp_of(path: &std::path::Path) -> Option<(SystemTime, u64)> {

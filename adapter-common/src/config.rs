@@ -18,6 +18,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::identity::ClientCertificates;
+use crate::identity::{
+    identity_from_file, AuthenticationFile, CaCertificateFile, ClientFile, IdentityConfig,
+    IdentityConfigError,
+};
+
 /// Where the plain MQTT listener binds when neither a file nor `--listen` names one.
 pub const DEFAULT_MQTT_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883);
 /// Where the WebSocket listener binds when neither a file nor `--listen` names one.
@@ -285,6 +291,8 @@ pub struct Listener {
     pub path: Option<String>,
     /// The operator's consent to plain MQTT or WebSocket on a non-loopback address.
     pub allow_plain_non_loopback: bool,
+    /// Whether a TLS listener asks clients for a certificate.
+    pub client_certificates: ClientCertificates,
     /// Where this listener was declared.
     pub origin: Origin,
 }
@@ -299,6 +307,7 @@ impl Listener {
             tls: None,
             path: None,
             allow_plain_non_loopback: false,
+            client_certificates: ClientCertificates::None,
             origin,
         }
     }
@@ -335,6 +344,11 @@ pub struct Config {
     pub allow_anonymous: Option<bool>,
     /// The password file checked for clients that send a username.
     pub password_file: Option<PathBuf>,
+    /// Registered clients and CAs, name sources, JWT and webhook
+    /// ([`crate::identity`]).
+    pub identity: IdentityConfig,
+    /// The config files read, the main one first (a reload reads them again).
+    pub files: Vec<PathBuf>,
     /// Whether TLS listeners without a certificate use the development CA.
     pub dev_tls: bool,
     /// The sockets to accept connections on.
@@ -357,6 +371,8 @@ impl Default for Config {
             recover: false,
             allow_anonymous: None,
             password_file: None,
+            identity: IdentityConfig::default(),
+            files: Vec::new(),
             dev_tls: false,
             listeners: default_listeners(),
             limits: Limits::default(),
@@ -395,6 +411,15 @@ fn deserialize_bind<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Er
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
+    /// Further files with `[authentication]`, `[[ca_certificate]]` and
+    /// `[[client]]` tables, relative to this one.
+    #[serde(default)]
+    include: Vec<PathBuf>,
+    authentication: Option<AuthenticationFile>,
+    #[serde(default, rename = "ca_certificate")]
+    ca_certificates: Vec<CaCertificateFile>,
+    #[serde(default, rename = "client")]
+    clients: Vec<ClientFile>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
     persistence: Persistence,
@@ -420,6 +445,19 @@ struct ListenerFile {
     path: Option<String>,
     #[serde(default)]
     allow_plain_non_loopback: bool,
+    #[serde(default)]
+    client_certificates: ClientCertificates,
+}
+
+/// A file named by `include`: identity tables only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncludedFile {
+    authentication: Option<AuthenticationFile>,
+    #[serde(default, rename = "ca_certificate")]
+    ca_certificates: Vec<CaCertificateFile>,
+    #[serde(default, rename = "client")]
+    clients: Vec<ClientFile>,
 }
 
 impl Config {
@@ -464,11 +502,64 @@ impl Config {
                 tls,
                 path: l.path,
                 allow_plain_non_loopback: l.allow_plain_non_loopback,
+                client_certificates: l.client_certificates,
                 origin,
             });
         }
         if listeners.is_empty() {
             listeners = default_listeners();
+        }
+
+        let mut identity = IdentityConfig::default();
+        let mut files = vec![path.to_path_buf()];
+        let mut password_file = file.password_file.map(resolve);
+        let mut take_password_file = |at: &Path, found: Option<PathBuf>| {
+            if let Some(found) = found {
+                if password_file.is_some() {
+                    return Err(ConfigError::Identity(IdentityConfigError {
+                        file: at.to_path_buf(),
+                        key: "authentication.password_file".into(),
+                        problem: "the password file is already set (password_file, or \
+                                  [authentication] of another file): set it once"
+                            .into(),
+                    }));
+                }
+                password_file = Some(found);
+            }
+            Ok(())
+        };
+        let found = identity_from_file(
+            path,
+            &resolve,
+            file.authentication,
+            file.ca_certificates,
+            file.clients,
+            &mut identity,
+        )
+        .map_err(ConfigError::Identity)?;
+        take_password_file(path, found)?;
+        for include in file.include {
+            let included = resolve(include);
+            let text = std::fs::read_to_string(&included).map_err(|source| ConfigError::Read {
+                path: included.clone(),
+                source,
+            })?;
+            let de = toml::Deserializer::new(&text);
+            let inc: IncludedFile = serde_path_to_error::deserialize(de)
+                .map_err(|e| ConfigError::from_toml(&included, &text, e))?;
+            let base = included.parent().unwrap_or(Path::new("")).to_path_buf();
+            let resolve_here = move |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+            let found = identity_from_file(
+                &included,
+                &resolve_here,
+                inc.authentication,
+                inc.ca_certificates,
+                inc.clients,
+                &mut identity,
+            )
+            .map_err(ConfigError::Identity)?;
+            take_password_file(&included, found)?;
+            files.push(included);
         }
 
         Ok(Config {
@@ -479,7 +570,9 @@ impl Config {
             fsync_interval_ms: file.fsync_interval_ms.unwrap_or(DEFAULT_FSYNC_INTERVAL_MS),
             recover: false,
             allow_anonymous: file.allow_anonymous,
-            password_file: file.password_file.map(resolve),
+            password_file,
+            identity,
+            files,
             dev_tls: false,
             listeners,
             limits: file.limits,
@@ -502,7 +595,9 @@ impl Config {
     /// password file is configured: a password file means credentials are expected.
     pub fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous.unwrap_or_else(|| {
-            self.password_file.is_none() && self.listeners.iter().all(Listener::is_loopback)
+            self.password_file.is_none()
+                && !self.identity.expects_credentials()
+                && self.listeners.iter().all(Listener::is_loopback)
         })
     }
 
@@ -529,13 +624,14 @@ impl Config {
                 });
             }
         }
-        match (self.allow_anonymous, &self.password_file) {
-            (Some(false), None) => {
+        let credentials = self.password_file.is_some() || self.identity.expects_credentials();
+        match (self.allow_anonymous, credentials) {
+            (Some(false), false) => {
                 return Err(ConfigError::NoCredentials {
                     file: self.source.clone(),
                 })
             }
-            (None, None) => {
+            (None, false) => {
                 if let Some(l) = self.listeners.iter().find(|l| !l.is_loopback()) {
                     return Err(ConfigError::AnonymousNotExplicit {
                         at: l.origin.clone(),
@@ -583,6 +679,9 @@ impl Config {
 
 fn validate_listener(l: &Listener) -> Result<(), ConfigError> {
     let at = || l.origin.clone();
+    if !l.kind.is_tls() && l.client_certificates != ClientCertificates::None {
+        return Err(ConfigError::ClientCertificatesOnPlainListener { at: at() });
+    }
     if let Some(path) = &l.path {
         if !l.kind.is_websocket() {
             return Err(ConfigError::PathOnNonWebSocket {
@@ -765,6 +864,14 @@ pub enum ConfigError {
         default: u32,
         /// `limits.max_session_expiry_secs`.
         max: u32,
+    },
+    /// Something in the identity tables (`[authentication]`, `[[client]]`,
+    /// `[[ca_certificate]]`).
+    Identity(IdentityConfigError),
+    /// A listener asks for client certificates but is not a TLS listener.
+    ClientCertificatesOnPlainListener {
+        /// The listener.
+        at: Origin,
     },
     /// A `--listen` value that is not a listener URL. Displays as the reason alone,
     /// since clap already names the flag and the value.
@@ -994,6 +1101,13 @@ impl fmt::Display for ConfigError {
                 "{}limits.default_session_expiry_secs: {default} is above \
                  limits.max_session_expiry_secs ({max})",
                 file_prefix(file)
+            ),
+            ConfigError::Identity(e) => e.fmt(f),
+            ConfigError::ClientCertificatesOnPlainListener { at } => write!(
+                f,
+                "{}: expected \"none\" on a listener without TLS (client certificates \
+                 come with the TLS handshake: use kind = \"mqtts\" or \"wss\")",
+                at.field("client_certificates")
             ),
             // clap prints the flag and the value in front of this.
             ConfigError::BadListenUrl { reason, .. } => f.write_str(reason),

@@ -70,8 +70,8 @@
 //!     let dev = if config.dev_tls { Some(tls::dev_tls(&config.data_dir)?) } else { None };
 //!     for listener in &config.listeners {
 //!         let tls_config = match (&listener.tls, &dev) {
-//!             (Some(TlsSource::Files { cert, key }), _) => Some(tls::server_config(cert, key)?),
-//!             (Some(TlsSource::Dev), Some(dev)) => Some(dev.server_config()?),
+//!             (Some(TlsSource::Files { cert, key }), _) => Some(tls::server_config(cert, key, None)?),
+//!             (Some(TlsSource::Dev), Some(dev)) => Some(dev.server_config(None)?),
 //!             _ => None,
 //!         };
 //!         // bind listener.bind, wrap in TLS, run websocket::parse_handshake when

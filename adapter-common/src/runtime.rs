@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use broker_state::CertificateChain;
 use broker_state::{Now, PeerInfo};
 
 use crate::connection::{self, LocalNotify, SharedHub, Start, Transport};
@@ -84,11 +85,24 @@ pub trait Runtime: Clone + 'static {
         listener: &Self::Listener,
     ) -> impl Future<Output = io::Result<(Self::Plain, SocketAddr)>>;
 
-    /// The server side of a TLS handshake over an accepted stream.
+    /// The server side of a TLS handshake over an accepted stream, and the
+    /// certificate chain the client presented ([`peer_certificates`]).
     fn tls_accept(
         config: Arc<rustls::ServerConfig>,
         plain: Self::Plain,
-    ) -> impl Future<Output = io::Result<impl Transport + 'static>> + 'static;
+    ) -> impl Future<Output = io::Result<(impl Transport + 'static, Option<Arc<CertificateChain>>)>>
+           + 'static;
+}
+
+/// The certificate chain a client presented in a finished handshake, for the
+/// authentication question.
+pub fn peer_certificates(conn: &rustls::ServerConnection) -> Option<Arc<CertificateChain>> {
+    let certs = conn.peer_certificates()?;
+    let der = certs
+        .iter()
+        .map(|c| bytes::Bytes::copy_from_slice(c.as_ref()))
+        .collect::<Vec<_>>();
+    (!der.is_empty()).then(|| Arc::new(CertificateChain { der }))
 }
 
 /// Both clocks (the system's), read by the server and handed to the core.
@@ -304,7 +318,7 @@ async fn accept_loop<R: Runtime>(
                 continue;
             }
         };
-        let peer = l.peer(remote);
+        let mut peer = l.peer(remote);
         let (hub, path) = (hub.clone(), l.path.clone());
         match l.tls.clone() {
             None if !websocket => {
@@ -318,7 +332,8 @@ async fn accept_loop<R: Runtime>(
             Some(config) => rt.spawn_detached(async move {
                 let handshake = R::tls_accept(config, t);
                 match connection::timeout(R::sleep(handshake_timeout), handshake).await {
-                    Some(Ok(t)) => {
+                    Some(Ok((t, certificates))) => {
+                        peer.certificates = certificates;
                         serve::<R>(hub, t, peer, websocket, path, handshake_timeout).await
                     }
                     Some(Err(error)) => {

@@ -14,8 +14,9 @@ use clap::Parser;
 
 use crate::authentication::Verifier;
 use crate::cli::{load_config, run_passwd, Cli, Command};
-use crate::config::{Config, Fsync, ListenerKind, Persistence, TlsSource};
+use crate::config::{ClientCertificates, Config, Fsync, ListenerKind, Persistence, TlsSource};
 use crate::core::broker_config;
+use crate::identity::{FleetCertVerifier, Policy};
 use crate::passwd::{PasswdError, PasswordFile, SetPassword};
 use crate::tls::{self, TlsError};
 
@@ -37,6 +38,14 @@ pub enum StartError {
     Runtime(std::io::Error),
     /// The durable store could not be opened (in use, damaged, unreadable).
     Store(brokk_store::StoreError),
+    /// The identity policy could not be built (a CA or JWKS file, clashing
+    /// clients).
+    Identity {
+        /// The config file.
+        file: Option<PathBuf>,
+        /// What is wrong.
+        error: crate::identity::PolicyError,
+    },
 }
 
 impl fmt::Display for StartError {
@@ -47,6 +56,10 @@ impl fmt::Display for StartError {
             StartError::Passwords(e) => write!(f, "{e}"),
             StartError::Runtime(e) => write!(f, "cannot start the runtime: {e}"),
             StartError::Store(e) => write!(f, "{e}"),
+            StartError::Identity { file, error } => match file {
+                Some(file) => write!(f, "{}: {error}", file.display()),
+                None => write!(f, "{error}"),
+            },
         }
     }
 }
@@ -185,18 +198,33 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     } else {
         None
     };
-    let passwords = match &config.password_file {
-        Some(path) => Some(PasswordFile::load(path).map_err(StartError::Passwords)?),
-        None => None,
+    // Who a client is gets decided off the broker's thread (see
+    // crate::authentication): the core asks, the hub and its workers answer.
+    broker.set_external_authentication(true);
+    let key = os_seed();
+    let half = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&key[at..at + 8]);
+        u64::from_le_bytes(w)
     };
+    let (policy, passwords) = load_identity(config, (half(16), half(24)))?;
+    let verifier = Arc::new(Verifier::new(policy, passwords, (half(0), half(8))));
     let mut listeners = Vec::new();
     for l in &config.listeners {
+        let client_auth = match l.client_certificates {
+            ClientCertificates::None => None,
+            c => Some(Arc::new(FleetCertVerifier::new(
+                verifier.clone(),
+                c == ClientCertificates::Required,
+            ))
+                as Arc<dyn rustls::server::danger::ClientCertVerifier>),
+        };
         let tls = match (&l.tls, &dev) {
             (Some(TlsSource::Files { cert, key }), _) => {
-                Some(tls::server_config(cert, key).map_err(StartError::Tls)?)
+                Some(tls::server_config(cert, key, client_auth).map_err(StartError::Tls)?)
             }
             (Some(TlsSource::Dev), Some(dev)) => {
-                Some(dev.server_config().map_err(StartError::Tls)?)
+                Some(dev.server_config(client_auth).map_err(StartError::Tls)?)
             }
             _ => None,
         };
@@ -221,20 +249,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         .limits
         .tls_handshake_timeout_secs
         .map_or(DEFAULT_HANDSHAKE_TIMEOUT, Duration::from_secs);
-    // Who a client is gets decided off the broker's thread (see
-    // crate::authentication): the core asks, the hub and its workers answer.
-    broker.set_external_authentication(true);
-    let key = os_seed();
-    let half = |at: usize| {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&key[at..at + 8]);
-        u64::from_le_bytes(w)
-    };
-    let verifier = Arc::new(Verifier::new(
-        config.password_file.clone().zip(passwords),
-        config.anonymous_allowed(),
-        (half(0), half(8)),
-    ));
     let max_verifications = config.limits.max_verifications_in_flight.map_or_else(
         || std::thread::available_parallelism().map_or(2, |n| n.get()),
         |n| n.get() as usize,
@@ -253,6 +267,32 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             .map_or(crate::park::PARK_TICK, Duration::from_millis),
         parked: crate::park::ParkedGauge::default(),
     })
+}
+
+/// The identity policy and the password file of `config`, read from disk (at
+/// start, and again by a reload). `key`: secret randomness for the webhook cache.
+pub fn load_identity(
+    config: &Config,
+    key: (u64, u64),
+) -> Result<(Policy, Option<(PathBuf, PasswordFile)>), StartError> {
+    let passwords = match &config.password_file {
+        Some(path) => Some((
+            path.clone(),
+            PasswordFile::load(path).map_err(StartError::Passwords)?,
+        )),
+        None => None,
+    };
+    let policy = Policy::load(
+        &config.identity,
+        config.anonymous_allowed(),
+        passwords.is_some(),
+        key,
+    )
+    .map_err(|e| StartError::Identity {
+        file: config.source.clone(),
+        error: e,
+    })?;
+    Ok((policy, passwords))
 }
 
 /// 32 bytes from the operating system for the core's seed (assigned client ids,
@@ -279,6 +319,7 @@ pub fn os_seed() -> [u8; 32] {
 /// graceful shutdown. Dropping it shuts the server down.
 pub struct ServerHandle {
     addrs: Vec<(ListenerKind, SocketAddr)>,
+    verifier: Arc<Verifier>,
     parked: crate::park::ParkedGauge,
     ca_cert: Option<PathBuf>,
     stop: Option<Box<dyn FnOnce() + Send>>,
@@ -299,12 +340,14 @@ impl ServerHandle {
         let addrs = prepared.addrs();
         let ca_cert = prepared.ca_cert.clone();
         let parked = prepared.parked.clone();
+        let verifier = prepared.verifier.clone();
         let thread = std::thread::Builder::new()
             .name("brokk".into())
             .spawn(move || serve(prepared))
             .map_err(StartError::Runtime)?;
         Ok(ServerHandle {
             addrs,
+            verifier,
             parked,
             ca_cert,
             stop: Some(Box::new(stop)),
@@ -325,6 +368,24 @@ impl ServerHandle {
     /// With dev TLS, the CA certificate clients should trust.
     pub fn dev_ca_cert(&self) -> Option<&Path> {
         self.ca_cert.as_deref()
+    }
+
+    /// Reloads the identity policy (clients, CAs, JWT keys, webhook, password
+    /// file) from `config`, read anew by the caller: all of it or, when anything in
+    /// it cannot be loaded, none of it (the error says what, and the old policy
+    /// stays). Connections are not dropped; new ones are decided by the new policy.
+    /// Other settings (listeners, limits) need a restart.
+    pub fn reload(&self, config: &Config) -> Result<(), StartError> {
+        let key = os_seed();
+        let half = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&key[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        let (policy, passwords) = load_identity(config, (half(0), half(8)))?;
+        tracing::info!(?policy, "identity reloaded");
+        self.verifier.reload(policy, passwords);
+        Ok(())
     }
 
     /// Graceful shutdown: stop accepting, DISCONNECT 0x8B to 5.0 clients, close every
@@ -365,6 +426,10 @@ impl RunningServer for ServerHandle {
     fn parked_connections(&self) -> usize {
         self.parked.get()
     }
+
+    fn reload(&self, config: &Config) -> Result<(), StartError> {
+        ServerHandle::reload(self, config)
+    }
 }
 
 /// A server some adapter started.
@@ -377,6 +442,9 @@ pub trait RunningServer {
     fn shutdown(self: Box<Self>);
     /// Connections that are parked right now (idle, without a task).
     fn parked_connections(&self) -> usize;
+    /// Reloads the identity policy from a config read anew
+    /// ([`ServerHandle::reload`]).
+    fn reload(&self, config: &Config) -> Result<(), StartError>;
 }
 
 /// The `brokk` command line, for any adapter: `brokk passwd`, or load the config,
@@ -423,6 +491,7 @@ where
     let signals = match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ]) {
         Ok(s) => s,
         Err(e) => {
@@ -454,8 +523,22 @@ where
         println!("brokk listening: {}://{addr}", kind.as_str());
     }
     let mut signals = signals;
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "signal received");
+    for signal in signals.forever() {
+        if signal != signal_hook::consts::SIGHUP {
+            tracing::info!(signal, "signal received");
+            break;
+        }
+        // SIGHUP: the identity policy anew from the config files; a config that
+        // does not load leaves the running one as it is.
+        let reloaded = load_config(&cli.run)
+            .map_err(|e| e.to_string())
+            .and_then(|config| server.reload(&config).map_err(|e| e.to_string()));
+        match reloaded {
+            Ok(()) => tracing::info!("SIGHUP: identity reloaded (clients, CAs, keys, passwords)"),
+            Err(error) => {
+                tracing::error!(%error, "SIGHUP: reload refused, the running configuration stays")
+            }
+        }
     }
     server.shutdown();
     ExitCode::SUCCESS

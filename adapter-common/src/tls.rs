@@ -28,7 +28,14 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Builds the server side of TLS from a PEM certificate chain (leaf first) and a PEM
 /// private key (PKCS#8, PKCS#1 or SEC1).
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, TlsError> {
+///
+/// `client_auth`: how client certificates are asked for and checked
+/// ([`crate::identity::FleetCertVerifier`]); `None` asks for none.
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<ServerConfig, TlsError> {
     let certs = read_certs(cert_path)?;
     let key = read_private_key(key_path)?;
     let rejected = |source| TlsError::Rejected {
@@ -36,12 +43,14 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, 
         key: key_path.to_path_buf(),
         source,
     };
-    ServerConfig::builder_with_provider(crypto_provider())
+    let builder = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(rejected)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(rejected)
+        .map_err(rejected)?;
+    let builder = match client_auth {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(certs, key).map_err(rejected)
 }
 
 /// Reads every certificate in a PEM file, in file order. Sections of other kinds
@@ -108,8 +117,11 @@ pub struct DevTls {
 
 impl DevTls {
     /// The server config for the development certificate.
-    pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
-        server_config(&self.server_cert, &self.server_key)
+    pub fn server_config(
+        &self,
+        client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<ServerConfig, TlsError> {
+        server_config(&self.server_cert, &self.server_key, client_auth)
     }
 }
 
@@ -402,7 +414,7 @@ mod tests {
         assert!(dev.created);
         assert_eq!(dev.ca_cert, dir.path().join("ca.pem"));
         let server_config = Arc::new(
-            dev.server_config()
+            dev.server_config(None)
                 .expect("test setup: a failure here is the test failing"),
         );
         let client_config = client_trusting(&dev.ca_cert);
@@ -447,7 +459,7 @@ mod tests {
         let mut client = ClientConnection::new(client_trusting(&dev.ca_cert), server_name)
             .expect("test setup: a failure here is the test failing");
         let mut server = ServerConnection::new(Arc::new(
-            dev.server_config()
+            dev.server_config(None)
                 .expect("test setup: a failure here is the test failing"),
         ))
         .expect("test setup: a failure here is the test failing");
@@ -489,7 +501,7 @@ mod tests {
             ca
         );
         third
-            .server_config()
+            .server_config(None)
             .expect("test setup: a failure here is the test failing");
     }
 
@@ -569,7 +581,7 @@ mod tests {
                 .expect("test setup: a failure here is the test failing")
                 .secret_der()
         );
-        server_config(&combined, &combined).expect("the pair in one file is served");
+        server_config(&combined, &combined, None).expect("the pair in one file is served");
     }
 
     /// All three private key encodings are recognised by their PEM label, and the
@@ -643,7 +655,7 @@ mod tests {
     fn errors_name_the_file() {
         let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
         let missing = dir.path().join("missing.pem");
-        let e = server_config(&missing, &missing).unwrap_err();
+        let e = server_config(&missing, &missing, None).unwrap_err();
         assert!(e
             .to_string()
             .starts_with(&format!("{}: cannot read", missing.display())));
@@ -651,7 +663,7 @@ mod tests {
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not pem\n")
             .expect("test setup: a failure here is the test failing");
-        let e = server_config(&empty, &empty).unwrap_err();
+        let e = server_config(&empty, &empty, None).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -661,11 +673,11 @@ mod tests {
         );
 
         let dev = dev_tls(dir.path()).expect("test setup: a failure here is the test failing");
-        let e = server_config(&dev.server_cert, &dev.server_cert).unwrap_err();
+        let e = server_config(&dev.server_cert, &dev.server_cert, None).unwrap_err();
         assert!(matches!(e, TlsError::NoPrivateKey { .. }), "{e}");
 
         // The CA certificate does not belong to the server key.
-        let e = server_config(&dev.ca_cert, &dev.server_key).unwrap_err();
+        let e = server_config(&dev.ca_cert, &dev.server_key, None).unwrap_err();
         assert!(
             e.to_string().starts_with(&format!(
                 "{} with {}: cannot serve TLS",

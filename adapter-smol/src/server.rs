@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use adapter_common::config::{Config, ListenerKind};
 use adapter_common::connection::Transport;
 use adapter_common::park::Parkable;
+use adapter_common::runtime::CertificateChain;
 use adapter_common::runtime::{run_server, Runtime};
 use adapter_common::server::{prepare, ServerHandle, StartError};
 use bytes::BytesMut;
@@ -178,9 +179,11 @@ where
     async fn tls_accept(
         config: Arc<futures_rustls::rustls::ServerConfig>,
         plain: FuturesIo<L::Stream>,
-    ) -> io::Result<impl Transport + 'static> {
+    ) -> io::Result<(impl Transport + 'static, Option<Arc<CertificateChain>>)> {
         let acceptor = futures_rustls::TlsAcceptor::from(config);
-        acceptor.accept(plain.0).await.map(FuturesIo)
+        let tls = acceptor.accept(plain.0).await?;
+        let certificates = adapter_common::runtime::peer_certificates(tls.get_ref().1);
+        Ok((FuturesIo(tls), certificates))
     }
 }
 

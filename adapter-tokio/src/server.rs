@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use adapter_common::config::Config;
 use adapter_common::connection::Transport;
-use adapter_common::runtime::{run_server, Runtime};
+use adapter_common::runtime::CertificateChain;
+use adapter_common::runtime::{peer_certificates, run_server, Runtime};
 use adapter_common::server::{prepare, ServerHandle, StartError};
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
@@ -128,7 +129,9 @@ impl Runtime for Tokio {
     async fn tls_accept(
         config: Arc<tokio_rustls::rustls::ServerConfig>,
         plain: TokioIo<TcpStream>,
-    ) -> io::Result<impl Transport + 'static> {
-        TlsAcceptor::from(config).accept(plain.0).await.map(TokioIo)
+    ) -> io::Result<(impl Transport + 'static, Option<Arc<CertificateChain>>)> {
+        let tls = TlsAcceptor::from(config).accept(plain.0).await?;
+        let certificates = peer_certificates(tls.get_ref().1);
+        Ok((TokioIo(tls), certificates))
     }
 }

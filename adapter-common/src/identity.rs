@@ -248,6 +248,7 @@ impl IdentityConfig {
     pub fn expects_credentials(&self) -> bool {
         self.require_registered_client
             || !self.clients.is_empty()
+            || !self.ca_certificates.is_empty()
             || self.jwt.is_some()
             || self.webhook.is_some()
     }
@@ -1151,5 +1152,457 @@ impl ClientCertVerifier for FleetCertVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use broker_state::{AuthTicket, PeerInfo, Transport};
+    use bytes::Bytes;
+    use mqtt_proto::{MqttString, ProtocolVersion};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        SanType,
+    };
+
+    struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).expect("CA");
+        Ca { cert, key }
+    }
+
+    /// A client certificate with this CN and SANs, signed by `ca` (self-signed
+    /// without one).
+    fn client_cert(cn: &str, sans: Vec<SanType>, ca: Option<&Ca>) -> Bytes {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = sans;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = match ca {
+            Some(ca) => p.signed_by(&key, &ca.cert, &ca.key).expect("signed"),
+            None => p.self_signed(&key).expect("self-signed"),
+        };
+        Bytes::copy_from_slice(cert.der())
+    }
+
+    fn ia5(s: &str) -> rcgen::Ia5String {
+        rcgen::Ia5String::try_from(s).expect("ia5")
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        ca: Ca,
+    }
+
+    impl Setup {
+        fn new() -> Setup {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ca = ca("fleet-ca");
+            std::fs::write(dir.path().join("fleet-ca.pem"), ca.cert.pem()).expect("write");
+            Setup { dir, ca }
+        }
+
+        fn config(&self, text: &str) -> Config {
+            let path = self.dir.path().join("brokk.toml");
+            std::fs::write(&path, text).expect("write");
+            Config::parse(&path, text).expect("config parses")
+        }
+
+        fn policy(&self, text: &str) -> Policy {
+            let config = self.config(text);
+            Policy::load(&config.identity, config.anonymous_allowed(), false, (1, 2))
+                .expect("policy loads")
+        }
+    }
+
+    fn question(username: Option<&str>, password: &[u8], cert: Option<Bytes>) -> AuthQuestion {
+        AuthQuestion {
+            ticket: AuthTicket::detached(),
+            peer: PeerInfo {
+                transport: Transport::Tls,
+                listener: "test".into(),
+                remote: "127.0.0.1:1".into(),
+                certificates: cert.map(|c| Arc::new(CertificateChain { der: vec![c] })),
+            },
+            protocol: ProtocolVersion::V5,
+            client_id: MqttString::copy_from_str("c").expect("id"),
+            kind: AuthKind::Password {
+                username: username.map(|u| MqttString::copy_from_str(u).expect("user")),
+                password: Some(Bytes::copy_from_slice(password)),
+            },
+        }
+    }
+
+    fn name_of(step: &AuthStep) -> Option<&str> {
+        match step {
+            AuthStep::Success {
+                authentication_name,
+                ..
+            } => authentication_name.as_deref(),
+            _ => None,
+        }
+    }
+
+    const FLEET: &str = r#"
+[authentication]
+name_sources = ["cert-subject-cn", "username"]
+require_registered_client = true
+[[ca_certificate]]
+name = "fleet-ca"
+pem = "fleet-ca.pem"
+[[client]]
+name = "sensor-1"
+attributes = { type = "sensor", floor = 3, zones = ["a", "b"] }
+certificate = { validation = "subject-matches-authentication-name" }
+[[client]]
+name = "sensor-9"
+enabled = false
+certificate = { validation = "subject-matches-authentication-name" }
+"#;
+
+    #[test]
+    fn subject_cn_from_a_registered_ca_names_a_registered_client_with_its_attributes() {
+        let s = Setup::new();
+        let policy = s.policy(FLEET);
+        let cert = client_cert("sensor-1", vec![], Some(&s.ca));
+        let step = policy.decide(&question(None, b"", Some(cert)), None, 0);
+        let AuthStep::Success {
+            authentication_name,
+            attributes,
+            valid_until_ms,
+            ..
+        } = step
+        else {
+            panic!("expected success, got {step:?}");
+        };
+        assert_eq!(authentication_name.as_deref(), Some("sensor-1"));
+        assert_eq!(valid_until_ms, None);
+        let attributes = attributes.expect("attributes");
+        assert_eq!(attributes.get("floor"), Some(&AttributeValue::Integer(3)));
+        assert_eq!(
+            attributes.get("zones"),
+            Some(&AttributeValue::StringList(vec!["a".into(), "b".into()]))
+        );
+    }
+
+    #[test]
+    fn another_ca_a_disabled_client_or_an_unregistered_name_is_not_authorized() {
+        let s = Setup::new();
+        let policy = s.policy(FLEET);
+        let rogue = ca("rogue-ca");
+        for (cert, why) in [
+            (client_cert("sensor-1", vec![], Some(&rogue)), "another CA"),
+            (client_cert("sensor-1", vec![], None), "self-signed"),
+            (client_cert("sensor-9", vec![], Some(&s.ca)), "disabled"),
+            (
+                client_cert("sensor-2", vec![], Some(&s.ca)),
+                "not registered",
+            ),
+        ] {
+            let step = policy.decide(&question(None, b"", Some(cert)), None, 0);
+            assert_eq!(step, AuthStep::Failure(ReasonCode::NotAuthorized), "{why}");
+        }
+        // The handshake lets in only what a registered CA issued.
+        let now = UnixTime::now();
+        let good = client_cert("anyone", vec![], Some(&s.ca));
+        let bad = client_cert("sensor-1", vec![], Some(&rogue));
+        assert!(policy.admits_certificate(&CertificateDer::from(&good[..]), &[], now));
+        assert!(!policy.admits_certificate(&CertificateDer::from(&bad[..]), &[], now));
+    }
+
+    #[test]
+    fn each_san_kind_names_and_validates() {
+        let s = Setup::new();
+        let cases: [(&str, &str, SanType, SanType); 4] = [
+            (
+                "cert-dns",
+                "dns",
+                SanType::DnsName(ia5("dev.example")),
+                SanType::DnsName(ia5("other.example")),
+            ),
+            (
+                "cert-uri",
+                "uri",
+                SanType::URI(ia5("urn:dev:1")),
+                SanType::URI(ia5("urn:dev:2")),
+            ),
+            (
+                "cert-ip",
+                "ip",
+                SanType::IpAddress("10.0.0.7".parse().expect("ip")),
+                SanType::IpAddress("10.0.0.8".parse().expect("ip")),
+            ),
+            (
+                "cert-email",
+                "email",
+                SanType::Rfc822Name(ia5("dev@example.com")),
+                SanType::Rfc822Name(ia5("other@example.com")),
+            ),
+        ];
+        for (source, kind, good, bad) in cases {
+            let name = match &good {
+                SanType::DnsName(n) | SanType::URI(n) | SanType::Rfc822Name(n) => {
+                    n.as_str().to_owned()
+                }
+                SanType::IpAddress(ip) => ip.to_string(),
+                _ => unreachable!(),
+            };
+            let policy = s.policy(&format!(
+                r#"
+[authentication]
+name_sources = ["{source}"]
+require_registered_client = true
+[[ca_certificate]]
+name = "fleet-ca"
+pem = "fleet-ca.pem"
+[[client]]
+name = "device"
+authentication_name = "{name}"
+certificate = {{ validation = "{kind}-matches-authentication-name" }}
+"#
+            ));
+            let cert = client_cert("cn-is-not-it", vec![good], Some(&s.ca));
+            let step = policy.decide(&question(None, b"", Some(cert)), None, 0);
+            assert_eq!(name_of(&step), Some(name.as_str()), "{source}: {step:?}");
+            let cert = client_cert("cn-is-not-it", vec![bad], Some(&s.ca));
+            let step = policy.decide(&question(None, b"", Some(cert)), None, 0);
+            assert_eq!(
+                step,
+                AuthStep::Failure(ReasonCode::NotAuthorized),
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn thumbprints_admit_self_signed_devices_primary_and_secondary() {
+        let s = Setup::new();
+        let primary = client_cert("cam-1", vec![], None);
+        let secondary = client_cert("cam-1", vec![], None);
+        let hex = |c: &Bytes| {
+            thumbprint(c)
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let policy = s.policy(&format!(
+            r#"
+[authentication]
+name_sources = ["cert-subject-cn"]
+require_registered_client = true
+[[client]]
+name = "cam-1"
+certificate = {{ validation = "thumbprint", thumbprints = ["{}", "{}"] }}
+"#,
+            hex(&primary),
+            hex(&secondary).replace(':', "").to_lowercase()
+        ));
+        let now = UnixTime::now();
+        for cert in [primary, secondary] {
+            assert!(policy.admits_certificate(&CertificateDer::from(&cert[..]), &[], now));
+            let step = policy.decide(&question(None, b"", Some(cert)), None, 0);
+            assert_eq!(name_of(&step), Some("cam-1"));
+        }
+        let other = client_cert("cam-1", vec![], None);
+        assert!(!policy.admits_certificate(&CertificateDer::from(&other[..]), &[], now));
+        let step = policy.decide(&question(None, b"", Some(other)), None, 0);
+        assert_eq!(step, AuthStep::Failure(ReasonCode::NotAuthorized));
+    }
+
+    #[test]
+    fn a_client_without_certificate_proves_itself_with_its_password() {
+        let s = Setup::new();
+        let mut file = PasswordFile::new();
+        file.set_password("backend", b"right").expect("hash");
+        let policy = s.policy(
+            r#"
+[authentication]
+require_registered_client = true
+[[client]]
+name = "backend"
+attributes = { type = "service" }
+"#,
+        );
+        let q = question(Some("backend"), b"right", None);
+        assert_eq!(policy.quick(&q, true), Some(Quick::Password));
+        assert_eq!(name_of(&policy.decide(&q, Some(&file), 0)), Some("backend"));
+        let q = question(Some("backend"), b"wrong", None);
+        assert_eq!(
+            policy.decide(&q, Some(&file), 0),
+            AuthStep::Failure(ReasonCode::BadUserNameOrPassword)
+        );
+        // Not registered: refused on the broker's thread, no hash computed.
+        let q = question(Some("stranger"), b"x", None);
+        assert_eq!(
+            policy.quick(&q, true),
+            Some(Quick::Answer(AuthStep::Failure(ReasonCode::NotAuthorized)))
+        );
+        // No credentials at all under require_registered_client.
+        let q = question(None, b"", None);
+        assert_eq!(
+            policy.quick(&q, true),
+            Some(Quick::Answer(AuthStep::Failure(ReasonCode::NotAuthorized)))
+        );
+    }
+
+    #[test]
+    fn name_sources_are_tried_in_order_and_the_first_non_empty_wins() {
+        let s = Setup::new();
+        let config = r#"
+[authentication]
+name_sources = ["cert-dns", "username"]
+[[ca_certificate]]
+name = "fleet-ca"
+pem = "fleet-ca.pem"
+"#;
+        let policy = s.policy(config);
+        // No DNS SAN: the username names it (no password file: the old rules).
+        let cert = client_cert("cn", vec![], Some(&s.ca));
+        let q = question(Some("alice"), b"", Some(cert));
+        let config = s.config(config);
+        assert!(!config.anonymous_allowed());
+        let open = Policy::load(&config.identity, true, false, (1, 2)).expect("policy");
+        assert_eq!(name_of(&open.decide(&q, None, 0)), Some("alice"));
+        // A DNS SAN wins over the username; unregistered, it counts because a
+        // registered CA issued it.
+        let cert = client_cert(
+            "cn",
+            vec![SanType::DnsName(ia5("dev.example"))],
+            Some(&s.ca),
+        );
+        let q = question(Some("alice"), b"", Some(cert));
+        assert_eq!(name_of(&policy.decide(&q, None, 0)), Some("dev.example"));
+        let rogue = ca("rogue");
+        let cert = client_cert(
+            "cn",
+            vec![SanType::DnsName(ia5("dev.example"))],
+            Some(&rogue),
+        );
+        let q = question(Some("alice"), b"", Some(cert));
+        assert_eq!(
+            policy.decide(&q, None, 0),
+            AuthStep::Failure(ReasonCode::NotAuthorized)
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_file_the_key_and_what_was_expected() {
+        let s = Setup::new();
+        let path = s.dir.path().join("brokk.toml");
+        let bad = |text: &str| {
+            Config::parse(&path, text)
+                .and_then(|c| c.validate())
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = bad("[[client]]\nname = \"a\"\ncertificate = { validation = \"cn\" }\n");
+        assert!(
+            e.contains("brokk.toml") && e.contains("client[0].certificate.validation"),
+            "{e}"
+        );
+        assert!(e.contains("thumbprint"), "{e}");
+        let e = bad(
+            "[[client]]\nname = \"a\"\ncertificate = { validation = \"thumbprint\", thumbprints = [\"abc\"] }\n",
+        );
+        assert!(
+            e.contains("client[0].certificate.thumbprints") && e.contains("64 hex"),
+            "{e}"
+        );
+        let e = bad("[[client]]\nname = \"a\"\nattributes = { x = 1.5 }\n");
+        assert!(
+            e.contains("client[0].attributes") && e.contains("integer"),
+            "{e}"
+        );
+        let e = bad("[authentication]\nname_sources = [\"cert-cn\"]\n");
+        assert!(
+            e.contains("authentication.name_sources") && e.contains("cert-subject-cn"),
+            "{e}"
+        );
+        let e = bad("[[listener]]\nkind = \"mqtt\"\nbind = \"127.0.0.1:0\"\nclient_certificates = \"required\"\n");
+        assert!(e.contains("listener[0].client_certificates"), "{e}");
+        let e = bad("password_file = \"a\"\n[authentication]\npassword_file = \"b\"\n");
+        assert!(e.contains("authentication.password_file"), "{e}");
+        let e = bad("include = [\"missing.toml\"]\n");
+        assert!(e.contains("missing.toml"), "{e}");
+        // Same authentication name ignoring case: refused when loaded.
+        let config = s.config(
+            "[[client]]\nname = \"a\"\n[[client]]\nname = \"b\"\nauthentication_name = \"A\"\n",
+        );
+        let e = Policy::load(&config.identity, false, false, (1, 2))
+            .expect_err("clash")
+            .to_string();
+        assert!(e.contains("\"a\"") && e.contains("\"b\""), "{e}");
+        // A CA scheme without any CA.
+        let config = s.config("[[client]]\nname = \"a\"\ncertificate = { validation = \"dns-matches-authentication-name\" }\n");
+        assert!(Policy::load(&config.identity, false, false, (1, 2)).is_err());
+    }
+
+    #[test]
+    fn included_files_add_clients_with_their_own_relative_paths() {
+        let s = Setup::new();
+        let sub = s.dir.path().join("identity");
+        std::fs::create_dir(&sub).expect("mkdir");
+        std::fs::write(sub.join("ca.pem"), s.ca.cert.pem()).expect("write");
+        std::fs::write(
+            sub.join("clients.toml"),
+            "[[ca_certificate]]\nname = \"ca\"\npem = \"ca.pem\"\n[[client]]\nname = \"sensor-1\"\ncertificate = { validation = \"subject-matches-authentication-name\" }\n",
+        )
+        .expect("write");
+        let config = s.config(
+            "include = [\"identity/clients.toml\"]\n[authentication]\nname_sources = [\"cert-subject-cn\"]\nrequire_registered_client = true\n",
+        );
+        assert_eq!(config.files.len(), 2);
+        assert_eq!(config.identity.ca_certificates[0].pem, sub.join("ca.pem"));
+        let policy = Policy::load(&config.identity, false, false, (1, 2)).expect("policy");
+        let cert = client_cert("sensor-1", vec![], Some(&s.ca));
+        let step = policy.decide(&question(None, b"", Some(cert)), None, 0);
+        assert_eq!(name_of(&step), Some("sensor-1"));
+        // An included file holds identity tables only.
+        std::fs::write(sub.join("clients.toml"), "data_dir = \"x\"\n").expect("write");
+        let path = s.dir.path().join("brokk.toml");
+        let e = Config::parse(&path, "include = [\"identity/clients.toml\"]\n")
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("clients.toml") && e.contains("data_dir"), "{e}");
+    }
+
+    #[test]
+    fn the_broker_thread_answers_only_what_needs_no_work() {
+        let s = Setup::new();
+        let policy = s.policy(FLEET);
+        // A certificate always goes to a worker.
+        let cert = client_cert("sensor-1", vec![], Some(&s.ca));
+        assert_eq!(policy.quick(&question(None, b"", Some(cert)), false), None);
+        // An unknown method is refused at once [MQTT-4.12.0-1].
+        let mut q = question(None, b"", None);
+        q.kind = AuthKind::Start {
+            method: MqttString::copy_from_str("SCRAM-SHA-1").expect("m"),
+            data: None,
+            reauthenticate: false,
+        };
+        assert_eq!(
+            policy.quick(&q, false),
+            Some(Quick::Answer(AuthStep::Failure(
+                ReasonCode::BadAuthenticationMethod
+            )))
+        );
+        // Anonymous where allowed: at once, with no name.
+        let open = Policy::load(&IdentityConfig::default(), true, false, (1, 2)).expect("policy");
+        assert_eq!(
+            open.quick(&question(None, b"", None), false),
+            Some(Quick::Answer(AuthStep::allow(None)))
+        );
     }
 }

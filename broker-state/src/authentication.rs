@@ -45,6 +45,18 @@ pub struct AuthTicket {
 }
 
 impl AuthTicket {
+    /// A ticket that names no question: an answer quoting it is always ignored.
+    /// For authenticators' own tests, which build questions by hand.
+    pub fn detached() -> AuthTicket {
+        AuthTicket {
+            conn: ConnId {
+                index: u32::MAX,
+                generation: u32::MAX,
+            },
+            seq: 0,
+        }
+    }
+
     /// The connection the question is about.
     pub fn conn(self) -> ConnId {
         self.conn

@@ -2,19 +2,23 @@
 //!
 //! The core asks ([`broker_state::Event::Authenticate`]); the hub answers what
 //! needs no real work at once ([`Verifier::quick`]: anonymous clients, unknown
-//! methods, a password verified a short while ago), and hands the rest to the
-//! authentication task ([`crate::connection::run_authentication`]), which runs at
-//! most `max_in_flight` verifications at a time on a worker pool (the `blocking`
-//! crate's threads, the same under every runtime) and feeds each answer back. When
-//! the pool is busy, further logins wait in line; they do not fail, and
-//! connections that are already established never wait for them.
+//! methods, refusals by rule of the identity policy, a password verified a short
+//! while ago), and hands the rest to the authentication task
+//! ([`crate::connection::run_authentication`]), which runs at most
+//! `max_in_flight` decisions at a time on a worker pool (the `blocking` crate's
+//! threads, the same under every runtime) and feeds each answer back. What a
+//! decision is (certificates, passwords, tokens, the webhook) is the identity
+//! policy's ([`crate::identity`]). When the pool is busy, further logins wait in
+//! line; they do not fail, and connections that are already established never
+//! wait for them.
 //!
 //! Argon2 costs ~13 ms of CPU and 19 MiB per verification on purpose. A fleet that
 //! reconnects within minutes does not pay it again: a successful verification is
 //! remembered for [`CACHE_TTL`] by user name with a keyed digest of the password
 //! (SipHash-1-3 with a 128-bit key drawn at start, so the cache holds nothing an
 //! attacker could use offline). The cache is forgotten whenever the password file
-//! changes on disk (checked by every verification and every second).
+//! changes on disk (checked by every verification and every second) and whenever
+//! the policy is reloaded.
 
 use std::collections::HashMap;
 use std::hash::Hasher;

@@ -72,6 +72,7 @@
 
 mod alias;
 pub mod authentication;
+pub mod authz;
 mod broker;
 mod config;
 mod event;

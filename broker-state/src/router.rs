@@ -384,7 +384,7 @@ fn remove_entry(list: &mut Vec<SubEntry>, session: SessionKey) -> bool {
 
 /// Does `filter` (without `$share/` prefix) match `topic`? Used for retained
 /// messages, where the filter is the new subscription.
-pub(crate) fn filter_matches(filter: &[u8], topic: &[u8]) -> bool {
+pub fn filter_matches(filter: &[u8], topic: &[u8]) -> bool {
     if topic.first() == Some(&b'$') && matches!(filter.first(), Some(b'+' | b'#')) {
         return false;
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the third-party MQTT clients (and the reference broker) that brokk's
 # interop tooling drives:
-#   * Debian's mosquitto (broker) and mosquitto-clients (mosquitto_pub/_sub) via apt-get
+#   * Debian's mosquitto (broker, mosquitto_passwd), mosquitto-clients (mosquitto_pub/_sub)
+#     and openssl (the fleet example's certificates) via apt-get
 #   * paho-mqtt 2.x for Python via pip
 #   * MQTT.js (npm package `mqtt`, pinned 5.x) into tests/clients/js/ via `npm ci`
 #
@@ -27,7 +28,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------- apt packages
-apt_pkgs=(mosquitto mosquitto-clients)
+apt_pkgs=(mosquitto mosquitto-clients openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -46,7 +47,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
             || die "apt-get install ${missing[*]} failed"
     fi
 fi
-for b in mosquitto mosquitto_pub mosquitto_sub; do
+for b in mosquitto mosquitto_pub mosquitto_sub mosquitto_passwd openssl; do
     command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || die "$b not found after install"
 done
 

@@ -336,6 +336,12 @@ async fn accept_loop<R: Runtime>(
                         peer.certificates = certificates;
                         serve::<R>(hub, t, peer, websocket, path, handshake_timeout).await
                     }
+                    // A refused client certificate is worth an operator's eye (a
+                    // device with the wrong CA, or someone trying); other failures
+                    // (scanners, clients giving up) are not.
+                    Some(Err(error)) if refused_certificate(&error) => {
+                        tracing::info!(remote = %peer.remote, %error, "TLS handshake failed: client certificate refused")
+                    }
                     Some(Err(error)) => {
                         tracing::debug!(remote = %peer.remote, %error, "TLS handshake failed")
                     }
@@ -344,6 +350,19 @@ async fn accept_loop<R: Runtime>(
             }),
         }
     }
+}
+
+/// Whether a handshake failed because the client's certificate was refused.
+fn refused_certificate(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
 }
 
 /// A WebSocket or TLS connection (its TLS handshake done) from its WebSocket

@@ -483,7 +483,12 @@ where
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rustls warns for every client that sends an IP address as its
+                // server name (mosquitto_pub -h 127.0.0.1 does): not the operator's
+                // problem.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error")
+                }),
         )
         .init();
     // Block the signals before any thread starts, so every thread inherits the mask

@@ -155,6 +155,13 @@ impl Broker {
         let Some(pending) = self.conns.get_mut(k).and_then(|c| c.pending_connect.take()) else {
             return;
         };
+        // The client id names the connection in the adapter's logs, also when the
+        // answer refuses it.
+        if let Some(c) = self.conns.get_mut(k) {
+            if c.client_id.is_none() {
+                c.client_id = Some(pending.plan.client_id.clone());
+            }
+        }
         let method = pending.connect.properties.authentication_method.clone();
         // The method agreed, also when the first step succeeds at once: the client
         // may re-authenticate with it later [MQTT-4.12.1-1].

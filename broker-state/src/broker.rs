@@ -31,6 +31,7 @@ use crate::subscriptions::Subscription;
 use crate::timer::{TimerKind, Timers};
 
 mod auth;
+mod authorization;
 mod connect;
 mod durability;
 mod flight;
@@ -66,6 +67,11 @@ pub struct Stats {
     pub retained_expired: u64,
     /// Publications refused by the authorization hook.
     pub publish_not_authorized: u64,
+    /// Subscriptions removed because a new authorization policy no longer allows
+    /// them.
+    pub subscriptions_revoked: u64,
+    /// SUBSCRIBE filters refused by authorization.
+    pub subscribe_not_authorized: u64,
     /// Takeovers of a live session by a new connection.
     pub takeovers: u64,
     /// QoS 1 messages of a shared subscription sent to another member because the
@@ -96,6 +102,9 @@ pub struct Broker {
     authorizer: Box<dyn Authorizer + Send>,
     /// `authorizer` is still [`AllowAll`].
     authorizer_is_default: bool,
+    /// Permission bindings in force (`None`: everything allowed); see
+    /// `broker/authorization.rs`.
+    authz: Option<std::sync::Arc<crate::authz::Policy>>,
     enhanced: Option<Box<dyn EnhancedAuthenticator + Send>>,
     /// Authentication questions go out as `Event::Authenticate` instead of to the
     /// hooks.
@@ -288,6 +297,7 @@ impl Broker {
             authenticator: Box::new(AllowAll),
             authorizer: Box::new(AllowAll),
             authorizer_is_default: true,
+            authz: None,
             enhanced: None,
             external_auth: false,
             auth_seq: 0,

@@ -116,6 +116,12 @@ pub(crate) struct Session {
     /// The attributes of the client's last authentication (not stored: every
     /// connection brings its own).
     pub(crate) attributes: Option<std::sync::Arc<crate::hooks::Attributes>>,
+    /// What the client may publish and subscribe to under the permission bindings
+    /// in force (`None` without a policy, or while the client is not known).
+    pub(crate) grants: Option<Box<crate::authz::Grants>>,
+    /// The client connected since the broker started, so its name and attributes
+    /// are known (a session restored from the store has neither until then).
+    pub(crate) identified: bool,
     pub(crate) conn: Option<ConnId>,
     /// Seconds; 0 ends the session with its connection, `u32::MAX` never expires.
     pub(crate) expiry_interval: u32,
@@ -148,6 +154,8 @@ impl Session {
             client_id,
             auth_name,
             attributes: None,
+            grants: None,
+            identified: false,
             conn: None,
             expiry_interval: 0,
             expires_at: None,

@@ -325,8 +325,18 @@ impl Broker {
                     c.reauthenticating = false;
                     c.session()
                 });
-                if let Some(s) = session.and_then(|sk| self.sessions.get_mut(sk)) {
-                    s.attributes = attributes;
+                if let Some(sk) = session {
+                    // New attributes may mean other permissions.
+                    let changed = self
+                        .sessions
+                        .get(sk)
+                        .is_some_and(|s| s.attributes != attributes);
+                    if let Some(s) = self.sessions.get_mut(sk) {
+                        s.attributes = attributes;
+                    }
+                    if changed {
+                        self.reauthorize_session(now, sk);
+                    }
                 }
                 self.set_credentials_expiry(k, expires);
                 self.push_auth(k, ReasonCode::Success, agreed, data);

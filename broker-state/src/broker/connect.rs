@@ -99,6 +99,9 @@ impl Broker {
                 return self.refuse(k, ReasonCode::QuotaExceeded);
             }
         }
+        // What the client may do under the permission bindings: its will is the
+        // first thing decided by them.
+        let grants = self.grants_for(auth_name.as_deref(), attributes.as_deref());
         // Will: validated and authorized now, published only on an abnormal end.
         let mut will = None;
         if let Some(w) = p.will {
@@ -108,15 +111,20 @@ impl Broker {
             if w.retain && !self.config.retain_available {
                 return self.refuse(k, ReasonCode::RetainNotSupported);
             }
-            let allowed = self.authorizer.may_publish(
-                ClientInfo {
-                    client_id: client_id.as_str(),
-                    authentication_name: auth_name.as_deref(),
-                    attributes: attributes.as_deref(),
-                },
-                &w.topic,
-                w.retain,
-            );
+            let granted = self.authz.is_none()
+                || grants
+                    .as_ref()
+                    .is_some_and(|g| g.publish(w.topic.as_bytes()).is_some());
+            let allowed = granted
+                && self.authorizer.may_publish(
+                    ClientInfo {
+                        client_id: client_id.as_str(),
+                        authentication_name: auth_name.as_deref(),
+                        attributes: attributes.as_deref(),
+                    },
+                    &w.topic,
+                    w.retain,
+                );
             if !allowed {
                 if v5 {
                     return self.refuse(k, ReasonCode::NotAuthorized);
@@ -257,6 +265,8 @@ impl Broker {
         if let Some(s) = self.sessions.get_mut(sk) {
             s.conn = Some(conn);
             s.attributes = attributes;
+            s.grants = grants;
+            s.identified = true;
             s.expires_at = None;
             s.expiry_interval = granted;
             // The send quota starts afresh with the connection (5.0 section 4.9).

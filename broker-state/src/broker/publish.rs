@@ -75,20 +75,21 @@ impl Broker {
         } else {
             // The default hook allows everything: skip building its arguments (the
             // client id's UTF-8 check) on the hot path.
-            let allowed = self.authorizer_is_default || {
-                let Some(s) = self.sessions.get(sk) else {
-                    return;
-                };
-                self.authorizer.may_publish(
-                    ClientInfo {
-                        client_id: s.client_id.as_str(),
-                        authentication_name: s.auth_name.as_deref(),
-                        attributes: s.attributes.as_deref(),
-                    },
-                    &p.topic,
-                    p.retain,
-                )
-            };
+            let allowed = self.publish_granted(sk, p.topic.as_bytes())
+                && (self.authorizer_is_default || {
+                    let Some(s) = self.sessions.get(sk) else {
+                        return;
+                    };
+                    self.authorizer.may_publish(
+                        ClientInfo {
+                            client_id: s.client_id.as_str(),
+                            authentication_name: s.auth_name.as_deref(),
+                            attributes: s.attributes.as_deref(),
+                        },
+                        &p.topic,
+                        p.retain,
+                    )
+                });
             if !allowed {
                 self.stats.publish_not_authorized += 1;
                 code = ReasonCode::NotAuthorized;

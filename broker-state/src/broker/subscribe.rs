@@ -27,22 +27,25 @@ impl Broker {
             } else if filter.has_wildcards() && !self.config.wildcard_subscriptions {
                 ReasonCode::WildcardSubscriptionsNotSupported
             } else {
+                let granted = self.subscribe_granted(sk, &filter);
                 let Some(s) = self.sessions.get(sk) else {
                     return;
                 };
-                let allowed = self.authorizer.may_subscribe(
-                    ClientInfo {
-                        client_id: s.client_id.as_str(),
-                        authentication_name: s.auth_name.as_deref(),
-                        attributes: s.attributes.as_deref(),
-                    },
-                    &filter,
-                );
+                let allowed = granted
+                    && self.authorizer.may_subscribe(
+                        ClientInfo {
+                            client_id: s.client_id.as_str(),
+                            authentication_name: s.auth_name.as_deref(),
+                            attributes: s.attributes.as_deref(),
+                        },
+                        &filter,
+                    );
                 let Some(s) = self.sessions.get(sk) else {
                     return;
                 };
                 let existed = s.subscriptions.contains(&filter);
                 if !allowed {
+                    self.stats.subscribe_not_authorized += 1;
                     ReasonCode::NotAuthorized
                 } else if !existed
                     && (s.subscriptions.len() >= self.config.max_subscriptions_per_session

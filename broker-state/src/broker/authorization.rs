@@ -1,0 +1,106 @@
+//! Authorization by permission bindings (Event Grid's client groups, topic spaces
+//! and bindings; see [`crate::authz`]): each session holds its client's grants,
+//! expanded once when it connects (and again when the policy or its attributes
+//! change), and every PUBLISH, will and SUBSCRIBE is decided against them without
+//! allocating.
+//!
+//! A reload ([`Broker::set_authorization`]) re-evaluates every session whose
+//! client is known (connected since the broker started): a subscription the new
+//! policy no longer allows is removed. The connection stays: MQTT has no way to
+//! tell a client one of its subscriptions ended, but dropping the connection would
+//! punish what the client is still allowed to do; its next SUBSCRIBE to the same
+//! filter is refused with 0x87 / 0x80, and its publishes are decided by the new
+//! grants. Sessions restored from the store whose client has not connected since
+//! keep their subscriptions (their attributes are not stored) until it connects.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::authz::{Grants, Mode, Policy};
+use crate::hooks::Attributes;
+
+impl Broker {
+    /// Authorizes by `policy` from now on (`None`, or a policy in open mode:
+    /// everything is allowed, today's behaviour). Every known session's grants are
+    /// expanded anew and its subscriptions the policy no longer allows are removed;
+    /// returns how many were.
+    pub fn set_authorization(&mut self, now: Now, policy: Option<Arc<Policy>>) -> usize {
+        self.authz = policy.filter(|p| p.mode == Mode::Bindings);
+        let known: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.identified)
+            .map(|(sk, _)| sk)
+            .collect();
+        let mut removed = 0;
+        for sk in known {
+            removed += self.reauthorize_session(now, sk);
+        }
+        removed
+    }
+
+    /// The grants of a client, when a policy with bindings is in force.
+    pub(super) fn grants_for(
+        &self,
+        name: Option<&str>,
+        attributes: Option<&Attributes>,
+    ) -> Option<Box<Grants>> {
+        self.authz
+            .as_ref()
+            .map(|p| Box::new(p.grants(name, attributes)))
+    }
+
+    /// Whether the session may publish to `topic` by the bindings (always, without
+    /// a policy).
+    pub(super) fn publish_granted(&self, sk: SessionKey, topic: &[u8]) -> bool {
+        self.authz.is_none() || granted(self.sessions.get(sk), |g| g.publish(topic).is_some())
+    }
+
+    /// Whether the session may subscribe to `filter` (a `$share/` prefix is
+    /// judged on its filter).
+    pub(super) fn subscribe_granted(&self, sk: SessionKey, filter: &TopicFilter) -> bool {
+        self.authz.is_none()
+            || granted(self.sessions.get(sk), |g| {
+                g.subscribe(filter.match_filter()).is_some()
+            })
+    }
+
+    /// Expands the session's grants anew from its client's name and attributes and
+    /// removes the subscriptions they no longer allow; returns how many.
+    pub(super) fn reauthorize_session(&mut self, now: Now, sk: SessionKey) -> usize {
+        let Some(s) = self.sessions.get(sk) else {
+            return 0;
+        };
+        let grants = self.grants_for(s.auth_name.as_deref(), s.attributes.as_deref());
+        let denied: Vec<TopicFilter> = match &grants {
+            None => Vec::new(),
+            Some(g) => s
+                .subscriptions
+                .iter()
+                .filter(|x| g.subscribe(x.filter.match_filter()).is_none())
+                .map(|x| x.filter.clone())
+                .collect(),
+        };
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return 0;
+        };
+        s.grants = grants;
+        for filter in &denied {
+            if s.subscriptions.remove(filter) {
+                let (group, match_filter) = split_shared(filter);
+                self.router.unsubscribe(group.as_ref(), &match_filter, sk);
+            }
+        }
+        if !denied.is_empty() {
+            self.stats.subscriptions_revoked += denied.len() as u64;
+            self.store_session(now, sk);
+        }
+        denied.len()
+    }
+}
+
+/// A session's grants allow it (a session without grants under a policy is one
+/// whose client is not known yet: nothing is allowed).
+fn granted(s: Option<&Session>, allows: impl Fn(&Grants) -> bool) -> bool {
+    s.and_then(|s| s.grants.as_deref()).is_some_and(allows)
+}

@@ -55,6 +55,9 @@ pub struct Verifier {
     generation: AtomicU64,
     cache: Mutex<Cache>,
     key: (u64, u64),
+    /// A reloaded authorization policy the server thread has not taken yet
+    /// (`Some(None)`: none, everything allowed).
+    pending_authorization: Mutex<Option<Option<Arc<broker_state::authz::Policy>>>>,
 }
 
 struct Loaded {
@@ -83,7 +86,21 @@ impl Verifier {
             generation: AtomicU64::new(0),
             cache: Mutex::new(Cache::default()),
             key,
+            pending_authorization: Mutex::new(None),
         }
+    }
+
+    /// Hands a reloaded authorization policy to the server thread, which takes it
+    /// ([`Verifier::take_authorization`]) within a second.
+    pub fn offer_authorization(&self, policy: Option<Arc<broker_state::authz::Policy>>) {
+        if let Ok(mut slot) = self.pending_authorization.lock() {
+            *slot = Some(policy);
+        }
+    }
+
+    /// The authorization policy a reload offered, once.
+    pub fn take_authorization(&self) -> Option<Option<Arc<broker_state::authz::Policy>>> {
+        self.pending_authorization.lock().ok()?.take()
     }
 
     /// The current policy.

@@ -92,6 +92,116 @@ pub enum Command {
     /// password is read from the first line of standard input unless --password is
     /// given.
     Passwd(PasswdArgs),
+    /// Authorization tools: `brokk authz explain` says whether a client may publish
+    /// to a topic or subscribe to a filter under a config's permission bindings, and
+    /// which group, binding and template decided it, without starting a broker
+    #[command(subcommand)]
+    Authz(AuthzCommand),
+}
+
+/// `brokk authz` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AuthzCommand {
+    /// Explain one decision. Exits 0 when allowed, 1 when denied, 2 when the config
+    /// cannot be read
+    Explain(ExplainArgs),
+}
+
+/// Arguments of `brokk authz explain`.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// The config file with the [[client]], [[client_group]], [[topic_space]] and
+    /// [[permission_binding]] tables
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+
+    /// The client's authentication name; a registered [[client]] brings its
+    /// attributes
+    #[arg(long, value_name = "NAME")]
+    pub client: String,
+
+    /// An attribute the client has (or has instead of its registered one), as
+    /// KEY=VALUE: an integer when VALUE is one, a list of strings as [a,b], else a
+    /// string. Repeat for several
+    #[arg(long = "attribute", value_name = "KEY=VALUE")]
+    pub attributes: Vec<String>,
+
+    /// The topic to publish to, or the filter to subscribe to
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+
+    /// publish or subscribe
+    #[arg(long, value_enum)]
+    pub action: Action,
+}
+
+/// What `brokk authz explain` asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Action {
+    /// Publishing to the topic.
+    Publish,
+    /// Subscribing to the filter.
+    Subscribe,
+}
+
+/// Runs `brokk authz explain`: whether it is allowed, and the explanation to
+/// print.
+pub fn run_explain(args: &ExplainArgs) -> Result<(bool, String), String> {
+    use broker_state::authz::{Mode, Permission};
+    use broker_state::{AttributeValue, Attributes};
+    let config = Config::read(&args.config).map_err(|e| e.to_string())?;
+    let policy = config.authorization.build().map_err(|e| e.to_string())?;
+    let registered = config
+        .identity
+        .clients
+        .iter()
+        .find(|c| c.authentication_name.eq_ignore_ascii_case(&args.client));
+    let mut attributes: Attributes = registered.map(|c| c.attributes.clone()).unwrap_or_default();
+    let mut out = String::new();
+    match registered {
+        Some(c) => out.push_str(&format!(
+            "client {:?} is the registered [[client]] {:?}{}\n",
+            args.client,
+            c.name,
+            if c.enabled { "" } else { " (disabled: it cannot connect)" }
+        )),
+        None => out.push_str(&format!(
+            "client {:?} is not registered: only the attributes given here (a token or the webhook may give it others)\n",
+            args.client
+        )),
+    }
+    for a in &args.attributes {
+        let (key, value) = a
+            .split_once('=')
+            .ok_or_else(|| format!("--attribute {a:?}: expected KEY=VALUE"))?;
+        let value = if let Ok(i) = value.parse::<i64>() {
+            AttributeValue::Integer(i)
+        } else if let Some(list) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+            AttributeValue::StringList(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        } else {
+            AttributeValue::String(value.to_owned())
+        };
+        attributes.insert(key.to_owned(), value);
+    }
+    if policy.mode == Mode::Open {
+        out.push_str("allow\n  authorization mode is \"open\": every client may publish and subscribe to everything\n");
+        return Ok((true, out));
+    }
+    let permission = match args.action {
+        Action::Publish => Permission::Publisher,
+        Action::Subscribe => Permission::Subscriber,
+    };
+    let attrs = (!attributes.is_empty()).then_some(&attributes);
+    let explanation = policy.explain(Some(&args.client), attrs, &args.topic, permission);
+    out.push_str(&explanation.to_string());
+    out.push('\n');
+    Ok((explanation.allowed, out))
 }
 
 /// Arguments of `brokk passwd`.

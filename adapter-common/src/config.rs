@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::authorization::AuthorizationConfig;
+use crate::authorization::{
+    AuthorizationFile, ClientGroupFile, PermissionBindingFile, TopicSpaceFile,
+};
 pub use crate::identity::ClientCertificates;
 use crate::identity::{
     identity_from_file, AuthenticationFile, CaCertificateFile, ClientFile, IdentityConfig,
@@ -347,6 +351,9 @@ pub struct Config {
     /// Registered clients and CAs, name sources, JWT and webhook
     /// ([`crate::identity`]).
     pub identity: IdentityConfig,
+    /// Client groups, topic spaces and permission bindings
+    /// ([`crate::authorization`]).
+    pub authorization: AuthorizationConfig,
     /// The config files read, the main one first (a reload reads them again).
     pub files: Vec<PathBuf>,
     /// Whether TLS listeners without a certificate use the development CA.
@@ -372,6 +379,7 @@ impl Default for Config {
             allow_anonymous: None,
             password_file: None,
             identity: IdentityConfig::default(),
+            authorization: AuthorizationConfig::default(),
             files: Vec::new(),
             dev_tls: false,
             listeners: default_listeners(),
@@ -420,6 +428,13 @@ struct ConfigFile {
     ca_certificates: Vec<CaCertificateFile>,
     #[serde(default, rename = "client")]
     clients: Vec<ClientFile>,
+    authorization: Option<AuthorizationFile>,
+    #[serde(default, rename = "client_group")]
+    client_groups: Vec<ClientGroupFile>,
+    #[serde(default, rename = "topic_space")]
+    topic_spaces: Vec<TopicSpaceFile>,
+    #[serde(default, rename = "permission_binding")]
+    permission_bindings: Vec<PermissionBindingFile>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
     persistence: Persistence,
@@ -449,7 +464,7 @@ struct ListenerFile {
     client_certificates: ClientCertificates,
 }
 
-/// A file named by `include`: identity tables only.
+/// A file named by `include`: identity and authorization tables only.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IncludedFile {
@@ -458,6 +473,13 @@ struct IncludedFile {
     ca_certificates: Vec<CaCertificateFile>,
     #[serde(default, rename = "client")]
     clients: Vec<ClientFile>,
+    authorization: Option<AuthorizationFile>,
+    #[serde(default, rename = "client_group")]
+    client_groups: Vec<ClientGroupFile>,
+    #[serde(default, rename = "topic_space")]
+    topic_spaces: Vec<TopicSpaceFile>,
+    #[serde(default, rename = "permission_binding")]
+    permission_bindings: Vec<PermissionBindingFile>,
 }
 
 impl Config {
@@ -538,6 +560,16 @@ impl Config {
         )
         .map_err(ConfigError::Identity)?;
         take_password_file(path, found)?;
+        let mut authorization = AuthorizationConfig::default();
+        authorization
+            .add_file(
+                path,
+                file.authorization,
+                file.client_groups,
+                file.topic_spaces,
+                file.permission_bindings,
+            )
+            .map_err(ConfigError::Identity)?;
         for include in file.include {
             let included = resolve(include);
             let text = std::fs::read_to_string(&included).map_err(|source| ConfigError::Read {
@@ -559,8 +591,19 @@ impl Config {
             )
             .map_err(ConfigError::Identity)?;
             take_password_file(&included, found)?;
+            authorization
+                .add_file(
+                    &included,
+                    inc.authorization,
+                    inc.client_groups,
+                    inc.topic_spaces,
+                    inc.permission_bindings,
+                )
+                .map_err(ConfigError::Identity)?;
             files.push(included);
         }
+        // Every query and template parses, every binding's names resolve.
+        authorization.build().map_err(ConfigError::Identity)?;
 
         Ok(Config {
             source: Some(path.to_path_buf()),
@@ -572,6 +615,7 @@ impl Config {
             allow_anonymous: file.allow_anonymous,
             password_file,
             identity,
+            authorization,
             files,
             dev_tls: false,
             listeners,

@@ -258,6 +258,9 @@ pub async fn run_authentication<C, Sp, S, F>(
         })
         .await;
         if ticked {
+            if let Some(policy) = verifier.take_authorization() {
+                hub.borrow_mut().set_authorization(clock(), policy);
+            }
             let verifier = verifier.clone();
             blocking::unblock(move || verifier.refresh()).await;
         }

@@ -309,6 +309,19 @@ impl<W: Wake> Hub<W> {
         self.auth_waker = Some(waker);
     }
 
+    /// Authorizes by `policy` from now on (a reload): subscriptions it no longer
+    /// allows are removed, connections stay.
+    pub fn set_authorization(
+        &mut self,
+        now: Now,
+        policy: Option<Arc<broker_state::authz::Policy>>,
+    ) {
+        let bindings = policy.as_ref().map_or(0, |p| p.bindings.len());
+        let revoked = self.broker.set_authorization(now, policy);
+        tracing::info!(bindings, revoked, "authorization reloaded");
+        self.dispatch(now);
+    }
+
     /// The oldest authentication question waiting for a worker.
     pub fn take_question(&mut self) -> Option<AuthQuestion> {
         self.questions.pop_front()

@@ -87,6 +87,7 @@
 pub mod alloc;
 mod atomic;
 pub mod authentication;
+pub mod authorization;
 pub mod cli;
 pub mod config;
 pub mod connection;

@@ -13,7 +13,7 @@ use broker_state::{Broker, PeerInfo, Transport};
 use clap::Parser;
 
 use crate::authentication::Verifier;
-use crate::cli::{load_config, run_passwd, Cli, Command};
+use crate::cli::{load_config, run_explain, run_passwd, AuthzCommand, Cli, Command};
 use crate::config::{ClientCertificates, Config, Fsync, ListenerKind, Persistence, TlsSource};
 use crate::core::broker_config;
 use crate::identity::{FleetCertVerifier, Policy};
@@ -209,6 +209,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     };
     let (policy, passwords) = load_identity(config, (half(16), half(24)))?;
     let verifier = Arc::new(Verifier::new(policy, passwords, (half(0), half(8))));
+    // Client groups, topic spaces and permission bindings decide every PUBLISH and
+    // SUBSCRIBE from now on (none in open mode).
+    broker.set_authorization(crate::runtime::now(), load_authorization(config)?);
     let mut listeners = Vec::new();
     for l in &config.listeners {
         let client_auth = match l.client_certificates {
@@ -295,6 +298,20 @@ pub fn load_identity(
     Ok((policy, passwords))
 }
 
+/// The authorization policy of `config`: `None` in open mode.
+pub fn load_authorization(
+    config: &Config,
+) -> Result<Option<Arc<broker_state::authz::Policy>>, StartError> {
+    let policy = config
+        .authorization
+        .build()
+        .map_err(|e| StartError::Identity {
+            file: None,
+            error: crate::identity::PolicyError(e.to_string()),
+        })?;
+    Ok((policy.mode == broker_state::authz::Mode::Bindings).then(|| Arc::new(policy)))
+}
+
 /// 32 bytes from the operating system for the core's seed (assigned client ids,
 /// shared-subscription picks, hash seeds).
 pub fn os_seed() -> [u8; 32] {
@@ -371,9 +388,11 @@ impl ServerHandle {
     }
 
     /// Reloads the identity policy (clients, CAs, JWT keys, webhook, password
-    /// file) from `config`, read anew by the caller: all of it or, when anything in
-    /// it cannot be loaded, none of it (the error says what, and the old policy
-    /// stays). Connections are not dropped; new ones are decided by the new policy.
+    /// file) and the authorization policy from `config`, read anew by the caller:
+    /// all of it or, when anything in it cannot be loaded, none of it (the error
+    /// says what, and the old policies stay). Connections are not dropped; new ones
+    /// are decided by the new identity policy; the server thread applies the new
+    /// authorization within a second (removing subscriptions it no longer allows).
     /// Other settings (listeners, limits) need a restart.
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
         let key = os_seed();
@@ -383,8 +402,10 @@ impl ServerHandle {
             u64::from_le_bytes(w)
         };
         let (policy, passwords) = load_identity(config, (half(0), half(8)))?;
+        let authorization = load_authorization(config)?;
         tracing::info!(?policy, "identity reloaded");
         self.verifier.reload(policy, passwords);
+        self.verifier.offer_authorization(authorization);
         Ok(())
     }
 
@@ -455,6 +476,22 @@ where
     F: FnOnce(Config) -> Result<Box<dyn RunningServer>, StartError>,
 {
     let cli = Cli::parse();
+    if let Some(Command::Authz(AuthzCommand::Explain(args))) = &cli.command {
+        return match run_explain(args) {
+            Ok((allowed, text)) => {
+                print!("{text}");
+                if allowed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("brokk authz explain: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Command::Passwd(args)) = &cli.command {
         return match run_passwd(args, &mut std::io::stdin().lock()) {
             Ok(SetPassword::Added) => {

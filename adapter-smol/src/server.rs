@@ -213,16 +213,55 @@ impl Accept for smol::net::TcpListener {
 
 #[cfg(feature = "async-std")]
 impl Accept for async_std::net::TcpListener {
-    type Stream = async_std::net::TcpStream;
+    type Stream = AsyncStdStream;
     const PARKS: bool = false;
     fn from_std(socket: std::net::TcpListener) -> io::Result<Self> {
         Ok(async_std::net::TcpListener::from(socket))
     }
-    fn accept(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> {
-        async_std::net::TcpListener::accept(self)
+    async fn accept(&self) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (stream, remote) = async_std::net::TcpListener::accept(self).await?;
+        Ok((AsyncStdStream(stream), remote))
     }
     fn set_nodelay(stream: &Self::Stream) {
-        let _ = stream.set_nodelay(true);
+        let _ = stream.0.set_nodelay(true);
+    }
+}
+
+/// async-std's TCP stream, whose close also shuts the write side down: async-std's
+/// own `poll_close` only flushes, so a client would see the end of a refused or
+/// disconnected connection only when the broker's linger drops the socket (2 s
+/// later), not right after the last packet.
+#[cfg(feature = "async-std")]
+struct AsyncStdStream(async_std::net::TcpStream);
+
+#[cfg(feature = "async-std")]
+impl AsyncRead for AsyncStdStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+#[cfg(feature = "async-std")]
+impl AsyncWrite for AsyncStdStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(Pin::new(&mut self.0).poll_close(cx))?;
+        Poll::Ready(self.0.shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -281,12 +320,12 @@ impl Parkable for FuturesIo<smol::net::TcpStream> {
 /// async-std runs without a parking lot: its streams can give up their descriptor
 /// only as a duplicate (and its conversion panics when none is left).
 #[cfg(feature = "async-std")]
-impl Parkable for FuturesIo<async_std::net::TcpStream> {
+impl Parkable for FuturesIo<AsyncStdStream> {
     fn into_fd(self) -> io::Result<OwnedFd> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
     fn from_fd(fd: OwnedFd) -> io::Result<Self> {
-        Ok(FuturesIo(std::net::TcpStream::from(fd).into()))
+        Ok(FuturesIo(AsyncStdStream(std::net::TcpStream::from(fd).into())))
     }
 }

@@ -845,12 +845,10 @@ impl Policy {
                 if registered.is_some_and(|r| !r.resource.enabled) {
                     return AuthStep::Failure(ReasonCode::NotAuthorized);
                 }
-                vouched(
-                    registered,
-                    g.authentication_name,
-                    g.attributes,
-                    Some(g.expires_unix),
-                )
+                // The token was accepted up to `exp` plus the leeway: the connection
+                // lasts as long.
+                let until = g.expires_unix.saturating_add(jwt.leeway_secs());
+                vouched(registered, g.authentication_name, g.attributes, Some(until))
             }
             Err(refusal) => {
                 tracing::debug!(%refusal, "token refused");

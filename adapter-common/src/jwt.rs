@@ -380,6 +380,12 @@ impl JwtVerifier {
         self.keys.len()
     }
 
+    /// The clock leeway: a token is accepted until `exp` plus this, so the
+    /// connection it authenticates lasts that long too.
+    pub fn leeway_secs(&self) -> u64 {
+        self.leeway_secs
+    }
+
     /// Verifies a token at wall-clock `now_unix` seconds (see the module
     /// documentation for every check). Any bytes may be given: whatever is not
     /// a valid token is refused, never a panic.

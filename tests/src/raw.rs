@@ -367,3 +367,12 @@ pub async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S, limit: Dura
     .await;
     got
 }
+
+impl RawClient {
+    /// This client's end of the connection: the address the broker sees it at.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream
+            .local_addr()
+            .expect("the socket's local address")
+    }
+}

@@ -223,6 +223,16 @@ impl RunningServer {
         .await;
     }
 
+    /// Reloads the identity policy from `config` (read anew by the caller), as
+    /// SIGHUP does for the binary: on `Err` the running policy stays as it was.
+    /// Blocks while the new policy's files are read.
+    pub fn reload(&self, config: &Config) -> Result<(), adapter_common::server::StartError> {
+        self.handle
+            .as_ref()
+            .expect("the server is running")
+            .reload(config)
+    }
+
     /// The development CA certificate, which TLS clients trust.
     pub fn ca_cert(&self) -> &Path {
         self.ca_cert

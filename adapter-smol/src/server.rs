@@ -326,6 +326,8 @@ impl Parkable for FuturesIo<AsyncStdStream> {
     }
 
     fn from_fd(fd: OwnedFd) -> io::Result<Self> {
-        Ok(FuturesIo(AsyncStdStream(std::net::TcpStream::from(fd).into())))
+        Ok(FuturesIo(AsyncStdStream(
+            std::net::TcpStream::from(fd).into(),
+        )))
     }
 }

@@ -8,8 +8,9 @@
 //! ```
 //!
 //! `--toggle-collect` counts only the N measured publishes, not the setup or the
-//! 1000 warm-up ones; divide the total by N for instructions per publish. Arguments: `qos0` or `qos1`, N, and
-//! optionally the number of subscribers (default 1).
+//! 1000 warm-up ones; divide the total by N for instructions per publish. Arguments: `qos0` or `qos1`, N,
+//! optionally the number of subscribers (default 1), and `authz` to decide every
+//! publish by the permission bindings of `routing::bench_policy`.
 
 use mqtt_proto::QoS;
 
@@ -23,14 +24,18 @@ fn main() {
     };
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let subscribers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
-    let mut f = Fanout::new(subscribers, qos);
+    let policy =
+        (args.next().as_deref() == Some("authz")).then(brokk_benches::routing::bench_policy);
+    let authorized = policy.is_some();
+    let mut f = Fanout::with_authorization(subscribers, qos, policy);
     for _ in 0..1000 {
         f.publish_once();
     }
     let before = f.deliveries();
     let bytes = measured(&mut f, n);
     println!(
-        "{n} publishes at {qos:?} to {subscribers} subscriber(s): {} deliveries, {bytes} bytes out",
+        "{n} publishes at {qos:?} to {subscribers} subscriber(s){}: {} deliveries, {bytes} bytes out",
+        if authorized { " with permission bindings" } else { "" },
         f.deliveries() - before
     );
 }

@@ -103,16 +103,73 @@ fn publish_packet_id(wire: &[u8]) -> Option<PacketId> {
     PacketId::new(u16::from_be_bytes([*wire.get(at)?, *wire.get(at + 1)?]))
 }
 
+/// The permission bindings of `benches/authz/bindings.toml`, built in code: every
+/// client is in a group whose publisher and subscriber bindings give it five
+/// templates (one with a variable the bench's clients lack); the one that allows
+/// [`TOPIC`] is the last, so every publish pays the whole scan.
+pub fn bench_policy() -> std::sync::Arc<broker_state::authz::Policy> {
+    use broker_state::authz::*;
+    let template = |t: &str| (t.to_owned(), Template::parse(t).expect("template"));
+    let group = |name: &str, q: &str| ClientGroup {
+        name: name.into(),
+        query: Query::parse(q).expect("query"),
+    };
+    let bind = |name: &str, g: usize, s: usize, permission| PermissionBinding {
+        name: name.into(),
+        client_group: g,
+        topic_space: s,
+        permission,
+    };
+    std::sync::Arc::new(Policy {
+        mode: Mode::Bindings,
+        groups: vec![
+            group("everyone", "$all"),
+            group("sensors", "attributes.type = 'sensor'"),
+        ],
+        spaces: vec![
+            TopicSpace {
+                name: "fleet".into(),
+                templates: vec![
+                    template("devices/${client.authenticationName}/telemetry/#"),
+                    template("fleet/alerts"),
+                    template("zones/+/status"),
+                    template("commands/+/reply"),
+                    template("bench/#"),
+                ],
+            },
+            TopicSpace {
+                name: "sensor-data".into(),
+                templates: vec![template("sensors/${client.attributes.zone}/#")],
+            },
+        ],
+        bindings: vec![
+            bind("everyone-publishes", 0, 0, Permission::Publisher),
+            bind("everyone-subscribes", 0, 0, Permission::Subscriber),
+            bind("sensors-publish", 1, 1, Permission::Publisher),
+        ],
+    })
+}
+
 impl Fanout {
     /// Connects a publisher and `subscribers` subscribers (3.1.1, clean sessions),
     /// subscribed at `qos`; the publisher publishes at `qos` too.
     pub fn new(subscribers: usize, qos: QoS) -> Fanout {
+        Fanout::with_authorization(subscribers, qos, None)
+    }
+
+    /// As [`Fanout::new`], every PUBLISH and SUBSCRIBE decided by `policy`.
+    pub fn with_authorization(
+        subscribers: usize,
+        qos: QoS,
+        policy: Option<std::sync::Arc<broker_state::authz::Policy>>,
+    ) -> Fanout {
         let config = Config {
             max_connections: subscribers + 16,
             ..Config::default()
         };
         let mut broker = Broker::new(config, [7; 32]);
         let now = Now::new(Instant::now(), 1_700_000_000_000);
+        broker.set_authorization(now, policy);
         let publisher = connect(&mut broker, now, "publisher");
         let filter = [TOPIC.to_owned()];
         let subscribers: Vec<ConnId> = (0..subscribers)

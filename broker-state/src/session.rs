@@ -110,6 +110,44 @@ pub(crate) struct PendingWill {
     pub(crate) delay: u32,
 }
 
+/// A client's grants under the permission bindings in force, and the decision for
+/// the topic it published to last: a client that publishes to the same topic
+/// again (most devices do) costs one comparison instead of a scan.
+#[derive(Debug)]
+pub(crate) struct Authorized {
+    pub(crate) grants: crate::authz::Grants,
+    /// The last topic decided (empty: none; topics are never empty).
+    memo: Vec<u8>,
+    memo_allowed: bool,
+}
+
+/// Topics longer than this are decided every time rather than remembered.
+const MEMO_MAX: usize = 256;
+
+impl Authorized {
+    pub(crate) fn new(grants: crate::authz::Grants) -> Self {
+        Authorized {
+            grants,
+            memo: Vec::new(),
+            memo_allowed: false,
+        }
+    }
+
+    /// May the client publish to `topic`? Remembered for the next one.
+    pub(crate) fn may_publish(&mut self, topic: &[u8]) -> bool {
+        if !self.memo.is_empty() && self.memo == topic {
+            return self.memo_allowed;
+        }
+        let allowed = self.grants.publish(topic).is_some();
+        if topic.len() <= MEMO_MAX {
+            self.memo.clear();
+            self.memo.extend_from_slice(topic);
+            self.memo_allowed = allowed;
+        }
+        allowed
+    }
+}
+
 pub(crate) struct Session {
     pub(crate) client_id: MqttString,
     pub(crate) auth_name: Option<String>,
@@ -118,7 +156,7 @@ pub(crate) struct Session {
     pub(crate) attributes: Option<std::sync::Arc<crate::hooks::Attributes>>,
     /// What the client may publish and subscribe to under the permission bindings
     /// in force (`None` without a policy, or while the client is not known).
-    pub(crate) grants: Option<Box<crate::authz::Grants>>,
+    pub(crate) grants: Option<Box<Authorized>>,
     /// The client connected since the broker started, so its name and attributes
     /// are known (a session restored from the store has neither until then).
     pub(crate) identified: bool,

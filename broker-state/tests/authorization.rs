@@ -343,3 +343,28 @@ fn without_a_policy_everything_is_allowed_as_before() {
     assert_eq!(puback(&mut sim, b), ReasonCode::Success);
     assert_eq!(sim.publishes(a).len(), 1);
 }
+
+#[test]
+fn the_remembered_decision_for_the_last_topic_follows_the_topic_and_the_policy() {
+    let mut sim = sim();
+    let s1 = client(&mut sim, V5, "s1", attrs("sensor", &["north"]));
+    let topics = [
+        ("devices/s1/telemetry/t", ReasonCode::NoMatchingSubscribers),
+        ("devices/s1/telemetry/t", ReasonCode::NoMatchingSubscribers),
+        ("devices/s2/telemetry/t", ReasonCode::NotAuthorized),
+        ("devices/s2/telemetry/t", ReasonCode::NotAuthorized),
+        ("devices/s1/telemetry/t", ReasonCode::NoMatchingSubscribers),
+    ];
+    for (topic, code) in topics {
+        sim.publish(s1, topic, QoS::AtLeastOnce, false, b"x");
+        assert_eq!(puback(&mut sim, s1), code, "{topic}");
+    }
+    // A policy without the sensors' publisher binding: the topic just allowed is
+    // decided anew.
+    let mut stricter = (*policy(true)).clone();
+    stricter.bindings.retain(|b| b.name != "sensors-publish");
+    let now = sim.now;
+    sim.broker.set_authorization(now, Some(Arc::new(stricter)));
+    sim.publish(s1, "devices/s1/telemetry/t", QoS::AtLeastOnce, false, b"x");
+    assert_eq!(puback(&mut sim, s1), ReasonCode::NotAuthorized);
+}

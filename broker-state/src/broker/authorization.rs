@@ -18,6 +18,7 @@ use std::sync::Arc;
 use super::*;
 use crate::authz::{Grants, Mode, Policy};
 use crate::hooks::Attributes;
+use crate::session::Authorized;
 
 impl Broker {
     /// Authorizes by `policy` from now on (`None`, or a policy in open mode:
@@ -44,16 +45,21 @@ impl Broker {
         &self,
         name: Option<&str>,
         attributes: Option<&Attributes>,
-    ) -> Option<Box<Grants>> {
+    ) -> Option<Box<Authorized>> {
         self.authz
             .as_ref()
-            .map(|p| Box::new(p.grants(name, attributes)))
+            .map(|p| Box::new(Authorized::new(p.grants(name, attributes))))
     }
 
     /// Whether the session may publish to `topic` by the bindings (always, without
     /// a policy).
-    pub(super) fn publish_granted(&self, sk: SessionKey, topic: &[u8]) -> bool {
-        self.authz.is_none() || granted(self.sessions.get(sk), |g| g.publish(topic).is_some())
+    pub(super) fn publish_granted(&mut self, sk: SessionKey, topic: &[u8]) -> bool {
+        self.authz.is_none()
+            || self
+                .sessions
+                .get_mut(sk)
+                .and_then(|s| s.grants.as_deref_mut())
+                .is_some_and(|a| a.may_publish(topic))
     }
 
     /// Whether the session may subscribe to `filter` (a `$share/` prefix is
@@ -74,10 +80,10 @@ impl Broker {
         let grants = self.grants_for(s.auth_name.as_deref(), s.attributes.as_deref());
         let denied: Vec<TopicFilter> = match &grants {
             None => Vec::new(),
-            Some(g) => s
+            Some(a) => s
                 .subscriptions
                 .iter()
-                .filter(|x| g.subscribe(x.filter.match_filter()).is_none())
+                .filter(|x| a.grants.subscribe(x.filter.match_filter()).is_none())
                 .map(|x| x.filter.clone())
                 .collect(),
         };
@@ -102,5 +108,6 @@ impl Broker {
 /// A session's grants allow it (a session without grants under a policy is one
 /// whose client is not known yet: nothing is allowed).
 fn granted(s: Option<&Session>, allows: impl Fn(&Grants) -> bool) -> bool {
-    s.and_then(|s| s.grants.as_deref()).is_some_and(allows)
+    s.and_then(|s| s.grants.as_deref())
+        .is_some_and(|a| allows(&a.grants))
 }

@@ -114,7 +114,7 @@ impl Broker {
             let granted = self.authz.is_none()
                 || grants
                     .as_ref()
-                    .is_some_and(|g| g.publish(w.topic.as_bytes()).is_some());
+                    .is_some_and(|a| a.grants.publish(w.topic.as_bytes()).is_some());
             let allowed = granted
                 && self.authorizer.may_publish(
                     ClientInfo {

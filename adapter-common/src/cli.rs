@@ -198,7 +198,9 @@ pub fn run_explain(args: &ExplainArgs) -> Result<(bool, String), String> {
         Action::Subscribe => Permission::Subscriber,
     };
     let attrs = (!attributes.is_empty()).then_some(&attributes);
-    let explanation = policy.explain(Some(&args.client), attrs, &args.topic, permission);
+    // A registered client is who the broker authorizes, named as registered.
+    let name = registered.map_or(args.client.as_str(), |c| c.authentication_name.as_str());
+    let explanation = policy.explain(Some(name), attrs, &args.topic, permission);
     out.push_str(&explanation.to_string());
     out.push('\n');
     Ok((explanation.allowed, out))

@@ -1282,6 +1282,33 @@ mod tests {
     }
 
     #[test]
+    fn example_file_authorization_section_parses_when_uncommented() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../brokk.example.toml");
+        let text =
+            std::fs::read_to_string(&path).expect("test setup: a failure here is the test failing");
+        let section: String = text
+            .lines()
+            .skip_while(|l| !l.contains("-- authorization"))
+            .take_while(|l| l.starts_with('#'))
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = parse(&format!("allow_anonymous = true\n{section}"))
+            .expect("the example's authorization section parses");
+        let policy = config.authorization.build().expect("it builds");
+        assert_eq!(policy.mode, broker_state::authz::Mode::Bindings);
+        assert_eq!(
+            (
+                policy.groups.len(),
+                policy.spaces.len(),
+                policy.bindings.len()
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
     fn example_file_limits_all_parse_when_uncommented() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../brokk.example.toml");
         let text =

@@ -224,6 +224,9 @@ pub async fn run_authentication<C, Sp, S, F>(
     F: Future<Output = ()>,
 {
     let in_flight = Rc::new(Cell::new(0usize));
+    // One tick a second whatever else wakes the task: a stream of logins must not
+    // keep postponing it (it applies reloaded authorization policies).
+    let mut tick = Box::pin(sleep(std::time::Duration::from_secs(1)));
     loop {
         while in_flight.get() < max_in_flight.max(1) {
             let Some(question) = hub.borrow_mut().take_question() else {
@@ -249,7 +252,6 @@ pub async fn run_authentication<C, Sp, S, F>(
                 notify.wake_task();
             }));
         }
-        let mut tick = std::pin::pin!(sleep(std::time::Duration::from_secs(1)));
         let ticked = poll_fn(|cx| {
             if notify.poll_notified(cx).is_ready() {
                 return Poll::Ready(false);
@@ -258,6 +260,7 @@ pub async fn run_authentication<C, Sp, S, F>(
         })
         .await;
         if ticked {
+            tick = Box::pin(sleep(std::time::Duration::from_secs(1)));
             if let Some(policy) = verifier.take_authorization() {
                 hub.borrow_mut().set_authorization(clock(), policy);
             }

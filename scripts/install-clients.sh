@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install the third-party MQTT clients (and the reference broker) that brokk's
 # interop tooling drives:
-#   * Debian's mosquitto (broker, mosquitto_passwd), mosquitto-clients (mosquitto_pub/_sub)
-#     and openssl (the fleet example's certificates) via apt-get
+#   * Debian's mosquitto (broker, mosquitto_passwd), mosquitto-clients (mosquitto_pub/_sub),
+#     openssl (the fleet example's certificates) and chromium (a browser as an MQTT
+#     client, tests/e2e/browser.rs) via apt-get
 #   * paho-mqtt 2.x for Python via pip
-#   * MQTT.js (npm package `mqtt`, pinned 5.x) into tests/clients/js/ via `npm ci`
+#   * MQTT.js (npm package `mqtt`, pinned 5.x) and puppeteer-core (drives chromium;
+#     it downloads no browser) into tests/clients/js/ via `npm ci`
 #
 # Idempotent: when everything is already present it does nothing but print the
 # versions. Any failed install aborts with a non-zero exit status.
@@ -28,7 +30,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------- apt packages
-apt_pkgs=(mosquitto mosquitto-clients openssl)
+apt_pkgs=(mosquitto mosquitto-clients openssl chromium)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -47,9 +49,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
             || die "apt-get install ${missing[*]} failed"
     fi
 fi
-for b in mosquitto mosquitto_pub mosquitto_sub mosquitto_passwd openssl; do
+for b in mosquitto mosquitto_pub mosquitto_sub mosquitto_passwd openssl chromium; do
     command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || die "$b not found after install"
 done
+# As root chromium starts only without its sandbox (the tests pass --no-sandbox too).
+chromium --headless --no-sandbox --version >/dev/null 2>&1 || die "chromium is installed but does not run"
 
 # ---------------------------------------------------------------- paho-mqtt
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
@@ -80,11 +84,14 @@ command -v node >/dev/null 2>&1 || die "node not found (install nodejs first)"
 command -v npm >/dev/null 2>&1 || die "npm not found (install npm first)"
 [ -f "$JS_DIR/package.json" ] || die "$JS_DIR/package.json missing"
 js_ok() {
-    # Installed and matching the lock file's pinned version?
+    # Every package installed at the version the lock file pins?
     (cd "$JS_DIR" && node -e '
-        const want = require("./package-lock.json").packages["node_modules/mqtt"].version;
-        const have = require("mqtt/package.json").version;
-        process.exit(want === have ? 0 : 1);
+        const locked = require("./package-lock.json").packages;
+        for (const name of ["mqtt", "puppeteer-core"]) {
+            const want = locked["node_modules/" + name].version;
+            const have = require(name + "/package.json").version;
+            if (want !== have) process.exit(1);
+        }
     ') >/dev/null 2>&1
 }
 if ! js_ok; then
@@ -95,7 +102,7 @@ if ! js_ok; then
         log "npm install in tests/clients/js (no lock file yet; creating one)"
         (cd "$JS_DIR" && npm install --no-audit --no-fund --loglevel=error) || die "npm install failed"
     fi
-    js_ok || die "mqtt not installed correctly in $JS_DIR"
+    js_ok || die "mqtt or puppeteer-core not installed at the locked version in $JS_DIR"
 fi
 
 # ---------------------------------------------------------------- versions
@@ -103,7 +110,11 @@ mosq_ver="$(dpkg-query -W -f='${Version}' mosquitto)"
 mosq_cli_ver="$(dpkg-query -W -f='${Version}' mosquitto-clients)"
 paho_ver="$("$PYTHON" -c 'from importlib.metadata import version; print(version("paho-mqtt"))')"
 mqttjs_ver="$(cd "$JS_DIR" && node -p 'require("mqtt/package.json").version')"
+puppeteer_ver="$(cd "$JS_DIR" && node -p 'require("puppeteer-core/package.json").version')"
+chromium_ver="$(dpkg-query -W -f='${Version}' chromium)"
 echo "mosquitto          $mosq_ver"
 echo "mosquitto-clients  $mosq_cli_ver"
 echo "paho-mqtt          $paho_ver ($("$PYTHON" --version 2>&1))"
 echo "mqtt (MQTT.js)     $mqttjs_ver (node $(node --version))"
+echo "puppeteer-core     $puppeteer_ver"
+echo "chromium           $chromium_ver"

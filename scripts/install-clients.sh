@@ -2,9 +2,12 @@
 # Install the third-party MQTT clients (and the reference broker) that brokk's
 # interop tooling drives:
 #   * Debian's mosquitto (broker, mosquitto_passwd), mosquitto-clients (mosquitto_pub/_sub),
-#     openssl (the fleet example's certificates) and chromium (a browser as an MQTT
-#     client, tests/e2e/browser.rs) via apt-get
+#     openssl (the fleet example's certificates), chromium (a browser as an MQTT
+#     client, tests/e2e/browser.rs) and curl (an HTTP/1.1 and HTTP/2 client for the
+#     operations listener, tests/e2e/http.rs) via apt-get
 #   * paho-mqtt 2.x for Python via pip
+#   * prometheus-client for Python (pinned) via pip: its OpenMetrics parser checks
+#     what GET /metrics serves (tests/e2e/metrics.rs)
 #   * MQTT.js (npm package `mqtt`, pinned 5.x) and puppeteer-core (drives chromium;
 #     it downloads no browser) into tests/clients/js/ via `npm ci`
 #
@@ -12,13 +15,16 @@
 # versions. Any failed install aborts with a non-zero exit status.
 #
 # Usage: scripts/install-clients.sh
-# Env:   PYTHON  python interpreter to install paho-mqtt for (default: python3)
+# Env:   PYTHON  python interpreter to install paho-mqtt and prometheus-client for
+#                (default: python3)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 JS_DIR="$REPO_ROOT/tests/clients/js"
 PYTHON="${PYTHON:-python3}"
 PAHO_SPEC='paho-mqtt==2.1.0'
+PROMETHEUS_CLIENT_VERSION='0.26.0'
+PROMETHEUS_CLIENT_SPEC="prometheus-client==$PROMETHEUS_CLIENT_VERSION"
 
 log() { printf '[install-clients] %s\n' "$*" >&2; }
 die() { printf '[install-clients] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -30,7 +36,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------- apt packages
-apt_pkgs=(mosquitto mosquitto-clients openssl chromium)
+apt_pkgs=(mosquitto mosquitto-clients openssl chromium curl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -49,11 +55,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
             || die "apt-get install ${missing[*]} failed"
     fi
 fi
-for b in mosquitto mosquitto_pub mosquitto_sub mosquitto_passwd openssl chromium; do
+for b in mosquitto mosquitto_pub mosquitto_sub mosquitto_passwd openssl chromium curl; do
     command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || die "$b not found after install"
 done
 # As root chromium starts only without its sandbox (the tests pass --no-sandbox too).
 chromium --headless --no-sandbox --version >/dev/null 2>&1 || die "chromium is installed but does not run"
+# tests/e2e/http.rs speaks HTTP/2 with curl (prior knowledge and ALPN): libcurl
+# must be built with nghttp2.
+curl --version | grep -w HTTP2 >/dev/null || die "curl is installed but lacks HTTP/2 support (nghttp2)"
 
 # ---------------------------------------------------------------- paho-mqtt
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
@@ -77,6 +86,29 @@ if ! paho_ok; then
         "${pip_extra[@]}" "$PAHO_SPEC" \
         || die "pip install $PAHO_SPEC failed"
     paho_ok || die "paho-mqtt 2.x not importable after install"
+fi
+
+# ---------------------------------------------------------------- prometheus-client
+prometheus_client_ok() {
+    "$PYTHON" - "$PROMETHEUS_CLIENT_VERSION" <<'PY' 2>/dev/null
+import sys
+from importlib.metadata import version
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+sys.exit(0 if version("prometheus-client") == sys.argv[1] else 1)
+PY
+}
+if ! prometheus_client_ok; then
+    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is not available for $PYTHON"
+    pip_extra=()
+    # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv one is not.
+    if "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
+        pip_extra=(--user --break-system-packages)
+    fi
+    log "pip install $PROMETHEUS_CLIENT_SPEC ${pip_extra[*]}"
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q \
+        "${pip_extra[@]}" "$PROMETHEUS_CLIENT_SPEC" \
+        || die "pip install $PROMETHEUS_CLIENT_SPEC failed"
+    prometheus_client_ok || die "$PROMETHEUS_CLIENT_SPEC not importable after install"
 fi
 
 # ---------------------------------------------------------------- MQTT.js
@@ -109,12 +141,16 @@ fi
 mosq_ver="$(dpkg-query -W -f='${Version}' mosquitto)"
 mosq_cli_ver="$(dpkg-query -W -f='${Version}' mosquitto-clients)"
 paho_ver="$("$PYTHON" -c 'from importlib.metadata import version; print(version("paho-mqtt"))')"
+prometheus_client_ver="$("$PYTHON" -c 'from importlib.metadata import version; print(version("prometheus-client"))')"
+curl_ver="$(dpkg-query -W -f='${Version}' curl)"
 mqttjs_ver="$(cd "$JS_DIR" && node -p 'require("mqtt/package.json").version')"
 puppeteer_ver="$(cd "$JS_DIR" && node -p 'require("puppeteer-core/package.json").version')"
 chromium_ver="$(dpkg-query -W -f='${Version}' chromium)"
 echo "mosquitto          $mosq_ver"
 echo "mosquitto-clients  $mosq_cli_ver"
 echo "paho-mqtt          $paho_ver ($("$PYTHON" --version 2>&1))"
+echo "prometheus-client  $prometheus_client_ver"
+echo "curl               $curl_ver"
 echo "mqtt (MQTT.js)     $mqttjs_ver (node $(node --version))"
 echo "puppeteer-core     $puppeteer_ver"
 echo "chromium           $chromium_ver"

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! brokk [--config FILE] [--listen URL]... [--dev-tls] [--data-dir DIR] [--allow-anonymous]
+//!       [--log-format text|json]
 //! brokk passwd FILE USERNAME [--password PASSWORD] [--scheme argon2id|pbkdf2-sha512]
 //! ```
 //!
@@ -25,11 +26,14 @@ use crate::passwd::{HashScheme, PasswdError, PasswordFile, SetPassword};
     about = "A self-hostable MQTT 3.1, 3.1.1 and 5.0 broker",
     long_about = "A self-hostable MQTT 3.1, 3.1.1 and 5.0 broker.\n\n\
         With no options it accepts MQTT on 127.0.0.1:1883 and MQTT over WebSocket on \
-        127.0.0.1:8083, without passwords, reachable from this machine only.",
+        127.0.0.1:8083, without passwords, reachable from this machine only.\n\n\
+        Logs go to standard error. RUST_LOG filters them (default: info), e.g. \
+        RUST_LOG=debug or RUST_LOG=warn,adapter_common=info; --log-format chooses \
+        text or JSON lines.",
     after_help = "Examples:\n  \
         brokk\n  \
-        brokk --listen mqtts://0.0.0.0:8883 --dev-tls --allow-anonymous\n  \
-        brokk --config /etc/brokk/brokk.toml\n  \
+        brokk --listen mqtts://127.0.0.1:8883 --dev-tls\n  \
+        brokk --config /etc/brokk/brokk.toml --log-format json\n  \
         brokk passwd /etc/brokk/passwords alice",
     args_conflicts_with_subcommands = true
 )]
@@ -58,14 +62,15 @@ pub struct RunArgs {
     #[arg(long = "listen", value_name = "URL")]
     pub listen: Vec<ListenUrl>,
 
-    /// Serve TLS listeners that have no cert and key with a self-signed certificate
-    /// for localhost, 127.0.0.1 and ::1, created in the data directory (clients trust
-    /// its ca.pem)
+    /// For development on this machine: serve TLS listeners that have no cert and
+    /// key with a self-signed certificate for localhost, 127.0.0.1 and ::1, created
+    /// in the data directory (clients trust its ca.pem). In production give each TLS
+    /// listener a cert and key in the config file
     #[arg(long)]
     pub dev_tls: bool,
 
-    /// Keep the development certificates and broker state in DIR [default:
-    /// ./brokk-data]
+    /// Keep the development certificates and broker state in DIR, relative to the
+    /// current directory [default: the config file's data_dir, else ./brokk-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -79,10 +84,34 @@ pub struct RunArgs {
     #[arg(long)]
     pub recover: bool,
 
-    /// Accept clients without a username and password, also on listeners other
-    /// machines can reach
+    /// Accept clients without a username and password even on listeners other
+    /// machines can reach: anyone who reaches the port may then publish and
+    /// subscribe. Without it (or allow_anonymous = true in the config file) they
+    /// are accepted only while every listener is loopback and no password file is set
     #[arg(long)]
     pub allow_anonymous: bool,
+
+    /// How log lines are written to standard error: text for people, json for log
+    /// shippers (one JSON object per line)
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        env = "BROKK_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL target: message key=value ...`, for people.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, and the event's fields
+    /// (its message among them) under "fields".
+    Json,
 }
 
 /// Maintenance commands.
@@ -270,7 +299,7 @@ impl FromStr for ListenUrl {
                 Some(kind) => (kind, rest),
                 None => {
                     return Err(bad(&format!(
-                        "expected the scheme mqtt://, mqtts://, ws:// or wss://, found {scheme:?}"
+                        "expected the scheme mqtt://, mqtts://, ws://, wss://, http:// or https://, found {scheme:?}"
                     )))
                 }
             },
@@ -384,10 +413,28 @@ mod tests {
             "--data-dir <DIR>",
             "--allow-anonymous",
             "Accept clients without a username and password",
+            "--log-format <FORMAT>",
+            "json",
+            "[default: text]",
+            "BROKK_LOG_FORMAT",
+            "RUST_LOG",
+            "(default: info)",
             "passwd",
             "127.0.0.1:1883",
         ] {
             assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
+        }
+        // Anonymous access and a self-signed certificate belong on this machine:
+        // no example puts them on an address others can reach.
+        for line in help
+            .lines()
+            .filter(|l| l.trim_start().starts_with("brokk "))
+        {
+            assert!(
+                !(line.contains("0.0.0.0") || line.contains("[::]"))
+                    || !(line.contains("--dev-tls") || line.contains("--allow-anonymous")),
+                "{line:?} in:\n{help}"
+            );
         }
         let passwd_help = Cli::command()
             .find_subcommand_mut("passwd")
@@ -409,6 +456,23 @@ mod tests {
                 "{needle:?} missing from:\n{passwd_help}"
             );
         }
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        let format = |args: &[&str]| {
+            parse(args)
+                .map(|cli| cli.run.log_format)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(format(&[]), Ok(LogFormat::Text));
+        assert_eq!(format(&["--log-format", "json"]), Ok(LogFormat::Json));
+        assert_eq!(format(&["--log-format", "text"]), Ok(LogFormat::Text));
+        let e = format(&["--log-format", "xml"]).unwrap_err();
+        assert!(
+            e.contains("xml") && e.contains("text") && e.contains("json"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -450,7 +514,7 @@ mod tests {
         for (url, reason) in [
             (
                 "tcp://127.0.0.1:1883",
-                "expected the scheme mqtt://, mqtts://, ws:// or wss://, found \"tcp\"",
+                "expected the scheme mqtt://, mqtts://, ws://, wss://, http:// or https://, found \"tcp\"",
             ),
             (
                 "mqtt://127.0.0.1:1883/mqtt",

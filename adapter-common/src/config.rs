@@ -46,11 +46,26 @@ pub enum ListenerKind {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+    /// The operations endpoints over plain HTTP ([`crate::http`]): metrics,
+    /// health, publish over HTTP.
+    Http,
+    /// The same over TLS.
+    Https,
 }
 
 impl ListenerKind {
     /// Every kind, in the order the config file documents them.
-    pub const ALL: [ListenerKind; 4] = [Self::Mqtt, Self::Mqtts, Self::Ws, Self::Wss];
+    pub const ALL: [ListenerKind; 6] = [
+        Self::Mqtt,
+        Self::Mqtts,
+        Self::Ws,
+        Self::Wss,
+        Self::Http,
+        Self::Https,
+    ];
+
+    /// The kinds that speak MQTT (all but the HTTP ones).
+    pub const MQTT: [ListenerKind; 4] = [Self::Mqtt, Self::Mqtts, Self::Ws, Self::Wss];
 
     /// The name used in the config file and as the `--listen` URL scheme.
     pub fn as_str(self) -> &'static str {
@@ -59,6 +74,8 @@ impl ListenerKind {
             Self::Mqtts => "mqtts",
             Self::Ws => "ws",
             Self::Wss => "wss",
+            Self::Http => "http",
+            Self::Https => "https",
         }
     }
 
@@ -69,12 +86,17 @@ impl ListenerKind {
 
     /// Whether the listener wraps its connections in TLS.
     pub fn is_tls(self) -> bool {
-        matches!(self, Self::Mqtts | Self::Wss)
+        matches!(self, Self::Mqtts | Self::Wss | Self::Https)
     }
 
     /// Whether the listener expects a WebSocket handshake before MQTT.
     pub fn is_websocket(self) -> bool {
         matches!(self, Self::Ws | Self::Wss)
+    }
+
+    /// Whether the listener serves HTTP (metrics, health, publish).
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Https)
     }
 }
 
@@ -362,6 +384,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Broker limits the operator set.
     pub limits: Limits,
+    /// Session connected / disconnected events on `$events/...` and to a webhook
+    /// (`[lifecycle_events]`, [`crate::lifecycle`]).
+    pub lifecycle_events: crate::lifecycle::LifecycleEvents,
 }
 
 impl Default for Config {
@@ -384,6 +409,7 @@ impl Default for Config {
             dev_tls: false,
             listeners: default_listeners(),
             limits: Limits::default(),
+            lifecycle_events: crate::lifecycle::LifecycleEvents::default(),
         }
     }
 }
@@ -447,6 +473,7 @@ struct ConfigFile {
     listeners: Vec<ListenerFile>,
     #[serde(default)]
     limits: Limits,
+    lifecycle_events: Option<crate::lifecycle::LifecycleEventsFile>,
 }
 
 #[derive(Deserialize)]
@@ -604,6 +631,10 @@ impl Config {
         }
         // Every query and template parses, every binding's names resolve.
         authorization.build().map_err(ConfigError::Identity)?;
+        let lifecycle_events = match file.lifecycle_events {
+            Some(table) => table.into_settings(path).map_err(ConfigError::Identity)?,
+            None => crate::lifecycle::LifecycleEvents::default(),
+        };
 
         Ok(Config {
             source: Some(path.to_path_buf()),
@@ -620,6 +651,7 @@ impl Config {
             dev_tls: false,
             listeners,
             limits: file.limits,
+            lifecycle_events,
         })
     }
 
@@ -1349,7 +1381,7 @@ mod tests {
         assert_eq!(
             e,
             "brokk.toml: listener[0].kind: expected one of \"mqtt\", \"mqtts\", \"ws\", \"wss\", \
-             found \"tcp\" (line 3, column 8)"
+             \"http\", \"https\", found \"tcp\" (line 3, column 8)"
         );
     }
 

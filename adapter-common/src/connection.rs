@@ -315,7 +315,9 @@ pub async fn timeout<F: Future, S: Future<Output = ()>>(sleep: S, fut: F) -> Opt
 /// One accepted connection from start to end: the WebSocket upgrade (bounded by
 /// `handshake_timeout`), the connection loop, the last flush (bounded by
 /// [`FLUSH_TIMEOUT`](crate::server::FLUSH_TIMEOUT)), and telling the core it is gone.
-/// `clock` reads both clocks; `sleep` is the runtime's timer.
+/// `clock` reads both clocks; `sleep` is the runtime's timer. `read`: bytes of the
+/// upgrade request already read from `t` (by the listener telling a WebSocket
+/// upgrade from an HTTP request).
 ///
 /// An idle connection is this future, parked in the loop: the upgrade and the
 /// flush, with their timers, are boxed for the time they run, so they take no room
@@ -330,6 +332,7 @@ pub async fn serve<T, C, S, F>(
     handshake_timeout: std::time::Duration,
     clock: C,
     sleep: S,
+    read: BytesMut,
 ) where
     T: Transport,
     C: Fn() -> Now,
@@ -337,7 +340,7 @@ pub async fn serve<T, C, S, F>(
     F: Future<Output = ()>,
 {
     let initial = if websocket {
-        let upgrade = handshake(&mut t, path.as_deref());
+        let upgrade = handshake(&mut t, path.as_deref(), read);
         match Box::pin(timeout(sleep(handshake_timeout), upgrade)).await {
             Some(Some(rest)) => rest,
             _ => return,
@@ -479,8 +482,12 @@ const FAIR_SHARE_DELIVERIES: u64 = 16384;
 /// Reads the WebSocket upgrade request and answers it. Returns the bytes that
 /// followed the request (already frames), or `None` if the request was refused or
 /// the peer went away. The adapter bounds it with its handshake timeout.
-pub async fn handshake<T: Transport>(t: &mut T, path: Option<&str>) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(1024);
+pub async fn handshake<T: Transport>(
+    t: &mut T,
+    path: Option<&str>,
+    read: BytesMut,
+) -> Option<BytesMut> {
+    let mut buf = read;
     loop {
         match websocket::parse_handshake(&buf, path) {
             Handshake::NeedMore => {

@@ -197,6 +197,11 @@ pub struct Hub<W: Wake> {
     /// current round, handed to it together at the end of the round.
     store: Option<brokk_store::DurableStore>,
     store_batch: Vec<StoreOp>,
+    /// Lifecycle events: published on `$events/...`, handed to the webhook
+    /// worker ([`crate::lifecycle`]); `None` when neither is configured.
+    lifecycle: Option<crate::lifecycle::Lifecycle>,
+    /// Connections and logins, for the metrics.
+    counters: crate::metrics::HubCounters,
 }
 
 impl<W: Wake> Hub<W> {
@@ -217,7 +222,54 @@ impl<W: Wake> Hub<W> {
             auth_waker: None,
             store: None,
             store_batch: Vec::new(),
+            lifecycle: None,
+            counters: crate::metrics::HubCounters::default(),
         }
+    }
+
+    /// Lifecycle events as `settings` ask (nothing when they ask for nothing):
+    /// the core emits them from now on, the hub publishes them on `$events/...`
+    /// and starts the webhook worker if there is a webhook.
+    pub fn set_lifecycle(&mut self, settings: &crate::lifecycle::LifecycleEvents) {
+        let seed = crate::server::os_seed();
+        let boot = u64::from_le_bytes([
+            seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7],
+        ]);
+        self.lifecycle = crate::lifecycle::Lifecycle::start(settings, boot);
+        self.broker.set_lifecycle_events(self.lifecycle.is_some());
+    }
+
+    /// Takes the lifecycle events' part out (at shutdown, to stop the webhook
+    /// worker); the core emits no more of them.
+    pub fn take_lifecycle(&mut self) -> Option<crate::lifecycle::Lifecycle> {
+        self.broker.set_lifecycle_events(false);
+        self.lifecycle.take()
+    }
+
+    /// What became of this server's lifecycle events at the webhook (sent,
+    /// retried, dropped because the queue was full, dropped because the webhook
+    /// failed), when it has one.
+    pub fn lifecycle_counters(&self) -> Option<[(&'static str, u64); 4]> {
+        self.lifecycle
+            .as_ref()
+            .and_then(|l| l.counters())
+            .map(|c| c.outcomes())
+    }
+
+    /// Whether the connected client `client_id` may publish to `topic`
+    /// ([`broker_state::Broker::may_publish`]).
+    pub fn may_publish(
+        &mut self,
+        client_id: &[u8],
+        topic: &mqtt_proto::TopicName,
+        retain: bool,
+    ) -> bool {
+        self.broker.may_publish(client_id, topic, retain)
+    }
+
+    /// Connections and logins so far, for the metrics.
+    pub fn counters(&self) -> &crate::metrics::HubCounters {
+        &self.counters
     }
 
     /// Hands the core's store effects to `store` from now on (the core must have
@@ -329,6 +381,7 @@ impl<W: Wake> Hub<W> {
 
     /// The answer to an authentication question, from a worker.
     pub fn answer(&mut self, now: Now, ticket: AuthTicket, step: AuthStep) {
+        self.counters.answered(&step);
         self.broker.handle_auth_answer(now, ticket, step);
         self.dispatch(now);
     }
@@ -387,6 +440,7 @@ impl<W: Wake> Hub<W> {
     /// A transport connection was accepted.
     pub fn accept(&mut self, now: Now, peer: PeerInfo, waker: W) -> ConnId {
         let conn = self.broker.handle_accept(now, peer);
+        self.counters.accepted += 1;
         self.conns.insert(
             conn,
             Entry {
@@ -568,7 +622,10 @@ impl<W: Wake> Hub<W> {
                         None => Some(AuthStep::Failure(ReasonCode::ServerUnavailable)),
                     };
                     match quick {
-                        Some(step) => self.broker.handle_auth_answer(now, question.ticket, step),
+                        Some(step) => {
+                            self.counters.answered(&step);
+                            self.broker.handle_auth_answer(now, question.ticket, step)
+                        }
                         None => {
                             self.questions.push_back(*question);
                             if let Some(w) = &self.auth_waker {
@@ -595,6 +652,14 @@ impl<W: Wake> Hub<W> {
                         self.store_batch.push(*op);
                     }
                 }
+                // Published from the broker itself; its deliveries are events
+                // this loop drains too.
+                Event::Lifecycle(event) => {
+                    if let Some(m) = self.lifecycle.as_ref().and_then(|l| l.on_event(&event)) {
+                        self.broker
+                            .publish_from_broker(now, m.topic, m.payload, m.properties);
+                    }
+                }
             }
         }
         self.submit_store_batch();
@@ -618,13 +683,12 @@ impl<W: Wake> Hub<W> {
         }
     }
 
-    fn log_disconnect(&self, conn: ConnId, reason: &str) {
+    fn log_disconnect(&mut self, conn: ConnId, reason: &str) {
+        self.counters.closed(reason);
         let peer = self.broker.peer(conn);
         let client_id = self.broker.client_id(conn).map_or("", |c| c.as_str());
-        let protocol = self
-            .broker
-            .protocol(conn)
-            .map_or_else(String::new, |p| p.to_string());
+        // As in the connect line: "3.1.1", "5.0"; left out before CONNECT.
+        let protocol = self.broker.protocol(conn).map(tracing::field::display);
         tracing::info!(
             client_id,
             protocol,

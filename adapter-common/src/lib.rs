@@ -21,6 +21,9 @@
 //! - [`authentication`]: who a client is (password file, anonymous policy, a cache
 //!   of recent verifications), answered off the broker's thread.
 //! - [`reports`]: sessions the broker ended and messages it dropped, in the log.
+//! - [`lifecycle`]: client sessions connected and disconnected (Event Grid's
+//!   events) as CloudEvents on `$events/...` topics and to a webhook, POSTed from
+//!   a thread of its own.
 //! - [`server`]: binding listeners and configuring the core before a runtime
 //!   starts, the server thread, and the `brokk` command-line `main` every adapter's
 //!   binary calls.
@@ -93,10 +96,13 @@ pub mod config;
 pub mod connection;
 pub mod core;
 mod epoll;
+pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod jwt;
+pub mod lifecycle;
 pub mod limits;
+pub mod metrics;
 pub mod park;
 pub mod passwd;
 pub mod reports;

@@ -491,6 +491,7 @@ mod tests {
             shared_subscriptions: false,
             subscription_identifiers: false,
             store_effects: false,
+            lifecycle_events: false,
         };
         assert_eq!(core, expected);
     }

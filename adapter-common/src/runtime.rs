@@ -19,8 +19,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use broker_state::CertificateChain;
 use broker_state::{Now, PeerInfo};
+use bytes::BytesMut;
 
 use crate::connection::{self, LocalNotify, SharedHub, Start, Transport};
+use crate::http::{self, HttpContext};
 use crate::park::{self, Parkable, ParkedGauge, ParkingLot, SharedLot};
 use crate::server::{BoundListener, Prepared};
 
@@ -128,9 +130,11 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
         verifier,
         max_verifications,
         store,
+        lifecycle_events,
         ..
     } = prepared;
     let (hub, timer_notify) = connection::shared_hub(broker);
+    hub.borrow_mut().set_lifecycle(&lifecycle_events);
     let store_task = store.map(|store| {
         hub.borrow_mut().set_store(store);
         rt.spawn(connection::run_store(hub.clone(), now))
@@ -155,7 +159,7 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
         R::sleep,
     ));
     let parking = if R::PARKS {
-        parking_lot::<R>(parked)
+        parking_lot::<R>(parked.clone())
             .map_err(|error| {
                 tracing::debug!(%error, "no parking lot: idle connections keep their tasks");
             })
@@ -183,6 +187,16 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
             (None, rt.spawn(reports))
         }
     };
+    // The HTTP listeners' shared state (metrics, health, publish over HTTP).
+    let spawner = rt.clone();
+    let http = HttpContext::new(
+        hub.clone(),
+        Rc::new(move |f| spawner.spawn_detached(f)),
+        Rc::new(|d| Box::pin(R::sleep(d))),
+        now,
+        parked.clone(),
+        handshake_timeout,
+    );
     let mut accept_tasks = Vec::new();
     for l in listeners {
         let listener = match l.socket.try_clone().and_then(R::listen) {
@@ -199,9 +213,13 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
             listener,
             l,
             handshake_timeout,
+            http.clone(),
         )));
     }
+    // The store was loaded before anything was bound; every listener accepts now.
+    http.ready.set(true);
     stop.await;
+    http.ready.set(false);
     tracing::info!("shutting down");
     drop(accept_tasks);
     // The lot keeps running: parked connections get their tasks back to close.
@@ -230,6 +248,12 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
             ),
             Err(error) => tracing::error!(%error, "store flush failed at shutdown"),
         }
+    }
+    // What the last connections' ends queued for the webhook gets a moment to go
+    // (after the store: what must survive comes first).
+    let lifecycle = hub.borrow_mut().take_lifecycle();
+    if let Some(lifecycle) = lifecycle {
+        lifecycle.stop(crate::lifecycle::SHUTDOWN_GRACE);
     }
     tracing::info!("stopped");
 }
@@ -306,6 +330,7 @@ async fn accept_loop<R: Runtime>(
     listener: R::Listener,
     l: BoundListener,
     handshake_timeout: Duration,
+    http: Rc<HttpContext>,
 ) {
     let websocket = l.kind.is_websocket();
     loop {
@@ -320,6 +345,22 @@ async fn accept_loop<R: Runtime>(
         };
         let mut peer = l.peer(remote);
         let (hub, path) = (hub.clone(), l.path.clone());
+        if l.kind.is_http() {
+            let http = http.clone();
+            match l.tls.clone() {
+                None => rt.spawn_detached(http::serve_http(http, t, peer, BytesMut::new())),
+                Some(config) => rt.spawn_detached(async move {
+                    let handshake = R::tls_accept(config, t);
+                    if let Some(Ok((t, certificates))) =
+                        connection::timeout(R::sleep(handshake_timeout), handshake).await
+                    {
+                        peer.certificates = certificates;
+                        http::serve_http(http, t, peer, BytesMut::new()).await
+                    }
+                }),
+            }
+            continue;
+        }
         match l.tls.clone() {
             None if !websocket => {
                 let start = Start::New(peer);
@@ -328,13 +369,26 @@ async fn accept_loop<R: Runtime>(
             }
             // The connection's future itself is the task, so that it holds only
             // what the connection loop needs.
-            None => rt.spawn_detached(serve::<R>(hub, t, peer, websocket, path, handshake_timeout)),
-            Some(config) => rt.spawn_detached(async move {
+            None => {
+                let http = http.clone();
+                rt.spawn_detached(serve::<R>(
+                    hub,
+                    t,
+                    peer,
+                    websocket,
+                    path,
+                    handshake_timeout,
+                    http,
+                ))
+            }
+            Some(config) => {
+                let http = http.clone();
+                rt.spawn_detached(async move {
                 let handshake = R::tls_accept(config, t);
                 match connection::timeout(R::sleep(handshake_timeout), handshake).await {
                     Some(Ok((t, certificates))) => {
                         peer.certificates = certificates;
-                        serve::<R>(hub, t, peer, websocket, path, handshake_timeout).await
+                        serve::<R>(hub, t, peer, websocket, path, handshake_timeout, http).await
                     }
                     // A refused client certificate is worth an operator's eye (a
                     // device with the wrong CA, or someone trying); other failures
@@ -347,7 +401,8 @@ async fn accept_loop<R: Runtime>(
                     }
                     None => tracing::debug!(remote = %peer.remote, "TLS handshake timed out"),
                 }
-            }),
+            })
+            }
         }
     }
 }
@@ -367,14 +422,38 @@ fn refused_certificate(error: &io::Error) -> bool {
 
 /// A WebSocket or TLS connection (its TLS handshake done) from its WebSocket
 /// upgrade, if any, to its end: [`connection::serve`] with the runtime's timer.
-fn serve<R: Runtime>(
+/// On a WebSocket listener a `POST` (publish over HTTP, as Event Grid serves it on
+/// its WebSocket port) goes to the HTTP endpoints instead of the upgrade.
+async fn serve<R: Runtime>(
     hub: SharedHub,
-    t: impl Transport + 'static,
+    mut t: impl Transport + 'static,
     peer: PeerInfo,
     websocket: bool,
     path: Option<String>,
     handshake_timeout: Duration,
-) -> impl Future<Output = ()> + 'static {
+    http: Rc<HttpContext>,
+) {
+    let mut read = BytesMut::new();
+    if websocket {
+        // Enough of the request to see its method.
+        let sniff = async {
+            while read.len() < 5 && b"POST ".starts_with(&read[..]) {
+                read.reserve(1024);
+                match poll_fn(|cx| t.poll_read_buf(cx, &mut read)).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(_) => {}
+                }
+            }
+            true
+        };
+        match connection::timeout(R::sleep(handshake_timeout), sniff).await {
+            Some(true) => {}
+            _ => return,
+        }
+        if read.starts_with(b"POST ") {
+            return http::serve_http(http, t, peer, read).await;
+        }
+    }
     connection::serve(
         hub,
         t,
@@ -384,5 +463,7 @@ fn serve<R: Runtime>(
         handshake_timeout,
         now,
         R::sleep,
+        read,
     )
+    .await
 }

@@ -30,8 +30,17 @@ pub enum StartError {
         /// The error.
         error: std::io::Error,
     },
-    /// The TLS material could not be loaded or created.
+    /// The development TLS material could not be loaded or created.
     Tls(TlsError),
+    /// A listener's certificate or key could not be loaded: `at` names the listener
+    /// and the key, as in `brokk.toml: listener[0].cert`.
+    ListenerTls {
+        /// Where the file was configured.
+        at: String,
+        /// What is wrong with it (this names the resolved path); boxed, as it
+        /// is large and every `StartError` would pay for it.
+        error: Box<TlsError>,
+    },
     /// The password file could not be read.
     Passwords(PasswdError),
     /// The runtime or its thread could not start.
@@ -53,6 +62,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
             StartError::Tls(e) => write!(f, "{e}"),
+            StartError::ListenerTls { at, error } => write!(f, "{at}: {error}"),
             StartError::Passwords(e) => write!(f, "{e}"),
             StartError::Runtime(e) => write!(f, "cannot start the runtime: {e}"),
             StartError::Store(e) => write!(f, "{e}"),
@@ -91,6 +101,8 @@ impl BoundListener {
                 ListenerKind::Mqtts => Transport::Tls,
                 ListenerKind::Ws => Transport::WebSocket,
                 ListenerKind::Wss => Transport::SecureWebSocket,
+                ListenerKind::Http => Transport::Tcp,
+                ListenerKind::Https => Transport::Tls,
             },
             listener: self.label.clone(),
             remote: remote.to_string(),
@@ -119,6 +131,9 @@ pub struct Prepared {
     pub verifier: Arc<Verifier>,
     /// Password verifications running at once, at most (the rest wait in line).
     pub max_verifications: usize,
+    /// Lifecycle events: topics and webhook (`[lifecycle_events]`), set on the
+    /// hub when the server thread starts.
+    pub lifecycle_events: crate::lifecycle::LifecycleEvents,
 }
 
 /// How long a connection has for its TLS and WebSocket handshakes by default.
@@ -224,13 +239,42 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         };
         let tls = match (&l.tls, &dev) {
             (Some(TlsSource::Files { cert, key }), _) => {
-                Some(tls::server_config(cert, key, client_auth).map_err(StartError::Tls)?)
+                Some(tls::server_config(cert, key, client_auth).map_err(|error| {
+                    // Send the operator to the key that names the file: `cert` is
+                    // read first, so a file given as both is reported as `cert`
+                    // unless it is the key that is missing from it.
+                    let field = match &error {
+                        TlsError::NoPrivateKey { .. } => Some("key"),
+                        TlsError::Read { path, .. } | TlsError::BadPem { path, .. } => {
+                            Some(if path == cert { "cert" } else { "key" })
+                        }
+                        TlsError::NoCertificate { .. } => Some("cert"),
+                        _ => None,
+                    };
+                    let at = match (&l.origin, field) {
+                        (crate::config::Origin::File { path, index }, Some(field)) => {
+                            format!("{}: listener[{index}].{field}", path.display())
+                        }
+                        (origin, _) => origin.to_string(),
+                    };
+                    StartError::ListenerTls {
+                        at,
+                        error: Box::new(error),
+                    }
+                })?)
             }
             (Some(TlsSource::Dev), Some(dev)) => {
                 Some(dev.server_config(client_auth).map_err(StartError::Tls)?)
             }
             _ => None,
         };
+        // An HTTPS listener offers HTTP/2 by ALPN, and HTTP/1.1.
+        let tls = tls.map(|mut c| {
+            if l.kind == ListenerKind::Https {
+                c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            }
+            c
+        });
         let bind_err = |error| StartError::Bind {
             addr: l.bind,
             error,
@@ -269,6 +313,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             .park_idle_ms
             .map_or(crate::park::PARK_TICK, Duration::from_millis),
         parked: crate::park::ParkedGauge::default(),
+        lifecycle_events: config.lifecycle_events.clone(),
     })
 }
 
@@ -513,11 +558,10 @@ where
         };
     }
     // Logs go to stderr, so stdout carries only what scripts read (the bound
-    // addresses); colours only on a terminal.
+    // addresses); colours only on a terminal, and never inside JSON.
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // rustls warns for every client that sends an IP address as its
@@ -526,8 +570,11 @@ where
                 .unwrap_or_else(|_| {
                     tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error")
                 }),
-        )
-        .init();
+        );
+    match cli.run.log_format {
+        crate::cli::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        crate::cli::LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     // Block the signals before any thread starts, so every thread inherits the mask
     // and the main thread alone takes them.
     let signals = match signal_hook::iterator::Signals::new([
@@ -576,7 +623,9 @@ where
             .map_err(|e| e.to_string())
             .and_then(|config| server.reload(&config).map_err(|e| e.to_string()));
         match reloaded {
-            Ok(()) => tracing::info!("SIGHUP: identity reloaded (clients, CAs, keys, passwords)"),
+            Ok(()) => tracing::info!(
+                "SIGHUP: identity reloaded (clients, CAs, keys, passwords); authorization follows"
+            ),
             Err(error) => {
                 tracing::error!(%error, "SIGHUP: reload refused, the running configuration stays")
             }
@@ -604,4 +653,89 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `prepare` says about a config whose second listener is MQTT over TLS
+    /// with `cert.pem` and `key.pem` next to the config file, each written with the
+    /// given text (`None`: the file does not exist).
+    fn start_error(dir: &Path, cert: Option<&str>, key: Option<&str>) -> StartError {
+        for (name, text) in [("cert.pem", cert), ("key.pem", key)] {
+            let path = dir.join(name);
+            match text {
+                Some(text) => std::fs::write(&path, text),
+                None => std::fs::remove_file(&path).or(Ok(())),
+            }
+            .expect("test setup: a failure here is the test failing");
+        }
+        let config = Config::parse(
+            &dir.join("brokk.toml"),
+            "persistence = \"memory\"\n\
+             [[listener]]\nkind = \"mqtt\"\nbind = \"127.0.0.1:0\"\n\
+             [[listener]]\nkind = \"mqtts\"\nbind = \"127.0.0.1:0\"\n\
+             cert = \"cert.pem\"\nkey = \"key.pem\"\n",
+        )
+        .expect("test setup: a failure here is the test failing");
+        match prepare(&config) {
+            Ok(_) => panic!("a listener with unusable TLS files started"),
+            Err(e) => e,
+        }
+    }
+
+    /// A certificate or key that cannot be used names the config file, the key in
+    /// it and the file it resolved to, so the operator knows which line to fix.
+    #[test]
+    fn unusable_tls_files_are_named_by_config_file_key_and_resolved_path() {
+        let dir = tempfile::tempdir().expect("test setup: a failure here is the test failing");
+        let dir = dir.path();
+        let dev =
+            tls::dev_tls(&dir.join("dev")).expect("test setup: a failure here is the test failing");
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).expect("test setup: a failure here is the test failing")
+        };
+        let (good_cert, good_key) = (read(&dev.server_cert), read(&dev.server_key));
+        let config = dir.join("brokk.toml").display().to_string();
+        let cert = dir.join("cert.pem").display().to_string();
+        let key = dir.join("key.pem").display().to_string();
+        for (what, cert_text, key_text, expected) in [
+            (
+                "missing certificate",
+                None,
+                Some(good_key.as_str()),
+                format!("{config}: listener[1].cert: {cert}: cannot read: "),
+            ),
+            (
+                "no certificate in the file",
+                Some("not PEM at all\n"),
+                Some(&good_key),
+                format!("{config}: listener[1].cert: {cert}: expected a PEM file"),
+            ),
+            (
+                "missing key",
+                Some(&good_cert),
+                None,
+                format!("{config}: listener[1].key: {key}: cannot read: "),
+            ),
+            (
+                "key with a broken PEM section",
+                Some(&good_cert),
+                Some("-----BEGIN PRIVATE KEY-----\nMIIB\n"),
+                format!("{config}: listener[1].key: {key}: invalid PEM: "),
+            ),
+            (
+                "no key in the file",
+                Some(&good_cert),
+                Some(&good_cert),
+                format!("{config}: listener[1].key: {key}: expected a PEM file with a private key"),
+            ),
+        ] {
+            let e = start_error(dir, cert_text, key_text);
+            assert!(matches!(e, StartError::ListenerTls { .. }), "{what}: {e:?}");
+            let message = e.to_string();
+            assert!(message.starts_with(&expected), "{what}: {message}");
+        }
+    }
 }

@@ -34,7 +34,9 @@ mod auth;
 mod authorization;
 mod connect;
 mod durability;
+mod events;
 mod flight;
+mod gauges;
 mod invariants;
 mod lifecycle;
 mod publish;
@@ -42,11 +44,15 @@ mod restore;
 mod retained;
 mod subscribe;
 
+pub use gauges::Gauges;
+
 /// Counters of what the broker did and dropped. Every drop is counted here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// PUBLISH packets received from clients.
     pub publishes_received: u64,
+    /// The same, by QoS (index 0, 1, 2).
+    pub publishes_received_by_qos: [u64; 3],
     /// PUBLISH packets queued for delivery to clients.
     pub deliveries: u64,
     /// QoS 0 messages dropped because a connection's outbound buffer was full.
@@ -126,6 +132,8 @@ pub struct Broker {
     /// Output held beyond `outbound_buffer_bytes` by connections, together (as
     /// last counted: see `sync_burst`), bounded by `outbound_burst_bytes`.
     outbound_burst: usize,
+    /// Lifecycle events' sequence numbers (see `broker/events.rs`).
+    lifecycle: events::LifecycleState,
 }
 
 /// Picks a shared-subscription member: uniformly among those whose session is
@@ -308,6 +316,7 @@ impl Broker {
             stats: Stats::default(),
             durability: Default::default(),
             outbound_burst: 0,
+            lifecycle: events::LifecycleState::default(),
         }
     }
 
@@ -617,7 +626,7 @@ impl Broker {
     /// The server is shutting down: every connection gets DISCONNECT 0x8B (5.0) and
     /// `Event::Close`; no will is published, since the broker, not the client, ends
     /// the connection and its sessions go with the process.
-    pub fn handle_shutdown(&mut self, _now: Now) {
+    pub fn handle_shutdown(&mut self, now: Now) {
         let mut live = Vec::new();
         for (k, c) in self.conns.iter() {
             if !matches!(c.state, ConnState::Closing { .. }) {
@@ -625,8 +634,10 @@ impl Broker {
             }
         }
         for (k, session) in live {
-            if session.is_some() {
+            if let Some(sk) = session {
                 self.push_disconnect(k, ReasonCode::ServerShuttingDown);
+                let ending = events::Ending::Server(ReasonCode::ServerShuttingDown);
+                self.lifecycle_disconnected(now, k, sk, ending);
             }
             if let Some(c) = self.conns.get_mut(k) {
                 c.will = None;

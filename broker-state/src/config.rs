@@ -108,6 +108,10 @@ pub struct Config {
     /// Emit store operations for durable changes ([`crate::StoreOp`]). Off by
     /// default: with the in-memory store there is nothing to persist to.
     pub store_effects: bool,
+    /// Emit [`crate::Event::Lifecycle`] when a session's connection begins or
+    /// ends (Event Grid's session connected / disconnected events). Off by
+    /// default: without it, connecting and disconnecting do no work for them.
+    pub lifecycle_events: bool,
 }
 
 impl Default for Config {
@@ -149,6 +153,7 @@ impl Default for Config {
             shared_subscriptions: true,
             subscription_identifiers: true,
             store_effects: false,
+            lifecycle_events: false,
         }
     }
 }

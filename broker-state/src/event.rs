@@ -141,6 +141,133 @@ pub enum Event {
     /// A durable change for the store (only when `Config::store_effects` is set).
     /// Boxed: store operations are rare, and every other event stays small.
     Store(Box<StoreOp>),
+    /// A client session connected or disconnected (Event Grid's
+    /// `MQTTClientSessionConnected` / `MQTTClientSessionDisconnected`); only when
+    /// `Config::lifecycle_events` is set. The adapter may publish it with
+    /// [`crate::Broker::publish_from_broker`]. Boxed: rare next to `Transmit`.
+    Lifecycle(Box<LifecycleEvent>),
+}
+
+/// A session's connection began or ended: what Event Grid reports as
+/// `Microsoft.EventGrid.MQTTClientSessionConnected` and
+/// `Microsoft.EventGrid.MQTTClientSessionDisconnected`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    /// Connected, or disconnected and why.
+    pub kind: LifecycleKind,
+    /// The connection that connected or ended.
+    pub conn: ConnId,
+    /// The session's client identifier (Event Grid's `clientSessionName`).
+    pub client_id: MqttString,
+    /// Who the client authenticated as (Event Grid's `clientAuthenticationName`);
+    /// `None` for a client without a name (anonymous, no username).
+    pub authentication_name: Option<String>,
+    /// Orders the events of a session: every event the broker emits has a higher
+    /// number than the one before it, whichever session it belongs to. It is
+    /// `max(previous + 1, unix_ms * 1000)`, so that it keeps growing across
+    /// restarts too (as long as the wall clock does not step back and fewer than a
+    /// thousand events a millisecond are emitted on average), and stays below 2^53
+    /// (exact in JSON) until the year 2255.
+    pub sequence_number: u64,
+    /// When it happened: wall clock, milliseconds since the Unix epoch (the
+    /// input's [`Now::unix_ms`]).
+    pub unix_ms: u64,
+}
+
+/// Which lifecycle event, with what only one of them carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleKind {
+    /// CONNECT was accepted (CONNACK 0x00 is queued).
+    Connected {
+        /// Whether an existing session was resumed.
+        session_present: bool,
+    },
+    /// The session's connection ended.
+    Disconnected {
+        /// Event Grid's name for why.
+        reason: DisconnectionReason,
+        /// The MQTT reason code of the end: the client's DISCONNECT, or the one
+        /// the broker sent (5.0) or would have sent (3.1.1); `None` when the
+        /// transport closed without either.
+        reason_code: Option<ReasonCode>,
+    },
+}
+
+impl LifecycleKind {
+    /// Event Grid's event type, e.g. `Microsoft.EventGrid.MQTTClientSessionConnected`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            LifecycleKind::Connected { .. } => "Microsoft.EventGrid.MQTTClientSessionConnected",
+            LifecycleKind::Disconnected { .. } => {
+                "Microsoft.EventGrid.MQTTClientSessionDisconnected"
+            }
+        }
+    }
+}
+
+/// Why a session's connection ended, in Event Grid's words
+/// (`disconnectionReason`). How brokk's ends map onto them is in
+/// `broker/events.rs` (`disconnection_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisconnectionReason {
+    /// Authentication no longer holds: credentials expired (0xA0), a failed
+    /// re-authentication, bad credentials (0x86), a banned client (0x8A), a bad
+    /// authentication method (0x8C).
+    ClientAuthenticationError,
+    /// Not authorized (0x87) for something the client did.
+    ClientAuthorizationError,
+    /// The client broke the protocol or used what the broker does not support
+    /// (malformed packets, protocol errors, invalid topic aliases, packets too
+    /// large, ...).
+    ClientError,
+    /// The client sent DISCONNECT (whatever its reason code).
+    ClientInitiatedDisconnect,
+    /// The transport closed without DISCONNECT, or the client went silent for
+    /// longer than its keep-alive allows (0x8D).
+    ConnectionLost,
+    /// The client's address is blocked. brokk has no address filter, so it never
+    /// reports this (kept for Event Grid's full vocabulary).
+    IpForbidden,
+    /// The client exceeded a quota (0x97) or a rate (0x96, 0x9F).
+    QuotaExceeded,
+    /// An error of the broker's own (0x80, 0x83: e.g. the store failed).
+    ServerError,
+    /// The broker ended the connection on purpose: shutting down (0x8B), busy
+    /// (0x89), an administrative action (0x98), another server (0x9C, 0x9D).
+    ServerInitiatedDisconnect,
+    /// The session's queue overflowed. brokk ends only offline sessions for
+    /// that (an online queue drops its oldest QoS 1 message instead), so it
+    /// never reports this for a connection (kept for Event Grid's full
+    /// vocabulary).
+    SessionOverflow,
+    /// Another connection with the same client identifier took the session over
+    /// (0x8E).
+    SessionTakenOver,
+}
+
+impl DisconnectionReason {
+    /// The name as Event Grid writes it, e.g. `ClientInitiatedDisconnect`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DisconnectionReason::ClientAuthenticationError => "ClientAuthenticationError",
+            DisconnectionReason::ClientAuthorizationError => "ClientAuthorizationError",
+            DisconnectionReason::ClientError => "ClientError",
+            DisconnectionReason::ClientInitiatedDisconnect => "ClientInitiatedDisconnect",
+            DisconnectionReason::ConnectionLost => "ConnectionLost",
+            DisconnectionReason::IpForbidden => "IpForbidden",
+            DisconnectionReason::QuotaExceeded => "QuotaExceeded",
+            DisconnectionReason::ServerError => "ServerError",
+            DisconnectionReason::ServerInitiatedDisconnect => "ServerInitiatedDisconnect",
+            DisconnectionReason::SessionOverflow => "SessionOverflow",
+            DisconnectionReason::SessionTakenOver => "SessionTakenOver",
+        }
+    }
+}
+
+impl core::fmt::Display for DisconnectionReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Why the broker ended a session on its own.

@@ -22,9 +22,10 @@
 //!   [`Broker::handle_timeout`] (safe to call spuriously), [`Broker::handle_restore`];
 //!   or all of them through one [`Input`] enum with [`Broker::handle`];
 //! - `poll_*` drain output: [`Broker::poll_event`] (transmit wake-ups, closes,
-//!   store operations), [`Broker::poll_transmit`] (encode waiting packets of one
-//!   connection into the caller's buffer, within a byte budget, so backpressure is
-//!   pull-based) and [`Broker::poll_timeout`] (when to call `handle_timeout`).
+//!   store operations, lifecycle events), [`Broker::poll_transmit`] (encode
+//!   waiting packets of one connection into the caller's buffer, within a byte
+//!   budget, so backpressure is pull-based) and [`Broker::poll_timeout`] (when to
+//!   call `handle_timeout`).
 //!
 //! # The run-loop contract
 //!
@@ -89,11 +90,11 @@ mod subscriptions;
 mod timer;
 
 pub use authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
-pub use broker::{Broker, Stats};
+pub use broker::{Broker, Gauges, Stats};
 pub use config::{Config, OverflowPolicy, QueueLimits};
 pub use event::{
-    CertificateChain, Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp,
-    StoredMessage, StoredWill, Transport,
+    CertificateChain, DisconnectionReason, Event, Input, LifecycleEvent, LifecycleKind, Now,
+    PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill, Transport,
 };
 pub use hooks::{
     AllowAll, AttributeValue, Attributes, AuthDecision, AuthRequest, AuthStep, Authenticator,

@@ -53,6 +53,11 @@ impl RetainedStore {
         self.messages.len()
     }
 
+    /// Bytes of every retained message.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// The earliest expiry deadline (stale ones included: a spurious wake-up is
     /// harmless).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {

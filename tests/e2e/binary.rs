@@ -274,3 +274,135 @@ async fn a_session_ended_by_queue_overflow_is_logged_with_client_id_reason_and_c
         assert!(line.contains(part), "{part:?} missing from {line:?}");
     }
 }
+
+/// A TLS certificate that cannot be read stops startup with a message naming the
+/// config file, the key in it and the path it resolved to (next to the config).
+#[tokio::test]
+async fn an_unreadable_tls_certificate_is_named_by_config_file_key_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("brokk.toml");
+    std::fs::write(
+        &config,
+        "persistence = \"memory\"\n\
+         [[listener]]\nkind = \"mqtts\"\nbind = \"127.0.0.1:0\"\n\
+         cert = \"missing.pem\"\nkey = \"missing.key\"\n",
+    )
+    .unwrap();
+    let out = BrokkProcess::run(
+        Runtime::from_env(),
+        ["--config".as_ref(), config.as_os_str()],
+        "",
+        EXIT_LIMIT,
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "brokk started: {stderr}");
+    let expected = format!(
+        "brokk: {}: listener[0].cert: {}: cannot read: ",
+        config.display(),
+        dir.path().join("missing.pem").display()
+    );
+    assert!(
+        stderr.contains(&expected),
+        "expected {expected:?} in:\n{stderr}"
+    );
+}
+
+/// Waits until brokk's standard error holds a line for which `find` says yes, and
+/// returns that line's answer.
+async fn log_line<T>(brokk: &BrokkProcess, mut find: impl FnMut(&str) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = brokk.stderr();
+        if let Some(found) = log.lines().find_map(&mut find) {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the line looked for is not in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `--log-format json`: every line brokk logs is one JSON object, and the connect
+/// and disconnect events carry their fields (client id, protocol) by name, for log
+/// shippers.
+#[tokio::test]
+async fn log_format_json_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let args = [
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--log-format".as_ref(),
+        "json".as_ref(),
+    ];
+    let brokk = BrokkProcess::spawn(Runtime::from_env(), args, 1).await;
+    let client = RawClient::connect(
+        brokk.addr(ListenerKind::Mqtt),
+        ProtocolVersion::V5,
+        "json-logger",
+    )
+    .await;
+    client.disconnect().await;
+
+    let event = |message: &'static str| {
+        move |line: &str| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            (value["fields"]["message"] == message).then_some(value)
+        }
+    };
+    let connect = log_line(&brokk, event("connect")).await;
+    let disconnect = log_line(&brokk, event("disconnect")).await;
+    for (event, line) in [("connect", &connect), ("disconnect", &disconnect)] {
+        assert_eq!(line["level"], "INFO", "{event}: {line}");
+        assert_eq!(
+            line["fields"]["client_id"], "json-logger",
+            "{event}: {line}"
+        );
+        assert_eq!(line["fields"]["protocol"], "5.0", "{event}: {line}");
+    }
+    for line in brokk.stderr().lines() {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(
+            parsed.is_ok_and(|v| v.is_object()),
+            "not a JSON object: {line:?}"
+        );
+    }
+}
+
+/// The text log writes the protocol the same way in the connect and the
+/// disconnect line (it was `protocol=3.1.1` in one and `protocol="3.1.1"` in the
+/// other), so one pattern finds both.
+#[tokio::test]
+async fn connect_and_disconnect_lines_write_the_protocol_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let args = [
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--log-format".as_ref(),
+        "text".as_ref(),
+    ];
+    let brokk = BrokkProcess::spawn(Runtime::from_env(), args, 1).await;
+    let client = RawClient::connect(
+        brokk.addr(ListenerKind::Mqtt),
+        ProtocolVersion::V3_1_1,
+        "text-logger",
+    )
+    .await;
+    client.disconnect().await;
+
+    for event in [" connect ", " disconnect "] {
+        let line = log_line(&brokk, |l| {
+            (l.contains(event) && l.contains("text-logger")).then(|| l.to_owned())
+        })
+        .await;
+        assert!(line.contains(" protocol=3.1.1 "), "{line}");
+    }
+}

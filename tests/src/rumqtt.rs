@@ -182,6 +182,9 @@ fn endpoint(server: &RunningServer, kind: ListenerKind) -> (String, u16, Transpo
         ListenerKind::Mqtts => ("127.0.0.1".to_owned(), port, Transport::Tls(tls())),
         ListenerKind::Ws => (server.ws_url(kind), port, Transport::Ws),
         ListenerKind::Wss => (server.ws_url(kind), port, Transport::Wss(tls())),
+        ListenerKind::Http | ListenerKind::Https => {
+            panic!("test setup: {kind} listeners speak HTTP, not MQTT")
+        }
     }
 }
 

@@ -292,7 +292,7 @@ impl Setup {
 
     /// One listener of every kind: mqtt, mqtts, ws and wss.
     pub fn all_transports() -> Setup {
-        Setup::new(&ListenerKind::ALL)
+        Setup::new(&ListenerKind::MQTT)
     }
 
     /// Changes broker limits.

@@ -111,3 +111,34 @@ fn granted(s: Option<&Session>, allows: impl Fn(&Grants) -> bool) -> bool {
     s.and_then(|s| s.grants.as_deref())
         .is_some_and(|a| allows(&a.grants))
 }
+
+impl Broker {
+    /// Whether the connected client with this client id may publish to `topic`
+    /// (the reserved `$events/` topics, the permission bindings and the
+    /// authorization hook, as its PUBLISH would be decided). For a publisher that
+    /// must know before a QoS 0 message, which MQTT never acknowledges (publish
+    /// over HTTP answers 403). `false` for a client id with no session.
+    pub fn may_publish(&mut self, client_id: &[u8], topic: &TopicName, retain: bool) -> bool {
+        let Some(&sk) = self.by_client_id.get(client_id) else {
+            return false;
+        };
+        if super::publish::reserved_topic(topic) || !self.publish_granted(sk, topic.as_bytes()) {
+            return false;
+        }
+        if self.authorizer_is_default {
+            return true;
+        }
+        let Some(s) = self.sessions.get(sk) else {
+            return false;
+        };
+        self.authorizer.may_publish(
+            ClientInfo {
+                client_id: s.client_id.as_str(),
+                authentication_name: s.auth_name.as_deref(),
+                attributes: s.attributes.as_deref(),
+            },
+            topic,
+            retain,
+        )
+    }
+}

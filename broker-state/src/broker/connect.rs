@@ -2,6 +2,7 @@
 //! binds to (new, resumed or taken over), CONNACK, and what a resumed session
 //! resends.
 
+use super::events::Ending;
 use super::*;
 
 impl Broker {
@@ -111,10 +112,11 @@ impl Broker {
             if w.retain && !self.config.retain_available {
                 return self.refuse(k, ReasonCode::RetainNotSupported);
             }
-            let granted = self.authz.is_none()
-                || grants
-                    .as_ref()
-                    .is_some_and(|a| a.grants.publish(w.topic.as_bytes()).is_some());
+            let granted = !super::publish::reserved_topic(&w.topic)
+                && (self.authz.is_none()
+                    || grants
+                        .as_ref()
+                        .is_some_and(|a| a.grants.publish(w.topic.as_bytes()).is_some()));
             let allowed = granted
                 && self.authorizer.may_publish(
                     ClientInfo {
@@ -228,7 +230,13 @@ impl Broker {
                     conn: old,
                     reason: ReasonCode::SessionTakenOver,
                 });
-                self.detach(now, ok, sk, true);
+                self.detach(
+                    now,
+                    ok,
+                    sk,
+                    true,
+                    Ending::Server(ReasonCode::SessionTakenOver),
+                );
             }
             // Clean Start, or a session that ended with its connection, starts anew.
             // A taken-over session with expiry 0 was already ended by `detach`: its
@@ -318,6 +326,7 @@ impl Broker {
             protocol: p.protocol,
             session_present,
         });
+        self.lifecycle_connected(now, k, sk, session_present);
         if session_present {
             self.resend_inflight(now, k, sk);
         }

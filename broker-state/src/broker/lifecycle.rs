@@ -2,6 +2,7 @@
 //! takeovers, session expiry and overflow, keep-alive, shared-subscription
 //! redelivery.
 
+use super::events::Ending;
 use super::*;
 
 impl Broker {
@@ -26,7 +27,7 @@ impl Broker {
             conn: conn_id(k),
             reason: d.reason_code,
         });
-        self.detach(now, k, sk, with_will);
+        self.detach(now, k, sk, with_will, Ending::Client(d.reason_code));
     }
 
     // ---------------------------------------------------------------- ending
@@ -50,7 +51,7 @@ impl Broker {
             reason: code,
         });
         if let Some(sk) = sk {
-            self.detach(now, k, sk, true);
+            self.detach(now, k, sk, true, Ending::Server(code));
         }
     }
 
@@ -96,28 +97,49 @@ impl Broker {
         }
     }
 
-    /// The transport dropped without DISCONNECT.
+    /// The transport dropped without DISCONNECT (or the adapter closed it after
+    /// the broker found a packet the client cannot take).
     pub(super) fn lose_connection(&mut self, now: Now, k: ConnKey, publish_will: bool) {
-        let Some(sk) = self.conns.get(k).and_then(|c| c.session()) else {
+        let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        if let Some(c) = self.conns.get_mut(k) {
-            c.start_closing();
-        }
-        self.detach(now, k, sk, publish_will);
+        let Some(sk) = c.session() else {
+            return;
+        };
+        let ending = if c.unsendable {
+            Ending::Server(ReasonCode::PacketTooLarge)
+        } else {
+            Ending::Lost
+        };
+        c.start_closing();
+        self.detach(now, k, sk, publish_will, ending);
     }
 
-    /// Separates a session from its connection: the will (if it is to be published)
-    /// goes out now or after its delay, and the session either ends (expiry 0) or
-    /// starts its expiry timer.
-    pub(super) fn detach(&mut self, now: Now, k: ConnKey, sk: SessionKey, publish_will: bool) {
+    /// Separates a session from its connection, which ended as `ending` (the
+    /// one place every end of a connected session passes, but shutdown): the
+    /// lifecycle event goes out, the will (if it is to be published) goes out now
+    /// or after its delay, and the session either ends (expiry 0) or starts its
+    /// expiry timer.
+    pub(super) fn detach(
+        &mut self,
+        now: Now,
+        k: ConnKey,
+        sk: SessionKey,
+        publish_will: bool,
+        ending: Ending,
+    ) {
         let will = self.conns.get_mut(k).and_then(|c| c.will.take());
+        if self
+            .sessions
+            .get(sk)
+            .is_none_or(|s| s.conn != Some(conn_id(k)))
+        {
+            return;
+        }
+        self.lifecycle_disconnected(now, k, sk, ending);
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
-        if s.conn != Some(conn_id(k)) {
-            return;
-        }
         s.conn = None;
         let expiry = s.expiry_interval;
         if let (true, Some(w)) = (publish_will, will) {

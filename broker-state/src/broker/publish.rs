@@ -7,6 +7,7 @@ use super::*;
 impl Broker {
     pub(super) fn on_publish(&mut self, now: Now, k: ConnKey, sk: SessionKey, mut p: Publish) {
         self.stats.publishes_received += 1;
+        self.stats.publishes_received_by_qos[p.qos as usize] += 1;
         let mark = self.durability.emitted;
         let Some(c) = self.conns.get_mut(k) else {
             return;
@@ -72,6 +73,10 @@ impl Broker {
             code = ReasonCode::TopicNameInvalid;
         } else if p.properties.user_properties.len() > self.config.max_user_properties {
             code = ReasonCode::ImplementationSpecificError;
+        } else if reserved_topic(&p.topic) {
+            // Only the broker publishes lifecycle events.
+            self.stats.publish_not_authorized += 1;
+            code = ReasonCode::NotAuthorized;
         } else {
             // The default hook allows everything: skip building its arguments (the
             // client id's UTF-8 check) on the hot path.
@@ -147,6 +152,7 @@ impl Broker {
     }
 
     pub(super) fn topic_within_limits(&self, topic: &TopicName) -> bool {
+        // (Also used for wills; see `reserved_topic` for what clients may not use.)
         topic.len() <= self.config.max_topic_length
             && topic.levels().count() <= self.config.max_topic_levels
     }
@@ -584,4 +590,11 @@ impl Broker {
         }
         self.route(now, None, &will, expires_at);
     }
+}
+
+/// Topics only the broker publishes to: its lifecycle events (`$events/...`). A
+/// client's PUBLISH or will there is refused as not authorized, so subscribers can
+/// trust what arrives on them.
+pub(super) fn reserved_topic(topic: &TopicName) -> bool {
+    topic.as_bytes().starts_with(b"$events/")
 }

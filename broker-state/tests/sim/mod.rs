@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use broker_state::{
     AuthKind, AuthQuestion, AuthStep, Authorizer, Broker, ClientInfo, Config, ConnId,
-    EnhancedAuthenticator, Event, MemoryStore, Now, PeerInfo, SessionEnd, StoreOp,
+    EnhancedAuthenticator, Event, LifecycleEvent, MemoryStore, Now, PeerInfo, SessionEnd, StoreOp,
 };
 use mqtt_proto::bytes::{Bytes, BytesMut};
 use mqtt_proto::*;
@@ -45,6 +45,8 @@ pub struct Sim {
     pub ended: Vec<(String, SessionEnd, usize)>,
     /// Authentication questions asked (external authentication), oldest first.
     pub questions: Vec<AuthQuestion>,
+    /// Lifecycle events emitted (`Config::lifecycle_events`), oldest first.
+    pub lifecycle: Vec<LifecycleEvent>,
     /// Answer every authentication question as soon as it is asked, as the
     /// default hook would (the User Name is the authentication name; no enhanced
     /// method), through `handle_auth_answer`.
@@ -74,6 +76,7 @@ impl Sim {
             reading: Vec::new(),
             ended: Vec::new(),
             questions: Vec::new(),
+            lifecycle: Vec::new(),
             auto_answer: false,
             auto_commit: true,
         }
@@ -228,6 +231,7 @@ impl Sim {
                 }
                 Event::Connected { .. } => {}
                 Event::Authenticate(q) => self.questions.push(*q),
+                Event::Lifecycle(e) => self.lifecycle.push(*e),
                 Event::SessionEnded {
                     client_id,
                     reason,

@@ -149,6 +149,8 @@ impl Setup {
             shared_subscriptions: self.shared_subscriptions,
             subscription_identifiers: self.subscription_identifiers,
             store_effects: self.store_effects,
+            // From a byte the setup already has (saved corpora keep their meaning).
+            lifecycle_events: self.seed & 4 != 0,
         }
     }
 }
@@ -787,7 +789,7 @@ impl Harness {
                 Event::Transmit(id) | Event::Close { conn: id, .. } => Some(*id),
                 Event::Connected { conn, .. } => Some(*conn),
                 Event::Authenticate(q) => Some(q.ticket.conn()),
-                Event::Store(_) | Event::SessionEnded { .. } => None,
+                Event::Store(_) | Event::SessionEnded { .. } | Event::Lifecycle(_) => None,
             };
             let i = id.map(|id| {
                 let i = *self

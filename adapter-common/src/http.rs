@@ -108,7 +108,7 @@ impl HttpContext {
             parked: self.parked.get(),
             hub: hub.counters().clone(),
             store: hub.store().map(|s| s.stats()),
-            lifecycle: None,
+            lifecycle: hub.lifecycle_counters(),
             http: self.requests.borrow().clone(),
         }
     }

@@ -219,7 +219,7 @@ pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 100;
 pub const MAX_FSYNC_INTERVAL_MS: u64 = 60_000;
 
 /// One of `all`, by its name in the config file (`name`).
-fn named<'de, D: Deserializer<'de>, T: Copy>(
+pub(crate) fn named<'de, D: Deserializer<'de>, T: Copy>(
     d: D,
     all: &[T],
     name: fn(T) -> &'static str,

@@ -106,7 +106,7 @@ impl NameSource {
 
 impl<'de> Deserialize<'de> for NameSource {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        one_of(d, &NameSource::ALL, NameSource::as_str)
+        crate::config::named(d, &NameSource::ALL, NameSource::as_str)
     }
 }
 
@@ -142,26 +142,8 @@ impl ClientCertificates {
 
 impl<'de> Deserialize<'de> for ClientCertificates {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        one_of(d, &ClientCertificates::ALL, ClientCertificates::as_str)
+        crate::config::named(d, &ClientCertificates::ALL, ClientCertificates::as_str)
     }
-}
-
-fn one_of<'de, D: Deserializer<'de>, T: Copy>(
-    d: D,
-    all: &[T],
-    name: fn(T) -> &'static str,
-) -> Result<T, D::Error> {
-    let text = String::deserialize(d)?;
-    all.iter()
-        .copied()
-        .find(|v| name(*v) == text)
-        .ok_or_else(|| {
-            let names: Vec<String> = all.iter().map(|v| format!("\"{}\"", name(*v))).collect();
-            serde::de::Error::custom(format_args!(
-                "expected one of {}, found {text:?}",
-                names.join(", ")
-            ))
-        })
 }
 
 /// How a registered client's certificate is validated.

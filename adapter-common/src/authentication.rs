@@ -160,6 +160,16 @@ impl Verifier {
         }
     }
 
+    /// The maximum of webhook calls at once, when a webhook is configured.
+    pub fn webhook_in_flight(&self) -> Option<usize> {
+        self.policy().webhook_in_flight()
+    }
+
+    /// Whether deciding `q` will ask the webhook ([`Policy::asks_webhook`]).
+    pub fn asks_webhook(&self, q: &AuthQuestion) -> bool {
+        self.policy().asks_webhook(q)
+    }
+
     /// Decides (tens of milliseconds for a password, a network round trip for the
     /// webhook: call it on a worker, never on the broker's thread).
     pub fn verify(&self, q: &AuthQuestion) -> AuthStep {

@@ -223,34 +223,44 @@ pub async fn run_authentication<C, Sp, S, F>(
     S: Fn(std::time::Duration) -> F,
     F: Future<Output = ()>,
 {
+    // Two lanes: verifications (CPU: at most `max_in_flight`) and webhook calls
+    // (I/O: the webhook's own `max_in_flight`), so that a slow webhook never holds
+    // up password or token checks.
     let in_flight = Rc::new(Cell::new(0usize));
+    let webhook_in_flight = Rc::new(Cell::new(0usize));
     // One tick a second whatever else wakes the task: a stream of logins must not
     // keep postponing it (it applies reloaded authorization policies).
     let mut tick = Box::pin(sleep(std::time::Duration::from_secs(1)));
     loop {
-        while in_flight.get() < max_in_flight.max(1) {
-            let Some(question) = hub.borrow_mut().take_question() else {
-                break;
-            };
-            in_flight.set(in_flight.get() + 1);
-            let (hub, notify, verifier, in_flight, clock) = (
-                hub.clone(),
-                notify.clone(),
-                verifier.clone(),
-                in_flight.clone(),
-                clock.clone(),
-            );
-            spawn(Box::pin(async move {
-                let ticket = question.ticket;
-                let answer = blocking::unblock(move || {
-                    crate::authentication::lower_worker_priority();
-                    verifier.verify(&question)
-                })
-                .await;
-                hub.borrow_mut().answer(clock(), ticket, answer);
-                in_flight.set(in_flight.get() - 1);
-                notify.wake_task();
-            }));
+        let webhook_max = verifier.webhook_in_flight().unwrap_or(1);
+        for (lane, count, max) in [
+            (false, &in_flight, max_in_flight.max(1)),
+            (true, &webhook_in_flight, webhook_max.max(1)),
+        ] {
+            while count.get() < max {
+                let Some(question) = hub.borrow_mut().take_question(lane) else {
+                    break;
+                };
+                count.set(count.get() + 1);
+                let (hub, notify, verifier, in_flight, clock) = (
+                    hub.clone(),
+                    notify.clone(),
+                    verifier.clone(),
+                    count.clone(),
+                    clock.clone(),
+                );
+                spawn(Box::pin(async move {
+                    let ticket = question.ticket;
+                    let answer = blocking::unblock(move || {
+                        crate::authentication::lower_worker_priority();
+                        verifier.verify(&question)
+                    })
+                    .await;
+                    hub.borrow_mut().answer(clock(), ticket, answer);
+                    in_flight.set(in_flight.get() - 1);
+                    notify.wake_task();
+                }));
+            }
         }
         let ticked = poll_fn(|cx| {
             if notify.poll_notified(cx).is_ready() {

@@ -189,8 +189,10 @@ pub struct Hub<W: Wake> {
     reports: Reports,
     /// Who clients are (quick answers here; verifications on the workers).
     verifier: Option<Arc<Verifier>>,
-    /// Authentication questions waiting for a worker, oldest first.
+    /// Authentication questions waiting for a worker, oldest first: the ones the
+    /// webhook will be asked about (an I/O wait), and the rest (CPU work).
     questions: VecDeque<AuthQuestion>,
+    webhook_questions: VecDeque<AuthQuestion>,
     /// The authentication task, woken when a question waits.
     auth_waker: Option<W>,
     /// The durable store, when persistence is on, and the store effects of the
@@ -219,6 +221,7 @@ impl<W: Wake> Hub<W> {
             reports: Reports::default(),
             verifier: None,
             questions: VecDeque::new(),
+            webhook_questions: VecDeque::new(),
             auth_waker: None,
             store: None,
             store_batch: Vec::new(),
@@ -374,9 +377,14 @@ impl<W: Wake> Hub<W> {
         self.dispatch(now);
     }
 
-    /// The oldest authentication question waiting for a worker.
-    pub fn take_question(&mut self) -> Option<AuthQuestion> {
-        self.questions.pop_front()
+    /// The oldest authentication question waiting for a worker: of the webhook's
+    /// lane, or of the other.
+    pub fn take_question(&mut self, webhook: bool) -> Option<AuthQuestion> {
+        if webhook {
+            self.webhook_questions.pop_front()
+        } else {
+            self.questions.pop_front()
+        }
     }
 
     /// The answer to an authentication question, from a worker.
@@ -627,7 +635,15 @@ impl<W: Wake> Hub<W> {
                             self.broker.handle_auth_answer(now, question.ticket, step)
                         }
                         None => {
-                            self.questions.push_back(*question);
+                            let webhook = self
+                                .verifier
+                                .as_ref()
+                                .is_some_and(|v| v.asks_webhook(&question));
+                            if webhook {
+                                self.webhook_questions.push_back(*question);
+                            } else {
+                                self.questions.push_back(*question);
+                            }
                             if let Some(w) = &self.auth_waker {
                                 w.wake();
                             }

@@ -684,6 +684,35 @@ impl Policy {
         }
     }
 
+    /// Whether deciding `q` will most likely ask the webhook: an I/O wait, which
+    /// runs in a lane of its own ([`crate::connection::run_authentication`]).
+    /// Cheap enough for the broker's thread: a client with a certificate whose
+    /// name comes from it is classed as a certificate check (the certificate is
+    /// parsed on a worker), even if it ends at the webhook.
+    pub fn asks_webhook(&self, q: &AuthQuestion) -> bool {
+        if self.webhook.is_none() {
+            return false;
+        }
+        match &q.kind {
+            AuthKind::Step { .. } => false,
+            AuthKind::Start { method, .. } => {
+                !(self.jwt.is_some() && method.as_str() == crate::jwt::METHOD)
+            }
+            AuthKind::Password { username, .. } => {
+                let certificate_named = q.peer.certificates.is_some()
+                    && self.sources.iter().any(|s| *s != NameSource::Username);
+                if certificate_named {
+                    return false;
+                }
+                let name = username
+                    .as_ref()
+                    .map(|u| u.as_str())
+                    .filter(|u| !u.is_empty() && self.sources.contains(&NameSource::Username));
+                name.is_none_or(|n| self.registered(n).is_none())
+            }
+        }
+    }
+
     /// Decides who the client is (blocking: a certificate chain, a token, a
     /// password hash, a webhook call). `passwords`: the password file as loaded
     /// now; `now_unix`: wall-clock seconds.
@@ -892,6 +921,11 @@ impl Policy {
 
     fn registered(&self, name: &str) -> Option<&Registered> {
         self.clients.get(&name.to_lowercase()).map(|r| &**r)
+    }
+
+    /// The maximum of webhook calls at once, when a webhook is configured.
+    pub fn webhook_in_flight(&self) -> Option<usize> {
+        self.webhook.as_ref().map(|w| w.settings().max_in_flight)
     }
 
     /// A registered client's grant when it proves itself with a password (the

@@ -117,6 +117,21 @@ pub struct WebhookSettings {
     /// milliseconds: 1 to [`MAX_TIMEOUT_MS`], default [`DEFAULT_TIMEOUT_MS`].
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Webhook calls waiting for their answer at once, at most: 1 to
+    /// [`MAX_IN_FLIGHT`], default [`DEFAULT_IN_FLIGHT`]. They wait on I/O, not on a
+    /// CPU, so they have a bound of their own, apart from password and token
+    /// checks: a slow webhook delays only the logins it is asked about.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+/// Webhook calls in flight at once by default.
+pub const DEFAULT_IN_FLIGHT: usize = 64;
+/// The most `max_in_flight` may be.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+fn default_in_flight() -> usize {
+    DEFAULT_IN_FLIGHT
 }
 
 impl WebhookSettings {
@@ -144,6 +159,12 @@ impl WebhookSettings {
             return Err(format!(
                 "timeout_ms must be within 1..={MAX_TIMEOUT_MS}, not {}",
                 self.timeout_ms
+            ));
+        }
+        if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
+            return Err(format!(
+                "max_in_flight must be within 1..={MAX_IN_FLIGHT}, not {}",
+                self.max_in_flight
             ));
         }
         Ok(())
@@ -773,6 +794,7 @@ mod tests {
         let settings = WebhookSettings {
             url: url.to_owned(),
             timeout_ms,
+            max_in_flight: DEFAULT_IN_FLIGHT,
         };
         settings.validate().expect("valid settings");
         Webhook::new(settings, (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210))
@@ -1231,6 +1253,7 @@ mod tests {
             WebhookSettings {
                 url: url.to_owned(),
                 timeout_ms,
+                max_in_flight: DEFAULT_IN_FLIGHT,
             }
             .validate()
         };

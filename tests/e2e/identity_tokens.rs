@@ -1226,3 +1226,63 @@ async fn the_webhook_is_asked_only_about_clients_neither_registered_nor_using_a_
     assert_eq!(hook.requests_for("other-method").len(), 1);
     jwt.disconnect().await;
 }
+
+#[tokio::test]
+async fn a_hanging_webhook_delays_only_the_logins_it_is_asked_about() {
+    // Webhook calls have a lane of their own: while more of them hang than the
+    // broker runs password and token checks at once (the machine's CPUs), a token
+    // and a registered client's password still get their answer.
+    let hook = Hook::start(|req| match req["clientId"].as_str() {
+        Some(id) if id.starts_with("stuck") => Reply::Hang,
+        _ => allow(req["userName"].as_str().unwrap_or("nobody")),
+    });
+    let files = tempfile::tempdir().expect("a temporary directory");
+    let password_file = files.path().join("passwords");
+    let mut passwords = PasswordFile::new();
+    passwords
+        .set_password("registered", b"right")
+        .expect("a valid user and password");
+    passwords.write(&password_file).expect("the password file");
+    let more = format!(
+        "[authentication.webhook]\n\
+         url = \"{}\"\n\
+         timeout_ms = 5000\n\
+         [authentication]\n\
+         password_file = \"{}\"\n\
+         [[client]]\n\
+         name = \"registered\"\n",
+        hook.url(),
+        password_file.display()
+    );
+    let broker = JwtBroker::start_with(5, &more);
+    let addr = broker.addr();
+    let stuck: Vec<_> = (0..8)
+        .map(|i| {
+            tokio::spawn(async move {
+                let connect = login(V5, &format!("stuck-{i}"), "s", "pw");
+                connack_code(addr, connect).await
+            })
+        })
+        .collect();
+    for i in 0..8 {
+        hook.wait_request(&format!("stuck-{i}")).await;
+    }
+    // Eight webhook calls hang; a token and a password are answered meanwhile,
+    // long before the webhook's 5 s timeout.
+    let answered = within("a token login while the webhook hangs", async {
+        let mut jwt = token_login(addr, "with-token", &es256("lee")).await;
+        jwt.round_trip("lanes/token").await;
+        let registered = login(V5, "registered-1", "registered", "right");
+        assert_eq!(connack_code(addr, registered).await, ReasonCode::Success);
+        jwt.disconnect().await;
+    });
+    tokio::time::timeout(Duration::from_secs(3), answered)
+        .await
+        .expect("token and password logins are not held behind the webhook");
+    for s in stuck {
+        assert_eq!(
+            s.await.expect("a stuck client's task"),
+            ReasonCode::ServerUnavailable
+        );
+    }
+}

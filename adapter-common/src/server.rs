@@ -134,6 +134,8 @@ pub struct Prepared {
     /// Lifecycle events: topics and webhook (`[lifecycle_events]`), set on the
     /// hub when the server thread starts.
     pub lifecycle_events: crate::lifecycle::LifecycleEvents,
+    /// The listeners' certificates read from files, which a reload reads again.
+    pub certificates: Vec<Arc<tls::ReloadableCert>>,
 }
 
 /// How long a connection has for its TLS and WebSocket handshakes by default.
@@ -228,6 +230,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     // SUBSCRIBE from now on (none in open mode).
     broker.set_authorization(crate::runtime::now(), load_authorization(config)?);
     let mut listeners = Vec::new();
+    let mut certificates = Vec::new();
     for l in &config.listeners {
         let client_auth = match l.client_certificates {
             ClientCertificates::None => None,
@@ -239,29 +242,36 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         };
         let tls = match (&l.tls, &dev) {
             (Some(TlsSource::Files { cert, key }), _) => {
-                Some(tls::server_config(cert, key, client_auth).map_err(|error| {
-                    // Send the operator to the key that names the file: `cert` is
-                    // read first, so a file given as both is reported as `cert`
-                    // unless it is the key that is missing from it.
-                    let field = match &error {
-                        TlsError::NoPrivateKey { .. } => Some("key"),
-                        TlsError::Read { path, .. } | TlsError::BadPem { path, .. } => {
-                            Some(if path == cert { "cert" } else { "key" })
-                        }
-                        TlsError::NoCertificate { .. } => Some("cert"),
-                        _ => None,
-                    };
-                    let at = match (&l.origin, field) {
-                        (crate::config::Origin::File { path, index }, Some(field)) => {
-                            format!("{}: listener[{index}].{field}", path.display())
-                        }
-                        (origin, _) => origin.to_string(),
-                    };
-                    StartError::ListenerTls {
-                        at,
-                        error: Box::new(error),
-                    }
-                })?)
+                Some(
+                    tls::reloadable_server_config(cert, key, client_auth)
+                        .map(|(config, cert)| {
+                            certificates.push(cert);
+                            config
+                        })
+                        .map_err(|error| {
+                            // Send the operator to the key that names the file: `cert` is
+                            // read first, so a file given as both is reported as `cert`
+                            // unless it is the key that is missing from it.
+                            let field = match &error {
+                                TlsError::NoPrivateKey { .. } => Some("key"),
+                                TlsError::Read { path, .. } | TlsError::BadPem { path, .. } => {
+                                    Some(if path == cert { "cert" } else { "key" })
+                                }
+                                TlsError::NoCertificate { .. } => Some("cert"),
+                                _ => None,
+                            };
+                            let at = match (&l.origin, field) {
+                                (crate::config::Origin::File { path, index }, Some(field)) => {
+                                    format!("{}: listener[{index}].{field}", path.display())
+                                }
+                                (origin, _) => origin.to_string(),
+                            };
+                            StartError::ListenerTls {
+                                at,
+                                error: Box::new(error),
+                            }
+                        })?,
+                )
             }
             (Some(TlsSource::Dev), Some(dev)) => {
                 Some(dev.server_config(client_auth).map_err(StartError::Tls)?)
@@ -314,6 +324,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             .map_or(crate::park::PARK_TICK, Duration::from_millis),
         parked: crate::park::ParkedGauge::default(),
         lifecycle_events: config.lifecycle_events.clone(),
+        certificates,
     })
 }
 
@@ -382,6 +393,7 @@ pub fn os_seed() -> [u8; 32] {
 pub struct ServerHandle {
     addrs: Vec<(ListenerKind, SocketAddr)>,
     verifier: Arc<Verifier>,
+    certificates: Vec<Arc<tls::ReloadableCert>>,
     parked: crate::park::ParkedGauge,
     ca_cert: Option<PathBuf>,
     stop: Option<Box<dyn FnOnce() + Send>>,
@@ -403,6 +415,7 @@ impl ServerHandle {
         let ca_cert = prepared.ca_cert.clone();
         let parked = prepared.parked.clone();
         let verifier = prepared.verifier.clone();
+        let certificates = prepared.certificates.clone();
         let thread = std::thread::Builder::new()
             .name("brokk".into())
             .spawn(move || serve(prepared))
@@ -410,6 +423,7 @@ impl ServerHandle {
         Ok(ServerHandle {
             addrs,
             verifier,
+            certificates,
             parked,
             ca_cert,
             stop: Some(Box::new(stop)),
@@ -433,7 +447,8 @@ impl ServerHandle {
     }
 
     /// Reloads the identity policy (clients, CAs, JWT keys, webhook, password
-    /// file) and the authorization policy from `config`, read anew by the caller:
+    /// file), the authorization policy from `config`, read anew by the caller,
+    /// and the listeners' certificate files (same paths as at start):
     /// all of it or, when anything in it cannot be loaded, none of it (the error
     /// says what, and the old policies stay). Connections are not dropped; new ones
     /// are decided by the new identity policy; the server thread applies the new
@@ -448,6 +463,14 @@ impl ServerHandle {
         };
         let (policy, passwords) = load_identity(config, (half(0), half(8)))?;
         let authorization = load_authorization(config)?;
+        // The listeners' certificate files, read again (renewed certificates): all
+        // of them must load before any is replaced.
+        for cert in &self.certificates {
+            cert.check().map_err(StartError::Tls)?;
+        }
+        for cert in &self.certificates {
+            cert.reload().map_err(StartError::Tls)?;
+        }
         tracing::info!(?policy, "identity reloaded");
         self.verifier.reload(policy, passwords);
         self.verifier.offer_authorization(authorization);

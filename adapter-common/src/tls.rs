@@ -53,6 +53,98 @@ pub fn server_config(
     builder.with_single_cert(certs, key).map_err(rejected)
 }
 
+/// A listener's certificate and key that a reload (SIGHUP) reads again from the
+/// same files: a renewed certificate is served to new connections without a
+/// restart; connections already open keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    /// Reads the pair (the key must match the certificate).
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<ReloadableCert, TlsError> {
+        Ok(ReloadableCert {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            current: std::sync::RwLock::new(Arc::new(certified_key(cert_path, key_path)?)),
+        })
+    }
+
+    /// Reads the files again and serves them from now on; on an error the pair in
+    /// use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = Arc::new(certified_key(&self.cert_path, &self.key_path)?);
+        if let Ok(mut current) = self.current.write() {
+            *current = key;
+        }
+        Ok(())
+    }
+
+    /// Reads the files again without serving them: a reload checks every
+    /// listener's pair before it replaces any.
+    pub fn check(&self) -> Result<(), TlsError> {
+        certified_key(&self.cert_path, &self.key_path).map(|_| ())
+    }
+
+    /// The certificate chain served now (leaf first).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current
+            .read()
+            .map(|c| c.cert.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _client_hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current.read().ok().map(|c| Arc::clone(&c))
+    }
+}
+
+fn certified_key(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let certs = read_certs(cert_path)?;
+    let key = read_private_key(key_path)?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &crypto_provider()).map_err(|source| {
+        TlsError::Rejected {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The server side of TLS for a listener whose certificate a reload may replace
+/// ([`ReloadableCert`]); otherwise as [`server_config`].
+pub fn reloadable_server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<(ServerConfig, Arc<ReloadableCert>), TlsError> {
+    let resolver = Arc::new(ReloadableCert::load(cert_path, key_path)?);
+    let rejected = |source| TlsError::Rejected {
+        cert: cert_path.to_path_buf(),
+        key: key_path.to_path_buf(),
+        source,
+    };
+    let builder = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rejected)?;
+    let builder = match client_auth {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    Ok((builder.with_cert_resolver(resolver.clone()), resolver))
+}
+
 /// Reads every certificate in a PEM file, in file order. Sections of other kinds
 /// (a private key in the same file, say) are skipped.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -4,7 +4,8 @@
 //! Interest travels as NATS subscriptions on subjects mapped from MQTT topic
 //! filters, publishes are forwarded on subjects mapped from MQTT topic names, and
 //! shared subscriptions become NATS queue groups. This crate holds that mapping,
-//! [`SubjectMap`]; the transport built on it comes in later pieces of the issue.
+//! [`SubjectMap`] (the scheme, with examples and the reason for each rule, is in
+//! [`subject`]); the transport built on it comes in later pieces of the issue.
 //!
 //! What it never does: I/O. It opens no connection, depends on no NATS client,
 //! spawns nothing and reads no clock; every function is a pure string mapping that
@@ -27,6 +28,6 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod subject;
+pub mod subject;
 
 pub use subject::{SubjectMap, DEFAULT_PREFIX};

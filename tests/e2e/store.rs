@@ -173,7 +173,6 @@ async fn a_damaged_store_is_refused_by_name_and_recover_moves_it_aside() {
     );
 
     let brokk = start(&data, &["--recover"]).await;
-    let log = brokk.stderr();
     let moved: Vec<_> = std::fs::read_dir(&data)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -185,6 +184,16 @@ async fn a_damaged_store_is_refused_by_name_and_recover_moves_it_aside() {
         1,
         "the damaged file should be kept aside: {moved:?}"
     );
+    // The log is read by another task: under load its lines may still be on the
+    // way when the broker already listens.
+    let mut log = brokk.stderr();
+    for _ in 0..200 {
+        if log.contains("damaged") && log.contains(&moved[0]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        log = brokk.stderr();
+    }
     assert!(
         log.contains("damaged") && log.contains(&moved[0]),
         "the log should say what happened and where the file went:\n{log}"

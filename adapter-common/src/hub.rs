@@ -618,7 +618,7 @@ impl<W: Wake> Hub<W> {
                         client_id = client_id.as_str(),
                         protocol = %protocol,
                         listener = peer.map_or("", |p| &*p.listener),
-                        remote = peer.map_or("", |p| p.remote.as_str()),
+                        remote = peer.map_or("", |p| &*p.remote),
                         session_present,
                         "connect"
                     );
@@ -709,7 +709,7 @@ impl<W: Wake> Hub<W> {
             client_id,
             protocol,
             listener = peer.map_or("", |p| &*p.listener),
-            remote = peer.map_or("", |p| p.remote.as_str()),
+            remote = peer.map_or("", |p| &*p.remote),
             reason,
             "disconnect"
         );

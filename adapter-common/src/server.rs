@@ -105,7 +105,7 @@ impl BoundListener {
                 ListenerKind::Https => Transport::Tls,
             },
             listener: self.label.clone(),
-            remote: remote.to_string(),
+            remote: remote.to_string().into_boxed_str(),
             certificates: None,
         }
     }

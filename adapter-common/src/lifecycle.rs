@@ -783,7 +783,7 @@ mod tests {
         LifecycleEvent {
             kind,
             conn,
-            client_id: MqttString::copy_from_str(client_id).unwrap(),
+            client_id: MqttString::copy_from_str(client_id).expect("a valid client id"),
             authentication_name: auth.map(str::to_owned),
             sequence_number: 1_700_000_000_123_000,
             unix_ms: 1_700_000_000_123,
@@ -836,7 +836,7 @@ mod tests {
             },
         );
         let json: serde_json::Value =
-            serde_json::from_str(&cloud_event(&connected, "ns", 0xab)).unwrap();
+            serde_json::from_str(&cloud_event(&connected, "ns", 0xab)).expect("the event is JSON");
         assert_eq!(
             json,
             serde_json::json!({
@@ -863,7 +863,8 @@ mod tests {
                 reason_code: Some(ReasonCode::SessionTakenOver),
             },
         );
-        let json: serde_json::Value = serde_json::from_str(&cloud_event(&taken, "ns", 1)).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&cloud_event(&taken, "ns", 1)).expect("the event is JSON");
         assert_eq!(
             json["type"],
             "Microsoft.EventGrid.MQTTClientSessionDisconnected"
@@ -876,7 +877,8 @@ mod tests {
         );
         assert_eq!(json["data"]["disconnectionReason"], "SessionTakenOver");
         let lost: serde_json::Value =
-            serde_json::from_str(&cloud_event(&event("x", None, LOST), "ns", 1)).unwrap();
+            serde_json::from_str(&cloud_event(&event("x", None, LOST), "ns", 1))
+                .expect("the event is JSON");
         assert_eq!(lost["data"]["disconnectionReason"], "ConnectionLost");
         assert!(lost.get("mqttreasoncode").is_none());
     }
@@ -890,7 +892,7 @@ mod tests {
     #[test]
     fn lifecycle_settings_and_their_errors_name_the_key() {
         assert_eq!(
-            parse("enabled = true").unwrap(),
+            parse("enabled = true").expect("valid settings"),
             LifecycleEvents {
                 enabled: true,
                 ..LifecycleEvents::default()
@@ -900,7 +902,7 @@ mod tests {
             "enabled = true\nnamespace = \"plant-7\"\nwebhook_url = \"http://127.0.0.1:9100/events\"\n\
              webhook_queue = 5\nwebhook_timeout_ms = 100\nwebhook_retry_base_ms = 10\n",
         )
-        .unwrap();
+        .expect("valid settings");
         assert_eq!(
             full.webhook,
             Some(LifecycleWebhook {
@@ -911,9 +913,9 @@ mod tests {
             })
         );
         assert_eq!(full.namespace, "plant-7");
-        let defaults = parse("webhook_url = \"https://hooks.example/x\"").unwrap();
+        let defaults = parse("webhook_url = \"https://hooks.example/x\"").expect("valid settings");
         assert!(!defaults.enabled && defaults.is_active());
-        let w = defaults.webhook.unwrap();
+        let w = defaults.webhook.expect("a webhook is configured");
         assert_eq!(
             (w.queue, w.timeout_ms, w.retry_base_ms),
             (
@@ -950,8 +952,11 @@ mod tests {
     /// A webhook on loopback that answers each request with the next status
     /// of `statuses` (then 200), and reports each request's content type and body.
     fn webhook(statuses: Vec<u16>) -> (String, std::sync::mpsc::Receiver<(String, String)>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let url = format!(
+            "http://{}/events",
+            listener.local_addr().expect("the listener\'s address")
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         let statuses = Arc::new(Mutex::new(statuses.into_iter()));
         std::thread::spawn(move || {
@@ -969,7 +974,7 @@ mod tests {
         tx: &std::sync::mpsc::Sender<(String, String)>,
         statuses: &Mutex<std::vec::IntoIter<u16>>,
     ) {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut reader = BufReader::new(stream.try_clone().expect("the stream clones"));
         let mut out = stream;
         loop {
             let (mut length, mut content_type) = (0, String::new());
@@ -979,23 +984,30 @@ mod tests {
             }
             loop {
                 line.clear();
-                reader.read_line(&mut line).unwrap();
+                reader.read_line(&mut line).expect("the request line reads");
                 let header = line.trim_end();
                 if header.is_empty() {
                     break;
                 }
-                let (name, value) = header.split_once(':').unwrap();
+                let (name, value) = header.split_once(':').expect("a header has a colon");
                 match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap(),
+                    "content-length" => {
+                        length = value.trim().parse().expect("a numeric content-length")
+                    }
                     "content-type" => content_type = value.trim().to_owned(),
                     _ => {}
                 }
             }
             let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let status = statuses.lock().unwrap().next().unwrap_or(200);
-            let _ = tx.send((content_type, String::from_utf8(body).unwrap()));
-            write!(out, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").unwrap();
+            reader.read_exact(&mut body).expect("the body reads");
+            let status = statuses
+                .lock()
+                .expect("the statuses lock")
+                .next()
+                .unwrap_or(200);
+            let _ = tx.send((content_type, String::from_utf8(body).expect("a UTF-8 body")));
+            write!(out, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n")
+                .expect("the answer writes");
         }
     }
 
@@ -1011,11 +1023,13 @@ mod tests {
     #[test]
     fn lifecycle_webhook_retries_a_failing_answer_then_counts_it_sent() {
         let (url, requests) = webhook(vec![500, 503]);
-        let queue = WebhookQueue::start(&settings(&url, 10)).unwrap();
+        let queue = WebhookQueue::start(&settings(&url, 10)).expect("the webhook worker starts");
         let counters = queue.counters.clone();
         queue.push("{\"n\":1}".into());
         for _ in 0..3 {
-            let (content_type, body) = requests.recv_timeout(Duration::from_secs(10)).unwrap();
+            let (content_type, body) = requests
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the webhook gets the event in time");
             assert_eq!(content_type, CLOUDEVENTS_JSON);
             assert_eq!(body, "{\"n\":1}");
         }
@@ -1034,12 +1048,17 @@ mod tests {
     #[test]
     fn lifecycle_webhook_drops_what_fails_every_try_and_what_a_4xx_refuses() {
         let (url, requests) = webhook(vec![500, 500, 500, 500, 400]);
-        let queue = WebhookQueue::start(&settings(&url, 10)).unwrap();
+        let queue = WebhookQueue::start(&settings(&url, 10)).expect("the webhook worker starts");
         let counters = queue.counters.clone();
         queue.push("a".into());
         queue.push("b".into());
         let bodies: Vec<String> = (0..5)
-            .map(|_| requests.recv_timeout(Duration::from_secs(10)).unwrap().1)
+            .map(|_| {
+                requests
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("the webhook gets the event in time")
+                    .1
+            })
             .collect();
         assert_eq!(bodies, ["a", "a", "a", "a", "b"]);
         queue.stop(Duration::from_secs(5));
@@ -1052,13 +1071,13 @@ mod tests {
     fn lifecycle_webhook_queue_is_bounded_and_a_dead_webhook_is_dropped_at_shutdown() {
         // Nobody listens: every try fails at once, and is retried.
         let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
+            .expect("a loopback port")
             .local_addr()
-            .unwrap()
+            .expect("the listener's address")
             .port();
         let mut s = settings(&format!("http://127.0.0.1:{port}/"), 2);
         s.retry_base_ms = 60_000;
-        let queue = WebhookQueue::start(&s).unwrap();
+        let queue = WebhookQueue::start(&s).expect("the webhook worker starts");
         let counters = queue.counters.clone();
         for n in 0..10 {
             queue.push(format!("{n}"));

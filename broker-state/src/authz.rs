@@ -31,13 +31,13 @@
 //!     mode: Mode::Bindings,
 //!     groups: vec![ClientGroup {
 //!         name: "sensors".into(),
-//!         query: Query::parse("attributes.type = 'sensor'").unwrap(),
+//!         query: Query::parse("attributes.type = 'sensor'").expect("the test\'s query parses"),
 //!     }],
 //!     spaces: vec![TopicSpace {
 //!         name: "telemetry".into(),
 //!         templates: vec![(
 //!             "devices/${client.authenticationName}/#".into(),
-//!             Template::parse("devices/${client.authenticationName}/#").unwrap(),
+//!             Template::parse("devices/${client.authenticationName}/#").expect("the test\'s template parses"),
 //!         )],
 //!     }],
 //!     bindings: vec![PermissionBinding {

@@ -14,7 +14,7 @@
 //! ```
 //! use brokk_cluster::SubjectMap;
 //!
-//! let map = SubjectMap::new("brokk").unwrap();
+//! let map = SubjectMap::new("brokk").expect("a valid literal prefix");
 //! // A publish is forwarded on the topic's subject...
 //! let subject = map.topic_to_subject("sensors/room 1/temp");
 //! assert_eq!(subject, "brokk.t.sensors.room%201.temp");

@@ -406,7 +406,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn map() -> SubjectMap {
-        SubjectMap::new("brokk").unwrap() // a valid literal prefix
+        SubjectMap::new("brokk").expect("a valid literal prefix") // a valid literal prefix
     }
 
     // ---- References, written from the two specifications -----------------------
@@ -624,8 +624,8 @@ mod tests {
     #[test]
     fn another_prefix_is_another_namespace() {
         let (a, b) = (
-            SubjectMap::new("brokk.a").unwrap(),
-            SubjectMap::new("brokk.b").unwrap(),
+            SubjectMap::new("brokk.a").expect("a valid literal prefix"),
+            SubjectMap::new("brokk.b").expect("a valid literal prefix"),
         );
         let subject = a.topic_to_subject("x/y");
         assert_eq!(subject, "brokk.a.t.x.y");

@@ -565,7 +565,12 @@ mod tests {
             name: name.into(),
             templates: templates
                 .iter()
-                .map(|t| ((*t).to_owned(), Template::parse(t).unwrap()))
+                .map(|t| {
+                    (
+                        (*t).to_owned(),
+                        Template::parse(t).expect("the test\'s template parses"),
+                    )
+                })
                 .collect(),
         }
     }
@@ -573,7 +578,7 @@ mod tests {
     fn group(name: &str, query: &str) -> ClientGroup {
         ClientGroup {
             name: name.into(),
-            query: Query::parse(query).unwrap(),
+            query: Query::parse(query).expect("the test\'s query parses"),
         }
     }
 
@@ -834,9 +839,13 @@ mod tests {
               'devices/d1/telemetry/+'"
                 .into()
         ));
-        assert!(explanation.lines.last().unwrap().ends_with(
-            "expands to 'devices/d1/telemetry/#', which covers filter 'devices/d1/telemetry/+'"
-        ));
+        assert!(explanation
+            .lines
+            .last()
+            .expect("an explanation has lines")
+            .ends_with(
+                "expands to 'devices/d1/telemetry/#', which covers filter 'devices/d1/telemetry/+'"
+            ));
     }
 
     #[test]
@@ -943,13 +952,13 @@ mod tests {
         assert!(explanation
             .lines
             .last()
-            .unwrap()
+            .expect("an explanation has lines")
             .starts_with("'a/+' is not a topic name"));
         let explanation = policy.explain(Some("d1"), None, "a/#/b", Permission::Subscriber);
         assert!(explanation
             .lines
             .last()
-            .unwrap()
+            .expect("an explanation has lines")
             .starts_with("'a/#/b' is not a topic filter"));
     }
 

@@ -807,11 +807,12 @@ mod tests {
     fn quoted_strings_escape_a_quote_by_doubling_it() {
         check("attributes.owner = 'O''Brien'", true);
         check("attributes.owner = 'OBrien'", false);
-        let q = Query::parse("authenticationName = ''''").unwrap();
+        let q = Query::parse("authenticationName = ''''").expect("the test\'s query parses");
         assert!(q.matches(Some("'"), None));
-        let q = Query::parse("authenticationName = ''").unwrap();
+        let q = Query::parse("authenticationName = ''").expect("the test\'s query parses");
         assert!(q.matches(Some(""), None));
-        let q = Query::parse("authenticationName = 'é and ( or ]'").unwrap();
+        let q =
+            Query::parse("authenticationName = 'é and ( or ]'").expect("the test\'s query parses");
         assert!(q.matches(Some("é and ( or ]"), None));
     }
 
@@ -821,7 +822,8 @@ mod tests {
         check("attributes.offset < -4", true);
         check("attributes.offset in [-1, -5]", true);
         check("attributes.offset > -5", false);
-        let min = Query::parse("attributes.x = -9223372036854775808").unwrap();
+        let min =
+            Query::parse("attributes.x = -9223372036854775808").expect("the test\'s query parses");
         assert!(min.matches(None, Some(&attrs(&[("x", i(i64::MIN))]))));
     }
 
@@ -861,11 +863,11 @@ mod tests {
         check("attributes.missing != 'x'", false);
         check("attributes.missing in ['x', 1]", false);
         check("not attributes.missing in ['x', 1]", true);
-        let q = Query::parse("authenticationName != 'x'").unwrap();
+        let q = Query::parse("authenticationName != 'x'").expect("the test\'s query parses");
         assert!(!q.matches(None, None));
-        let q = Query::parse("not authenticationName = 'x'").unwrap();
+        let q = Query::parse("not authenticationName = 'x'").expect("the test\'s query parses");
         assert!(q.matches(None, None));
-        let q = Query::parse("attributes.type = 'sensor'").unwrap();
+        let q = Query::parse("attributes.type = 'sensor'").expect("the test\'s query parses");
         assert!(!q.matches(Some("dev-1"), None));
         assert!(!q.matches(Some("dev-1"), Some(&Attributes::new())));
     }
@@ -882,10 +884,12 @@ mod tests {
 
     #[test]
     fn all_matches_everyone() {
-        let q = Query::parse("$all").unwrap();
+        let q = Query::parse("$all").expect("the test\'s query parses");
         assert!(q.matches(None, None));
         assert!(q.matches(Some("x"), Some(&sensor())));
-        assert!(Query::parse("  $all\n").unwrap().matches(None, None));
+        assert!(Query::parse("  $all\n")
+            .expect("the test\'s query parses")
+            .matches(None, None));
         assert!(Query::all().matches(None, None));
         assert_eq!(
             error("$all or attributes.x = 1"),
@@ -895,7 +899,7 @@ mod tests {
 
     #[test]
     fn query_keeps_its_text() {
-        let q = Query::parse("attributes.floor = 2").unwrap();
+        let q = Query::parse("attributes.floor = 2").expect("the test\'s query parses");
         assert_eq!(q.text(), "attributes.floor = 2");
         assert_eq!(q.to_string(), "attributes.floor = 2");
     }

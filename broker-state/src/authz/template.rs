@@ -322,10 +322,9 @@ mod tests {
 
     fn why(template: &str, name: Option<&str>, attributes: &Attributes) -> String {
         let mut out = Vec::new();
-        let result =
-            Template::parse(template)
-                .unwrap()
-                .try_expand(name, Some(attributes), &mut out);
+        let result = Template::parse(template)
+            .expect("the test\'s template parses")
+            .try_expand(name, Some(attributes), &mut out);
         assert!(out.is_empty());
         match result {
             Err(e) => e.to_string(),
@@ -387,9 +386,11 @@ mod tests {
             assert_eq!(t.text(), text);
         }
         assert!(Template::parse("a/${client.authenticationName}")
-            .unwrap()
+            .expect("the test\'s template parses")
             .has_variables());
-        assert!(!Template::parse("a/#").unwrap().has_variables());
+        assert!(!Template::parse("a/#")
+            .expect("the test\'s template parses")
+            .has_variables());
     }
 
     #[test]
@@ -536,7 +537,7 @@ mod tests {
         // No attributes at all.
         let mut out = Vec::new();
         Template::parse("x/${client.attributes.site}")
-            .unwrap()
+            .expect("the test\'s template parses")
             .expand(Some("d"), None, &mut out);
         assert!(out.is_empty());
     }

@@ -51,9 +51,50 @@ impl Broker {
             .map(|p| Box::new(Authorized::new(p.grants(name, attributes))))
     }
 
+    /// Whether the session may publish to `topic`: not a reserved topic, allowed
+    /// by the bindings (always, without a policy) and by the authorization hook.
+    /// The one decision for a PUBLISH, a retained message and
+    /// [`Broker::may_publish`].
+    pub(super) fn session_may_publish(
+        &mut self,
+        sk: SessionKey,
+        topic: &TopicName,
+        retain: bool,
+    ) -> bool {
+        if reserved_topic(topic) || !self.publish_granted(sk, topic.as_bytes()) {
+            return false;
+        }
+        // The default hook allows everything: skip building its arguments (the
+        // client id's UTF-8 check) on the hot path.
+        if self.authorizer_is_default {
+            return true;
+        }
+        let Some(s) = self.sessions.get(sk) else {
+            return false;
+        };
+        self.authorizer.may_publish(
+            ClientInfo {
+                client_id: s.client_id.as_str(),
+                authentication_name: s.auth_name.as_deref(),
+                attributes: s.attributes.as_deref(),
+            },
+            topic,
+            retain,
+        )
+    }
+
+    /// Whether a will on `topic` is allowed by the rules of [`Self::session_may_publish`]
+    /// that come before the hook, for a client whose session is not bound yet
+    /// (`grants`: its grants under the policy in force).
+    pub(super) fn will_granted(&self, grants: Option<&Authorized>, topic: &TopicName) -> bool {
+        !reserved_topic(topic)
+            && (self.authz.is_none()
+                || grants.is_some_and(|a| a.grants.publish(topic.as_bytes()).is_some()))
+    }
+
     /// Whether the session may publish to `topic` by the bindings (always, without
     /// a policy).
-    pub(super) fn publish_granted(&mut self, sk: SessionKey, topic: &[u8]) -> bool {
+    fn publish_granted(&mut self, sk: SessionKey, topic: &[u8]) -> bool {
         self.authz.is_none()
             || self
                 .sessions
@@ -119,26 +160,16 @@ impl Broker {
     /// must know before a QoS 0 message, which MQTT never acknowledges (publish
     /// over HTTP answers 403). `false` for a client id with no session.
     pub fn may_publish(&mut self, client_id: &[u8], topic: &TopicName, retain: bool) -> bool {
-        let Some(&sk) = self.by_client_id.get(client_id) else {
-            return false;
-        };
-        if super::publish::reserved_topic(topic) || !self.publish_granted(sk, topic.as_bytes()) {
-            return false;
+        match self.by_client_id.get(client_id) {
+            Some(&sk) => self.session_may_publish(sk, topic, retain),
+            None => false,
         }
-        if self.authorizer_is_default {
-            return true;
-        }
-        let Some(s) = self.sessions.get(sk) else {
-            return false;
-        };
-        self.authorizer.may_publish(
-            ClientInfo {
-                client_id: s.client_id.as_str(),
-                authentication_name: s.auth_name.as_deref(),
-                attributes: s.attributes.as_deref(),
-            },
-            topic,
-            retain,
-        )
     }
+}
+
+/// Topics only the broker publishes to: its lifecycle events (`$events/...`). A
+/// client's PUBLISH or will there is refused as not authorized, so subscribers can
+/// trust what arrives on them.
+fn reserved_topic(topic: &TopicName) -> bool {
+    topic.as_bytes().starts_with(b"$events/")
 }

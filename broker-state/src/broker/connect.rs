@@ -112,12 +112,7 @@ impl Broker {
             if w.retain && !self.config.retain_available {
                 return self.refuse(k, ReasonCode::RetainNotSupported);
             }
-            let granted = !super::publish::reserved_topic(&w.topic)
-                && (self.authz.is_none()
-                    || grants
-                        .as_ref()
-                        .is_some_and(|a| a.grants.publish(w.topic.as_bytes()).is_some()));
-            let allowed = granted
+            let allowed = self.will_granted(grants.as_deref(), &w.topic)
                 && self.authorizer.may_publish(
                     ClientInfo {
                         client_id: client_id.as_str(),

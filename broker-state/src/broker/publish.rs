@@ -73,28 +73,8 @@ impl Broker {
             code = ReasonCode::TopicNameInvalid;
         } else if p.properties.user_properties.len() > self.config.max_user_properties {
             code = ReasonCode::ImplementationSpecificError;
-        } else if reserved_topic(&p.topic) {
-            // Only the broker publishes lifecycle events.
-            self.stats.publish_not_authorized += 1;
-            code = ReasonCode::NotAuthorized;
         } else {
-            // The default hook allows everything: skip building its arguments (the
-            // client id's UTF-8 check) on the hot path.
-            let allowed = self.publish_granted(sk, p.topic.as_bytes())
-                && (self.authorizer_is_default || {
-                    let Some(s) = self.sessions.get(sk) else {
-                        return;
-                    };
-                    self.authorizer.may_publish(
-                        ClientInfo {
-                            client_id: s.client_id.as_str(),
-                            authentication_name: s.auth_name.as_deref(),
-                            attributes: s.attributes.as_deref(),
-                        },
-                        &p.topic,
-                        p.retain,
-                    )
-                });
+            let allowed = self.session_may_publish(sk, &p.topic, p.retain);
             if !allowed {
                 self.stats.publish_not_authorized += 1;
                 code = ReasonCode::NotAuthorized;
@@ -152,7 +132,6 @@ impl Broker {
     }
 
     pub(super) fn topic_within_limits(&self, topic: &TopicName) -> bool {
-        // (Also used for wills; see `reserved_topic` for what clients may not use.)
         topic.len() <= self.config.max_topic_length
             && topic.levels().count() <= self.config.max_topic_levels
     }
@@ -590,11 +569,4 @@ impl Broker {
         }
         self.route(now, None, &will, expires_at);
     }
-}
-
-/// Topics only the broker publishes to: its lifecycle events (`$events/...`). A
-/// client's PUBLISH or will there is refused as not authorized, so subscribers can
-/// trust what arrives on them.
-pub(super) fn reserved_topic(topic: &TopicName) -> bool {
-    topic.as_bytes().starts_with(b"$events/")
 }

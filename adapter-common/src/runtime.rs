@@ -345,24 +345,12 @@ async fn accept_loop<R: Runtime>(
         };
         let mut peer = l.peer(remote);
         let (hub, path) = (hub.clone(), l.path.clone());
-        if l.kind.is_http() {
-            let http = http.clone();
-            match l.tls.clone() {
-                None => rt.spawn_detached(http::serve_http(http, t, peer, BytesMut::new())),
-                Some(config) => rt.spawn_detached(async move {
-                    let handshake = R::tls_accept(config, t);
-                    if let Some(Ok((t, certificates))) =
-                        connection::timeout(R::sleep(handshake_timeout), handshake).await
-                    {
-                        peer.certificates = certificates;
-                        http::serve_http(http, t, peer, BytesMut::new()).await
-                    }
-                }),
-            }
-            continue;
-        }
+        let speaks = Speaks {
+            websocket,
+            http: l.kind.is_http(),
+        };
         match l.tls.clone() {
-            None if !websocket => {
+            None if !websocket && !speaks.http => {
                 let start = Start::New(peer);
                 let serve = connection::serve_plain(hub, lot.clone(), t, start, now, R::sleep);
                 rt.spawn_detached(serve);
@@ -375,7 +363,7 @@ async fn accept_loop<R: Runtime>(
                     hub,
                     t,
                     peer,
-                    websocket,
+                    speaks,
                     path,
                     handshake_timeout,
                     http,
@@ -388,7 +376,7 @@ async fn accept_loop<R: Runtime>(
                 match connection::timeout(R::sleep(handshake_timeout), handshake).await {
                     Some(Ok((t, certificates))) => {
                         peer.certificates = certificates;
-                        serve::<R>(hub, t, peer, websocket, path, handshake_timeout, http).await
+                        serve::<R>(hub, t, peer, speaks, path, handshake_timeout, http).await
                     }
                     // A refused client certificate is worth an operator's eye (a
                     // device with the wrong CA, or someone trying); other failures
@@ -420,19 +408,33 @@ fn refused_certificate(error: &io::Error) -> bool {
         })
 }
 
-/// A WebSocket or TLS connection (its TLS handshake done) from its WebSocket
-/// upgrade, if any, to its end: [`connection::serve`] with the runtime's timer.
-/// On a WebSocket listener a `POST` (publish over HTTP, as Event Grid serves it on
-/// its WebSocket port) goes to the HTTP endpoints instead of the upgrade.
+/// What a listener's connections speak once their TLS handshake, if any, is done.
+#[derive(Clone, Copy)]
+struct Speaks {
+    /// MQTT over WebSocket (after an upgrade request).
+    websocket: bool,
+    /// HTTP (the operations endpoints).
+    http: bool,
+}
+
+/// A WebSocket, TLS or HTTP connection (its TLS handshake done) from its WebSocket
+/// upgrade, if any, to its end: [`connection::serve`] with the runtime's timer, or
+/// the HTTP endpoints. On a WebSocket listener a `POST` (publish over HTTP, as
+/// Event Grid serves it on its WebSocket port) goes to the HTTP endpoints instead
+/// of the upgrade.
 async fn serve<R: Runtime>(
     hub: SharedHub,
     mut t: impl Transport + 'static,
     peer: PeerInfo,
-    websocket: bool,
+    speaks: Speaks,
     path: Option<String>,
     handshake_timeout: Duration,
     http: Rc<HttpContext>,
 ) {
+    if speaks.http {
+        return http::serve_http(http, t, peer, BytesMut::new()).await;
+    }
+    let websocket = speaks.websocket;
     let mut read = BytesMut::new();
     if websocket {
         // Enough of the request to see its method.

@@ -133,30 +133,38 @@ impl Verifier {
     /// server does not support, refusals by rule, a password verified within
     /// [`CACHE_TTL`]. Cheap enough for the broker's thread.
     pub fn quick(&self, q: &AuthQuestion, now: Instant) -> Option<AuthStep> {
-        let policy = self.policy();
         let has_file = self.file.read().is_ok_and(|f| f.path.is_some());
-        match policy.quick(q, has_file)? {
+        match self.policy().quick(q, has_file)? {
             Quick::Answer(step) => Some(step),
-            Quick::Password => {
-                let AuthKind::Password {
-                    username: Some(user),
-                    password,
-                } = &q.kind
-                else {
-                    return None;
-                };
-                let digest = self.digest(user.as_str(), password.as_deref().unwrap_or_default());
-                let generation = self.generation.load(Ordering::Acquire);
-                let cache = self.cache.lock().ok()?;
-                match cache.users.get(user.as_str()) {
-                    Some((d, until, g, step))
-                        if *d == digest && now < *until && *g == generation =>
-                    {
-                        Some(step.clone())
-                    }
-                    _ => None,
-                }
+            Quick::Password => self.remembered(q, now),
+        }
+    }
+
+    /// The user name of a password question and the keyed digest of its
+    /// credentials, the cache's key.
+    fn password_key<'q>(&self, q: &'q AuthQuestion) -> Option<(&'q str, u128)> {
+        let AuthKind::Password {
+            username: Some(user),
+            password,
+        } = &q.kind
+        else {
+            return None;
+        };
+        let digest = self.digest(user.as_str(), password.as_deref().unwrap_or_default());
+        Some((user.as_str(), digest))
+    }
+
+    /// The answer a password check got within [`CACHE_TTL`], against the file and
+    /// policy in force.
+    fn remembered(&self, q: &AuthQuestion, now: Instant) -> Option<AuthStep> {
+        let (user, digest) = self.password_key(q)?;
+        let generation = self.generation.load(Ordering::Acquire);
+        let cache = self.cache.lock().ok()?;
+        match cache.users.get(user) {
+            Some((d, until, g, step)) if *d == digest && now < *until && *g == generation => {
+                Some(step.clone())
             }
+            _ => None,
         }
     }
 
@@ -174,9 +182,6 @@ impl Verifier {
     /// webhook: call it on a worker, never on the broker's thread).
     pub fn verify(&self, q: &AuthQuestion) -> AuthStep {
         self.refresh();
-        if let Some(step) = self.quick(q, Instant::now()) {
-            return step;
-        }
         // The generation first: a reload that lands during the verification makes
         // the result one the cache no longer counts.
         let generation = self.generation.load(Ordering::Acquire);
@@ -184,21 +189,22 @@ impl Verifier {
         let Some(file) = self.file.read().ok().map(|f| Arc::clone(&f)) else {
             return AuthStep::Failure(ReasonCode::ServerUnavailable);
         };
+        let password_check = match policy.quick(q, file.path.is_some()) {
+            Some(Quick::Answer(step)) => return step,
+            Some(Quick::Password) => {
+                if let Some(step) = self.remembered(q, Instant::now()) {
+                    return step;
+                }
+                true
+            }
+            None => false,
+        };
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let step = policy.decide(q, file.passwords.as_ref(), now_unix);
-        let cacheable = matches!(policy.quick(q, file.path.is_some()), Some(Quick::Password))
-            && matches!(step, AuthStep::Success { .. });
-        if let (
-            true,
-            AuthKind::Password {
-                username: Some(user),
-                password,
-            },
-        ) = (cacheable, &q.kind)
-        {
-            let digest = self.digest(user.as_str(), password.as_deref().unwrap_or_default());
+        let remember = password_check && matches!(step, AuthStep::Success { .. });
+        if let (true, Some((user, digest))) = (remember, self.password_key(q)) {
             if let Ok(mut cache) = self.cache.lock() {
                 if cache.users.len() >= CACHE_MAX {
                     let now = Instant::now();
@@ -208,7 +214,7 @@ impl Verifier {
                     }
                 }
                 cache.users.insert(
-                    user.as_str().to_owned(),
+                    user.to_owned(),
                     (digest, Instant::now() + CACHE_TTL, generation, step.clone()),
                 );
             }

@@ -389,11 +389,13 @@ mod tests {
         s.hub.accepted = 4;
         s.hub.closed("client disconnected");
         s.hub.closed("client disconnected");
+        s.hub.closed("Session taken over (0x8E)");
         let text = render(&s);
         for line in [
             "brokk_mqtt_connections 2",
             "brokk_connections_accepted_total 4",
             "brokk_connections_closed_total{reason=\"client_disconnected\"} 2",
+            "brokk_connections_closed_total{reason=\"session_taken_over_0x8e\"} 1",
             "brokk_mqtt_published_messages_total{qos=\"1\"} 5",
             "brokk_mqtt_delivered_messages_total 8",
             "# EOF",

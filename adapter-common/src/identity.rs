@@ -928,15 +928,6 @@ impl Policy {
         self.webhook.as_ref().map(|w| w.settings().max_in_flight)
     }
 
-    /// A registered client's grant when it proves itself with a password (the
-    /// quick path's cache stores it).
-    pub fn password_grant(&self, user: &str) -> AuthStep {
-        match self.registered(user) {
-            Some(r) => grant(r, None, None),
-            None => AuthStep::allow(Some(user.to_owned())),
-        }
-    }
-
     fn anonymous(&self, user: Option<&str>) -> AuthStep {
         if self.allow_anonymous && !self.require_registered {
             AuthStep::allow(user.map(str::to_owned))

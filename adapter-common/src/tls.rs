@@ -88,14 +88,6 @@ impl ReloadableCert {
     pub fn check(&self) -> Result<(), TlsError> {
         certified_key(&self.cert_path, &self.key_path).map(|_| ())
     }
-
-    /// The certificate chain served now (leaf first).
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current
-            .read()
-            .map(|c| c.cert.clone())
-            .unwrap_or_default()
-    }
 }
 
 impl rustls::server::ResolvesServerCert for ReloadableCert {

@@ -461,8 +461,10 @@ impl Webhook {
         self.calls.load(Ordering::Relaxed)
     }
 
-    /// Forgets every remembered allow.
-    pub fn clear_cache(&self) {
+    /// Forgets every remembered allow (tests; a reload builds a new webhook client
+    /// with an empty cache).
+    #[cfg(test)]
+    fn clear_cache(&self) {
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

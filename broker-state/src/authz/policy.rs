@@ -244,20 +244,6 @@ impl Policy {
             .map(|(text, _)| text.as_str())
     }
 
-    /// Which groups a client belongs to (indices into [`Policy::groups`]).
-    pub fn groups_of(
-        &self,
-        authentication_name: Option<&str>,
-        attributes: Option<&Attributes>,
-    ) -> Vec<usize> {
-        self.groups
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| g.query.matches(authentication_name, attributes))
-            .map(|(i, _)| i)
-            .collect()
-    }
-
     /// What a client may do: its groups' bindings' templates, expanded for it.
     /// Computed once per connection (allocates), then used per packet (does not).
     /// In [`Mode::Open`], [`Grants::allow_all`]. Duplicate filters are kept once,

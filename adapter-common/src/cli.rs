@@ -101,6 +101,16 @@ pub struct RunArgs {
         default_value_t = LogFormat::Text
     )]
     pub log_format: LogFormat,
+
+    /// Run as node ID of a cluster over NATS with JetStream (as [cluster]
+    /// node_id in the config file); with --nats, or nats://127.0.0.1:4222
+    #[arg(long = "cluster-node", value_name = "ID")]
+    pub cluster_node: Option<String>,
+
+    /// A NATS server of the cluster (nats://HOST:PORT); repeat for several.
+    /// Replaces [cluster] nats
+    #[arg(long = "nats", value_name = "URL", requires = "cluster_node")]
+    pub nats: Vec<String>,
 }
 
 /// How log lines are written (`--log-format`).
@@ -353,6 +363,31 @@ pub fn build_config(args: &RunArgs, file: Option<Config>) -> Result<Config, Conf
     config.recover |= args.recover;
     if args.dev_tls {
         config.enable_dev_tls();
+    }
+    if let Some(node) = &args.cluster_node {
+        let bad = |key: &str, problem: String| {
+            ConfigError::Identity(crate::identity::IdentityConfigError {
+                file: PathBuf::from("the command line"),
+                key: key.to_owned(),
+                problem,
+            })
+        };
+        crate::cluster::check_node_id(node).map_err(|p| bad("--cluster-node", p))?;
+        let mut settings = config
+            .cluster
+            .take()
+            .unwrap_or_else(|| brokk_cluster::Settings::new(node, Vec::new()));
+        settings.node_id = node.clone();
+        if !args.nats.is_empty() {
+            settings.servers = args.nats.clone();
+        }
+        if settings.servers.is_empty() {
+            settings.servers = vec![crate::cluster::DEFAULT_NATS.to_owned()];
+        }
+        for url in &settings.servers {
+            crate::cluster::check_nats_url(url).map_err(|p| bad("--nats", p))?;
+        }
+        config.cluster = Some(settings);
     }
     config.validate()?;
     Ok(config)

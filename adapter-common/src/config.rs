@@ -387,6 +387,9 @@ pub struct Config {
     /// Session connected / disconnected events on `$events/...` and to a webhook
     /// (`[lifecycle_events]`, [`crate::lifecycle`]).
     pub lifecycle_events: crate::lifecycle::LifecycleEvents,
+    /// This broker as a node of a cluster over NATS (`[cluster]`,
+    /// [`crate::cluster`]); `None`: a single broker, no NATS.
+    pub cluster: Option<brokk_cluster::Settings>,
 }
 
 impl Default for Config {
@@ -410,6 +413,7 @@ impl Default for Config {
             listeners: default_listeners(),
             limits: Limits::default(),
             lifecycle_events: crate::lifecycle::LifecycleEvents::default(),
+            cluster: None,
         }
     }
 }
@@ -474,6 +478,7 @@ struct ConfigFile {
     #[serde(default)]
     limits: Limits,
     lifecycle_events: Option<crate::lifecycle::LifecycleEventsFile>,
+    cluster: Option<crate::cluster::ClusterFile>,
 }
 
 #[derive(Deserialize)]
@@ -635,6 +640,14 @@ impl Config {
             Some(table) => table.into_settings(path).map_err(ConfigError::Identity)?,
             None => crate::lifecycle::LifecycleEvents::default(),
         };
+        let cluster = match file.cluster {
+            Some(table) => Some(
+                table
+                    .into_settings(path, &resolve)
+                    .map_err(ConfigError::Identity)?,
+            ),
+            None => None,
+        };
 
         Ok(Config {
             source: Some(path.to_path_buf()),
@@ -652,6 +665,7 @@ impl Config {
             listeners,
             limits: file.limits,
             lifecycle_events,
+            cluster,
         })
     }
 

@@ -203,6 +203,24 @@ pub async fn run_store(hub: SharedHub, clock: impl Fn() -> Now) {
     }
 }
 
+/// The cluster task of a server thread: hands what the other nodes send to the
+/// core (see [`crate::hub::Hub::cluster_inbound`]). Ends when the node has no
+/// cluster link, or its thread has ended.
+pub async fn run_cluster(hub: SharedHub, clock: impl Fn() -> Now) {
+    let mut inbound = Vec::new();
+    loop {
+        poll_fn(|cx| match hub.borrow_mut().cluster_mut() {
+            Some(cluster) => cluster.poll_inbound(cx, &mut inbound),
+            None => Poll::Ready(()),
+        })
+        .await;
+        if inbound.is_empty() {
+            return;
+        }
+        hub.borrow_mut().cluster_inbound(clock(), &mut inbound);
+    }
+}
+
 /// The authentication task of a server thread: takes the questions the hub could
 /// not answer at once, runs at most `max_in_flight` verifications at a time on the
 /// worker pool (`blocking`), and hands each answer back to the core. Logins beyond

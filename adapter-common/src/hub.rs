@@ -204,6 +204,64 @@ pub struct Hub<W: Wake> {
     lifecycle: Option<crate::lifecycle::Lifecycle>,
     /// Connections and logins, for the metrics.
     counters: crate::metrics::HubCounters,
+    /// This node's link to the cluster, and the cluster effects of the current
+    /// round, handed to it together at the end of the round.
+    cluster: Option<brokk_cluster::ClusterNode>,
+    cluster_batch: Vec<broker_state::ClusterOp>,
+    /// The numbered effects handed to the store and to the cluster and not yet
+    /// done (see [`Tickets`]).
+    tickets: Tickets,
+}
+
+/// Numbered effects (store operations, a cluster node's QoS 1/2 forwards) go
+/// to two places that finish at their own pace: the store commits, the
+/// cluster's thread flushes to NATS. A round's effects (numbers after the
+/// previous round's last, up to its own last) leave together, one batch per
+/// place, each with the round's ticket (its last number). Each place finishes
+/// its batches in order, so every round before the one of the smallest ticket
+/// still outstanding anywhere is done.
+#[derive(Default)]
+struct Tickets {
+    store: VecDeque<u64>,
+    cluster: VecDeque<u64>,
+    /// Tickets of the rounds that handed something over, not yet known done.
+    rounds: VecDeque<u64>,
+    /// The last round known done.
+    base: u64,
+    /// The number of the last effect emitted when the last round ended.
+    submitted: u64,
+}
+
+impl Tickets {
+    /// A round ended with `ticket` as its last number, having handed batches
+    /// over (`handed`) or not.
+    fn round(&mut self, ticket: u64, handed: bool) {
+        if handed && self.rounds.back() != Some(&ticket) {
+            self.rounds.push_back(ticket);
+        }
+        self.submitted = ticket;
+    }
+
+    /// Everything up to this number is done.
+    fn done(&mut self) -> u64 {
+        let first = |q: &VecDeque<u64>| q.front().copied().unwrap_or(u64::MAX);
+        let outstanding = first(&self.store).min(first(&self.cluster));
+        if outstanding == u64::MAX {
+            self.rounds.clear();
+            self.base = self.submitted;
+        }
+        while let Some(&t) = self.rounds.front().filter(|&&t| t < outstanding) {
+            self.base = t;
+            self.rounds.pop_front();
+        }
+        self.base
+    }
+
+    fn completed(queue: &mut VecDeque<u64>, ticket: u64) {
+        while queue.front().is_some_and(|&t| t <= ticket) {
+            queue.pop_front();
+        }
+    }
 }
 
 impl<W: Wake> Hub<W> {
@@ -227,7 +285,89 @@ impl<W: Wake> Hub<W> {
             store_batch: Vec::new(),
             lifecycle: None,
             counters: crate::metrics::HubCounters::default(),
+            cluster: None,
+            cluster_batch: Vec::new(),
+            tickets: Tickets::default(),
         }
+    }
+
+    /// Joins the core (built with `Config::cluster`) to the cluster through
+    /// `node` from now on.
+    pub fn set_cluster(&mut self, node: brokk_cluster::ClusterNode) {
+        self.cluster = Some(node);
+    }
+
+    /// This node's link to the cluster, if it is one.
+    pub fn cluster_mut(&mut self) -> Option<&mut brokk_cluster::ClusterNode> {
+        self.cluster.as_mut()
+    }
+
+    /// Takes the cluster link out (at shutdown, to flush and close it).
+    pub fn take_cluster(&mut self) -> Option<brokk_cluster::ClusterNode> {
+        let handed = self.submit_cluster_batch();
+        self.tickets
+            .round(self.broker.store_effects_emitted(), handed);
+        self.cluster.take()
+    }
+
+    /// What the other nodes sent: their messages, retained messages and
+    /// session claims, handed to the core.
+    pub fn cluster_inbound(&mut self, now: Now, inbound: &mut Vec<brokk_cluster::Inbound>) {
+        for i in inbound.drain(..) {
+            match i {
+                brokk_cluster::Inbound::Publish { publish, shared } => {
+                    self.broker
+                        .handle_cluster_publish(now, publish, shared.as_ref());
+                }
+                brokk_cluster::Inbound::Retained { topic, publish } => {
+                    let publish = publish.unwrap_or_else(|| mqtt_proto::Publish {
+                        dup: false,
+                        qos: mqtt_proto::QoS::AtMostOnce,
+                        retain: true,
+                        topic,
+                        packet_id: None,
+                        properties: Default::default(),
+                        payload: bytes::Bytes::new(),
+                    });
+                    self.broker.handle_cluster_retained(now, publish);
+                }
+                brokk_cluster::Inbound::Forwarded(ticket) => {
+                    Tickets::completed(&mut self.tickets.cluster, ticket);
+                    self.broker.handle_store_committed(now, self.tickets.done());
+                }
+                brokk_cluster::Inbound::Claimed(client_id) => {
+                    if self.broker.handle_session_claimed(now, &client_id) {
+                        tracing::info!(
+                            client_id = %String::from_utf8_lossy(&client_id),
+                            "session taken over by another node"
+                        );
+                    }
+                }
+            }
+        }
+        self.dispatch(now);
+    }
+
+    /// Hands the round's cluster effects to the cluster's thread, with a
+    /// ticket when QoS 1/2 forwards among them hold acknowledgements.
+    fn submit_cluster_batch(&mut self) -> bool {
+        if self.cluster_batch.is_empty() {
+            return false;
+        }
+        let len = self.cluster_batch.len();
+        let batch = core::mem::replace(&mut self.cluster_batch, Vec::with_capacity(len.min(1024)));
+        let numbered = batch.iter().any(|op| {
+            matches!(op, broker_state::ClusterOp::Forward(p) if p.qos != mqtt_proto::QoS::AtMostOnce)
+        });
+        if let Some(cluster) = &self.cluster {
+            let ticket = numbered.then(|| self.broker.store_effects_emitted());
+            if let Some(t) = ticket {
+                self.tickets.cluster.push_back(t);
+            }
+            cluster.submit(batch, ticket);
+            return ticket.is_some();
+        }
+        false
     }
 
     /// Lifecycle events as `settings` ask (nothing when they ask for nothing):
@@ -288,7 +428,9 @@ impl<W: Wake> Hub<W> {
 
     /// Takes the store out (at shutdown, to flush and close it).
     pub fn take_store(&mut self) -> Option<brokk_store::DurableStore> {
-        self.submit_store_batch();
+        let handed = self.submit_store_batch();
+        self.tickets
+            .round(self.broker.store_effects_emitted(), handed);
         self.store.take()
     }
 
@@ -296,8 +438,12 @@ impl<W: Wake> Hub<W> {
     /// acknowledgements that waited for it.
     pub fn store_completed(&mut self, now: Now, completions: &mut Vec<brokk_store::Completion>) {
         for c in completions.drain(..) {
+            Tickets::completed(&mut self.tickets.store, c.ticket);
             match c.result {
-                Ok(()) => self.broker.handle_store_committed(now, c.ticket),
+                Ok(()) => {
+                    let done = self.tickets.done();
+                    self.broker.handle_store_committed(now, done)
+                }
                 Err(error) => {
                     self.reports.store_failed(&error);
                     self.broker.handle_store_failed(now, c.ticket);
@@ -308,9 +454,9 @@ impl<W: Wake> Hub<W> {
     }
 
     /// Hands the round's store effects to the store, numbered by the last of them.
-    fn submit_store_batch(&mut self) {
+    fn submit_store_batch(&mut self) -> bool {
         if self.store_batch.is_empty() {
-            return;
+            return false;
         }
         // The next round's batch starts with this one's size: a round of a flood
         // holds thousands of effects, and growing a vector of them copies each
@@ -318,8 +464,12 @@ impl<W: Wake> Hub<W> {
         let len = self.store_batch.len();
         let batch = core::mem::replace(&mut self.store_batch, Vec::with_capacity(len));
         if let Some(store) = &self.store {
-            store.submit(batch, self.broker.store_effects_emitted());
+            let ticket = self.broker.store_effects_emitted();
+            self.tickets.store.push_back(ticket);
+            store.submit(batch, ticket);
+            return true;
         }
+        false
     }
 
     /// The core, for getters.
@@ -613,6 +763,9 @@ impl<W: Wake> Hub<W> {
                     protocol,
                     session_present,
                 } => {
+                    if let Some(cluster) = &self.cluster {
+                        cluster.claim(client_id.as_shared().clone());
+                    }
                     let peer = self.broker.peer(conn);
                     tracing::info!(
                         client_id = client_id.as_str(),
@@ -676,9 +829,18 @@ impl<W: Wake> Hub<W> {
                             .publish_from_broker(now, m.topic, m.payload, m.properties);
                     }
                 }
+                // Collected for the cluster's thread, handed over once the
+                // round's events are drained.
+                Event::Cluster(op) => {
+                    if self.cluster.is_some() {
+                        self.cluster_batch.push(op);
+                    }
+                }
             }
         }
-        self.submit_store_batch();
+        let handed = self.submit_store_batch() | self.submit_cluster_batch();
+        self.tickets
+            .round(self.broker.store_effects_emitted(), handed);
         if let (Some(next), Some(timer)) = (self.broker.poll_timeout(), &self.timer) {
             if self.armed.is_none_or(|armed| next < armed) {
                 self.armed = Some(next);
@@ -743,6 +905,31 @@ mod tests {
             "CONNECT delivers nothing"
         );
         (conn, io)
+    }
+
+    #[test]
+    fn effects_are_done_once_every_place_has_finished_their_round() {
+        let mut t = Tickets::default();
+        // Round 1 (effects 1..=3): store and cluster. Round 2 (4..=5): store
+        // only. Round 3 (6): cluster only.
+        t.store.push_back(3);
+        t.cluster.push_back(3);
+        t.round(3, true);
+        t.store.push_back(5);
+        t.round(5, true);
+        t.cluster.push_back(6);
+        t.round(6, true);
+        assert_eq!(t.done(), 0);
+        Tickets::completed(&mut t.store, 3);
+        assert_eq!(t.done(), 0, "round 1 still waits for the cluster");
+        Tickets::completed(&mut t.store, 5);
+        assert_eq!(t.done(), 0, "round 1 still waits for the cluster");
+        Tickets::completed(&mut t.cluster, 3);
+        assert_eq!(t.done(), 5, "rounds 1 and 2 are done; 3 waits");
+        t.round(6, false);
+        assert_eq!(t.done(), 5);
+        Tickets::completed(&mut t.cluster, 6);
+        assert_eq!(t.done(), 6);
     }
 
     #[test]

@@ -92,6 +92,7 @@ mod atomic;
 pub mod authentication;
 pub mod authorization;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod core;

@@ -492,6 +492,7 @@ mod tests {
             subscription_identifiers: false,
             store_effects: false,
             lifecycle_events: false,
+            cluster: false,
         };
         assert_eq!(core, expected);
     }

@@ -130,6 +130,7 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
         verifier,
         max_verifications,
         store,
+        cluster,
         lifecycle_events,
         ..
     } = prepared;
@@ -138,6 +139,14 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
     let store_task = store.map(|store| {
         hub.borrow_mut().set_store(store);
         rt.spawn(connection::run_store(hub.clone(), now))
+    });
+    let cluster_task = cluster.map(|node| {
+        let mut h = hub.borrow_mut();
+        h.set_cluster(node);
+        // Interest restored from the store goes out now.
+        h.cluster_inbound(now(), &mut Vec::new());
+        drop(h);
+        rt.spawn(connection::run_cluster(hub.clone(), now))
     });
     let timer = rt.spawn(connection::run_timer(
         hub.clone(),
@@ -228,6 +237,12 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
     drop(timer);
     drop(auth);
     drop(store_task);
+    drop(cluster_task);
+    // What this node forwarded last reaches NATS before it leaves.
+    let cluster = hub.borrow_mut().take_cluster();
+    if let Some(cluster) = cluster {
+        cluster.shutdown();
+    }
     // Everything the core handed the store is written and synced before the
     // process ends (the thread waits: nothing else runs any more).
     let store = hub.borrow_mut().take_store();

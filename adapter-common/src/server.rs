@@ -47,6 +47,9 @@ pub enum StartError {
     Runtime(std::io::Error),
     /// The durable store could not be opened (in use, damaged, unreadable).
     Store(brokk_store::StoreError),
+    /// The node could not join its cluster (NATS unreachable, JetStream
+    /// refused the buckets).
+    Cluster(brokk_cluster::StartError),
     /// The identity policy could not be built (a CA or JWKS file, clashing
     /// clients).
     Identity {
@@ -66,6 +69,7 @@ impl fmt::Display for StartError {
             StartError::Passwords(e) => write!(f, "{e}"),
             StartError::Runtime(e) => write!(f, "cannot start the runtime: {e}"),
             StartError::Store(e) => write!(f, "{e}"),
+            StartError::Cluster(e) => write!(f, "cluster: {e}"),
             StartError::Identity { file, error } => match file {
                 Some(file) => write!(f, "{}: {error}", file.display()),
                 None => write!(f, "{error}"),
@@ -117,6 +121,8 @@ pub struct Prepared {
     pub broker: Broker,
     /// The durable store the core's effects go to (`persistence = "disk"`).
     pub store: Option<brokk_store::DurableStore>,
+    /// This node's link to its cluster (`[cluster]`).
+    pub cluster: Option<brokk_cluster::ClusterNode>,
     /// The listeners, bound.
     pub listeners: Vec<BoundListener>,
     /// Time for TLS and WebSocket handshakes.
@@ -170,6 +176,7 @@ impl Prepared {
 /// wills.
 fn open_store(config: &Config) -> Result<(Broker, Option<brokk_store::DurableStore>), StartError> {
     let mut core = broker_config(&config.limits);
+    core.cluster = config.cluster.is_some();
     if config.persistence == Persistence::Memory {
         return Ok((Broker::new(core, os_seed()), None));
     }
@@ -210,6 +217,27 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     // First: a second broker on the same data directory stops here, before it
     // binds anything.
     let (mut broker, store) = open_store(config)?;
+    // Then the cluster: a node that cannot reach NATS does not serve (its
+    // clients would see only part of the broker). The cluster's retained
+    // messages go into the core before anyone can subscribe.
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let (node, retained) =
+                brokk_cluster::ClusterNode::start(settings.clone()).map_err(StartError::Cluster)?;
+            let now = crate::runtime::now();
+            let count = retained.len();
+            for p in retained {
+                broker.handle_cluster_retained(now, p);
+            }
+            tracing::info!(
+                node = settings.node_id,
+                retained = count,
+                "cluster retained messages read"
+            );
+            Some(node)
+        }
+        None => None,
+    };
     let dev = if config.dev_tls {
         Some(tls::dev_tls(&config.data_dir).map_err(StartError::Tls)?)
     } else {
@@ -315,6 +343,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
         max_verifications,
         broker,
         store,
+        cluster,
         listeners,
         handshake_timeout,
         ca_cert: dev.map(|d| d.ca_cert),

@@ -14,7 +14,8 @@ use mqtt_proto::{
 use crate::alias::{Budget, PeerLimits};
 use crate::config::{Config, OverflowPolicy};
 use crate::event::{
-    Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill,
+    ClusterOp, Event, Input, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage,
+    StoredWill,
 };
 use crate::hash::{Map, SeededState};
 use crate::hooks::{AllowAll, Authenticator, Authorizer, ClientInfo, EnhancedAuthenticator};
@@ -32,6 +33,7 @@ use crate::timer::{TimerKind, Timers};
 
 mod auth;
 mod authorization;
+mod cluster;
 mod connect;
 mod durability;
 mod events;
@@ -88,6 +90,12 @@ pub struct Stats {
     /// Acknowledgements refused (or connections closed) because the store could
     /// not make what they acknowledged durable.
     pub store_failures_refused: u64,
+    /// Messages of a shared subscription the cluster sent to this node for a
+    /// group that had no member here any more (gone for that group).
+    pub cluster_shared_unmatched: u64,
+    /// Sessions that ended here because a client connected to another node of
+    /// the cluster with their client identifier.
+    pub cluster_takeovers: u64,
 }
 
 /// The sans-IO MQTT broker. See the crate documentation for the run-loop contract.

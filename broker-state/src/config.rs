@@ -112,6 +112,12 @@ pub struct Config {
     /// ends (Event Grid's session connected / disconnected events). Off by
     /// default: without it, connecting and disconnecting do no work for them.
     pub lifecycle_events: bool,
+    /// This broker is one node of a cluster: it emits [`crate::Event::Cluster`]
+    /// (interest and forwarded messages), delivers shared subscriptions only
+    /// from what the cluster hands back, and does not answer 0x10 No Matching
+    /// Subscribers (the other nodes' subscribers are not known here). Off by
+    /// default.
+    pub cluster: bool,
 }
 
 impl Default for Config {
@@ -154,6 +160,7 @@ impl Default for Config {
             subscription_identifiers: true,
             store_effects: false,
             lifecycle_events: false,
+            cluster: false,
         }
     }
 }

@@ -147,6 +147,50 @@ pub enum Event {
     /// `Config::lifecycle_events` is set. The adapter may publish it with
     /// [`crate::Broker::publish_from_broker`]. Boxed: rare next to `Transmit`.
     Lifecycle(Box<LifecycleEvent>),
+    /// Work for the other nodes of a cluster (only when `Config::cluster` is set):
+    /// interest to announce or withdraw, a message to forward. See
+    /// [`ClusterOp`].
+    Cluster(ClusterOp),
+}
+
+/// What a node of a cluster asks of the transport that joins it to the others
+/// (the adapter's `brokk-cluster`). The core does no I/O: it says where its
+/// subscribers are and what was published here, and takes what the other nodes
+/// publish as input ([`crate::Broker::handle_cluster_publish`],
+/// [`crate::Broker::handle_cluster_retained`],
+/// [`crate::Broker::handle_session_claimed`]).
+///
+/// The same seam can carry shards of one process (a core per CPU): a place that a
+/// filter's subscribers live in, whether another node or another core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterOp {
+    /// This node's first subscription to `filter` appeared (`on`), or its last
+    /// one went (`!on`). For a shared subscription the filter is the whole
+    /// `$share/{group}/{filter}`, and the change is the group's first or last
+    /// local member: each message of a shared subscription goes to one member in
+    /// the whole cluster, so a shared group's messages come back to this node
+    /// through the transport (as [`crate::Broker::handle_cluster_publish`] with
+    /// the group) rather than being delivered where they were published.
+    Interest {
+        /// The filter (owned: it outlives any read buffer).
+        filter: TopicFilter,
+        /// Interest begins (true) or ends (false).
+        on: bool,
+    },
+    /// A message accepted on this node (from a client, a will, or the broker):
+    /// the other nodes deliver it to their subscribers. `retain` is as
+    /// published: a retained message (or an empty one that clears) is also for
+    /// the cluster's retained store. Properties are as the receivers should see
+    /// them (no topic alias, no subscription identifiers).
+    ///
+    /// A QoS 1 or 2 forward is numbered with the store effects
+    /// ([`crate::Broker::store_effects_emitted`] counts it): the publisher's
+    /// PUBACK or PUBREC waits, as for a durable message, until the adapter says
+    /// with [`crate::Broker::handle_store_committed`] that everything up to its
+    /// number is done, here meaning handed to the cluster's transport and
+    /// flushed to it. So a node that dies after acknowledging a message has
+    /// already passed it on.
+    Forward(Box<Publish>),
 }
 
 /// A session's connection began or ended: what Event Grid reports as

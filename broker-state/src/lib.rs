@@ -93,12 +93,13 @@ pub use authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
 pub use broker::{Broker, Gauges, Stats};
 pub use config::{Config, OverflowPolicy, QueueLimits};
 pub use event::{
-    CertificateChain, DisconnectionReason, Event, Input, LifecycleEvent, LifecycleKind, Now,
-    PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill, Transport,
+    CertificateChain, ClusterOp, DisconnectionReason, Event, Input, LifecycleEvent, LifecycleKind,
+    Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill, Transport,
 };
 pub use hooks::{
     AllowAll, AttributeValue, Attributes, AuthDecision, AuthRequest, AuthStep, Authenticator,
     Authorizer, ClientInfo, EnhancedAuthenticator,
 };
 pub use ids::ConnId;
+pub use router::filter_matches;
 pub use store::MemoryStore;

@@ -189,17 +189,18 @@ impl Router {
     }
 
     /// Adds or replaces `session`'s subscription to `filter` (the part after any
-    /// `$share/{group}/`; `full` is the whole filter). Returns true if it replaced
-    /// one.
+    /// `$share/{group}/`; `full` is the whole filter). Returns whether it replaced
+    /// one, and whether it is the first subscription to `full` (interest a cluster
+    /// node announces).
     pub(crate) fn subscribe(
         &mut self,
         group: Option<&Bytes>,
         filter: &Bytes,
         full: &TopicFilter,
         entry: SubEntry,
-    ) -> bool {
+    ) -> (bool, bool) {
         let Some((node, hash)) = self.node_for(filter, true) else {
-            return false;
+            return (false, false);
         };
         let n = &mut self.nodes[node as usize];
         let list = match group {
@@ -232,28 +233,33 @@ impl Router {
         };
         if let Some(e) = list.iter_mut().find(|e| e.session == entry.session) {
             *e = entry;
-            return true;
+            return (true, false);
         }
         list.push(entry);
         self.subscriptions += 1;
-        false
+        (false, list.len() == 1)
     }
 
-    /// Removes `session`'s subscription to `filter`. Returns true if there was one.
+    /// Removes `session`'s subscription to `filter`. Returns whether there was one,
+    /// and whether it was the last subscription to that filter (or the shared
+    /// group's last member).
     pub(crate) fn unsubscribe(
         &mut self,
         group: Option<&Bytes>,
         filter: &Bytes,
         session: SessionKey,
-    ) -> bool {
+    ) -> (bool, bool) {
         let Some((node, hash)) = self.node_for(filter, false) else {
-            return false;
+            return (false, false);
         };
         let n = &mut self.nodes[node as usize];
+        let mut last = false;
         let removed = match group {
             None => {
                 let list = if hash { &mut n.hash } else { &mut n.exact };
-                remove_entry(list, session)
+                let r = remove_entry(list, session);
+                last = list.is_empty();
+                r
             }
             Some(name) => {
                 let groups = if hash {
@@ -266,6 +272,7 @@ impl Router {
                         let r = remove_entry(&mut groups[i].members, session);
                         if groups[i].members.is_empty() {
                             groups.swap_remove(i);
+                            last = true;
                         }
                         r
                     }
@@ -277,7 +284,7 @@ impl Router {
             self.subscriptions -= 1;
             self.prune(node);
         }
-        removed
+        (removed, removed && last)
     }
 
     /// Frees empty nodes from `node` up towards the root, so the trie's size follows

@@ -3,13 +3,16 @@
 //!
 //! Interest travels as NATS subscriptions on subjects mapped from MQTT topic
 //! filters, publishes are forwarded on subjects mapped from MQTT topic names, and
-//! shared subscriptions become NATS queue groups. This crate holds that mapping,
+//! shared subscriptions become NATS queue groups; retained messages and session
+//! ownership live in JetStream key-value buckets. This crate holds the mapping,
 //! [`SubjectMap`] (the scheme, with examples and the reason for each rule, is in
-//! [`subject`]); the transport built on it comes in later pieces of the issue.
+//! [`subject`]), the wire form of a forwarded message ([`wire`]), and the
+//! node's transport ([`node::ClusterNode`]: async-nats on a thread of its own).
 //!
-//! What it never does: I/O. It opens no connection, depends on no NATS client,
-//! spawns nothing and reads no clock; every function is a pure string mapping that
-//! the adapter calls on its own threads.
+//! The core stays sans-IO: it emits [`broker_state::ClusterOp`]s (interest,
+//! forwards) and takes what the cluster sends as input
+//! (`Broker::handle_cluster_publish`, `handle_cluster_retained`,
+//! `handle_session_claimed`); the adapter's hub carries them between the two.
 //!
 //! ```
 //! use brokk_cluster::SubjectMap;
@@ -28,6 +31,9 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod node;
 pub mod subject;
+pub mod wire;
 
+pub use node::{ClusterNode, Inbound, Settings, StartError};
 pub use subject::{SubjectMap, DEFAULT_PREFIX};

@@ -133,9 +133,12 @@ impl Broker {
         };
         s.grants = grants;
         for filter in &denied {
-            if s.subscriptions.remove(filter) {
-                let (group, match_filter) = split_shared(filter);
-                self.router.unsubscribe(group.as_ref(), &match_filter, sk);
+            let removed = self
+                .sessions
+                .get_mut(sk)
+                .is_some_and(|s| s.subscriptions.remove(filter));
+            if removed {
+                self.route_unsubscribe(filter, sk);
             }
         }
         if !denied.is_empty() {

@@ -5,7 +5,9 @@
 //! message with that id as a duplicate).
 //!
 //! Store effects are numbered in the order they are emitted (the n-th
-//! `Event::Store` is number n, from 1); the adapter applies them in that order and
+//! `Event::Store` is number n, from 1; on a node of a cluster, a QoS 1 or 2
+//! `ClusterOp::Forward` takes a number in the same sequence, see
+//! `broker/cluster.rs`); the adapter applies them in that order and
 //! says how far they are durable ([`Broker::handle_store_committed`]) or failed
 //! ([`Broker::handle_store_failed`]). An acknowledgement whose packet caused store
 //! effects waits for the last of them; so does every later acknowledgement to the

@@ -141,7 +141,9 @@ impl Broker {
             .properties
             .message_expiry_interval
             .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
-        self.route(now, None, &p, expires_at).matched
+        let matched = self.route(now, None, &p, expires_at).matched;
+        self.forward(&p);
+        matched
     }
 
     /// Emits the connected event of session `sk` on connection `k` (when they

@@ -209,8 +209,7 @@ impl Broker {
             }
         }
         for sub in s.subscriptions.iter() {
-            let (group, match_filter) = split_shared(&sub.filter);
-            self.router.unsubscribe(group.as_ref(), &match_filter, sk);
+            self.route_unsubscribe(&sub.filter, sk);
         }
         self.redeliver_shared(now, sk, &s);
         for q in s.queue.iter().chain(s.inflight.iter().map(|f| &f.msg)) {

@@ -92,9 +92,11 @@ impl Broker {
                 p.dup = false;
                 p.packet_id = None;
                 let routed = self.route(now, Some(sk), &p, expires_at);
-                if routed.matched == 0 {
+                // A node of a cluster does not know the others' subscribers.
+                if routed.matched == 0 && !self.config.cluster {
                     code = ReasonCode::NoMatchingSubscribers;
                 }
+                self.forward(&p);
             }
         }
         // 3.1.1 cannot report a refusal: the message is acknowledged and dropped
@@ -155,6 +157,12 @@ impl Broker {
         };
         self.router
             .matches(p.topic.as_bytes(), &mut picker, &mut matches);
+        // A node of a cluster delivers shared subscriptions only from what the
+        // cluster hands back (`handle_cluster_publish` with the group): each
+        // message to one member in the whole cluster.
+        if self.config.cluster {
+            matches.retain(|m| m.shared.is_none());
+        }
         // No Local [MQTT-3.8.3-3]: not to the publisher's own non-shared subscriptions.
         if let Some(publisher) = publisher {
             matches.retain(|m| {
@@ -568,5 +576,6 @@ impl Broker {
             self.stats.retained_refused += 1;
         }
         self.route(now, None, &will, expires_at);
+        self.forward(&will);
     }
 }

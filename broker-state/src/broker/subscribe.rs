@@ -153,7 +153,7 @@ impl Broker {
         let filter = mqtt_proto::TopicFilter::new(Bytes::copy_from_slice(filter.as_bytes()))
             .unwrap_or(filter);
         let (group, match_filter) = split_shared(&filter);
-        self.router.subscribe(
+        self.route_subscribe(
             group.as_ref(),
             &match_filter,
             &filter,
@@ -184,8 +184,7 @@ impl Broker {
             };
             let code = match s.subscriptions.remove(&filter) {
                 true => {
-                    let (group, match_filter) = split_shared(&filter);
-                    self.router.unsubscribe(group.as_ref(), &match_filter, sk);
+                    self.route_unsubscribe(&filter, sk);
                     ReasonCode::Success
                 }
                 false => ReasonCode::NoSubscriptionExisted,

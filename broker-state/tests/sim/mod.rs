@@ -47,6 +47,8 @@ pub struct Sim {
     pub questions: Vec<AuthQuestion>,
     /// Lifecycle events emitted (`Config::lifecycle_events`), oldest first.
     pub lifecycle: Vec<LifecycleEvent>,
+    /// Cluster effects (`Config::cluster`), in order.
+    pub cluster: Vec<broker_state::ClusterOp>,
     /// Answer every authentication question as soon as it is asked, as the
     /// default hook would (the User Name is the authentication name; no enhanced
     /// method), through `handle_auth_answer`.
@@ -77,6 +79,7 @@ impl Sim {
             ended: Vec::new(),
             questions: Vec::new(),
             lifecycle: Vec::new(),
+            cluster: Vec::new(),
             auto_answer: false,
             auto_commit: true,
         }
@@ -232,6 +235,7 @@ impl Sim {
                 Event::Connected { .. } => {}
                 Event::Authenticate(q) => self.questions.push(*q),
                 Event::Lifecycle(e) => self.lifecycle.push(*e),
+                Event::Cluster(op) => self.cluster.push(op),
                 Event::SessionEnded {
                     client_id,
                     reason,

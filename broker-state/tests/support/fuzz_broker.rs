@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use arbitrary::{Arbitrary, Unstructured};
 use broker_state::{
     AuthDecision, AuthKind, AuthQuestion, AuthRequest, AuthStep, Authenticator, Authorizer, Broker,
-    ClientInfo, Config, ConnId, Event, Input, Now, OverflowPolicy, PeerInfo, QueueLimits,
+    ClientInfo, ClusterOp, Config, ConnId, Event, Input, Now, OverflowPolicy, PeerInfo, QueueLimits,
 };
 use mqtt_proto::bytes::{Bytes, BytesMut};
 use mqtt_proto::{
@@ -151,6 +151,9 @@ impl Setup {
             store_effects: self.store_effects,
             // From a byte the setup already has (saved corpora keep their meaning).
             lifecycle_events: self.seed & 4 != 0,
+            // Likewise: an eighth of the seeds run as a node of a cluster whose
+            // other node is this same broker (see `Harness::cluster`).
+            cluster: self.seed % 8 == 5,
         }
     }
 }
@@ -559,9 +562,51 @@ struct Harness {
     /// everything else the input does meanwhile meets pending connections, and
     /// answers for connections that closed are still given (and must be ignored).
     questions: Vec<AuthQuestion>,
+    /// As a node of a cluster: the filters it announced interest in.
+    interests: Vec<TopicFilter>,
 }
 
 impl Harness {
+    /// A cluster effect, answered as a cluster whose other node is this broker
+    /// again: a forwarded message comes back for the non-shared subscriptions
+    /// and for each shared group that matches (as NATS would hand it to this
+    /// node), a retained one to the retained store, and a forward of a client
+    /// whose identifier starts with `t` claims that client's session for the
+    /// "other" node.
+    fn cluster(&mut self, op: ClusterOp) {
+        match op {
+            ClusterOp::Interest { filter, on: true } => self.interests.push(filter),
+            ClusterOp::Interest { filter, on: false } => {
+                let i = self.interests.iter().position(|f| *f == filter);
+                let i = i.unwrap_or_else(|| panic!("interest in {filter:?} withdrawn twice"));
+                self.interests.swap_remove(i);
+            }
+            ClusterOp::Forward(p) => {
+                let topic = p.topic.as_bytes();
+                if p.retain {
+                    self.broker.handle_cluster_retained(self.now, (*p).clone());
+                }
+                self.broker.handle_cluster_publish(self.now, (*p).clone(), None);
+                let groups: Vec<TopicFilter> = self
+                    .interests
+                    .iter()
+                    .filter(|f| {
+                        f.shared()
+                            .is_some_and(|(_, m)| broker_state::filter_matches(m.as_bytes(), topic))
+                    })
+                    .cloned()
+                    .collect();
+                for g in groups {
+                    self.broker
+                        .handle_cluster_publish(self.now, (*p).clone(), Some(&g));
+                }
+                if p.payload.first() == Some(&b't') {
+                    self.broker.handle_session_claimed(self.now, &p.payload[1..]);
+                }
+            }
+        }
+    }
+
     fn new(setup: &Setup) -> Harness {
         let config = setup.config();
         let mut broker = Broker::new(config.clone(), [setup.seed; 32]);
@@ -577,6 +622,7 @@ impl Harness {
             conns: Vec::new(),
             by_id: BTreeMap::new(),
             questions: Vec::new(),
+            interests: Vec::new(),
         }
     }
 
@@ -789,7 +835,10 @@ impl Harness {
                 Event::Transmit(id) | Event::Close { conn: id, .. } => Some(*id),
                 Event::Connected { conn, .. } => Some(*conn),
                 Event::Authenticate(q) => Some(q.ticket.conn()),
-                Event::Store(_) | Event::SessionEnded { .. } | Event::Lifecycle(_) => None,
+                Event::Store(_)
+                | Event::SessionEnded { .. }
+                | Event::Lifecycle(_)
+                | Event::Cluster(_) => None,
             };
             let i = id.map(|id| {
                 let i = *self
@@ -804,6 +853,7 @@ impl Harness {
             });
             match (event, i) {
                 (Event::Authenticate(q), _) => self.questions.push(*q),
+                (Event::Cluster(op), _) => self.cluster(op),
                 (Event::Transmit(_), Some(i)) if self.conns[i].reading => self.pull(i),
                 (Event::Close { conn, .. }, Some(i)) => {
                     self.pull(i);

@@ -1,0 +1,193 @@
+//! One node of a cluster (`Config::cluster`): interest announced as the route
+//! table changes, messages published here forwarded, and the other nodes'
+//! messages, retained messages and session claims taken as input.
+//!
+//! The core does no I/O: what travels between nodes, and how, is the adapter's
+//! (`brokk-cluster` carries it over NATS). A message forwarded from here is
+//! delivered here to non-shared subscriptions at once; the other nodes deliver it
+//! to theirs when it reaches them. Shared subscriptions are the cluster's: each
+//! message goes to one member in the whole cluster, so the transport picks a node
+//! (a NATS queue group) and that node picks a member
+//! ([`Broker::handle_cluster_publish`] with the group).
+
+use super::events::Ending;
+use super::*;
+
+impl Broker {
+    /// Whether this broker is a node of a cluster (`Config::cluster`).
+    pub fn is_cluster_node(&self) -> bool {
+        self.config.cluster
+    }
+
+    /// Adds a subscription to the route table, announcing the filter's first
+    /// local subscription to the cluster.
+    pub(super) fn route_subscribe(
+        &mut self,
+        group: Option<&Bytes>,
+        match_filter: &Bytes,
+        filter: &TopicFilter,
+        entry: SubEntry,
+    ) {
+        let (_, first) = self.router.subscribe(group, match_filter, filter, entry);
+        if first && self.config.cluster {
+            self.events.push_back(Event::Cluster(ClusterOp::Interest {
+                filter: owned_filter(filter),
+                on: true,
+            }));
+        }
+    }
+
+    /// Removes `sk`'s subscription to `filter` from the route table, withdrawing
+    /// the filter's interest from the cluster with its last local subscription.
+    pub(super) fn route_unsubscribe(&mut self, filter: &TopicFilter, sk: SessionKey) {
+        let (group, match_filter) = split_shared(filter);
+        let (_, last) = self.router.unsubscribe(group.as_ref(), &match_filter, sk);
+        if last && self.config.cluster {
+            self.events.push_back(Event::Cluster(ClusterOp::Interest {
+                filter: owned_filter(filter),
+                on: false,
+            }));
+        }
+    }
+
+    /// Hands a message accepted on this node to the cluster (when this is a
+    /// node of one). A QoS 1 or 2 forward is numbered with the store effects, so
+    /// that the publisher's acknowledgement waits until the adapter reports it
+    /// handed over (see [`ClusterOp::Forward`]).
+    pub(super) fn forward(&mut self, p: &Publish) {
+        if !self.config.cluster {
+            return;
+        }
+        if p.qos != QoS::AtMostOnce {
+            self.durability.emitted += 1;
+        }
+        let mut p = p.clone();
+        p.dup = false;
+        p.packet_id = None;
+        p.properties.topic_alias = None;
+        p.properties.subscription_identifiers = Vec::new();
+        self.events
+            .push_back(Event::Cluster(ClusterOp::Forward(Box::new(p))));
+    }
+
+    /// A message another node of the cluster accepted. With `shared` `None` it
+    /// reached this node because one of its non-shared subscriptions matches
+    /// (announced as [`ClusterOp::Interest`]): it is delivered to every matching
+    /// non-shared subscription here, as if published here (by nobody: No Local
+    /// excludes no one). With `shared` naming a `$share/{group}/{filter}`, the
+    /// cluster chose this node for that group: one of its local members gets it
+    /// (an online one if there is one); if the group has no member here any
+    /// more, the message is gone for that group (the transport delivers shared
+    /// messages at most once).
+    ///
+    /// `p.retain` is as published (a subscriber with Retain As Published sees
+    /// it); the retained store is not changed here (see
+    /// [`Broker::handle_cluster_retained`]). The message expiry interval is
+    /// what is left of it. Returns the deliveries made.
+    pub fn handle_cluster_publish(
+        &mut self,
+        now: Now,
+        mut p: Publish,
+        shared: Option<&TopicFilter>,
+    ) -> usize {
+        p.dup = false;
+        p.packet_id = None;
+        p.properties.topic_alias = None;
+        p.properties.subscription_identifiers = Vec::new();
+        let expires_at = p
+            .properties
+            .message_expiry_interval
+            .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
+        let Some(full) = shared else {
+            return self.route(now, None, &p, expires_at).matched;
+        };
+        let members = self.router.shared_members(full);
+        if members.is_empty() {
+            self.stats.cluster_shared_unmatched += 1;
+            return 0;
+        }
+        let mut picker = OnlinePicker {
+            rng: &mut self.rng,
+            sessions: &self.sessions,
+            exclude: None,
+        };
+        let entry = members[picker.pick(members)];
+        let mut copies = RouteCopies::default();
+        let retain = entry.options.retain_as_published && p.retain;
+        self.deliver(
+            now,
+            entry.session,
+            &p,
+            qos_min(p.qos, entry.options.qos),
+            retain,
+            entry.id.into_iter().collect(),
+            expires_at,
+            Some(full.clone()),
+            &mut copies,
+        );
+        copies.release(&mut self.msgs);
+        1
+    }
+
+    /// A retained message (or, with an empty payload, the clearing of one) from
+    /// the cluster's retained store: this node's retained store takes it, and
+    /// subscriptions made here from now on see it. Nothing is delivered (the
+    /// live message reaches subscribers through
+    /// [`Broker::handle_cluster_publish`]). Every node applies every retained
+    /// message in the order of the cluster's store, its own included, so all
+    /// nodes end with the same one per topic. Returns false if the retained
+    /// store's limits refused it.
+    pub fn handle_cluster_retained(&mut self, now: Now, mut p: Publish) -> bool {
+        p.retain = true;
+        p.dup = false;
+        p.packet_id = None;
+        p.properties.topic_alias = None;
+        p.properties.subscription_identifiers = Vec::new();
+        let expires_at = p
+            .properties
+            .message_expiry_interval
+            .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
+        let ok = self.set_retained(now, &p, expires_at);
+        if !ok {
+            self.stats.retained_refused += 1;
+        }
+        ok
+    }
+
+    /// Another node of the cluster took the session of `client_id` over: a
+    /// client connected there with that identifier. The connection here (if
+    /// any) gets DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3] and closes
+    /// (its will follows as on a takeover here), and the session here ends:
+    /// it lives on the other node now. Returns whether there was one.
+    pub fn handle_session_claimed(&mut self, now: Now, client_id: &[u8]) -> bool {
+        let Some(&sk) = self.by_client_id.get(client_id) else {
+            return false;
+        };
+        self.stats.cluster_takeovers += 1;
+        if let Some(old) = self.sessions.get(sk).and_then(|s| s.conn) {
+            let ok = key(old);
+            self.push_disconnect(ok, ReasonCode::SessionTakenOver);
+            if let Some(c) = self.conns.get_mut(ok) {
+                c.start_closing();
+            }
+            self.events.push_back(Event::Close {
+                conn: old,
+                reason: ReasonCode::SessionTakenOver,
+            });
+            self.detach(
+                now,
+                ok,
+                sk,
+                true,
+                Ending::Server(ReasonCode::SessionTakenOver),
+            );
+        }
+        self.end_session(now, sk);
+        true
+    }
+}
+
+/// The filter as an owned value (an interest outlives the packet it came in).
+fn owned_filter(filter: &TopicFilter) -> TopicFilter {
+    TopicFilter::new(Bytes::copy_from_slice(filter.as_bytes())).unwrap_or_else(|_| filter.clone())
+}

@@ -1,0 +1,757 @@
+//! The node's transport: a thread of its own running the NATS client (async-nats
+//! on a single-threaded tokio runtime), so that the broker's thread, whatever
+//! runtime drives it, never waits on the network.
+//!
+//! The broker's thread hands the core's [`ClusterOp`]s and its session claims
+//! over with [`ClusterNode::submit`] and [`ClusterNode::claim`] (never blocking),
+//! and takes what the cluster sends with [`ClusterNode::poll_inbound`] (a waker,
+//! no runtime needed). On the thread:
+//!
+//! - **Interest**: a local filter's first subscription subscribes its subjects
+//!   ([`SubjectMap::filter_to_subjects`]) on the node's main connection, which
+//!   is opened with `no_echo`: what this node forwards never comes back to it.
+//!   A shared group's first local member joins the NATS queue group of
+//!   `(group, filter)` on a second connection (with echo, so that the node
+//!   that published can be the one chosen).
+//! - **Forward**: published on the topic's subject with the properties as
+//!   headers ([`crate::wire`]); a retained message is also put in the retained
+//!   bucket (an empty one deletes its key).
+//! - **Retained**: a JetStream key-value bucket, one value per topic. Every node
+//!   reads all of it when it starts ([`ClusterNode::start`] returns it) and
+//!   follows its changes, so a subscription on any node sees the same retained
+//!   messages.
+//! - **Sessions**: a key-value bucket from client identifier to the node that
+//!   holds its session. A node that accepts a client puts its own name there;
+//!   every node watches the bucket, and one whose client was claimed by another
+//!   node with a later revision than its own claim hands
+//!   [`Inbound::Claimed`] to the core, which closes the old connection with
+//!   0x8E. The revisions order claims that race: the later one wins on both
+//!   nodes.
+//!
+//! Delivery between nodes is NATS core's: at most once, in order per publisher.
+//! A QoS 1 or 2 message reaches another node's subscribers unless a node or the
+//! connection between it and NATS fails while the message is on its way.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use broker_state::ClusterOp;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use mqtt_proto::{Publish, TopicFilter, TopicName};
+use tokio::sync::mpsc;
+
+use crate::wire;
+use crate::SubjectMap;
+
+/// How a node joins the cluster (`[cluster]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// This node's name, unique in the cluster.
+    pub node_id: String,
+    /// NATS servers (`nats://host:port`, `tls://host:port`), tried in turn.
+    pub servers: Vec<String>,
+    /// The first token(s) of every subject and the buckets' names.
+    pub prefix: String,
+    /// User name and password for NATS.
+    pub user: Option<(String, String)>,
+    /// A token for NATS.
+    pub token: Option<String>,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// CA certificates (PEM) that the NATS servers' certificates chain to.
+    pub tls_ca: Option<PathBuf>,
+    /// Refuse to talk to NATS without TLS.
+    pub tls_required: bool,
+    /// Copies JetStream keeps of the buckets (1 for a single NATS server, 3
+    /// for a cluster of three or more).
+    pub replicas: usize,
+    /// How long [`ClusterNode::start`] waits for NATS.
+    pub connect_timeout: Duration,
+}
+
+impl Settings {
+    /// Defaults for `node_id` on `servers`.
+    pub fn new(node_id: &str, servers: Vec<String>) -> Settings {
+        Settings {
+            node_id: node_id.to_owned(),
+            servers,
+            prefix: crate::DEFAULT_PREFIX.to_owned(),
+            user: None,
+            token: None,
+            credentials_file: None,
+            tls_ca: None,
+            tls_required: false,
+            replicas: 1,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn bucket(&self, what: &str) -> String {
+        // Bucket names allow `A-Z a-z 0-9 - _`; the prefix's dots become `_`.
+        format!("{}_{what}", self.prefix.replace('.', "_"))
+    }
+}
+
+/// What the cluster sends this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A message another node accepted, for the local non-shared subscribers
+    /// (`shared` `None`) or for one member of a shared group.
+    Publish {
+        /// The message.
+        publish: Publish,
+        /// The `$share/{group}/{filter}` it was chosen for.
+        shared: Option<TopicFilter>,
+    },
+    /// The retained message of a topic changed (`None`: cleared).
+    Retained {
+        /// The topic.
+        topic: TopicName,
+        /// The message, its expiry interval what is left of it.
+        publish: Option<Publish>,
+    },
+    /// Another node took the session of this client identifier over.
+    Claimed(Bytes),
+    /// The forwards submitted with this ticket (and every earlier one) are
+    /// flushed to NATS.
+    Forwarded(u64),
+}
+
+/// Why the node could not join.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// What the node did, for metrics and logs.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages forwarded to NATS.
+    pub forwarded: AtomicU64,
+    /// Forwards dropped: the queue to the NATS thread was full, or the subject
+    /// would be longer than NATS takes.
+    pub forward_dropped: AtomicU64,
+    /// Messages received from other nodes (after duplicates).
+    pub received: AtomicU64,
+    /// Copies dropped as duplicates (overlapping subscriptions).
+    pub duplicates: AtomicU64,
+    /// Messages from NATS that did not decode.
+    pub malformed: AtomicU64,
+    /// Retained messages or session claims that JetStream refused.
+    pub jetstream_errors: AtomicU64,
+}
+
+/// The most forwards waiting for the NATS thread; beyond it they are dropped
+/// (and counted), so a NATS outage cannot grow the broker's memory without
+/// bound.
+pub const MAX_QUEUED_FORWARDS: usize = 65_536;
+
+/// The longest subject forwarded (NATS's default control line is 4 KiB).
+pub const MAX_SUBJECT_LEN: usize = 3_840;
+
+enum Command {
+    /// The ops, how many of them are forwards, and the ticket to report once
+    /// they are flushed.
+    Ops(Vec<ClusterOp>, u64, Option<u64>),
+    Claim(Bytes),
+    Shutdown,
+}
+
+/// This node's link to the cluster. Owned by the broker's thread.
+pub struct ClusterNode {
+    commands: mpsc::UnboundedSender<Command>,
+    inbound: mpsc::Receiver<Inbound>,
+    queued: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClusterNode {
+    /// Connects to NATS, creates (or opens) the buckets, reads the retained
+    /// messages, and starts the node's thread. Returns the node and the
+    /// cluster's retained messages, for the core before it serves anyone.
+    pub fn start(settings: Settings) -> Result<(ClusterNode, Vec<Publish>), StartError> {
+        let map = SubjectMap::new(&settings.prefix)
+            .map_err(|e| StartError(format!("cluster prefix: {e}")))?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::channel(4096);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let queued = Arc::new(AtomicUsize::new(0));
+        let timeout = settings.connect_timeout;
+        let thread = {
+            let (counters, queued) = (counters.clone(), queued.clone());
+            std::thread::Builder::new()
+                .name("brokk-cluster".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(StartError(format!("runtime: {e}"))));
+                            return;
+                        }
+                    };
+                    rt.block_on(run(
+                        settings, map, cmd_rx, in_tx, ready_tx, counters, queued,
+                    ));
+                })
+                .map_err(|e| StartError(format!("cannot start the cluster thread: {e}")))?
+        };
+        let retained = match ready_rx.recv_timeout(timeout + Duration::from_secs(5)) {
+            Ok(Ok(retained)) => retained,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = cmd_tx.send(Command::Shutdown);
+                return Err(StartError(format!(
+                    "NATS did not answer within {} s",
+                    timeout.as_secs()
+                )));
+            }
+        };
+        Ok((
+            ClusterNode {
+                commands: cmd_tx,
+                inbound: in_rx,
+                queued,
+                counters,
+                thread: Some(thread),
+            },
+            retained,
+        ))
+    }
+
+    /// Hands the core's cluster effects to the NATS thread; with a `ticket`,
+    /// [`Inbound::Forwarded`] says when they are flushed to NATS. QoS 0
+    /// forwards beyond [`MAX_QUEUED_FORWARDS`] waiting are dropped and
+    /// counted (QoS 1 and 2 ones hold their publishers' acknowledgements, which
+    /// bounds them).
+    pub fn submit(&self, mut ops: Vec<ClusterOp>, ticket: Option<u64>) {
+        let forwards = ops
+            .iter()
+            .filter(|o| matches!(o, ClusterOp::Forward(_)))
+            .count();
+        let waiting = self.queued.load(Ordering::Relaxed);
+        if waiting + forwards > MAX_QUEUED_FORWARDS {
+            let before = ops.len();
+            ops.retain(
+                |o| !matches!(o, ClusterOp::Forward(p) if p.qos == mqtt_proto::QoS::AtMostOnce),
+            );
+            self.counters
+                .forward_dropped
+                .fetch_add((before - ops.len()) as u64, Ordering::Relaxed);
+        }
+        if ops.is_empty() && ticket.is_none() {
+            return;
+        }
+        let n = ops
+            .iter()
+            .filter(|o| matches!(o, ClusterOp::Forward(_)))
+            .count();
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        let _ = self.commands.send(Command::Ops(ops, n as u64, ticket));
+    }
+
+    /// This node accepted a client with this identifier: its session is here
+    /// now.
+    pub fn claim(&self, client_id: Bytes) {
+        let _ = self.commands.send(Command::Claim(client_id));
+    }
+
+    /// Moves what arrived into `out` (at most 1,024 at a time); when nothing
+    /// has, registers `cx`'s waker and is pending. `Ready` with nothing in
+    /// `out` means the node's thread has ended.
+    pub fn poll_inbound(&mut self, cx: &mut Context<'_>, out: &mut Vec<Inbound>) -> Poll<()> {
+        match self.inbound.poll_recv_many(cx, out, 1024) {
+            Poll::Ready(_) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// What the node did so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Flushes what was forwarded and closes the connections.
+    pub fn shutdown(mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+    }
+}
+
+async fn connect(
+    settings: &Settings,
+    no_echo: bool,
+    what: &str,
+) -> Result<async_nats::Client, StartError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("brokk {} {what}", settings.node_id))
+        .connection_timeout(settings.connect_timeout)
+        .max_reconnects(None)
+        .subscription_capacity(65_536)
+        .require_tls(settings.tls_required);
+    if no_echo {
+        opts = opts.no_echo();
+    }
+    if let Some((user, password)) = &settings.user {
+        opts = opts.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &settings.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some(path) = &settings.credentials_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| StartError(format!("NATS credentials {}: {e}", path.display())))?;
+    }
+    if let Some(ca) = &settings.tls_ca {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    let addrs: Vec<async_nats::ServerAddr> = settings
+        .servers
+        .iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|e| StartError(format!("NATS server {s:?}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    opts.connect(addrs).await.map_err(|e| {
+        StartError(format!(
+            "cannot connect to NATS at {}: {e}",
+            settings.servers.join(", ")
+        ))
+    })
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    settings: &Settings,
+    what: &str,
+) -> Result<jetstream::kv::Store, StartError> {
+    let name = settings.bucket(what);
+    js.create_or_update_key_value(jetstream::kv::Config {
+        bucket: name.clone(),
+        description: format!("brokk {what}"),
+        history: 1,
+        num_replicas: settings.replicas.max(1),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| StartError(format!("JetStream bucket {name}: {e}")))
+}
+
+/// A message from one of the node's subscriptions, and the shared group it was
+/// chosen for (`None`: a non-shared subscription).
+type Arrival = (async_nats::Message, Option<TopicFilter>);
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    settings: Settings,
+    map: SubjectMap,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    inbound: mpsc::Sender<Inbound>,
+    ready: std::sync::mpsc::Sender<Result<Vec<Publish>, StartError>>,
+    counters: Arc<Counters>,
+    queued: Arc<AtomicUsize>,
+) {
+    let started = async {
+        let main = connect(&settings, true, "main").await?;
+        let queues = connect(&settings, false, "shared").await?;
+        let js = jetstream::new(main.clone());
+        let retained = bucket(&js, &settings, "retained").await?;
+        let sessions = bucket(&js, &settings, "sessions").await?;
+        let claims = sessions
+            .watch_all()
+            .await
+            .map_err(|e| StartError(format!("watching the sessions bucket: {e}")))?;
+        let mut watch = retained
+            .watch_with_history(">")
+            .await
+            .map_err(|e| StartError(format!("reading the retained bucket: {e}")))?;
+        let status = retained
+            .status()
+            .await
+            .map_err(|e| StartError(format!("reading the retained bucket: {e}")))?;
+        let mut initial = Vec::new();
+        let mut left = status.values();
+        while left > 0 {
+            let Some(entry) = watch.next().await else {
+                break;
+            };
+            let entry =
+                entry.map_err(|e| StartError(format!("reading the retained bucket: {e}")))?;
+            if let Some(Inbound::Retained {
+                publish: Some(p), ..
+            }) = retained_entry(&entry, &counters)
+            {
+                initial.push(p);
+            }
+            left = entry.delta;
+        }
+        Ok::<_, StartError>((main, queues, retained, sessions, claims, watch, initial))
+    };
+    let (main, queues, retained, sessions, mut claims, mut watch, initial) = match started.await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    if ready.send(Ok(initial)).is_err() {
+        return;
+    }
+    tracing::info!(
+        node = settings.node_id,
+        servers = settings.servers.join(","),
+        "joined the cluster"
+    );
+    let (arrive_tx, mut arrivals) = mpsc::channel::<Arrival>(4096);
+    let (claimed_tx, mut claimed) = mpsc::unbounded_channel::<(String, Result<u64, String>)>();
+    let mut subscriptions: HashMap<TopicFilter, Vec<tokio::task::AbortHandle>> = HashMap::new();
+    let mut dedup = wire::Dedup::default();
+    // Numbers start at the wall clock in microseconds, so that a node that
+    // restarts keeps numbering above what the others remember of it.
+    let mut seq = unix_ms().saturating_mul(1000);
+    // Claims under way (a remote claim seen meanwhile: the latest), and this
+    // node's latest claim per client.
+    let mut pending: HashMap<String, Option<u64>> = HashMap::new();
+    let mut owned: HashMap<String, u64> = HashMap::new();
+    let me = settings.node_id.clone();
+    let mut shutdown = false;
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None | Some(Command::Shutdown) => break,
+                Some(Command::Claim(client_id)) => {
+                    claim(&sessions, &me, &claimed_tx, &mut pending, client_id);
+                }
+                Some(Command::Ops(ops, forwards, ticket)) => {
+                    let mut ticket = ticket;
+                    let mut batch = Some((ops, forwards));
+                    // Everything waiting goes out before one flush.
+                    while let Some((ops, forwards)) = batch.take() {
+                    for op in ops {
+                        match op {
+                            ClusterOp::Interest { filter, on: true } => {
+                                let handles = subscribe(&map, &main, &queues, &filter, &arrive_tx).await;
+                                if let Some(old) = subscriptions.insert(filter, handles) {
+                                    old.iter().for_each(|h| h.abort());
+                                }
+                            }
+                            ClusterOp::Interest { filter, on: false } => {
+                                if let Some(handles) = subscriptions.remove(&filter) {
+                                    handles.iter().for_each(|h| h.abort());
+                                }
+                            }
+                            ClusterOp::Forward(p) => {
+                                seq += 1;
+                                forward(&map, &main, &retained, &p, &me, seq, &counters).await;
+                            }
+                        }
+                    }
+                    queued.fetch_sub(forwards as usize, Ordering::Relaxed);
+                    match commands.try_recv() {
+                        Ok(Command::Ops(o, f, t)) => {
+                            ticket = t.or(ticket);
+                            batch = Some((o, f));
+                        }
+                        Ok(Command::Claim(client_id)) => claim(&sessions, &me, &claimed_tx, &mut pending, client_id),
+                        Ok(Command::Shutdown) => {
+                            shutdown = true;
+                        }
+                        Err(_) => {}
+                    }
+                    }
+                    if let Some(ticket) = ticket {
+                        if let Err(e) = main.flush().await {
+                            tracing::warn!(error = %e, "flushing forwards to NATS");
+                        }
+                        if inbound.send(Inbound::Forwarded(ticket)).await.is_err() {
+                            break;
+                        }
+                    }
+                    if shutdown {
+                        break;
+                    }
+                }
+            },
+            Some((message, shared)) = arrivals.recv() => {
+                let Some(inbound_msg) = arrival(&map, message, shared, &mut dedup, &counters) else {
+                    continue;
+                };
+                if inbound.send(inbound_msg).await.is_err() {
+                    break;
+                }
+            }
+            Some(entry) = watch.next() => {
+                match entry {
+                    Ok(entry) => {
+                        if let Some(i) = retained_entry(&entry, &counters) {
+                            if inbound.send(i).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "retained bucket watch");
+                    }
+                }
+            }
+            Some(entry) = claims.next() => {
+                let Ok(entry) = entry else { continue };
+                if entry.operation != jetstream::kv::Operation::Put || entry.value[..] == *me.as_bytes() {
+                    continue;
+                }
+                if let Some(slot) = pending.get_mut(&entry.key) {
+                    *slot = Some(slot.map_or(entry.revision, |r| r.max(entry.revision)));
+                    continue;
+                }
+                if owned.get(&entry.key).is_some_and(|&r| r > entry.revision) {
+                    continue;
+                }
+                owned.remove(&entry.key);
+                if let Some(id) = claim_id(&entry.key) {
+                    if inbound.send(Inbound::Claimed(id)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some((key, result)) = claimed.recv() => {
+                let later = pending.remove(&key).flatten();
+                match result {
+                    Ok(revision) => {
+                        if later.is_some_and(|r| r > revision) {
+                            if let Some(id) = claim_id(&key) {
+                                if inbound.send(Inbound::Claimed(id)).await.is_err() {
+                                    break;
+                                }
+                            }
+                        } else {
+                            owned.insert(key, revision);
+                        }
+                    }
+                    Err(e) => {
+                        counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = e, "claiming a session in the sessions bucket");
+                    }
+                }
+            }
+        }
+    }
+    let _ = main.flush().await;
+    let _ = queues.flush().await;
+}
+
+/// Puts this node's name under the client's key, on a task of its own; the
+/// revision comes back on `done`.
+fn claim(
+    sessions: &jetstream::kv::Store,
+    me: &str,
+    done: &mpsc::UnboundedSender<(String, Result<u64, String>)>,
+    pending: &mut HashMap<String, Option<u64>>,
+    client_id: Bytes,
+) {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&client_id);
+    pending.entry(key.clone()).or_insert(None);
+    let (sessions, tx, node) = (sessions.clone(), done.clone(), me.to_owned());
+    tokio::spawn(async move {
+        let r = sessions
+            .put(&key, Bytes::from(node))
+            .await
+            .map_err(|e| e.to_string());
+        let _ = tx.send((key, r));
+    });
+}
+
+fn claim_id(key: &str) -> Option<Bytes> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()
+        .map(Bytes::from)
+}
+
+/// Subscribes a filter's subjects; each subscription's messages go to
+/// `arrivals` from a task of its own (aborting it unsubscribes).
+async fn subscribe(
+    map: &SubjectMap,
+    main: &async_nats::Client,
+    queues: &async_nats::Client,
+    filter: &TopicFilter,
+    arrivals: &mpsc::Sender<Arrival>,
+) -> Vec<tokio::task::AbortHandle> {
+    let (subjects, queue, shared) = match filter.shared() {
+        Some((group, f)) => (
+            map.filter_to_subjects(f),
+            Some(map.shared_queue_group(group, f)),
+            Some(filter.clone()),
+        ),
+        None => (map.filter_to_subjects(filter.as_str()), None, None),
+    };
+    let mut handles = Vec::with_capacity(subjects.len());
+    for subject in subjects {
+        let sub = match &queue {
+            Some(q) => queues.queue_subscribe(subject.clone(), q.clone()).await,
+            None => main.subscribe(subject.clone()).await,
+        };
+        let mut sub = match sub {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(subject, error = %e, "NATS subscription refused");
+                continue;
+            }
+        };
+        let (tx, shared) = (arrivals.clone(), shared.clone());
+        let task = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if tx.send((m, shared.clone())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        handles.push(task.abort_handle());
+    }
+    handles
+}
+
+async fn forward(
+    map: &SubjectMap,
+    main: &async_nats::Client,
+    retained: &jetstream::kv::Store,
+    p: &Publish,
+    me: &str,
+    seq: u64,
+    counters: &Counters,
+) {
+    let subject = map.topic_to_subject(p.topic.as_str());
+    if subject.len() > MAX_SUBJECT_LEN {
+        counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut headers = HeaderMap::new();
+    for (name, value) in wire::to_headers(p, me, seq) {
+        headers.append(name, value.as_str());
+    }
+    match main
+        .publish_with_headers(subject, headers, p.payload.clone())
+        .await
+    {
+        Ok(()) => {
+            counters.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "forwarding to NATS");
+        }
+    }
+    if p.retain {
+        let key = wire::retained_key(p.topic.as_str());
+        let result = if p.payload.is_empty() {
+            retained.delete(&key).await.map_err(|e| e.to_string())
+        } else {
+            retained
+                .put(&key, wire::retained_value(p, unix_ms()))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
+            counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = e, "storing a retained message in JetStream");
+        }
+    }
+}
+
+fn arrival(
+    map: &SubjectMap,
+    m: async_nats::Message,
+    shared: Option<TopicFilter>,
+    dedup: &mut wire::Dedup,
+    counters: &Counters,
+) -> Option<Inbound> {
+    let malformed = || {
+        counters.malformed.fetch_add(1, Ordering::Relaxed);
+        None
+    };
+    let Some(topic) = map
+        .subject_to_topic(m.subject.as_str())
+        .and_then(|t| TopicName::new(Bytes::from(t)).ok())
+    else {
+        return malformed();
+    };
+    let Some(headers) = &m.headers else {
+        return malformed();
+    };
+    let decoded = wire::from_headers(
+        topic,
+        |name| headers.get_all(name).map(|v| v.as_str()),
+        m.payload.clone(),
+    );
+    let Ok((publish, origin)) = decoded else {
+        return malformed();
+    };
+    // A shared group's copy is its own (each group gets one); only the
+    // non-shared subscriptions overlap.
+    if shared.is_none() && !dedup.first(&origin.node, origin.seq) {
+        counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    counters.received.fetch_add(1, Ordering::Relaxed);
+    Some(Inbound::Publish { publish, shared })
+}
+
+fn retained_entry(entry: &jetstream::kv::Entry, counters: &Counters) -> Option<Inbound> {
+    let Some(topic) = wire::retained_topic(&entry.key) else {
+        counters.malformed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    if entry.operation != jetstream::kv::Operation::Put {
+        return Some(Inbound::Retained {
+            topic,
+            publish: None,
+        });
+    }
+    match wire::from_retained_value(&entry.value, unix_ms()) {
+        Ok(publish) => Some(Inbound::Retained { topic, publish }),
+        Err(_) => {
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

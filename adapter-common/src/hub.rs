@@ -297,6 +297,11 @@ impl<W: Wake> Hub<W> {
         self.cluster = Some(node);
     }
 
+    /// This node's link to the cluster, if it is one (for its counters).
+    pub fn cluster(&self) -> Option<&brokk_cluster::ClusterNode> {
+        self.cluster.as_ref()
+    }
+
     /// This node's link to the cluster, if it is one.
     pub fn cluster_mut(&mut self) -> Option<&mut brokk_cluster::ClusterNode> {
         self.cluster.as_mut()
@@ -331,9 +336,14 @@ impl<W: Wake> Hub<W> {
                     });
                     self.broker.handle_cluster_retained(now, publish);
                 }
-                brokk_cluster::Inbound::Forwarded(ticket) => {
+                brokk_cluster::Inbound::Forwarded { ticket, ok } => {
                     Tickets::completed(&mut self.tickets.cluster, ticket);
-                    self.broker.handle_store_committed(now, self.tickets.done());
+                    if ok {
+                        let done = self.tickets.done();
+                        self.broker.handle_store_committed(now, done);
+                    } else {
+                        self.broker.handle_store_failed(now, ticket);
+                    }
                 }
                 brokk_cluster::Inbound::Claimed(client_id) => {
                     if self.broker.handle_session_claimed(now, &client_id) {

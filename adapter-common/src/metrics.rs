@@ -80,6 +80,8 @@ pub struct Snapshot {
     pub hub: HubCounters,
     /// The durable store's counters, when there is one.
     pub store: Option<brokk_store::StoreStats>,
+    /// What this node's cluster transport did (a node of a cluster only).
+    pub cluster: Option<[(&'static str, u64); 6]>,
     /// Lifecycle events sent to the webhook, retried, dropped (when configured).
     pub lifecycle: Option<[(&'static str, u64); 4]>,
     /// HTTP requests served, by endpoint and status.
@@ -264,6 +266,7 @@ pub fn render(s: &Snapshot) -> String {
             ("retained_expired", st.retained_expired),
             ("not_authorized", st.publish_not_authorized),
             ("store_failure", st.store_failures_refused),
+            ("cluster_shared_group_gone", st.cluster_shared_unmatched),
         ]
         .map(|(cause, n)| (l(&[("cause", cause)]), n)),
     );
@@ -274,6 +277,7 @@ pub fn render(s: &Snapshot) -> String {
         [
             ("offline_queue_overflow", st.sessions_ended_by_overflow),
             ("taken_over", st.takeovers),
+            ("taken_over_by_another_node", st.cluster_takeovers),
         ]
         .map(|(reason, n)| (l(&[("reason", reason)]), n)),
     );
@@ -304,6 +308,14 @@ pub fn render(s: &Snapshot) -> String {
         "QoS 1 messages of shared subscriptions sent to another member",
         st.shared_redeliveries,
     );
+    if let Some(cluster) = &s.cluster {
+        family(
+            &mut r,
+            "cluster_messages",
+            "Messages this node forwarded to the cluster or received from it, by outcome",
+            cluster.map(|(outcome, n)| (l(&[("outcome", outcome)]), n)),
+        );
+    }
     if let Some(store) = &s.store {
         counter(
             &mut r,

@@ -120,8 +120,14 @@ pub enum Inbound {
     /// Another node took the session of this client identifier over.
     Claimed(Bytes),
     /// The forwards submitted with this ticket (and every earlier one) are
-    /// flushed to NATS.
-    Forwarded(u64),
+    /// flushed to NATS; `ok` is false when a retained message among them could
+    /// not be stored in JetStream (its publisher must not hear it was).
+    Forwarded {
+        /// The ticket given to [`ClusterNode::submit`].
+        ticket: u64,
+        /// Everything was handed over.
+        ok: bool,
+    },
 }
 
 /// Why the node could not join.
@@ -152,6 +158,21 @@ pub struct Counters {
     pub malformed: AtomicU64,
     /// Retained messages or session claims that JetStream refused.
     pub jetstream_errors: AtomicU64,
+}
+
+impl Counters {
+    /// Each counter with its name, for metrics.
+    pub fn outcomes(&self) -> [(&'static str, u64); 6] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("forwarded", v(&self.forwarded)),
+            ("forward_dropped", v(&self.forward_dropped)),
+            ("received", v(&self.received)),
+            ("duplicate", v(&self.duplicates)),
+            ("malformed", v(&self.malformed)),
+            ("jetstream_error", v(&self.jetstream_errors)),
+        ]
+    }
 }
 
 /// The most forwards waiting for the NATS thread; beyond it they are dropped
@@ -357,15 +378,30 @@ async fn bucket(
     what: &str,
 ) -> Result<jetstream::kv::Store, StartError> {
     let name = settings.bucket(what);
-    js.create_or_update_key_value(jetstream::kv::Config {
-        bucket: name.clone(),
-        description: format!("brokk {what}"),
-        history: 1,
-        num_replicas: settings.replicas.max(1),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| StartError(format!("JetStream bucket {name}: {e}")))
+    // A NATS cluster that is starting too elects its JetStream leader first:
+    // until then the bucket is refused. Ask again until the connect timeout.
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    loop {
+        let made = js
+            .create_or_update_key_value(jetstream::kv::Config {
+                bucket: name.clone(),
+                description: format!("brokk {what}"),
+                history: 1,
+                num_replicas: settings.replicas.max(1),
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(store) => return Ok(store),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(StartError(format!("JetStream bucket {name}: {e}")));
+            }
+            Err(e) => {
+                tracing::debug!(bucket = name, error = %e, "JetStream not ready; asking again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
 }
 
 /// A message from one of the node's subscriptions, and the shared group it was
@@ -402,6 +438,7 @@ async fn run(
             .map_err(|e| StartError(format!("reading the retained bucket: {e}")))?;
         let mut initial = Vec::new();
         let mut left = status.values();
+        let mut last = 0;
         while left > 0 {
             let Some(entry) = watch.next().await else {
                 break;
@@ -415,7 +452,13 @@ async fn run(
                 initial.push(p);
             }
             left = entry.delta;
+            last = entry.revision;
         }
+        // Each watch is followed by a task that starts it again after the
+        // revision it saw last when it fails (its consumer lived on a NATS
+        // server that went away).
+        let watch = follow(retained.clone(), watch, last, Resume::FromRevision);
+        let claims = follow(sessions.clone(), claims, 0, Resume::NewOnly);
         Ok::<_, StartError>((main, queues, retained, sessions, claims, watch, initial))
     };
     let (main, queues, retained, sessions, mut claims, mut watch, initial) = match started.await {
@@ -455,6 +498,7 @@ async fn run(
                 }
                 Some(Command::Ops(ops, forwards, ticket)) => {
                     let mut ticket = ticket;
+                    let mut ok = true;
                     let mut batch = Some((ops, forwards));
                     // Everything waiting goes out before one flush.
                     while let Some((ops, forwards)) = batch.take() {
@@ -473,7 +517,7 @@ async fn run(
                             }
                             ClusterOp::Forward(p) => {
                                 seq += 1;
-                                forward(&map, &main, &retained, &p, &me, seq, &counters).await;
+                                ok &= forward(&map, &main, &retained, &p, &me, seq, &counters, settings.connect_timeout).await;
                             }
                         }
                     }
@@ -494,7 +538,7 @@ async fn run(
                         if let Err(e) = main.flush().await {
                             tracing::warn!(error = %e, "flushing forwards to NATS");
                         }
-                        if inbound.send(Inbound::Forwarded(ticket)).await.is_err() {
+                        if inbound.send(Inbound::Forwarded { ticket, ok }).await.is_err() {
                             break;
                         }
                     }
@@ -511,23 +555,14 @@ async fn run(
                     break;
                 }
             }
-            Some(entry) = watch.next() => {
-                match entry {
-                    Ok(entry) => {
-                        if let Some(i) = retained_entry(&entry, &counters) {
-                            if inbound.send(i).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "retained bucket watch");
+            Some(entry) = watch.recv() => {
+                if let Some(i) = retained_entry(&entry, &counters) {
+                    if inbound.send(i).await.is_err() {
+                        break;
                     }
                 }
             }
-            Some(entry) = claims.next() => {
-                let Ok(entry) = entry else { continue };
+            Some(entry) = claims.recv() => {
                 if entry.operation != jetstream::kv::Operation::Put || entry.value[..] == *me.as_bytes() {
                     continue;
                 }
@@ -569,6 +604,67 @@ async fn run(
     }
     let _ = main.flush().await;
     let _ = queues.flush().await;
+}
+
+/// How a watch starts again after it failed.
+#[derive(Clone, Copy)]
+enum Resume {
+    /// Every change after the last one seen (the retained bucket: each node
+    /// must apply every change).
+    FromRevision,
+    /// Only changes from now on (session claims: an old claim must not close
+    /// a newer connection; the revisions decide the rest).
+    NewOnly,
+}
+
+/// Follows `watch` on a task of its own, handing its entries over; when the
+/// watch fails (its ephemeral consumer was on a NATS server that died, a
+/// heartbeat was missed), it is started again, twice a second until that
+/// works.
+fn follow(
+    store: jetstream::kv::Store,
+    mut watch: jetstream::kv::Watch,
+    mut last: u64,
+    resume: Resume,
+) -> mpsc::Receiver<jetstream::kv::Entry> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        loop {
+            match watch.next().await {
+                Some(Ok(entry)) => {
+                    last = entry.revision;
+                    if tx.send(entry).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(bucket = store.name, error = %e, "bucket watch failed; watching again");
+                }
+                None => tracing::warn!(bucket = store.name, "bucket watch ended; watching again"),
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let again = match resume {
+                    Resume::FromRevision => store.watch_all_from_revision(last + 1).await,
+                    Resume::NewOnly => store.watch_all().await,
+                };
+                match again {
+                    Ok(w) => {
+                        watch = w;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(bucket = store.name, error = %e, "cannot watch the bucket yet")
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// Puts this node's name under the client's key, on a task of its own; the
@@ -644,6 +740,10 @@ async fn subscribe(
     handles
 }
 
+/// Publishes a forward (and stores a retained one). Returns false when a
+/// retained message could not be stored within `patience` (JetStream without
+/// a leader for that long).
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     map: &SubjectMap,
     main: &async_nats::Client,
@@ -652,11 +752,12 @@ async fn forward(
     me: &str,
     seq: u64,
     counters: &Counters,
-) {
+    patience: Duration,
+) -> bool {
     let subject = map.topic_to_subject(p.topic.as_str());
     if subject.len() > MAX_SUBJECT_LEN {
         counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+        return true;
     }
     let mut headers = HeaderMap::new();
     for (name, value) in wire::to_headers(p, me, seq) {
@@ -674,20 +775,35 @@ async fn forward(
             tracing::warn!(error = %e, "forwarding to NATS");
         }
     }
-    if p.retain {
-        let key = wire::retained_key(p.topic.as_str());
+    if !p.retain {
+        return true;
+    }
+    // JetStream answers "no stream" or times out while the bucket's servers
+    // elect a new leader (one of them died): ask again for a while.
+    let key = wire::retained_key(p.topic.as_str());
+    let value = wire::retained_value(p, unix_ms());
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
         let result = if p.payload.is_empty() {
             retained.delete(&key).await.map_err(|e| e.to_string())
         } else {
             retained
-                .put(&key, wire::retained_value(p, unix_ms()))
+                .put(&key, value.clone())
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
-        if let Err(e) = result {
-            counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = e, "storing a retained message in JetStream");
+        match result {
+            Ok(()) => return true,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = e, "storing a retained message in JetStream failed");
+                return false;
+            }
+            Err(e) => {
+                tracing::debug!(error = e, "storing a retained message in JetStream; again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
     }
 }

@@ -22,6 +22,8 @@
 //!   polling their event loops.
 //! - [`ws`]: a hand-written WebSocket client, for frames shaped as no library
 //!   shapes them.
+//! - [`nats`]: a NATS cluster with JetStream (nats-server processes) for the
+//!   cluster tests.
 //! - [`process`]: outside programs: the `brokk` binary, mosquitto clients, Python and
 //!   Node scripts, always run with a deadline.
 //!
@@ -46,6 +48,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+pub mod nats;
 pub mod process;
 pub mod raw;
 pub mod rumqtt;

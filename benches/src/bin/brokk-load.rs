@@ -126,6 +126,14 @@ struct RunArgs {
     /// to disk before they are acknowledged
     #[arg(long)]
     persistent: bool,
+    /// Subscribers connect to this port instead (another node of a brokk
+    /// cluster: the cross-node case); the flow waits `--settle` seconds after
+    /// subscribing so that the interest reaches the publishers' node
+    #[arg(long)]
+    sub_port: Option<u16>,
+    /// Seconds between subscribing and publishing with --sub-port
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
     /// Connections opened by idle-conns
     #[arg(long, default_value_t = 10_000)]
     conns: usize,
@@ -203,6 +211,12 @@ fn run(args: RunArgs) -> ExitCode {
                     spec.window = window;
                 }
                 spec.persistent = args.persistent;
+                spec.subscriber_addr = args.sub_port.map(|p| SocketAddr::new(args.host, p));
+                spec.settle = secs(if args.sub_port.is_some() {
+                    args.settle
+                } else {
+                    0.0
+                });
                 if args.sink {
                     let (sink_addr, _) = sink::spawn(None);
                     addr = sink_addr;
@@ -295,6 +309,8 @@ fn ceiling(duration: f64, sink_cpu: usize, gen_cpu: Option<usize>, tags: Vec<Str
                 batch: 64,
                 latency: false,
                 persistent: false,
+                subscriber_addr: None,
+                settle: Duration::ZERO,
             };
             let sink_cpu = CpuMeter::start(sink_stat.clone());
             let started = std::time::Instant::now();

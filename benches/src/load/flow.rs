@@ -131,6 +131,11 @@ pub struct FlowSpec {
     /// Subscribers keep persistent sessions (a durable broker then writes every
     /// QoS 1/2 message for them to disk before acknowledging it).
     pub persistent: bool,
+    /// Subscribers connect here instead of to the publishers' broker (another
+    /// node of a cluster); the flow starts once a probe has crossed.
+    pub subscriber_addr: Option<SocketAddr>,
+    /// Wait between the subscriptions and the first publish.
+    pub settle: Duration,
 }
 
 #[derive(Default)]
@@ -608,8 +613,10 @@ pub async fn run(
         let filter = t.filter(s, spec.qos);
         let (version, qos, persistent) = (spec.version, spec.qos, spec.persistent);
         let id = format!("bl-{tag}-s{s}");
+        let sub_addr = spec.subscriber_addr.unwrap_or(addr);
         subs.push(tokio::task::spawn_local(async move {
-            let mut session = client::connect(addr, None, version, &id, 300, persistent).await?;
+            let mut session =
+                client::connect(sub_addr, None, version, &id, 300, persistent).await?;
             session.subscribe(&filter, qos).await?;
             Ok::<_, ConnectError>(session)
         }));
@@ -628,6 +635,10 @@ pub async fn run(
             Ok(s) => sub_sessions.push(s),
             Err(e) => setup_failures.push(format!("subscriber: {e}")),
         }
+    }
+    // Another node's subscriptions take a moment to reach the publishers' node.
+    if !spec.settle.is_zero() {
+        tokio::time::sleep(spec.settle).await;
     }
     let mut pub_sessions = Vec::new();
     for h in pubs {

@@ -155,6 +155,8 @@ pub fn flow_spec(
         batch: if rate.is_some() { 1 } else { 64 },
         latency: rate.is_some(),
         persistent: false,
+        subscriber_addr: None,
+        settle: Duration::ZERO,
     })
 }
 
@@ -208,6 +210,8 @@ mod tests {
                 batch: 8,
                 latency: false,
                 persistent: false,
+                subscriber_addr: None,
+                settle: Duration::ZERO,
             };
             let r = tokio::task::LocalSet::new().block_on(
                 &rt,

@@ -1,0 +1,588 @@
+//! Several brokk nodes acting as one broker over NATS with JetStream (issue 21):
+//! a 3-server NATS cluster with JetStream and 3 brokk binaries on loopback, each
+//! node connected to a different NATS server first.
+//!
+//! - messages cross nodes at QoS 0, 1 and 2 between 3.1.1 and 5.0 clients, with
+//!   their properties, once per subscriber even through overlapping filters;
+//! - a shared subscription with members on every node gets each message once in
+//!   the whole cluster;
+//! - a retained message set on one node is seen from every node, and cleared
+//!   from another;
+//! - a client that connects to another node with the same client identifier
+//!   takes its session over: the old connection gets DISCONNECT 0x8E;
+//! - a brokk node killed with SIGKILL while a publisher's QoS 1 messages flow
+//!   through it: the publisher reconnects to another node and resends what was
+//!   not acknowledged; the subscriber on a third node has every message that
+//!   was acknowledged;
+//! - a NATS server killed: the nodes that used it reconnect to another one, and
+//!   messages and retained messages (3 JetStream replicas) keep working.
+//!
+//! Interest travels between nodes asynchronously (a SUBACK on one node does not
+//! wait for the others to learn of it), so each scenario first sends probes
+//! until one arrives.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::time::Duration;
+
+use adapter_common::config::ListenerKind;
+use brokk_e2e::nats::NatsCluster;
+use brokk_e2e::raw::{publish_packet, Next, RawClient};
+use brokk_e2e::{within, within_for, BrokkProcess, Runtime, TIMEOUT};
+use bytes::Bytes;
+use mqtt_proto::{
+    Packet, ProtocolVersion, PubAck, Publish, PublishProperties, QoS, ReasonCode, TopicName,
+    UserProperties,
+};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// One scenario at a time: each starts 6 processes, and on two cores three
+/// clusters at once starve each other's NATS elections and reconnections.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a node may take to reconnect to another NATS server and subscribe
+/// again there (async-nats backs off between attempts).
+const RECONNECT: Duration = Duration::from_secs(60);
+const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
+
+/// The NATS cluster and the brokk nodes, node `i` connected to NATS server `i`
+/// first.
+struct Cluster {
+    nats: NatsCluster,
+    nodes: Vec<Option<BrokkProcess>>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let nats = NatsCluster::start(n).await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut cluster = Cluster {
+            nats,
+            nodes: Vec::new(),
+            dir,
+        };
+        for i in 0..n {
+            let node = cluster.spawn(i, &format!("node-{i}")).await;
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    /// Starts node `id` with NATS server `i` first.
+    async fn spawn(&self, i: usize, id: &str) -> BrokkProcess {
+        let servers: Vec<String> = self
+            .nats
+            .urls_from(i)
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect();
+        let config = self.dir.path().join(format!("{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[cluster]\nnode_id = \"{id}\"\nnats = [{}]\nreplicas = 3\nconnect_timeout_secs = 30\n",
+                servers.join(", ")
+            ),
+        )
+        .expect("write the node's config");
+        let args: Vec<OsString> = vec![
+            "--config".into(),
+            config.into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--in-memory".into(),
+        ];
+        BrokkProcess::spawn(Runtime::from_env(), args, 1).await
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i]
+            .as_ref()
+            .expect("the node is running")
+            .addr(ListenerKind::Mqtt)
+    }
+
+    /// What the nodes logged, for a failure's message.
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| format!("--- node-{i}\n{}", n.stderr())))
+            .collect()
+    }
+
+    async fn client(&self, i: usize, version: ProtocolVersion, id: &str) -> RawClient {
+        RawClient::connect(self.addr(i), version, id).await
+    }
+}
+
+/// Publishes QoS 0 probes on `topic` from `publisher` until `subscriber` gets
+/// one (the subscriber's node has announced its interest), then takes every
+/// probe still on its way.
+async fn until_routed(publisher: &mut RawClient, subscriber: &mut RawClient, topic: &str) {
+    until_routed_within(TIMEOUT, publisher, subscriber, topic).await;
+}
+
+async fn until_routed_within(
+    limit: Duration,
+    publisher: &mut RawClient,
+    subscriber: &mut RawClient,
+    topic: &str,
+) {
+    within_for(limit, "interest to reach the publisher's node", async {
+        loop {
+            publisher
+                .publish(topic, b"probe", QoS::AtMostOnce, false)
+                .await;
+            if let Next::Packet(p, _) = subscriber.next(Duration::from_millis(200)).await {
+                if let Packet::Publish(p) = *p {
+                    assert_eq!(p.topic.as_str(), topic, "only probes so far");
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    quiet(subscriber, Duration::from_millis(300)).await;
+}
+
+/// Reads and drops whatever arrives until nothing has for `gap`.
+async fn quiet(client: &mut RawClient, gap: Duration) -> Vec<Publish> {
+    let mut got = Vec::new();
+    loop {
+        match client.next(gap).await {
+            Next::Packet(p, _) => {
+                if let Packet::Publish(p) = *p {
+                    ack(client, &p).await;
+                    got.push(p);
+                }
+            }
+            Next::Closed | Next::TimedOut => return got,
+        }
+    }
+}
+
+/// Acknowledges a received PUBLISH as its QoS asks (QoS 2: PUBREC, and the
+/// PUBREL/PUBCOMP exchange is left to `recv_publish`'s caller when needed).
+async fn ack(client: &mut RawClient, p: &Publish) {
+    if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
+        client.send(&Packet::PubAck(PubAck::new(id))).await;
+    }
+}
+
+/// The next PUBLISH other than probes, acknowledged.
+async fn next_message(client: &mut RawClient) -> Publish {
+    loop {
+        let p = client.recv_publish().await;
+        if p.topic.as_str().ends_with("/probe") {
+            continue;
+        }
+        return p;
+    }
+}
+
+#[tokio::test]
+async fn messages_retained_shared_and_takeover_cross_nodes() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let cluster = Cluster::start(3).await;
+
+    // --- pub/sub at QoS 0, 1 and 2 between 3.1.1 and 5.0, across nodes.
+    let mut sub5 = cluster.client(0, V5, "sub-5").await;
+    assert_eq!(
+        sub5.subscribe("x/#", QoS::ExactlyOnce).await,
+        ReasonCode::GrantedQoS2
+    );
+    // Overlapping filters on one node: still one delivery (dedup of NATS copies
+    // and MQTT's own merging).
+    assert_eq!(
+        sub5.subscribe("x/+", QoS::ExactlyOnce).await,
+        ReasonCode::GrantedQoS2
+    );
+    let mut sub3 = cluster.client(2, V311, "sub-311").await;
+    assert_eq!(
+        sub3.subscribe("x/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    let mut pub3 = cluster.client(1, V311, "pub-311").await;
+    until_routed(&mut pub3, &mut sub5, "x/probe").await;
+    until_routed(&mut pub3, &mut sub3, "x/probe").await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let payload = format!("from 3.1.1 at {qos:?}");
+        pub3.publish("x/a", payload.as_bytes(), qos, false).await;
+        let got = next_message(&mut sub5).await;
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            ("x/a", payload.as_bytes())
+        );
+        assert_eq!(
+            got.qos, qos,
+            "5.0 subscriber at QoS 2 gets the published QoS"
+        );
+        let got = next_message(&mut sub3).await;
+        assert_eq!(&got.payload[..], payload.as_bytes());
+        assert_eq!(got.qos, qos.min(QoS::AtLeastOnce));
+    }
+    // 5.0 properties travel with the message.
+    let mut pub5 = cluster.client(2, V5, "pub-5").await;
+    let mut p = publish_packet(
+        "x/props",
+        b"with properties",
+        QoS::AtLeastOnce,
+        false,
+        NonZeroU16::new(7),
+    );
+    p.properties = PublishProperties {
+        content_type: Some(mqtt_proto::MqttString::copy_from_str("text/plain").expect("valid")),
+        response_topic: Some(TopicName::copy_from_str("reply/here").expect("valid")),
+        correlation_data: Some(Bytes::from_static(b"\x00corr\r\n")),
+        message_expiry_interval: Some(3600),
+        user_properties: UserProperties::from_pairs([("k", "v 1"), ("k", "=v2"), ("é", "日本")])
+            .expect("valid pairs"),
+        ..PublishProperties::default()
+    };
+    pub5.send(&Packet::Publish(p.clone())).await;
+    match pub5.recv().await {
+        Packet::PubAck(a) => assert_eq!(a.reason_code, ReasonCode::Success),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let got = next_message(&mut sub5).await;
+    assert_eq!(got.payload, p.payload);
+    assert_eq!(got.properties.content_type, p.properties.content_type);
+    assert_eq!(got.properties.response_topic, p.properties.response_topic);
+    assert_eq!(
+        got.properties.correlation_data,
+        p.properties.correlation_data
+    );
+    assert_eq!(got.properties.user_properties, p.properties.user_properties);
+    let expiry = got.properties.message_expiry_interval.expect("expiry kept");
+    assert!((3590..=3600).contains(&expiry), "{expiry}");
+    // Nothing twice.
+    let extra: Vec<_> = quiet(&mut sub5, Duration::from_millis(500))
+        .await
+        .into_iter()
+        .filter(|p| !p.topic.as_str().ends_with("/probe"))
+        .collect();
+    assert!(extra.is_empty(), "duplicates: {extra:?}");
+
+    // --- a shared subscription with a member on every node.
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let mut m = cluster.client(i, V5, &format!("worker-{i}")).await;
+        assert_eq!(
+            m.subscribe("$share/w/jobs/#", QoS::AtLeastOnce).await,
+            ReasonCode::GrantedQoS1
+        );
+        members.push(m);
+    }
+    let mut boss = cluster.client(0, V5, "boss").await;
+    // Each member's node has joined the queue group once a probe reached it.
+    for m in members.iter_mut() {
+        within("every member to receive a probe", async {
+            loop {
+                boss.publish("jobs/probe", b"probe", QoS::AtMostOnce, false)
+                    .await;
+                if let Next::Packet(p, _) = m.next(Duration::from_millis(100)).await {
+                    if matches!(*p, Packet::Publish(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+    for m in members.iter_mut() {
+        quiet(m, Duration::from_millis(300)).await;
+    }
+    const JOBS: usize = 60;
+    for n in 0..JOBS {
+        boss.publish(
+            "jobs/x",
+            format!("job {n}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        )
+        .await;
+    }
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut per_node = [0usize; 3];
+    within("every job to reach one member", async {
+        while seen.values().sum::<usize>() < JOBS {
+            for (i, m) in members.iter_mut().enumerate() {
+                if let Next::Packet(p, _) = m.next(Duration::from_millis(50)).await {
+                    if let Packet::Publish(p) = *p {
+                        ack(m, &p).await;
+                        if p.topic.as_str() == "jobs/x" {
+                            *seen
+                                .entry(String::from_utf8_lossy(&p.payload).into())
+                                .or_default() += 1;
+                            per_node[i] += 1;
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    for m in members.iter_mut() {
+        for p in quiet(m, Duration::from_millis(300)).await {
+            if p.topic.as_str() == "jobs/x" {
+                *seen
+                    .entry(String::from_utf8_lossy(&p.payload).into())
+                    .or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(seen.len(), JOBS, "every job arrived: {seen:?}");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "each job once in the cluster: {seen:?}"
+    );
+    assert!(
+        per_node.iter().filter(|&&n| n > 0).count() >= 2,
+        "the cluster spread the jobs over its nodes: {per_node:?}"
+    );
+
+    // --- retained: set on node 0, seen from nodes 1 and 2, cleared from node 2.
+    let mut setter = cluster.client(0, V311, "setter").await;
+    setter
+        .publish("status/door", b"open", QoS::AtLeastOnce, true)
+        .await;
+    for i in [1, 2, 0] {
+        let got = retained_from(&cluster, i, "status/door").await;
+        assert_eq!(got.as_deref(), Some(&b"open"[..]), "node {i}");
+    }
+    let mut clearer = cluster.client(2, V5, "clearer").await;
+    clearer
+        .publish("status/door", b"", QoS::AtLeastOnce, true)
+        .await;
+    within("the clearing to reach node 0", async {
+        while retained_from(&cluster, 0, "status/door").await.is_some() {}
+    })
+    .await;
+    assert_eq!(retained_from(&cluster, 1, "status/door").await, None);
+
+    // --- takeover across nodes.
+    let mut first = cluster.client(0, V5, "device-7").await;
+    first.round_trip("device-7/self").await;
+    let mut second = cluster.client(1, V5, "device-7").await;
+    first
+        .expect_disconnect(ReasonCode::SessionTakenOver, TIMEOUT)
+        .await;
+    second.round_trip("device-7/self").await;
+    // A 3.1.1 client is closed without DISCONNECT.
+    let mut old311 = cluster.client(2, V311, "device-8").await;
+    old311.round_trip("device-8/self").await;
+    let _new311 = cluster.client(0, V311, "device-8").await;
+    let before = old311.expect_closed(TIMEOUT).await;
+    assert!(
+        before.is_empty(),
+        "3.1.1 has no DISCONNECT from the server: {before:?}"
+    );
+}
+
+/// The retained message node `i` has for `topic` (a fresh subscriber's view):
+/// `None` when it sends none within a short wait.
+async fn retained_from(cluster: &Cluster, i: usize, topic: &str) -> Option<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut c = cluster.client(i, V5, &format!("reader-{i}")).await;
+        c.subscribe(topic, QoS::AtMostOnce).await;
+        let got = match c.next(Duration::from_millis(300)).await {
+            Next::Packet(p, _) => match *p {
+                Packet::Publish(p) => {
+                    assert!(p.retain, "a retained message has RETAIN set");
+                    Some(p.payload.to_vec())
+                }
+                other => panic!("expected PUBLISH, got {other:?}"),
+            },
+            Next::TimedOut => None,
+            Next::Closed => panic!("node {i} closed the reader"),
+        };
+        c.disconnect().await;
+        if got.is_some() || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        // Nothing yet: the retained message may still be on its way to node i.
+        if tokio::time::Instant::now() + Duration::from_millis(300) >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_brokk_node_killed_with_sigkill_loses_no_acknowledged_message() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3).await;
+    let mut sub = cluster.client(0, V5, "watcher").await;
+    assert_eq!(
+        sub.subscribe("kill/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    let mut publisher = cluster.client(2, V5, "sender").await;
+    until_routed(&mut publisher, &mut sub, "kill/probe").await;
+
+    // The publisher keeps up to WINDOW QoS 1 messages in flight through node 2;
+    // node 2 is killed while they flow.
+    const WINDOW: u64 = 16;
+    const TOTAL: u64 = 3_000;
+    let mut acked: HashSet<u64> = HashSet::new();
+    let mut next = 0u64;
+    let mut in_flight: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut killed = false;
+    'flow: loop {
+        while (in_flight.len() as u64) < WINDOW && next < TOTAL {
+            let id = (next % 60_000 + 1) as u16;
+            let p = publish_packet(
+                "kill/seq",
+                &next.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                NonZeroU16::new(id),
+            );
+            publisher.send(&Packet::Publish(p)).await;
+            in_flight.insert(id, next);
+            next += 1;
+        }
+        if !killed && next >= TOTAL / 3 {
+            let node = cluster.nodes[2].take().expect("node 2 runs");
+            node.signal(libc::SIGKILL);
+            drop(node);
+            killed = true;
+        }
+        match publisher.next(TIMEOUT).await {
+            Next::Packet(p, _) => match *p {
+                Packet::PubAck(a) => {
+                    if let Some(seq) = in_flight.remove(&a.packet_id.get()) {
+                        acked.insert(seq);
+                    }
+                    if next == TOTAL && in_flight.is_empty() {
+                        break 'flow;
+                    }
+                }
+                other => panic!("expected PUBACK, got {other:?}"),
+            },
+            Next::Closed => break 'flow,
+            Next::TimedOut => panic!("no PUBACK within {TIMEOUT:?}"),
+        }
+    }
+    assert!(killed, "node 2 was killed while messages flowed");
+    assert!(
+        next < TOTAL || !in_flight.is_empty(),
+        "the kill interrupted the flow"
+    );
+    // As a client does: reconnect elsewhere and send again what was not
+    // acknowledged (QoS 1 allows the duplicates), then the rest.
+    let mut publisher = cluster.client(1, V5, "sender").await;
+    let resend: Vec<u64> = in_flight.values().copied().chain(next..TOTAL).collect();
+    for chunk in resend.chunks(WINDOW as usize) {
+        for &seq in chunk {
+            let id = (seq % 60_000 + 1) as u16;
+            let p = publish_packet(
+                "kill/seq",
+                &seq.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                NonZeroU16::new(id),
+            );
+            publisher.send(&Packet::Publish(p)).await;
+        }
+        for _ in chunk {
+            match publisher.recv().await {
+                Packet::PubAck(a) => {
+                    let seq = chunk
+                        .iter()
+                        .copied()
+                        .find(|s| (s % 60_000 + 1) as u16 == a.packet_id.get())
+                        .expect("a PUBACK for a message in this chunk");
+                    acked.insert(seq);
+                }
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        acked.len() as u64,
+        TOTAL,
+        "every message acknowledged in the end"
+    );
+    // The subscriber on node 0 has every acknowledged message, in order apart
+    // from the resent ones.
+    let mut got: HashSet<u64> = HashSet::new();
+    let mut last = None;
+    let mut resent_seen = 0usize;
+    within("every acknowledged message at the subscriber", async {
+        while got.len() < acked.len() {
+            let p = next_message(&mut sub).await;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&p.payload[..8]);
+            let seq = u64::from_be_bytes(b);
+            if last.is_some_and(|l| seq <= l) {
+                resent_seen += 1;
+            }
+            last = Some(seq);
+            got.insert(seq);
+        }
+    })
+    .await;
+    let missing: Vec<u64> = acked.difference(&got).copied().collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never delivered: {missing:?}"
+    );
+    assert!(
+        resent_seen <= WINDOW as usize,
+        "only resent messages come out of order: {resent_seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_nats_server_is_survived() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut cluster = Cluster::start(3).await;
+    let mut sub = cluster.client(1, V311, "far").await;
+    assert_eq!(
+        sub.subscribe("n/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    let mut publisher = cluster.client(0, V5, "near").await;
+    until_routed(&mut publisher, &mut sub, "n/probe").await;
+    publisher
+        .publish("n/before", b"before", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&next_message(&mut sub).await.payload[..], b"before");
+
+    // Node 1's NATS server dies: node 1 reconnects to another and subscribes
+    // again; messages flow once it has.
+    cluster.nats.kill(1).await;
+    until_routed_within(RECONNECT, &mut publisher, &mut sub, "n/probe").await;
+    publisher
+        .publish("n/after", b"after", QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(&next_message(&mut sub).await.payload[..], b"after");
+
+    // The retained bucket has 3 replicas: it still takes and serves messages.
+    let mut setter = cluster.client(1, V5, "setter").await;
+    setter
+        .publish("n/state", b"kept", QoS::AtLeastOnce, true)
+        .await;
+    for i in [0, 2, 1] {
+        assert_eq!(
+            retained_from(&cluster, i, "n/state").await.as_deref(),
+            Some(&b"kept"[..]),
+            "node {i}\n{}",
+            cluster.logs()
+        );
+    }
+    // A node started now, its first NATS server dead, joins through another and
+    // reads the retained messages before it serves anyone.
+    let late = cluster.spawn(1, "late").await;
+    let mut c = RawClient::connect(late.addr(ListenerKind::Mqtt), V311, "late").await;
+    c.subscribe("n/state", QoS::AtMostOnce).await;
+    let p = c.recv_publish().await;
+    assert_eq!((&p.payload[..], p.retain), (&b"kept"[..], true));
+}

@@ -320,9 +320,8 @@ impl<W: Wake> Hub<W> {
     pub fn cluster_inbound(&mut self, now: Now, inbound: &mut Vec<brokk_cluster::Inbound>) {
         for i in inbound.drain(..) {
             match i {
-                brokk_cluster::Inbound::Publish { publish, shared } => {
-                    self.broker
-                        .handle_cluster_publish(now, publish, shared.as_ref());
+                brokk_cluster::Inbound::Publish { publish, through } => {
+                    self.broker.handle_cluster_publish(now, publish, &through);
                 }
                 brokk_cluster::Inbound::Retained { topic, publish } => {
                     let publish = publish.unwrap_or_else(|| mqtt_proto::Publish {

@@ -315,6 +315,12 @@ pub fn render(s: &Snapshot) -> String {
             "Messages this node forwarded to the cluster or received from it, by outcome",
             cluster.map(|(outcome, n)| (l(&[("outcome", outcome)]), n)),
         );
+        counter(
+            &mut r,
+            "cluster_duplicate_copies",
+            "Copies of another node's message that came through a newer of several matching filters, dropped",
+            st.cluster_duplicates,
+        );
     }
     if let Some(store) = &s.store {
         counter(

@@ -93,6 +93,9 @@ pub struct Stats {
     /// Messages of a shared subscription the cluster sent to this node for a
     /// group that had no member here any more (gone for that group).
     pub cluster_shared_unmatched: u64,
+    /// Copies of another node's message that came through a filter other than
+    /// the oldest local one it matches (or one no longer subscribed), dropped.
+    pub cluster_duplicates: u64,
     /// Sessions that ended here because a client connected to another node of
     /// the cluster with their client identifier.
     pub cluster_takeovers: u64,

@@ -46,6 +46,11 @@ struct Node {
     hash: Vec<SubEntry>,
     /// Subscribers of exactly this node's path.
     exact: Vec<SubEntry>,
+    /// When `hash` and `exact` last became non-empty (the router's interest
+    /// clock): a cluster node takes a message that several of its filters match
+    /// through the oldest of them (see [`Router::oldest_match`]).
+    hash_since: u64,
+    exact_since: u64,
     shared_hash: Vec<Group>,
     shared_exact: Vec<Group>,
 }
@@ -70,6 +75,8 @@ pub(crate) struct Router {
     free: Vec<u32>,
     hasher: SeededState,
     subscriptions: usize,
+    /// Counts the times a filter's subscriber list became non-empty.
+    interest_clock: u64,
 }
 
 /// Picks one member of a shared group (the broker prefers online members, and
@@ -85,6 +92,7 @@ impl Router {
             free: Vec::new(),
             hasher,
             subscriptions: 0,
+            interest_clock: 0,
         }
     }
 
@@ -205,11 +213,16 @@ impl Router {
         let n = &mut self.nodes[node as usize];
         let list = match group {
             None => {
-                if hash {
-                    &mut n.hash
+                let (list, since) = if hash {
+                    (&mut n.hash, &mut n.hash_since)
                 } else {
-                    &mut n.exact
+                    (&mut n.exact, &mut n.exact_since)
+                };
+                if list.is_empty() {
+                    self.interest_clock += 1;
+                    *since = self.interest_clock;
                 }
+                list
             }
             Some(name) => {
                 let groups = if hash {
@@ -305,6 +318,68 @@ impl Router {
             self.nodes[node as usize] = Node::default();
             self.free.push(node);
             node = parent;
+        }
+    }
+
+    /// When the non-shared subscriptions to `filter` began (their list last
+    /// became non-empty), if there are any.
+    pub(crate) fn interest_since(&self, filter: &[u8]) -> Option<u64> {
+        let (node, hash) = self.find_node(filter)?;
+        let n = &self.nodes[node as usize];
+        match hash {
+            true if !n.hash.is_empty() => Some(n.hash_since),
+            false if !n.exact.is_empty() => Some(n.exact_since),
+            _ => None,
+        }
+    }
+
+    /// Of the non-shared filters matching `topic`, when the oldest began (see
+    /// [`Router::interest_since`]).
+    pub(crate) fn oldest_match(&self, topic: &[u8]) -> Option<u64> {
+        let dollar = topic.first() == Some(&b'$');
+        let mut oldest = None;
+        self.walk_since(ROOT, topic, true, dollar, &mut oldest);
+        oldest
+    }
+
+    fn walk_since(
+        &self,
+        node: u32,
+        rest: &[u8],
+        at_root: bool,
+        dollar: bool,
+        oldest: &mut Option<u64>,
+    ) {
+        let older = |list: &[SubEntry], since: u64, oldest: &mut Option<u64>| {
+            if !list.is_empty() && oldest.is_none_or(|o| since < o) {
+                *oldest = Some(since);
+            }
+        };
+        let n = &self.nodes[node as usize];
+        let wild_ok = !(at_root && dollar);
+        if wild_ok {
+            older(&n.hash, n.hash_since, oldest);
+        }
+        let (level, tail, at_end) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (&rest[..i], &rest[i + 1..], false),
+            None => (rest, &[][..], true),
+        };
+        let step = |child: u32, oldest: &mut Option<u64>| {
+            if at_end {
+                let c = &self.nodes[child as usize];
+                older(&c.exact, c.exact_since, oldest);
+                older(&c.hash, c.hash_since, oldest);
+            } else {
+                self.walk_since(child, tail, false, dollar, oldest);
+            }
+        };
+        if let Some(&child) = n.children.as_ref().and_then(|c| c.get(level)) {
+            step(child, oldest);
+        }
+        if wild_ok {
+            if let Some(child) = n.plus {
+                step(child, oldest);
+            }
         }
     }
 

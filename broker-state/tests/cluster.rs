@@ -159,9 +159,22 @@ fn another_nodes_message_reaches_the_non_shared_subscriptions_once() {
     sim.subscribe(sh, "$share/g/t/#", QoS::AtLeastOnce);
     let mut p = publish_packet("t/a", QoS::ExactlyOnce, true, None, b"remote");
     p.properties.user_properties = UserProperties::from_pairs([("k", "v")]).expect("valid pairs");
-    let n = sim.broker.handle_cluster_publish(sim.now, p.clone(), None);
+    // The transport hands it over once per matching filter this node
+    // announced; the copy through the oldest one (t/+) is the one taken.
+    let mut taken = Vec::new();
+    for through in ["t/#", "t/a", "t/+"] {
+        let f = TopicFilter::copy_from_str(through).expect("valid");
+        taken.push(sim.broker.handle_cluster_publish(sim.now, p.clone(), &f));
+    }
     sim.drain();
-    assert_eq!(n, 3, "three subscriptions matched");
+    assert_eq!(taken, [0, 0, 3], "three subscriptions matched, once");
+    assert_eq!(sim.broker.stats().cluster_duplicates, 2);
+    // A copy through a filter not subscribed here is dropped too.
+    let gone = TopicFilter::copy_from_str("t/b").expect("valid");
+    assert_eq!(
+        sim.broker.handle_cluster_publish(sim.now, p.clone(), &gone),
+        0
+    );
     let got = sim.publishes(s5);
     assert_eq!(got.len(), 1, "overlapping filters: one delivery");
     assert_eq!(got[0].qos, QoS::ExactlyOnce);
@@ -197,10 +210,7 @@ fn a_shared_groups_message_from_the_cluster_goes_to_one_local_member() {
     let group = TopicFilter::copy_from_str("$share/g/jobs/#").expect("valid");
     for i in 0..10 {
         let m = publish_packet("jobs/1", QoS::AtLeastOnce, false, None, &[i]);
-        assert_eq!(
-            sim.broker.handle_cluster_publish(sim.now, m, Some(&group)),
-            1
-        );
+        assert_eq!(sim.broker.handle_cluster_publish(sim.now, m, &group), 1);
     }
     sim.drain();
     let (ga, gb) = (sim.publishes(a), sim.publishes(b));
@@ -208,10 +218,7 @@ fn a_shared_groups_message_from_the_cluster_goes_to_one_local_member() {
     // A group with no member here any more: gone, and counted.
     let gone = TopicFilter::copy_from_str("$share/other/jobs/#").expect("valid");
     let m = publish_packet("jobs/1", QoS::AtLeastOnce, false, None, b"x");
-    assert_eq!(
-        sim.broker.handle_cluster_publish(sim.now, m, Some(&gone)),
-        0
-    );
+    assert_eq!(sim.broker.handle_cluster_publish(sim.now, m, &gone), 0);
     assert_eq!(sim.broker.stats().cluster_shared_unmatched, 1);
     sim.broker.check_invariants().expect("invariants");
 }

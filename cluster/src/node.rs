@@ -102,13 +102,15 @@ impl Settings {
 /// What the cluster sends this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
-    /// A message another node accepted, for the local non-shared subscribers
-    /// (`shared` `None`) or for one member of a shared group.
+    /// A message another node accepted, and the filter this node announced
+    /// that it came through (once per matching filter: the core takes the
+    /// copy through the oldest; a `$share/{group}/{filter}` when the cluster
+    /// chose this node for that group).
     Publish {
         /// The message.
         publish: Publish,
-        /// The `$share/{group}/{filter}` it was chosen for.
-        shared: Option<TopicFilter>,
+        /// The filter (or shared subscription) it came through.
+        through: TopicFilter,
     },
     /// The retained message of a topic changed (`None`: cleared).
     Retained {
@@ -150,14 +152,16 @@ pub struct Counters {
     /// Forwards dropped: the queue to the NATS thread was full, or the subject
     /// would be longer than NATS takes.
     pub forward_dropped: AtomicU64,
-    /// Messages received from other nodes (after duplicates).
+    /// Messages received from other nodes (a message that matches several
+    /// of this node's filters counts once per filter).
     pub received: AtomicU64,
-    /// Copies dropped as duplicates (overlapping subscriptions).
-    pub duplicates: AtomicU64,
     /// Messages from NATS that did not decode.
     pub malformed: AtomicU64,
     /// Retained messages or session claims that JetStream refused.
     pub jetstream_errors: AtomicU64,
+    /// Times the NATS client dropped messages for a subscription this node
+    /// did not take fast enough (async-nats's slow consumer event).
+    pub slow_consumer: AtomicU64,
 }
 
 impl Counters {
@@ -168,9 +172,9 @@ impl Counters {
             ("forwarded", v(&self.forwarded)),
             ("forward_dropped", v(&self.forward_dropped)),
             ("received", v(&self.received)),
-            ("duplicate", v(&self.duplicates)),
             ("malformed", v(&self.malformed)),
             ("jetstream_error", v(&self.jetstream_errors)),
+            ("slow_consumer", v(&self.slow_consumer)),
         ]
     }
 }
@@ -331,8 +335,29 @@ async fn connect(
     settings: &Settings,
     no_echo: bool,
     what: &str,
+    counters: Arc<Counters>,
 ) -> Result<async_nats::Client, StartError> {
+    let name = format!("{} {what}", settings.node_id);
     let mut opts = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let (counters, name) = (counters.clone(), name.clone());
+            async move {
+                match event {
+                    async_nats::Event::SlowConsumer(sid) => {
+                        counters.slow_consumer.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            connection = name,
+                            sid,
+                            "NATS slow consumer: messages dropped"
+                        );
+                    }
+                    async_nats::Event::Connected => {
+                        tracing::info!(connection = name, "NATS connected")
+                    }
+                    other => tracing::warn!(connection = name, event = %other, "NATS"),
+                }
+            }
+        })
         .name(format!("brokk {} {what}", settings.node_id))
         .connection_timeout(settings.connect_timeout)
         .max_reconnects(None)
@@ -404,9 +429,9 @@ async fn bucket(
     }
 }
 
-/// A message from one of the node's subscriptions, and the shared group it was
-/// chosen for (`None`: a non-shared subscription).
-type Arrival = (async_nats::Message, Option<TopicFilter>);
+/// A message from one of the node's subscriptions, and the filter (or shared
+/// subscription) it subscribed for.
+type Arrival = (async_nats::Message, TopicFilter);
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
@@ -419,8 +444,8 @@ async fn run(
     queued: Arc<AtomicUsize>,
 ) {
     let started = async {
-        let main = connect(&settings, true, "main").await?;
-        let queues = connect(&settings, false, "shared").await?;
+        let main = connect(&settings, true, "main", counters.clone()).await?;
+        let queues = connect(&settings, false, "shared", counters.clone()).await?;
         let js = jetstream::new(main.clone());
         let retained = bucket(&js, &settings, "retained").await?;
         let sessions = bucket(&js, &settings, "sessions").await?;
@@ -479,10 +504,6 @@ async fn run(
     let (arrive_tx, mut arrivals) = mpsc::channel::<Arrival>(4096);
     let (claimed_tx, mut claimed) = mpsc::unbounded_channel::<(String, Result<u64, String>)>();
     let mut subscriptions: HashMap<TopicFilter, Vec<tokio::task::AbortHandle>> = HashMap::new();
-    let mut dedup = wire::Dedup::default();
-    // Numbers start at the wall clock in microseconds, so that a node that
-    // restarts keeps numbering above what the others remember of it.
-    let mut seq = unix_ms().saturating_mul(1000);
     // Claims under way (a remote claim seen meanwhile: the latest), and this
     // node's latest claim per client.
     let mut pending: HashMap<String, Option<u64>> = HashMap::new();
@@ -516,8 +537,7 @@ async fn run(
                                 }
                             }
                             ClusterOp::Forward(p) => {
-                                seq += 1;
-                                ok &= forward(&map, &main, &retained, &p, &me, seq, &counters, settings.connect_timeout).await;
+                                ok &= forward(&map, &main, &retained, &p, &me, &counters, settings.connect_timeout).await;
                             }
                         }
                     }
@@ -547,8 +567,8 @@ async fn run(
                     }
                 }
             },
-            Some((message, shared)) = arrivals.recv() => {
-                let Some(inbound_msg) = arrival(&map, message, shared, &mut dedup, &counters) else {
+            Some((message, through)) = arrivals.recv() => {
+                let Some(inbound_msg) = arrival(&map, message, through, &counters) else {
                     continue;
                 };
                 if inbound.send(inbound_msg).await.is_err() {
@@ -706,13 +726,12 @@ async fn subscribe(
     filter: &TopicFilter,
     arrivals: &mpsc::Sender<Arrival>,
 ) -> Vec<tokio::task::AbortHandle> {
-    let (subjects, queue, shared) = match filter.shared() {
+    let (subjects, queue) = match filter.shared() {
         Some((group, f)) => (
             map.filter_to_subjects(f),
             Some(map.shared_queue_group(group, f)),
-            Some(filter.clone()),
         ),
-        None => (map.filter_to_subjects(filter.as_str()), None, None),
+        None => (map.filter_to_subjects(filter.as_str()), None),
     };
     let mut handles = Vec::with_capacity(subjects.len());
     for subject in subjects {
@@ -727,10 +746,10 @@ async fn subscribe(
                 continue;
             }
         };
-        let (tx, shared) = (arrivals.clone(), shared.clone());
+        let (tx, through) = (arrivals.clone(), filter.clone());
         let task = tokio::spawn(async move {
             while let Some(m) = sub.next().await {
-                if tx.send((m, shared.clone())).await.is_err() {
+                if tx.send((m, through.clone())).await.is_err() {
                     break;
                 }
             }
@@ -750,7 +769,6 @@ async fn forward(
     retained: &jetstream::kv::Store,
     p: &Publish,
     me: &str,
-    seq: u64,
     counters: &Counters,
     patience: Duration,
 ) -> bool {
@@ -760,7 +778,7 @@ async fn forward(
         return true;
     }
     let mut headers = HeaderMap::new();
-    for (name, value) in wire::to_headers(p, me, seq) {
+    for (name, value) in wire::to_headers(p, me) {
         headers.append(name, value.as_str());
     }
     match main
@@ -811,8 +829,7 @@ async fn forward(
 fn arrival(
     map: &SubjectMap,
     m: async_nats::Message,
-    shared: Option<TopicFilter>,
-    dedup: &mut wire::Dedup,
+    through: TopicFilter,
     counters: &Counters,
 ) -> Option<Inbound> {
     let malformed = || {
@@ -833,17 +850,11 @@ fn arrival(
         |name| headers.get_all(name).map(|v| v.as_str()),
         m.payload.clone(),
     );
-    let Ok((publish, origin)) = decoded else {
+    let Ok((publish, _origin)) = decoded else {
         return malformed();
     };
-    // A shared group's copy is its own (each group gets one); only the
-    // non-shared subscriptions overlap.
-    if shared.is_none() && !dedup.first(&origin.node, origin.seq) {
-        counters.duplicates.fetch_add(1, Ordering::Relaxed);
-        return None;
-    }
     counters.received.fetch_add(1, Ordering::Relaxed);
-    Some(Inbound::Publish { publish, shared })
+    Some(Inbound::Publish { publish, through })
 }
 
 fn retained_entry(entry: &jetstream::kv::Entry, counters: &Counters) -> Option<Inbound> {

@@ -1,6 +1,5 @@
 //! How a message travels between nodes: a forwarded PUBLISH as NATS headers and
-//! payload, a retained message as a value of the retained bucket, and the
-//! duplicate filter a receiving node applies.
+//! payload, and a retained message as a value of the retained bucket.
 //!
 //! # Forwarded messages
 //!
@@ -12,7 +11,6 @@
 //! | header                  | value                                                  |
 //! |-------------------------|--------------------------------------------------------|
 //! | `Brokk-Origin`          | the node that accepted the message                     |
-//! | `Brokk-Seq`             | its number among that node's forwards (duplicates)     |
 //! | `Mqtt-Qos`              | `0`, `1` or `2`, as published                          |
 //! | `Mqtt-Retain`           | `1` if published with RETAIN                           |
 //! | `Mqtt-Format`           | Payload Format Indicator (`0` / `1`)                   |
@@ -46,8 +44,6 @@ use mqtt_proto::{
 
 /// Header: the node that accepted the message.
 pub const ORIGIN: &str = "Brokk-Origin";
-/// Header: the message's number among its node's forwards.
-pub const SEQ: &str = "Brokk-Seq";
 /// Header: QoS as published.
 pub const QOS: &str = "Mqtt-Qos";
 /// Header: RETAIN as published.
@@ -96,15 +92,12 @@ impl std::error::Error for WireError {}
 pub struct Origin {
     /// The node that accepted it.
     pub node: String,
-    /// Its number among that node's forwards.
-    pub seq: u64,
 }
 
 /// The headers of a forwarded message, in order (names may repeat).
-pub fn to_headers(p: &Publish, origin: &str, seq: u64) -> Vec<(&'static str, String)> {
+pub fn to_headers(p: &Publish, origin: &str) -> Vec<(&'static str, String)> {
     let mut h = Vec::with_capacity(4);
     h.push((ORIGIN, origin.to_owned()));
-    h.push((SEQ, seq.to_string()));
     h.push((QOS, (p.qos as u8).to_string()));
     if p.retain {
         h.push((RETAIN, "1".to_owned()));
@@ -144,10 +137,6 @@ where
 {
     let one = |name: &'static str| header(name).next();
     let node = one(ORIGIN).ok_or(WireError::Missing(ORIGIN))?.to_owned();
-    let seq = one(SEQ)
-        .ok_or(WireError::Missing(SEQ))?
-        .parse()
-        .map_err(|_| WireError::Invalid(SEQ))?;
     let qos = match one(QOS).ok_or(WireError::Missing(QOS))? {
         "0" => QoS::AtMostOnce,
         "1" => QoS::AtLeastOnce,
@@ -211,7 +200,7 @@ where
         properties: props,
         payload,
     };
-    Ok((p, Origin { node, seq }))
+    Ok((p, Origin { node }))
 }
 
 /// `s` with `%`, `=`, controls, blanks and DEL as `%XX`.
@@ -307,72 +296,6 @@ pub fn from_retained_value(value: &[u8], now_ms: u64) -> Result<Option<Publish>,
     Ok(Some(p))
 }
 
-/// Drops the second copy of a forwarded message.
-///
-/// A node holds one NATS subscription per filter, and NATS delivers a message
-/// once per matching subscription: a topic that two local filters match
-/// (`a/+`, `a/#`) arrives twice. Each node numbers its forwards; a receiver
-/// remembers, per origin, which of the last [`Dedup::WINDOW`] numbers it has
-/// seen. NATS keeps each publisher's order per subscription, so the copies of
-/// a message arrive close together; a number older than the window is taken
-/// as seen.
-#[derive(Debug, Default)]
-pub struct Dedup {
-    origins: std::collections::HashMap<String, Window>,
-}
-
-#[derive(Debug)]
-struct Window {
-    /// The highest number seen.
-    top: u64,
-    /// Bit `n % WINDOW` is set when number `n` (within the window below `top`)
-    /// was seen.
-    bits: Box<[u64]>,
-}
-
-impl Dedup {
-    /// How many numbers below the highest one seen are remembered per origin.
-    pub const WINDOW: u64 = 1 << 16;
-
-    /// Whether this is the first copy of message `seq` from `node`.
-    pub fn first(&mut self, node: &str, seq: u64) -> bool {
-        let w = match self.origins.get_mut(node) {
-            Some(w) => w,
-            None => self
-                .origins
-                .entry(node.to_owned())
-                .or_insert_with(|| Window {
-                    top: 0,
-                    bits: vec![0u64; (Self::WINDOW / 64) as usize].into_boxed_slice(),
-                }),
-        };
-        let bit = |n: u64| ((n % Self::WINDOW / 64) as usize, 1u64 << (n % 64));
-        if seq > w.top {
-            // Forget the numbers that fall out of the window.
-            if seq - w.top >= Self::WINDOW {
-                w.bits.iter_mut().for_each(|b| *b = 0);
-            } else {
-                for n in w.top + 1..=seq {
-                    let (i, m) = bit(n);
-                    w.bits[i] &= !m;
-                }
-            }
-            w.top = seq;
-        } else if w.top - seq >= Self::WINDOW {
-            return false;
-        }
-        let (i, m) = bit(seq);
-        let seen = w.bits[i] & m != 0;
-        w.bits[i] |= m;
-        !seen
-    }
-
-    /// Forgets an origin (a node that restarted numbers from 1).
-    pub fn forget(&mut self, node: &str) {
-        self.origins.remove(node);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,7 +348,7 @@ mod tests {
     #[test]
     fn every_property_survives_the_headers() {
         let p = publish();
-        let headers = to_headers(&p, "node-1", 42);
+        let headers = to_headers(&p, "node-1");
         for (_, v) in &headers {
             assert!(
                 !v.contains(['\r', '\n']) && v.trim() == v,
@@ -438,19 +361,18 @@ mod tests {
             origin,
             Origin {
                 node: "node-1".into(),
-                seq: 42
             }
         );
     }
 
     #[test]
-    fn a_bare_message_has_three_headers_and_bad_ones_are_refused() {
+    fn a_bare_message_has_two_headers_and_bad_ones_are_refused() {
         let mut p = publish();
         p.properties = PublishProperties::default();
         p.retain = false;
         p.qos = QoS::AtMostOnce;
-        let headers = to_headers(&p, "n", 1);
-        assert_eq!(headers.len(), 3, "{headers:?}");
+        let headers = to_headers(&p, "n");
+        assert_eq!(headers.len(), 2, "{headers:?}");
         let with = |name: &'static str, value: &str| {
             let mut h: Vec<_> = headers
                 .iter()
@@ -461,7 +383,6 @@ mod tests {
             decode(&p, &h)
         };
         assert_eq!(with(QOS, "3"), Err(WireError::Invalid(QOS)));
-        assert_eq!(with(SEQ, "x"), Err(WireError::Invalid(SEQ)));
         assert_eq!(with(RETAIN, "yes"), Err(WireError::Invalid(RETAIN)));
         assert_eq!(
             with(USER_PROPERTY, "no-equals"),
@@ -504,22 +425,5 @@ mod tests {
             retained_topic(&key).map(|t| t.as_str().to_owned()),
             Some("a/b c/日本".to_owned())
         );
-    }
-
-    #[test]
-    fn dedup_passes_each_number_once_per_origin() {
-        let mut d = Dedup::default();
-        assert!(d.first("a", 1));
-        assert!(!d.first("a", 1));
-        assert!(d.first("b", 1), "origins are counted apart");
-        assert!(d.first("a", 3));
-        assert!(d.first("a", 2), "a late first copy still passes");
-        assert!(!d.first("a", 2));
-        assert!(d.first("a", 3 + Dedup::WINDOW));
-        assert!(!d.first("a", 3), "older than the window: taken as seen");
-        assert!(d.first("a", 4 + Dedup::WINDOW));
-        assert!(!d.first("a", 4 + Dedup::WINDOW));
-        d.forget("a");
-        assert!(d.first("a", 1));
     }
 }

@@ -32,13 +32,15 @@ pub fn nats_server() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// A free loopback port (bound and released: another process could take it
-/// in between, which the tests accept).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// `n` distinct free loopback ports (all bound at once, then released: another
+/// process could take one in between, which the tests accept).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
 }
 
 struct Server {
@@ -58,8 +60,10 @@ impl NatsCluster {
     pub async fn start(n: usize) -> NatsCluster {
         let binary = nats_server();
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let ports: Vec<(u16, u16, u16)> = (0..n)
-            .map(|_| (free_port(), free_port(), free_port()))
+        let free = free_ports(3 * n);
+        let ports: Vec<(u16, u16, u16)> = free
+            .chunks(3)
+            .map(|c| (c[0], c[1], c[2]))
             .collect();
         let routes: Vec<String> = ports
             .iter()
@@ -73,7 +77,9 @@ impl NatsCluster {
                 .args(["-n", &format!("nats-{i}"), "-js"])
                 .arg("-sd")
                 .arg(dir.path().join(format!("js-{i}")))
-                .args(["-m", &monitor.to_string()]);
+                .args(["-m", &monitor.to_string()])
+                .arg("-l")
+                .arg(dir.path().join(format!("nats-{i}.log")));
             if n > 1 {
                 command
                     .args(["--cluster_name", "brokk-test"])
@@ -93,18 +99,19 @@ impl NatsCluster {
                 client_port: *client,
             });
         }
-        for (_, _, monitor) in &ports {
+        for (i, (_, _, monitor)) in ports.iter().enumerate() {
             let addr = SocketAddr::from(([127, 0, 0, 1], *monitor));
-            within_for(
-                Duration::from_secs(30),
-                "nats-server to report itself healthy",
-                async {
-                    while !healthy(addr).await {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            )
-            .await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !healthy(addr).await {
+                if tokio::time::Instant::now() >= deadline {
+                    let log = std::fs::read_to_string(dir.path().join(format!("nats-{i}.log")));
+                    panic!(
+                        "nats-server {i} did not report itself healthy within 60 s; its log:\n{}",
+                        log.unwrap_or_else(|e| e.to_string())
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
         NatsCluster { servers, _dir: dir }
     }

@@ -70,15 +70,23 @@ impl Broker {
             .push_back(Event::Cluster(ClusterOp::Forward(Box::new(p))));
     }
 
-    /// A message another node of the cluster accepted. With `shared` `None` it
-    /// reached this node because one of its non-shared subscriptions matches
-    /// (announced as [`ClusterOp::Interest`]): it is delivered to every matching
+    /// A message another node of the cluster accepted, which reached this node
+    /// `through` one of the filters it announced ([`ClusterOp::Interest`]).
+    ///
+    /// Through a non-shared filter, it is delivered to every matching
     /// non-shared subscription here, as if published here (by nobody: No Local
-    /// excludes no one). With `shared` naming a `$share/{group}/{filter}`, the
-    /// cluster chose this node for that group: one of its local members gets it
-    /// (an online one if there is one); if the group has no member here any
-    /// more, the message is gone for that group (the transport delivers shared
-    /// messages at most once).
+    /// excludes no one). The transport hands a message over once per announced
+    /// filter it matches (NATS delivers once per matching subscription), so
+    /// only the copy that came through the oldest of them is taken, and the
+    /// others are counted as duplicates: the oldest one's subscription on the
+    /// transport existed before the newer ones', so while the filters stay,
+    /// each message comes through it. A copy through a filter that is no
+    /// longer subscribed here is dropped the same way.
+    ///
+    /// Through a `$share/{group}/{filter}`, the cluster chose this node for
+    /// that group: one of its local members gets it (an online one if there is
+    /// one); if the group has no member here any more, the message is gone for
+    /// that group (the transport delivers shared messages at most once).
     ///
     /// `p.retain` is as published (a subscriber with Retain As Published sees
     /// it); the retained store is not changed here (see
@@ -88,7 +96,7 @@ impl Broker {
         &mut self,
         now: Now,
         mut p: Publish,
-        shared: Option<&TopicFilter>,
+        through: &TopicFilter,
     ) -> usize {
         p.dup = false;
         p.packet_id = None;
@@ -98,9 +106,15 @@ impl Broker {
             .properties
             .message_expiry_interval
             .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
-        let Some(full) = shared else {
+        if through.shared().is_none() {
+            let taken = self.router.interest_since(through.as_bytes());
+            if taken.is_none() || taken != self.router.oldest_match(p.topic.as_bytes()) {
+                self.stats.cluster_duplicates += 1;
+                return 0;
+            }
             return self.route(now, None, &p, expires_at).matched;
-        };
+        }
+        let full = through;
         let members = self.router.shared_members(full);
         if members.is_empty() {
             self.stats.cluster_shared_unmatched += 1;

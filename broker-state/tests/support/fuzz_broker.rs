@@ -568,11 +568,11 @@ struct Harness {
 
 impl Harness {
     /// A cluster effect, answered as a cluster whose other node is this broker
-    /// again: a forwarded message comes back for the non-shared subscriptions
-    /// and for each shared group that matches (as NATS would hand it to this
-    /// node), a retained one to the retained store, and a forward of a client
-    /// whose identifier starts with `t` claims that client's session for the
-    /// "other" node.
+    /// again: a forwarded message comes back through every announced filter it
+    /// matches, shared or not (as NATS would hand it to this node; only one
+    /// non-shared copy may be taken), a retained one goes to the retained
+    /// store, and a forward whose payload starts with `t` claims the session of
+    /// the client named by the rest for the "other" node.
     fn cluster(&mut self, op: ClusterOp) {
         match op {
             ClusterOp::Interest { filter, on: true } => self.interests.push(filter),
@@ -586,20 +586,23 @@ impl Harness {
                 if p.retain {
                     self.broker.handle_cluster_retained(self.now, (*p).clone());
                 }
-                self.broker.handle_cluster_publish(self.now, (*p).clone(), None);
-                let groups: Vec<TopicFilter> = self
+                let through: Vec<TopicFilter> = self
                     .interests
                     .iter()
                     .filter(|f| {
-                        f.shared()
-                            .is_some_and(|(_, m)| broker_state::filter_matches(m.as_bytes(), topic))
+                        let m = f.shared().map_or(f.as_str(), |(_, m)| m);
+                        broker_state::filter_matches(m.as_bytes(), topic)
                     })
                     .cloned()
                     .collect();
-                for g in groups {
-                    self.broker
-                        .handle_cluster_publish(self.now, (*p).clone(), Some(&g));
+                let mut taken = 0;
+                for f in through {
+                    let n = self.broker.handle_cluster_publish(self.now, (*p).clone(), &f);
+                    if f.shared().is_none() && n > 0 {
+                        taken += 1;
+                    }
                 }
+                assert!(taken <= 1, "a message taken through {taken} filters");
                 if p.payload.first() == Some(&b't') {
                     self.broker.handle_session_claimed(self.now, &p.payload[1..]);
                 }

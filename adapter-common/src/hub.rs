@@ -344,6 +344,9 @@ impl<W: Wake> Hub<W> {
                         self.broker.handle_store_failed(now, ticket);
                     }
                 }
+                brokk_cluster::Inbound::RemoteInterest { filter, on } => {
+                    self.broker.handle_remote_interest(&filter, on);
+                }
                 brokk_cluster::Inbound::Claimed(client_id) => {
                     if self.broker.handle_session_claimed(now, &client_id) {
                         tracing::info!(

@@ -222,17 +222,21 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     // messages go into the core before anyone can subscribe.
     let cluster = match &config.cluster {
         Some(settings) => {
-            let (node, retained) =
+            let (node, joined) =
                 brokk_cluster::ClusterNode::start(settings.clone()).map_err(StartError::Cluster)?;
             let now = crate::runtime::now();
-            let count = retained.len();
-            for p in retained {
+            let (retained, filters) = (joined.retained.len(), joined.interest.len());
+            for p in joined.retained {
                 broker.handle_cluster_retained(now, p);
+            }
+            for f in &joined.interest {
+                broker.handle_remote_interest(f, true);
             }
             tracing::info!(
                 node = settings.node_id,
-                retained = count,
-                "cluster retained messages read"
+                retained,
+                filters,
+                "joined: the cluster's retained messages and the other nodes' filters read"
             );
             Some(node)
         }

@@ -96,6 +96,8 @@ pub struct Stats {
     /// Copies of another node's message that came through a filter other than
     /// the oldest local one it matches (or one no longer subscribed), dropped.
     pub cluster_duplicates: u64,
+    /// Messages accepted here that no other node wanted (nothing forwarded).
+    pub cluster_not_forwarded: u64,
     /// Sessions that ended here because a client connected to another node of
     /// the cluster with their client identifier.
     pub cluster_takeovers: u64,
@@ -111,6 +113,10 @@ pub struct Broker {
     by_client_id: Map<Bytes, SessionKey>,
     sessions_per_auth: Map<String, usize>,
     router: Router,
+    /// On a node of a cluster: the filters the other nodes announced (shared
+    /// ones by their filter part), to forward only what someone elsewhere
+    /// wants; see `broker/cluster.rs`.
+    remote: cluster::RemoteInterest,
     retained: RetainedStore,
     timers: Timers,
     events: VecDeque<Event>,
@@ -209,6 +215,9 @@ pub(crate) struct ConnectPlan {
 /// Outcome of routing one message.
 struct Routed {
     matched: usize,
+    /// A shared subscription of this broker matched (on a node of a cluster
+    /// its delivery is the cluster's to decide).
+    shared: bool,
 }
 
 /// The copies of one routed message its receivers share (see [`SharedMsgs`]), made
@@ -309,6 +318,7 @@ impl Broker {
             by_client_id: Map::with_hasher(hasher),
             sessions_per_auth: Map::with_hasher(hasher),
             router: Router::new(hasher),
+            remote: cluster::RemoteInterest::new(hasher),
             retained: RetainedStore::new(hasher),
             timers: Timers::default(),
             events: VecDeque::new(),

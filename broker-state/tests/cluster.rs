@@ -44,6 +44,10 @@ fn owned(s: &str) -> (String, bool) {
     (s.to_owned(), true)
 }
 
+fn filter(s: &str) -> TopicFilter {
+    TopicFilter::copy_from_str(s).expect("a valid filter")
+}
+
 #[test]
 fn interest_is_announced_with_a_filters_first_subscription_and_withdrawn_with_its_last() {
     let mut sim = node();
@@ -90,6 +94,10 @@ fn messages_accepted_here_are_forwarded_and_delivered_here_at_once() {
     let s = sim.connect(V5, "s", true);
     sim.subscribe(s, "t", QoS::AtLeastOnce);
     let p = sim.connect(V5, "p", true);
+    // Another node wants t and wills/#.
+    sim.broker.handle_remote_interest(&filter("t"), true);
+    sim.broker
+        .handle_remote_interest(&filter("$share/g/wills/#"), true);
     sim.cluster.clear();
     sim.publish(p, "t", QoS::AtLeastOnce, true, b"1");
     assert_eq!(payloads(&sim.publishes(s)), [&b"1"[..]]);
@@ -103,11 +111,32 @@ fn messages_accepted_here_are_forwarded_and_delivered_here_at_once() {
         f[0].packet_id, None,
         "the forward is the message, not a packet"
     );
-    // No local subscriber: still forwarded, and 5.0's 0x10 is not claimed (the
-    // other nodes may have subscribers).
+    // No subscriber anywhere: not forwarded, and still 5.0's 0x10 is not
+    // claimed (a node may subscribe at any moment).
     sim.publish(p, "nobody/here", QoS::AtLeastOnce, false, b"2");
     assert_eq!(sim.expect_puback(p).reason_code, ReasonCode::Success);
+    assert_eq!(forwards(&mut sim).len(), 0);
+    assert_eq!(sim.broker.stats().cluster_not_forwarded, 1);
+    // Retained: forwarded all the same (the retained store is the cluster's).
+    sim.publish(p, "nobody/here", QoS::AtLeastOnce, true, b"r");
     assert_eq!(forwards(&mut sim).len(), 1);
+    // Interest withdrawn: no longer forwarded. Announced twice, withdrawn once:
+    // gone (the adapter aggregates nodes).
+    sim.broker.handle_remote_interest(&filter("t"), true);
+    sim.broker.handle_remote_interest(&filter("t"), false);
+    sim.publish(p, "t", QoS::AtMostOnce, false, b"3");
+    assert_eq!(forwards(&mut sim).len(), 0);
+    // A local shared group's messages go through the cluster even when no
+    // other node wants them: the cluster picks the member.
+    let sh = sim.connect(V5, "sh", true);
+    sim.subscribe(sh, "$share/local/jobs", QoS::AtLeastOnce);
+    sim.cluster.clear();
+    sim.publish(p, "jobs", QoS::AtMostOnce, false, b"4");
+    assert_eq!(forwards(&mut sim).len(), 1);
+    assert!(
+        sim.publishes(sh).is_empty(),
+        "delivered only when the cluster hands it back"
+    );
     // A will is forwarded too.
     let mut c = connect_packet(V5, "w", true);
     c.will = Some(will("wills/w", b"gone", QoS::AtLeastOnce, false));
@@ -122,6 +151,7 @@ fn messages_accepted_here_are_forwarded_and_delivered_here_at_once() {
 fn the_puback_of_a_qos1_message_waits_until_its_forward_is_handed_over() {
     let mut sim = node();
     sim.auto_commit = false;
+    sim.broker.handle_remote_interest(&filter("t"), true);
     let p = sim.connect(V5, "p", true);
     let before = sim.broker.store_effects_emitted();
     let id = sim

@@ -35,5 +35,5 @@ pub mod node;
 pub mod subject;
 pub mod wire;
 
-pub use node::{ClusterNode, Inbound, Settings, StartError};
+pub use node::{ClusterNode, Inbound, Joined, Settings, StartError};
 pub use subject::{SubjectMap, DEFAULT_PREFIX};

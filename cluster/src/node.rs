@@ -121,6 +121,14 @@ pub enum Inbound {
     },
     /// Another node took the session of this client identifier over.
     Claimed(Bytes),
+    /// The first node announced interest in this filter (`on`), or the last
+    /// one withdrew it.
+    RemoteInterest {
+        /// The filter (`$share/...` for a shared group).
+        filter: TopicFilter,
+        /// Begins or ends.
+        on: bool,
+    },
     /// The forwards submitted with this ticket (and every earlier one) are
     /// flushed to NATS; `ok` is false when a retained message among them could
     /// not be stored in JetStream (its publisher must not hear it was).
@@ -130,6 +138,17 @@ pub enum Inbound {
         /// Everything was handed over.
         ok: bool,
     },
+}
+
+/// What a node finds in the cluster when it joins, for the core before it
+/// serves anyone.
+#[derive(Debug, Default)]
+pub struct Joined {
+    /// The cluster's retained messages.
+    pub retained: Vec<Publish>,
+    /// The filters the other nodes subscribe to (each once, however many
+    /// nodes announced it).
+    pub interest: Vec<TopicFilter>,
 }
 
 /// Why the node could not join.
@@ -208,7 +227,7 @@ impl ClusterNode {
     /// Connects to NATS, creates (or opens) the buckets, reads the retained
     /// messages, and starts the node's thread. Returns the node and the
     /// cluster's retained messages, for the core before it serves anyone.
-    pub fn start(settings: Settings) -> Result<(ClusterNode, Vec<Publish>), StartError> {
+    pub fn start(settings: Settings) -> Result<(ClusterNode, Joined), StartError> {
         let map = SubjectMap::new(&settings.prefix)
             .map_err(|e| StartError(format!("cluster prefix: {e}")))?;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
@@ -239,7 +258,7 @@ impl ClusterNode {
                 .map_err(|e| StartError(format!("cannot start the cluster thread: {e}")))?
         };
         let retained = match ready_rx.recv_timeout(timeout + Duration::from_secs(5)) {
-            Ok(Ok(retained)) => retained,
+            Ok(Ok(joined)) => joined,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -439,7 +458,7 @@ async fn run(
     map: SubjectMap,
     mut commands: mpsc::UnboundedReceiver<Command>,
     inbound: mpsc::Sender<Inbound>,
-    ready: std::sync::mpsc::Sender<Result<Vec<Publish>, StartError>>,
+    ready: std::sync::mpsc::Sender<Result<Joined, StartError>>,
     counters: Arc<Counters>,
     queued: Arc<AtomicUsize>,
 ) {
@@ -453,47 +472,62 @@ async fn run(
             .watch_all()
             .await
             .map_err(|e| StartError(format!("watching the sessions bucket: {e}")))?;
-        let mut watch = retained
-            .watch_with_history(">")
-            .await
-            .map_err(|e| StartError(format!("reading the retained bucket: {e}")))?;
-        let status = retained
-            .status()
-            .await
-            .map_err(|e| StartError(format!("reading the retained bucket: {e}")))?;
-        let mut initial = Vec::new();
-        let mut left = status.values();
-        let mut last = 0;
-        while left > 0 {
-            let Some(entry) = watch.next().await else {
-                break;
-            };
-            let entry =
-                entry.map_err(|e| StartError(format!("reading the retained bucket: {e}")))?;
+        let claims = follow(sessions.clone(), Some(claims), 0, Resume::NewOnly);
+        let (entries, last) = read_all(&retained, "retained").await?;
+        let mut joined = Joined::default();
+        for entry in &entries {
             if let Some(Inbound::Retained {
                 publish: Some(p), ..
-            }) = retained_entry(&entry, &counters)
+            }) = retained_entry(entry, &counters)
             {
-                initial.push(p);
+                joined.retained.push(p);
             }
-            left = entry.delta;
-            last = entry.revision;
         }
         // Each watch is followed by a task that starts it again after the
         // revision it saw last when it fails (its consumer lived on a NATS
         // server that went away).
-        let watch = follow(retained.clone(), watch, last, Resume::FromRevision);
-        let claims = follow(sessions.clone(), claims, 0, Resume::NewOnly);
-        Ok::<_, StartError>((main, queues, retained, sessions, claims, watch, initial))
+        let watch = follow(retained.clone(), None, last, Resume::FromRevision);
+        let interest = bucket(&js, &settings, "interest").await?;
+        let (entries, last) = read_all(&interest, "interest").await?;
+        let mut remote = RemoteFilters::default();
+        for entry in &entries {
+            match interest_key(&entry.key) {
+                // This node's own keys are from an earlier run: withdrawn.
+                Some((node, _)) if node == settings.node_id => {
+                    if entry.operation == jetstream::kv::Operation::Put {
+                        let _ = interest.delete(&entry.key).await;
+                    }
+                }
+                Some((node, filter)) if entry.operation == jetstream::kv::Operation::Put => {
+                    if remote.set(node, filter.clone(), true) {
+                        joined.interest.push(filter);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let interest_watch = follow(interest.clone(), None, last, Resume::FromRevision);
+        Ok::<_, StartError>((
+            (main, queues, retained, sessions, claims, watch),
+            (interest, interest_watch, remote),
+            joined,
+        ))
     };
-    let (main, queues, retained, sessions, mut claims, mut watch, initial) = match started.await {
+    let (
+        (main, queues, retained, sessions, mut claims, mut watch),
+        (interest, mut interest_watch, mut remote),
+        joined,
+    ) = match started.await {
         Ok(s) => s,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    if ready.send(Ok(initial)).is_err() {
+    if ready.send(Ok(joined)).is_err() {
         return;
     }
     tracing::info!(
@@ -504,10 +538,8 @@ async fn run(
     let (arrive_tx, mut arrivals) = mpsc::channel::<Arrival>(4096);
     let (claimed_tx, mut claimed) = mpsc::unbounded_channel::<(String, Result<u64, String>)>();
     let mut subscriptions: HashMap<TopicFilter, Vec<tokio::task::AbortHandle>> = HashMap::new();
-    // Claims under way (a remote claim seen meanwhile: the latest), and this
-    // node's latest claim per client.
-    let mut pending: HashMap<String, Option<u64>> = HashMap::new();
-    let mut owned: HashMap<String, u64> = HashMap::new();
+    // This node's claims, per client key.
+    let mut owned: HashMap<String, Claim> = HashMap::new();
     let me = settings.node_id.clone();
     let mut shutdown = false;
     loop {
@@ -515,7 +547,7 @@ async fn run(
             command = commands.recv() => match command {
                 None | Some(Command::Shutdown) => break,
                 Some(Command::Claim(client_id)) => {
-                    claim(&sessions, &me, &claimed_tx, &mut pending, client_id);
+                    claim(&sessions, &me, &claimed_tx, &mut owned, client_id);
                 }
                 Some(Command::Ops(ops, forwards, ticket)) => {
                     let mut ticket = ticket;
@@ -526,12 +558,19 @@ async fn run(
                     for op in ops {
                         match op {
                             ClusterOp::Interest { filter, on: true } => {
+                                // Subscribed before announced: a node that
+                                // forwards once it sees the announcement finds
+                                // the subscription there.
                                 let handles = subscribe(&map, &main, &queues, &filter, &arrive_tx).await;
+                                let _ = main.flush().await;
+                                let _ = queues.flush().await;
+                                announce(&interest, &me, &filter, true, &counters).await;
                                 if let Some(old) = subscriptions.insert(filter, handles) {
                                     old.iter().for_each(|h| h.abort());
                                 }
                             }
                             ClusterOp::Interest { filter, on: false } => {
+                                announce(&interest, &me, &filter, false, &counters).await;
                                 if let Some(handles) = subscriptions.remove(&filter) {
                                     handles.iter().for_each(|h| h.abort());
                                 }
@@ -547,7 +586,7 @@ async fn run(
                             ticket = t.or(ticket);
                             batch = Some((o, f));
                         }
-                        Ok(Command::Claim(client_id)) => claim(&sessions, &me, &claimed_tx, &mut pending, client_id),
+                        Ok(Command::Claim(client_id)) => claim(&sessions, &me, &claimed_tx, &mut owned, client_id),
                         Ok(Command::Shutdown) => {
                             shutdown = true;
                         }
@@ -582,41 +621,57 @@ async fn run(
                     }
                 }
             }
+            Some(entry) = interest_watch.recv() => {
+                let Some((node, filter)) = interest_key(&entry.key) else {
+                    counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if node == me {
+                    continue;
+                }
+                let on = entry.operation == jetstream::kv::Operation::Put;
+                if remote.set(node, filter.clone(), on)
+                    && inbound.send(Inbound::RemoteInterest { filter, on }).await.is_err()
+                {
+                    break;
+                }
+            }
             Some(entry) = claims.recv() => {
                 if entry.operation != jetstream::kv::Operation::Put || entry.value[..] == *me.as_bytes() {
                     continue;
                 }
-                if let Some(slot) = pending.get_mut(&entry.key) {
-                    *slot = Some(slot.map_or(entry.revision, |r| r.max(entry.revision)));
+                // Only a client this node claimed can be taken from it.
+                let Some(c) = owned.get_mut(&entry.key) else {
                     continue;
-                }
-                if owned.get(&entry.key).is_some_and(|&r| r > entry.revision) {
-                    continue;
-                }
-                owned.remove(&entry.key);
-                if let Some(id) = claim_id(&entry.key) {
-                    if inbound.send(Inbound::Claimed(id)).await.is_err() {
-                        break;
+                };
+                c.later = c.later.max(entry.revision);
+                if c.taken() {
+                    owned.remove(&entry.key);
+                    if let Some(id) = claim_id(&entry.key) {
+                        if inbound.send(Inbound::Claimed(id)).await.is_err() {
+                            break;
+                        }
                     }
                 }
             }
             Some((key, result)) = claimed.recv() => {
-                let later = pending.remove(&key).flatten();
+                let Some(c) = owned.get_mut(&key) else {
+                    continue;
+                };
+                c.in_flight -= 1;
                 match result {
-                    Ok(revision) => {
-                        if later.is_some_and(|r| r > revision) {
-                            if let Some(id) = claim_id(&key) {
-                                if inbound.send(Inbound::Claimed(id)).await.is_err() {
-                                    break;
-                                }
-                            }
-                        } else {
-                            owned.insert(key, revision);
-                        }
-                    }
+                    Ok(revision) => c.own = c.own.max(revision),
                     Err(e) => {
                         counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(error = e, "claiming a session in the sessions bucket");
+                    }
+                }
+                if c.taken() {
+                    owned.remove(&key);
+                    if let Some(id) = claim_id(&key) {
+                        if inbound.send(Inbound::Claimed(id)).await.is_err() {
+                            break;
+                        }
                     }
                 }
             }
@@ -624,6 +679,101 @@ async fn run(
     }
     let _ = main.flush().await;
     let _ = queues.flush().await;
+}
+
+/// Reads every current value of a bucket (the last per key, deletions
+/// included); returns them and the revision of the last.
+async fn read_all(
+    store: &jetstream::kv::Store,
+    what: &str,
+) -> Result<(Vec<jetstream::kv::Entry>, u64), StartError> {
+    let error = |e: &dyn std::fmt::Display| StartError(format!("reading the {what} bucket: {e}"));
+    let mut watch = store.watch_with_history(">").await.map_err(|e| error(&e))?;
+    let status = store.status().await.map_err(|e| error(&e))?;
+    let mut entries = Vec::new();
+    let mut left = status.values();
+    let mut last = 0;
+    while left > 0 {
+        let Some(entry) = watch.next().await else {
+            break;
+        };
+        let entry = entry.map_err(|e| error(&e))?;
+        left = entry.delta;
+        last = entry.revision;
+        entries.push(entry);
+    }
+    Ok((entries, last))
+}
+
+/// The interest bucket's key of `filter` announced by `node`: the node's name,
+/// a dot, and the filter in base64url (keys allow `A-Z a-z 0-9 - _ = . /`).
+fn interest_key_of(node: &str, filter: &TopicFilter) -> String {
+    use base64::Engine as _;
+    format!(
+        "{node}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(filter.as_bytes())
+    )
+}
+
+/// The node and filter of an interest bucket's key.
+fn interest_key(key: &str) -> Option<(&str, TopicFilter)> {
+    use base64::Engine as _;
+    let (node, filter) = key.split_once('.')?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(filter)
+        .ok()?;
+    Some((node, TopicFilter::new(Bytes::from(bytes)).ok()?))
+}
+
+/// Puts (or deletes) this node's key for `filter` in the interest bucket.
+async fn announce(
+    interest: &jetstream::kv::Store,
+    me: &str,
+    filter: &TopicFilter,
+    on: bool,
+    counters: &Counters,
+) {
+    let key = interest_key_of(me, filter);
+    let result = if on {
+        interest
+            .put(&key, Bytes::new())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        interest.delete(&key).await.map_err(|e| e.to_string())
+    };
+    if let Err(e) = result {
+        counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = e, "announcing interest in the interest bucket");
+    }
+}
+
+/// Which nodes announced which filters: a filter is wanted while one node
+/// does.
+#[derive(Default)]
+struct RemoteFilters {
+    nodes: HashMap<TopicFilter, std::collections::HashSet<String>>,
+}
+
+impl RemoteFilters {
+    /// Records `node`'s interest in `filter`; true when the filter's interest
+    /// began (first node) or ended (last node).
+    fn set(&mut self, node: &str, filter: TopicFilter, on: bool) -> bool {
+        if on {
+            let nodes = self.nodes.entry(filter).or_default();
+            nodes.insert(node.to_owned()) && nodes.len() == 1
+        } else {
+            let Some(nodes) = self.nodes.get_mut(&filter) else {
+                return false;
+            };
+            let ended = nodes.remove(node) && nodes.is_empty();
+            if nodes.is_empty() {
+                self.nodes.remove(&filter);
+            }
+            ended
+        }
+    }
 }
 
 /// How a watch starts again after it failed.
@@ -643,12 +793,28 @@ enum Resume {
 /// works.
 fn follow(
     store: jetstream::kv::Store,
-    mut watch: jetstream::kv::Watch,
+    watch: Option<jetstream::kv::Watch>,
     mut last: u64,
     resume: Resume,
 ) -> mpsc::Receiver<jetstream::kv::Entry> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
+        let mut watch = match watch {
+            Some(w) => w,
+            None => loop {
+                let w = match resume {
+                    Resume::FromRevision => store.watch_all_from_revision(last + 1).await,
+                    Resume::NewOnly => store.watch_all().await,
+                };
+                match w {
+                    Ok(w) => break w,
+                    Err(e) => {
+                        tracing::warn!(bucket = store.name, error = %e, "cannot watch the bucket yet");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            },
+        };
         loop {
             match watch.next().await {
                 Some(Ok(entry)) => {
@@ -687,18 +853,37 @@ fn follow(
     rx
 }
 
+/// This node's claim of one client's session in the sessions bucket.
+#[derive(Default)]
+struct Claim {
+    /// Puts under way.
+    in_flight: usize,
+    /// The revision of this node's latest put.
+    own: u64,
+    /// The latest revision another node put (0: none seen).
+    later: u64,
+}
+
+impl Claim {
+    /// Another node claimed the client after this node's last claim (and no
+    /// claim of this node is still on its way, whose revision would decide).
+    fn taken(&self) -> bool {
+        self.in_flight == 0 && self.later > self.own
+    }
+}
+
 /// Puts this node's name under the client's key, on a task of its own; the
 /// revision comes back on `done`.
 fn claim(
     sessions: &jetstream::kv::Store,
     me: &str,
     done: &mpsc::UnboundedSender<(String, Result<u64, String>)>,
-    pending: &mut HashMap<String, Option<u64>>,
+    owned: &mut HashMap<String, Claim>,
     client_id: Bytes,
 ) {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&client_id);
-    pending.entry(key.clone()).or_insert(None);
+    owned.entry(key.clone()).or_default().in_flight += 1;
     let (sessions, tx, node) = (sessions.clone(), done.clone(), me.to_owned());
     tokio::spawn(async move {
         let r = sessions

@@ -61,10 +61,7 @@ impl NatsCluster {
         let binary = nats_server();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let free = free_ports(3 * n);
-        let ports: Vec<(u16, u16, u16)> = free
-            .chunks(3)
-            .map(|c| (c[0], c[1], c[2]))
-            .collect();
+        let ports: Vec<(u16, u16, u16)> = free.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
         let routes: Vec<String> = ports
             .iter()
             .map(|(_, cluster, _)| format!("nats://127.0.0.1:{cluster}"))

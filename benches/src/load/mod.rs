@@ -117,6 +117,18 @@ pub fn suite() -> Vec<Scenario> {
             },
             true,
         ),
+        // Not quick: the cluster bench (benches/cluster/run.sh) asks for it.
+        s(
+            "latency-q0-v5-10k",
+            Kind::Flow {
+                topology: Topology::Pairs { n: 4 },
+                version: Version::V5,
+                qos: 0,
+                max_lag: 0,
+                rate: Some(10_000.0),
+            },
+            false,
+        ),
         s("idle-conns", Kind::Idle, true),
         s("connect-rate", Kind::Churn { concurrency: 64 }, true),
     ]

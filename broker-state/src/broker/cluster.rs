@@ -51,11 +51,18 @@ impl Broker {
     }
 
     /// Hands a message accepted on this node to the cluster (when this is a
-    /// node of one). A QoS 1 or 2 forward is numbered with the store effects, so
-    /// that the publisher's acknowledgement waits until the adapter reports it
-    /// handed over (see [`ClusterOp::Forward`]).
-    pub(super) fn forward(&mut self, p: &Publish) {
+    /// node of one), if anyone elsewhere wants it: another node announced a
+    /// matching filter, a local shared group matched (`shared`: the cluster
+    /// picks the member, maybe here), or it is retained (the retained store is
+    /// the cluster's). A QoS 1 or 2 forward is numbered with the store effects,
+    /// so that the publisher's acknowledgement waits until the adapter reports
+    /// it handed over (see [`ClusterOp::Forward`]).
+    pub(super) fn forward(&mut self, p: &Publish, shared: bool) {
         if !self.config.cluster {
+            return;
+        }
+        if !p.retain && !shared && !self.remote.wants(p.topic.as_bytes()) {
+            self.stats.cluster_not_forwarded += 1;
             return;
         }
         if p.qos != QoS::AtMostOnce {
@@ -168,6 +175,16 @@ impl Broker {
         ok
     }
 
+    /// Another node of the cluster announced interest in `filter` (`on`), or
+    /// its last node withdrew it. From then on a message published here is
+    /// forwarded only if some node's filter matches it (or it is retained, or a
+    /// local shared group matched). Announcements are idempotent: the same
+    /// filter on twice counts once. The adapter aggregates nodes: `on` when the
+    /// first node announces a filter, `!on` when the last one withdraws it.
+    pub fn handle_remote_interest(&mut self, filter: &TopicFilter, on: bool) {
+        self.remote.set(filter, on);
+    }
+
     /// Another node of the cluster took the session of `client_id` over: a
     /// client connected there with that identifier. The connection here (if
     /// any) gets DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3] and closes
@@ -204,4 +221,68 @@ impl Broker {
 /// The filter as an owned value (an interest outlives the packet it came in).
 fn owned_filter(filter: &TopicFilter) -> TopicFilter {
     TopicFilter::new(Bytes::copy_from_slice(filter.as_bytes())).unwrap_or_else(|_| filter.clone())
+}
+
+/// The filters other nodes announced, by their filter part (a shared
+/// subscription's messages are wanted wherever its filter matches), in a route
+/// table of their own so that a publish asks one trie walk whether anyone
+/// elsewhere wants it.
+pub(crate) struct RemoteInterest {
+    router: Router,
+    /// Announced filters (whole, `$share/...` included).
+    announced: crate::hash::Map<Bytes, ()>,
+    /// How many announced filters share each filter part.
+    parts: crate::hash::Map<Bytes, u32>,
+}
+
+/// The one "session" remote filters are held for in their route table.
+const REMOTE: SessionKey = SessionKey::new(u32::MAX, 0);
+
+impl RemoteInterest {
+    pub(crate) fn new(hasher: crate::hash::SeededState) -> Self {
+        RemoteInterest {
+            router: Router::new(hasher),
+            announced: crate::hash::Map::with_hasher(hasher),
+            parts: crate::hash::Map::with_hasher(hasher),
+        }
+    }
+
+    fn set(&mut self, filter: &TopicFilter, on: bool) {
+        let whole = Bytes::copy_from_slice(filter.as_bytes());
+        let (_, part) = split_shared(filter);
+        let part = Bytes::copy_from_slice(&part);
+        if on {
+            if self.announced.insert(whole, ()).is_some() {
+                return;
+            }
+            let n = self.parts.entry(part.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                if let Ok(f) = TopicFilter::new(part.clone()) {
+                    let entry = SubEntry {
+                        session: REMOTE,
+                        options: mqtt_proto::SubscriptionOptions::qos(QoS::AtMostOnce),
+                        id: None,
+                    };
+                    self.router.subscribe(None, &part, &f, entry);
+                }
+            }
+        } else {
+            if self.announced.remove(&whole[..]).is_none() {
+                return;
+            }
+            if let Some(n) = self.parts.get_mut(&part[..]) {
+                *n -= 1;
+                if *n == 0 {
+                    self.parts.remove(&part[..]);
+                    self.router.unsubscribe(None, &part, REMOTE);
+                }
+            }
+        }
+    }
+
+    /// Whether some other node announced a filter matching `topic`.
+    pub(crate) fn wants(&self, topic: &[u8]) -> bool {
+        !self.parts.is_empty() && self.router.oldest_match(topic).is_some()
+    }
 }

@@ -141,9 +141,9 @@ impl Broker {
             .properties
             .message_expiry_interval
             .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
-        let matched = self.route(now, None, &p, expires_at).matched;
-        self.forward(&p);
-        matched
+        let routed = self.route(now, None, &p, expires_at);
+        self.forward(&p, routed.shared);
+        routed.matched
     }
 
     /// Emits the connected event of session `sk` on connection `k` (when they

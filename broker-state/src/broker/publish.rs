@@ -96,7 +96,7 @@ impl Broker {
                 if routed.matched == 0 && !self.config.cluster {
                     code = ReasonCode::NoMatchingSubscribers;
                 }
-                self.forward(&p);
+                self.forward(&p, routed.shared);
             }
         }
         // 3.1.1 cannot report a refusal: the message is acknowledged and dropped
@@ -160,7 +160,8 @@ impl Broker {
         // A node of a cluster delivers shared subscriptions only from what the
         // cluster hands back (`handle_cluster_publish` with the group): each
         // message to one member in the whole cluster.
-        if self.config.cluster {
+        let shared = self.config.cluster && matches.iter().any(|m| m.shared.is_some());
+        if shared {
             matches.retain(|m| m.shared.is_none());
         }
         // No Local [MQTT-3.8.3-3]: not to the publisher's own non-shared subscriptions.
@@ -248,7 +249,7 @@ impl Broker {
         }
         copies.release(&mut self.msgs);
         self.scratch = matches;
-        Routed { matched }
+        Routed { matched, shared }
     }
 
     /// Delivers one message to one session: straight out if the connection is
@@ -575,7 +576,7 @@ impl Broker {
         if will.retain && !self.set_retained(now, &will, expires_at) {
             self.stats.retained_refused += 1;
         }
-        self.route(now, None, &will, expires_at);
-        self.forward(&will);
+        let routed = self.route(now, None, &will, expires_at);
+        self.forward(&will, routed.shared);
     }
 }

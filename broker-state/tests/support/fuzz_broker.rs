@@ -575,8 +575,13 @@ impl Harness {
     /// the client named by the rest for the "other" node.
     fn cluster(&mut self, op: ClusterOp) {
         match op {
-            ClusterOp::Interest { filter, on: true } => self.interests.push(filter),
+            ClusterOp::Interest { filter, on: true } => {
+                // The "other node" has the same interest.
+                self.broker.handle_remote_interest(&filter, true);
+                self.interests.push(filter);
+            }
             ClusterOp::Interest { filter, on: false } => {
+                self.broker.handle_remote_interest(&filter, false);
                 let i = self.interests.iter().position(|f| *f == filter);
                 let i = i.unwrap_or_else(|| panic!("interest in {filter:?} withdrawn twice"));
                 self.interests.swap_remove(i);

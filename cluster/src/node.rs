@@ -562,8 +562,11 @@ async fn run(
                                 // forwards once it sees the announcement finds
                                 // the subscription there.
                                 let handles = subscribe(&map, &main, &queues, &filter, &arrive_tx).await;
-                                let _ = main.flush().await;
-                                let _ = queues.flush().await;
+                                let flushed = async {
+                                    let _ = main.flush().await;
+                                    let _ = queues.flush().await;
+                                };
+                                let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flushed).await;
                                 announce(&interest, &me, &filter, true, &counters).await;
                                 if let Some(old) = subscriptions.insert(filter, handles) {
                                     old.iter().for_each(|h| h.abort());
@@ -594,8 +597,20 @@ async fn run(
                     }
                     }
                     if let Some(ticket) = ticket {
-                        if let Err(e) = main.flush().await {
-                            tracing::warn!(error = %e, "flushing forwards to NATS");
+                        // While NATS is unreachable a flush waits for the
+                        // reconnection; the acknowledgements wait with it, for
+                        // at most the connect timeout, and are then refused
+                        // (the publishers send again).
+                        match tokio::time::timeout(settings.connect_timeout, main.flush()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "flushing forwards to NATS");
+                                ok = false;
+                            }
+                            Err(_) => {
+                                tracing::warn!("NATS unreachable: acknowledgements of forwards refused");
+                                ok = false;
+                            }
                         }
                         if inbound.send(Inbound::Forwarded { ticket, ok }).await.is_err() {
                             break;
@@ -677,9 +692,19 @@ async fn run(
             }
         }
     }
-    let _ = main.flush().await;
-    let _ = queues.flush().await;
+    // What was forwarded last goes out, unless NATS is gone (a flush waits for
+    // the reconnection): shutting down never hangs on it.
+    let flushed = async {
+        let _ = main.flush().await;
+        let _ = queues.flush().await;
+    };
+    if tokio::time::timeout(SHUTDOWN_FLUSH, flushed).await.is_err() {
+        tracing::warn!("NATS unreachable at shutdown: the last forwards may not have reached it");
+    }
 }
+
+/// How long shutting down waits for the last forwards to reach NATS.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 /// Reads every current value of a bucket (the last per key, deletions
 /// included); returns them and the revision of the last.

@@ -597,4 +597,13 @@ async fn a_killed_nats_server_is_survived() {
     c.subscribe("n/state", QoS::AtMostOnce).await;
     let p = c.recv_publish().await;
     assert_eq!((&p.payload[..], p.retain), (&b"kept"[..], true));
+
+    // With every NATS server gone, a node still shuts down promptly when asked
+    // (it does not wait for a reconnection to flush).
+    cluster.nats.kill(0).await;
+    cluster.nats.kill(2).await;
+    let mut node = cluster.nodes[0].take().expect("node 0 runs");
+    node.signal(libc::SIGTERM);
+    let status = node.wait(Duration::from_secs(20)).await;
+    assert!(status.success(), "node 0 exited with {status:?}\n{}", node.stderr());
 }

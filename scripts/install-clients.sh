@@ -70,6 +70,20 @@ chromium --headless --no-sandbox --version >/dev/null 2>&1 || die "chromium is i
 # must be built with nghttp2.
 curl --version | grep -w HTTP2 >/dev/null || die "curl is installed but lacks HTTP/2 support (nghttp2)"
 
+# pip_install SPEC: installs SPEC for $PYTHON (per user when Debian's python3 is
+# "externally managed", PEP 668; a pyenv/venv one is not).
+pip_install() {
+    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is not available for $PYTHON"
+    local pip_extra=()
+    if "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
+        pip_extra=(--user --break-system-packages)
+    fi
+    log "pip install $1 ${pip_extra[*]}"
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q \
+        "${pip_extra[@]}" "$1" \
+        || die "pip install $1 failed"
+}
+
 # ---------------------------------------------------------------- paho-mqtt
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
 paho_ok() {
@@ -81,16 +95,7 @@ sys.exit(0 if v.split(".")[0] == "2" else 1)
 PY
 }
 if ! paho_ok; then
-    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is not available for $PYTHON"
-    pip_extra=()
-    # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv one is not.
-    if "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
-        pip_extra=(--user --break-system-packages)
-    fi
-    log "pip install $PAHO_SPEC ${pip_extra[*]}"
-    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q \
-        "${pip_extra[@]}" "$PAHO_SPEC" \
-        || die "pip install $PAHO_SPEC failed"
+    pip_install "$PAHO_SPEC"
     paho_ok || die "paho-mqtt 2.x not importable after install"
 fi
 
@@ -104,16 +109,7 @@ sys.exit(0 if version("prometheus-client") == sys.argv[1] else 1)
 PY
 }
 if ! prometheus_client_ok; then
-    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is not available for $PYTHON"
-    pip_extra=()
-    # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv one is not.
-    if "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
-        pip_extra=(--user --break-system-packages)
-    fi
-    log "pip install $PROMETHEUS_CLIENT_SPEC ${pip_extra[*]}"
-    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q \
-        "${pip_extra[@]}" "$PROMETHEUS_CLIENT_SPEC" \
-        || die "pip install $PROMETHEUS_CLIENT_SPEC failed"
+    pip_install "$PROMETHEUS_CLIENT_SPEC"
     prometheus_client_ok || die "$PROMETHEUS_CLIENT_SPEC not importable after install"
 fi
 
@@ -124,16 +120,7 @@ nats_ok() {
     "$bin" --version 2>/dev/null | grep -q "v$NATS_SERVER_VERSION"
 }
 if ! nats_ok; then
-    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is not available for $PYTHON"
-    pip_extra=()
-    # Debian's own python3 is "externally managed" (PEP 668); a pyenv/venv one is not.
-    if "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
-        pip_extra=(--user --break-system-packages)
-    fi
-    log "pip install $NATS_SERVER_SPEC ${pip_extra[*]}"
-    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q \
-        "${pip_extra[@]}" "$NATS_SERVER_SPEC" \
-        || die "pip install $NATS_SERVER_SPEC failed"
+    pip_install "$NATS_SERVER_SPEC"
     nats_ok || die "nats-server $NATS_SERVER_VERSION not found after install"
 fi
 

@@ -605,5 +605,9 @@ async fn a_killed_nats_server_is_survived() {
     let mut node = cluster.nodes[0].take().expect("node 0 runs");
     node.signal(libc::SIGTERM);
     let status = node.wait(Duration::from_secs(20)).await;
-    assert!(status.success(), "node 0 exited with {status:?}\n{}", node.stderr());
+    assert!(
+        status.success(),
+        "node 0 exited with {status:?}\n{}",
+        node.stderr()
+    );
 }

@@ -10,7 +10,6 @@
 //! (a NATS queue group) and that node picks a member
 //! ([`Broker::handle_cluster_publish`] with the group).
 
-use super::events::Ending;
 use super::*;
 
 impl Broker {
@@ -99,20 +98,8 @@ impl Broker {
     /// it); the retained store is not changed here (see
     /// [`Broker::handle_cluster_retained`]). The message expiry interval is
     /// what is left of it. Returns the deliveries made.
-    pub fn handle_cluster_publish(
-        &mut self,
-        now: Now,
-        mut p: Publish,
-        through: &TopicFilter,
-    ) -> usize {
-        p.dup = false;
-        p.packet_id = None;
-        p.properties.topic_alias = None;
-        p.properties.subscription_identifiers = Vec::new();
-        let expires_at = p
-            .properties
-            .message_expiry_interval
-            .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
+    pub fn handle_cluster_publish(&mut self, now: Now, p: Publish, through: &TopicFilter) -> usize {
+        let (p, expires_at) = from_cluster(now, p);
         if through.shared().is_none() {
             let taken = self.router.interest_since(through.as_bytes());
             if taken.is_none() || taken != self.router.oldest_match(p.topic.as_bytes()) {
@@ -160,14 +147,7 @@ impl Broker {
     /// store's limits refused it.
     pub fn handle_cluster_retained(&mut self, now: Now, mut p: Publish) -> bool {
         p.retain = true;
-        p.dup = false;
-        p.packet_id = None;
-        p.properties.topic_alias = None;
-        p.properties.subscription_identifiers = Vec::new();
-        let expires_at = p
-            .properties
-            .message_expiry_interval
-            .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
+        let (p, expires_at) = from_cluster(now, p);
         let ok = self.set_retained(now, &p, expires_at);
         if !ok {
             self.stats.retained_refused += 1;
@@ -196,26 +176,26 @@ impl Broker {
         };
         self.stats.cluster_takeovers += 1;
         if let Some(old) = self.sessions.get(sk).and_then(|s| s.conn) {
-            let ok = key(old);
-            self.push_disconnect(ok, ReasonCode::SessionTakenOver);
-            if let Some(c) = self.conns.get_mut(ok) {
-                c.start_closing();
-            }
-            self.events.push_back(Event::Close {
-                conn: old,
-                reason: ReasonCode::SessionTakenOver,
-            });
-            self.detach(
-                now,
-                ok,
-                sk,
-                true,
-                Ending::Server(ReasonCode::SessionTakenOver),
-            );
+            self.close_taken_over(now, old, sk);
         }
         self.end_session(now, sk);
         true
     }
+}
+
+/// A message from the cluster as this node routes or keeps it: no packet id,
+/// no DUP, no alias or subscription identifiers (those are per delivery), and
+/// the instant its expiry interval ends.
+fn from_cluster(now: Now, mut p: Publish) -> (Publish, Option<Instant>) {
+    p.dup = false;
+    p.packet_id = None;
+    p.properties.topic_alias = None;
+    p.properties.subscription_identifiers = Vec::new();
+    let expires_at = p
+        .properties
+        .message_expiry_interval
+        .map(|secs| now.instant + Duration::from_secs(u64::from(secs)));
+    (p, expires_at)
 }
 
 /// The filter as an owned value (an interest outlives the packet it came in).

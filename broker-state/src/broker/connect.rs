@@ -2,7 +2,6 @@
 //! binds to (new, resumed or taken over), CONNACK, and what a resumed session
 //! resends.
 
-use super::events::Ending;
 use super::*;
 
 impl Broker {
@@ -216,22 +215,7 @@ impl Broker {
         if let Some(sk) = existing {
             if let Some(old) = self.sessions.get(sk).and_then(|s| s.conn) {
                 self.stats.takeovers += 1;
-                let ok = key(old);
-                self.push_disconnect(ok, ReasonCode::SessionTakenOver);
-                if let Some(c) = self.conns.get_mut(ok) {
-                    c.start_closing();
-                }
-                self.events.push_back(Event::Close {
-                    conn: old,
-                    reason: ReasonCode::SessionTakenOver,
-                });
-                self.detach(
-                    now,
-                    ok,
-                    sk,
-                    true,
-                    Ending::Server(ReasonCode::SessionTakenOver),
-                );
+                self.close_taken_over(now, old, sk);
             }
             // Clean Start, or a session that ended with its connection, starts anew.
             // A taken-over session with expiry 0 was already ended by `detach`: its

@@ -171,6 +171,28 @@ impl Broker {
         self.store_session(now, sk);
     }
 
+    /// Takeover [MQTT-3.1.4-3]: the connection `old` of session `sk` gets
+    /// DISCONNECT 0x8E Session taken over (5.0), closes, and lets go of the
+    /// session (its will follows as on any server-side end).
+    pub(super) fn close_taken_over(&mut self, now: Now, old: ConnId, sk: SessionKey) {
+        let ok = key(old);
+        self.push_disconnect(ok, ReasonCode::SessionTakenOver);
+        if let Some(c) = self.conns.get_mut(ok) {
+            c.start_closing();
+        }
+        self.events.push_back(Event::Close {
+            conn: old,
+            reason: ReasonCode::SessionTakenOver,
+        });
+        self.detach(
+            now,
+            ok,
+            sk,
+            true,
+            Ending::Server(ReasonCode::SessionTakenOver),
+        );
+    }
+
     /// One more session owned by `name` (`end_session` counts it down).
     pub(super) fn count_owned_session(&mut self, name: &str) {
         match self.sessions_per_auth.get_mut(name) {

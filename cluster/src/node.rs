@@ -468,12 +468,10 @@ async fn run(
         let js = jetstream::new(main.clone());
         let retained = bucket(&js, &settings, "retained").await?;
         let sessions = bucket(&js, &settings, "sessions").await?;
-        let claims = sessions
-            .watch_all()
-            .await
-            .map_err(|e| StartError(format!("watching the sessions bucket: {e}")))?;
-        let claims = follow(sessions.clone(), Some(claims), 0, Resume::NewOnly);
-        let (entries, last) = read_all(&retained, "retained").await?;
+        // Started by its task (which tries again while JetStream has no leader
+        // for the bucket).
+        let claims = follow(sessions.clone(), 0, Resume::NewOnly);
+        let (entries, last) = read_all(&retained, "retained", settings.connect_timeout).await?;
         let mut joined = Joined::default();
         for entry in &entries {
             if let Some(Inbound::Retained {
@@ -486,9 +484,9 @@ async fn run(
         // Each watch is followed by a task that starts it again after the
         // revision it saw last when it fails (its consumer lived on a NATS
         // server that went away).
-        let watch = follow(retained.clone(), None, last, Resume::FromRevision);
+        let watch = follow(retained.clone(), last, Resume::FromRevision);
         let interest = bucket(&js, &settings, "interest").await?;
-        let (entries, last) = read_all(&interest, "interest").await?;
+        let (entries, last) = read_all(&interest, "interest", settings.connect_timeout).await?;
         let mut remote = RemoteFilters::default();
         for entry in &entries {
             match interest_key(&entry.key) {
@@ -509,7 +507,7 @@ async fn run(
                 }
             }
         }
-        let interest_watch = follow(interest.clone(), None, last, Resume::FromRevision);
+        let interest_watch = follow(interest.clone(), last, Resume::FromRevision);
         Ok::<_, StartError>((
             (main, queues, retained, sessions, claims, watch),
             (interest, interest_watch, remote),
@@ -707,8 +705,28 @@ async fn run(
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 
 /// Reads every current value of a bucket (the last per key, deletions
-/// included); returns them and the revision of the last.
+/// included); returns them and the revision of the last. While a NATS server
+/// of the cluster has just died, JetStream refuses consumers until the bucket's
+/// stream has a new leader: the read is tried again until `patience` is over.
 async fn read_all(
+    store: &jetstream::kv::Store,
+    what: &str,
+    patience: Duration,
+) -> Result<(Vec<jetstream::kv::Entry>, u64), StartError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match read_all_once(store, what).await {
+            Ok(read) => return Ok(read),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "JetStream not ready; reading again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+async fn read_all_once(
     store: &jetstream::kv::Store,
     what: &str,
 ) -> Result<(Vec<jetstream::kv::Entry>, u64), StartError> {
@@ -812,33 +830,30 @@ enum Resume {
     NewOnly,
 }
 
-/// Follows `watch` on a task of its own, handing its entries over; when the
-/// watch fails (its ephemeral consumer was on a NATS server that died, a
-/// heartbeat was missed), it is started again, twice a second until that
-/// works.
+/// Watches `store` on a task of its own (from the revision after `last`, or
+/// only what changes from now on) and hands its entries over; when the watch
+/// cannot start or fails (its ephemeral consumer was on a NATS server that
+/// died, a heartbeat was missed), it is started again after the last revision
+/// seen, twice a second until that works.
 fn follow(
     store: jetstream::kv::Store,
-    watch: Option<jetstream::kv::Watch>,
     mut last: u64,
     resume: Resume,
 ) -> mpsc::Receiver<jetstream::kv::Entry> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
-        let mut watch = match watch {
-            Some(w) => w,
-            None => loop {
-                let w = match resume {
-                    Resume::FromRevision => store.watch_all_from_revision(last + 1).await,
-                    Resume::NewOnly => store.watch_all().await,
-                };
-                match w {
-                    Ok(w) => break w,
-                    Err(e) => {
-                        tracing::warn!(bucket = store.name, error = %e, "cannot watch the bucket yet");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
+        let mut watch = loop {
+            let w = match resume {
+                Resume::FromRevision => store.watch_all_from_revision(last + 1).await,
+                Resume::NewOnly => store.watch_all().await,
+            };
+            match w {
+                Ok(w) => break w,
+                Err(e) => {
+                    tracing::warn!(bucket = store.name, error = %e, "cannot watch the bucket yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-            },
+            }
         };
         loop {
             match watch.next().await {

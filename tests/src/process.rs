@@ -187,9 +187,10 @@ impl BrokkProcess {
             while addrs.len() < listeners {
                 let line = match lines.next_line().await {
                     Ok(Some(line)) => line,
+                    // Its last words (why it stopped) may still be on their way.
                     _ => panic!(
                         "brokk exited before listening\n--- stdout\n{seen}\n--- stderr\n{}",
-                        stderr.text()
+                        stderr.all().await
                     ),
                 };
                 seen.push_str(&line);

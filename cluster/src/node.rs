@@ -1154,3 +1154,79 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(s: &str) -> TopicFilter {
+        TopicFilter::copy_from_str(s).expect("a valid filter")
+    }
+
+    #[test]
+    fn a_filter_is_wanted_from_its_first_node_to_its_last() {
+        let mut r = RemoteFilters::default();
+        assert!(
+            r.set("a", filter("t/#"), true),
+            "first node: interest begins"
+        );
+        assert!(!r.set("b", filter("t/#"), true), "second node: nothing new");
+        assert!(
+            !r.set("a", filter("t/#"), true),
+            "announced again: nothing new"
+        );
+        assert!(!r.set("a", filter("t/#"), false), "one node left");
+        assert!(!r.set("a", filter("t/#"), false), "withdrawn twice");
+        assert!(r.set("b", filter("t/#"), false), "last node: interest ends");
+        assert!(!r.set("b", filter("t/#"), false), "nothing left to end");
+        assert!(r.set("a", filter("$share/g/t"), true));
+    }
+
+    #[test]
+    fn a_claim_is_taken_only_by_a_later_foreign_revision_once_own_puts_are_done() {
+        let mut c = Claim {
+            in_flight: 1,
+            ..Claim::default()
+        };
+        c.later = 7;
+        assert!(!c.taken(), "this node's put is still on its way");
+        c.in_flight = 0;
+        c.own = 9;
+        assert!(!c.taken(), "the foreign claim came before this node's");
+        c.later = 12;
+        assert!(c.taken(), "a foreign claim after this node's");
+    }
+
+    #[test]
+    fn interest_keys_name_the_node_and_the_filter() {
+        let f = filter("a/+/c d/#");
+        let key = interest_key_of("node-1", &f);
+        assert!(
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+            "{key}"
+        );
+        let (node, back) = interest_key(&key).expect("a key this node made");
+        assert_eq!((node, back), ("node-1", f));
+        assert!(interest_key("no-dot").is_none());
+        assert!(interest_key("n.!!").is_none());
+    }
+
+    #[test]
+    fn every_wire_header_has_its_name_made_once() {
+        for name in [
+            wire::ORIGIN,
+            wire::QOS,
+            wire::RETAIN,
+            wire::FORMAT,
+            wire::EXPIRY,
+            wire::CONTENT_TYPE,
+            wire::RESPONSE_TOPIC,
+            wire::CORRELATION_DATA,
+            wire::USER_PROPERTY,
+        ] {
+            assert!(HEADER_NAMES.iter().any(|(n, _)| *n == name), "{name}");
+            assert_eq!(header_name(name).to_string(), name);
+        }
+    }
+}

@@ -1237,7 +1237,7 @@ mod tests {
 
     #[test]
     fn persistence_is_on_disk_and_synced_unless_the_file_says_otherwise() {
-        let config = parse_valid("").unwrap();
+        let config = parse_valid("").expect("an empty file is a valid config");
         assert_eq!(
             (config.persistence, config.fsync),
             (Persistence::Disk, Fsync::Always)
@@ -1245,7 +1245,7 @@ mod tests {
         let config = parse_valid(
             "persistence = \"memory\"\nfsync = \"interval\"\nfsync_interval_ms = 250\n",
         )
-        .unwrap();
+        .expect("memory persistence with an fsync interval is a valid config");
         assert_eq!(config.persistence, Persistence::Memory);
         assert_eq!(
             (config.fsync, config.fsync_interval_ms),

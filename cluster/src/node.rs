@@ -1004,7 +1004,7 @@ async fn forward(
     }
     let mut headers = HeaderMap::new();
     for (name, value) in wire::to_headers(p, me) {
-        headers.append(header_name(name), value.as_str());
+        headers.append(header_name(name), value);
     }
     match main
         .publish_with_headers(subject, headers, p.payload.clone())

@@ -13,11 +13,6 @@
 use super::*;
 
 impl Broker {
-    /// Whether this broker is a node of a cluster (`Config::cluster`).
-    pub fn is_cluster_node(&self) -> bool {
-        self.config.cluster
-    }
-
     /// Adds a subscription to the route table, announcing the filter's first
     /// local subscription to the cluster.
     pub(super) fn route_subscribe(

@@ -208,6 +208,12 @@ pub struct Hub<W: Wake> {
     /// round, handed to it together at the end of the round.
     cluster: Option<brokk_cluster::ClusterNode>,
     cluster_batch: Vec<broker_state::ClusterOp>,
+    /// On a node of a cluster, the store effects for the cluster's store
+    /// (JetStream), handed over with the cluster effects.
+    state_batch: Vec<StoreOp>,
+    /// Sessions let go to other nodes this round, whose new nodes wait for
+    /// the answer.
+    releases: Vec<(bytes::Bytes, Option<brokk_cluster::ReplyTo>)>,
     /// The numbered effects handed to the store and to the cluster and not yet
     /// done (see [`Tickets`]).
     tickets: Tickets,
@@ -287,6 +293,8 @@ impl<W: Wake> Hub<W> {
             counters: crate::metrics::HubCounters::default(),
             cluster: None,
             cluster_batch: Vec::new(),
+            state_batch: Vec::new(),
+            releases: Vec::new(),
             tickets: Tickets::default(),
         }
     }
@@ -347,13 +355,18 @@ impl<W: Wake> Hub<W> {
                 brokk_cluster::Inbound::RemoteInterest { filter, on } => {
                     self.broker.handle_remote_interest(&filter, on);
                 }
-                brokk_cluster::Inbound::Claimed(client_id) => {
+                brokk_cluster::Inbound::Claimed { client_id, reply } => {
                     if self.broker.handle_session_claimed(now, &client_id) {
                         tracing::info!(
                             client_id = %String::from_utf8_lossy(&client_id),
                             "session taken over by another node"
                         );
                     }
+                    // Answered once this round's changes are handed over.
+                    self.releases.push((client_id, reply));
+                }
+                brokk_cluster::Inbound::Acquired { ticket, answer } => {
+                    self.broker.handle_session_acquired(now, ticket, answer);
                 }
             }
         }
@@ -363,23 +376,36 @@ impl<W: Wake> Hub<W> {
     /// Hands the round's cluster effects to the cluster's thread, with a
     /// ticket when QoS 1/2 forwards among them hold acknowledgements.
     fn submit_cluster_batch(&mut self) -> bool {
-        if self.cluster_batch.is_empty() {
+        if self.cluster_batch.is_empty() && self.state_batch.is_empty() {
             return false;
         }
         let len = self.cluster_batch.len();
         let batch = core::mem::replace(&mut self.cluster_batch, Vec::with_capacity(len.min(1024)));
-        let numbered = batch.iter().any(|op| {
-            matches!(op, broker_state::ClusterOp::Forward(p) if p.qos != mqtt_proto::QoS::AtMostOnce)
-        });
+        let state = core::mem::take(&mut self.state_batch);
+        let numbered = !state.is_empty()
+            || batch.iter().any(|op| {
+                matches!(op, broker_state::ClusterOp::Forward(p) if p.qos != mqtt_proto::QoS::AtMostOnce)
+            });
+        let mut handed = false;
         if let Some(cluster) = &self.cluster {
             let ticket = numbered.then(|| self.broker.store_effects_emitted());
             if let Some(t) = ticket {
                 self.tickets.cluster.push_back(t);
             }
-            cluster.submit(batch, ticket);
-            return ticket.is_some();
+            cluster.submit(batch, state, ticket);
+            handed = ticket.is_some();
         }
-        false
+        handed
+    }
+
+    /// Answers the nodes waiting for sessions this node let go, after the
+    /// round's changes (a hand-over is answered once those are stored).
+    fn answer_releases(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            for (client_id, reply) in self.releases.drain(..) {
+                cluster.released(client_id, reply);
+            }
+        }
     }
 
     /// Lifecycle events as `settings` ask (nothing when they ask for nothing):
@@ -775,9 +801,6 @@ impl<W: Wake> Hub<W> {
                     protocol,
                     session_present,
                 } => {
-                    if let Some(cluster) = &self.cluster {
-                        cluster.claim(client_id.as_shared().clone());
-                    }
                     let peer = self.broker.peer(conn);
                     tracing::info!(
                         client_id = client_id.as_str(),
@@ -831,6 +854,9 @@ impl<W: Wake> Hub<W> {
                 Event::Store(op) => {
                     if self.store.is_some() {
                         self.store_batch.push(*op);
+                    } else if self.cluster.is_some() {
+                        // A node of a cluster: the cluster's store.
+                        self.state_batch.push(*op);
                     }
                 }
                 // Published from the broker itself; its deliveries are events
@@ -853,6 +879,7 @@ impl<W: Wake> Hub<W> {
         let handed = self.submit_store_batch() | self.submit_cluster_batch();
         self.tickets
             .round(self.broker.store_effects_emitted(), handed);
+        self.answer_releases();
         if let (Some(next), Some(timer)) = (self.broker.poll_timeout(), &self.timer) {
             if self.armed.is_none_or(|armed| next < armed) {
                 self.armed = Some(next);

@@ -177,6 +177,13 @@ impl Prepared {
 fn open_store(config: &Config) -> Result<(Broker, Option<brokk_store::DurableStore>), StartError> {
     let mut core = broker_config(&config.limits);
     core.cluster = config.cluster.is_some();
+    // A node of a cluster keeps its sessions in the cluster's store (JetStream),
+    // so that they outlive the node: its data directory is not used.
+    if core.cluster {
+        core.store_effects = true;
+        tracing::info!("cluster: sessions are kept in JetStream, not in the data directory");
+        return Ok((Broker::new(core, os_seed()), None));
+    }
     if config.persistence == Persistence::Memory {
         return Ok((Broker::new(core, os_seed()), None));
     }
@@ -222,10 +229,17 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
     // messages go into the core before anyone can subscribe.
     let cluster = match &config.cluster {
         Some(settings) => {
+            let mut settings = settings.clone();
+            settings.max_sessions_per_authentication_name =
+                broker.config().max_sessions_per_authentication_name;
             let (node, joined) =
                 brokk_cluster::ClusterNode::start(settings.clone()).map_err(StartError::Cluster)?;
             let now = crate::runtime::now();
             let (retained, filters) = (joined.retained.len(), joined.interest.len());
+            for op in joined.sessions {
+                broker.handle_restore(now, op);
+            }
+            let sessions = broker.session_count();
             for p in joined.retained {
                 broker.handle_cluster_retained(now, p);
             }
@@ -236,7 +250,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
                 node = settings.node_id,
                 retained,
                 filters,
-                "joined: the cluster's retained messages and the other nodes' filters read"
+                sessions,
+                "joined: the cluster's retained messages, the other nodes' filters and this node's sessions read"
             );
             Some(node)
         }

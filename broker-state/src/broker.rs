@@ -101,6 +101,9 @@ pub struct Stats {
     /// Sessions that ended here because a client connected to another node of
     /// the cluster with their client identifier.
     pub cluster_takeovers: u64,
+    /// Sessions that came to this node from another one (read from the
+    /// cluster's store when their client connected here).
+    pub cluster_sessions_moved: u64,
 }
 
 /// The sans-IO MQTT broker. See the crate documentation for the run-loop contract.
@@ -193,7 +196,7 @@ impl Picker for OnlinePicker<'_> {
 }
 
 /// A successful authentication, carried into the rest of CONNECT.
-pub(super) struct Authenticated {
+pub(crate) struct Authenticated {
     /// Who the client is: the owner of its session.
     pub(super) authentication_name: Option<String>,
     /// The Authentication Method agreed and the final Authentication Data, for

@@ -191,6 +191,54 @@ pub enum ClusterOp {
     /// flushed to it. So a node that dies after acknowledging a message has
     /// already passed it on.
     Forward(Box<Publish>),
+    /// A client authenticated here and wants its session: the transport takes
+    /// the session over for this node (a compare-and-set on its owner), asks the
+    /// node that held it to let it go (that node closes the old connection with
+    /// 0x8E and hands its last changes to the cluster's store first), and reads
+    /// what the cluster keeps of it. The CONNECT waits (its packets are held)
+    /// until [`crate::Broker::handle_session_acquired`] answers with the
+    /// `ticket`, or its connect timeout ends it.
+    ///
+    /// The session's durable changes (`Event::Store`) go to the cluster's store
+    /// on a node of a cluster, so a session outlives the node it was on.
+    Acquire {
+        /// Quote it in the answer.
+        ticket: crate::AuthTicket,
+        /// The client identifier (as assigned, if the client sent none).
+        client_id: MqttString,
+        /// The client asked for a new session: what the cluster kept of an
+        /// old one is discarded, not read.
+        clean_start: bool,
+        /// Who the client authenticated as (the session's owner).
+        authentication_name: Option<String>,
+    },
+    /// A session owned by an authentication name ended on this node (not
+    /// moved to another one): the cluster's count of the name's sessions goes
+    /// down (see [`Acquired::QuotaExceeded`]).
+    SessionEnded {
+        /// The session's client identifier.
+        client_id: MqttString,
+        /// Its owner.
+        authentication_name: String,
+    },
+}
+
+/// The answer to [`ClusterOp::Acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// The session is this node's now. The records are what the cluster's
+    /// store kept of it when another node held it (in the order a store
+    /// replays them: its `SessionUpsert` first, then its queued and in-flight
+    /// messages and received QoS 2 packet ids); empty when there is none, it
+    /// was this node's already, or the client asked for a clean start.
+    Session(Vec<StoreOp>),
+    /// The cluster could not be asked (NATS unreachable for the connect
+    /// timeout): CONNACK 0x88 Server unavailable (3.1.1: 0x03).
+    Unavailable,
+    /// The client's authentication name owns as many sessions in the whole
+    /// cluster as it may (`max_sessions_per_authentication_name`): CONNACK
+    /// 0x97 Quota exceeded (3.1.1: 0x03).
+    QuotaExceeded,
 }
 
 /// A session's connection began or ended: what Event Grid reports as

@@ -93,8 +93,9 @@ pub use authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
 pub use broker::{Broker, Gauges, Stats};
 pub use config::{Config, OverflowPolicy, QueueLimits};
 pub use event::{
-    CertificateChain, ClusterOp, DisconnectionReason, Event, Input, LifecycleEvent, LifecycleKind,
-    Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill, Transport,
+    Acquired, CertificateChain, ClusterOp, DisconnectionReason, Event, Input, LifecycleEvent,
+    LifecycleKind, Now, PeerInfo, SessionEnd, SessionRecord, StoreOp, StoredMessage, StoredWill,
+    Transport,
 };
 pub use hooks::{
     AllowAll, AttributeValue, Attributes, AuthDecision, AuthRequest, AuthStep, Authenticator,

@@ -101,6 +101,11 @@ pub(crate) struct PendingConnect {
     pub(crate) plan: crate::broker::ConnectPlan,
     /// At most [`crate::MAX_HELD_PACKETS`], handled after the CONNACK.
     pub(crate) held: Vec<mqtt_proto::Packet>,
+    /// Once authenticated on a node of a cluster: who the client is and when
+    /// its credentials expire, while the cluster hands its session over
+    /// (`ClusterOp::Acquire`).
+    pub(crate) authenticated:
+        Option<Box<(crate::broker::Authenticated, Option<std::time::Instant>)>>,
 }
 
 /// A will waiting for its connection to end abnormally, or for its delay.

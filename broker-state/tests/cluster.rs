@@ -4,7 +4,9 @@
 //! the acknowledgement that waits until a QoS 1/2 forward is handed over.
 mod sim;
 
-use broker_state::{ClusterOp, Config};
+use broker_state::{
+    Acquired, AuthTicket, ClusterOp, Config, SessionRecord, StoreOp, StoredMessage,
+};
 use mqtt_proto::*;
 use sim::*;
 
@@ -24,7 +26,7 @@ fn interest(sim: &mut Sim) -> Vec<(String, bool)> {
     ops.into_iter()
         .filter_map(|op| match op {
             ClusterOp::Interest { filter, on } => Some((filter.as_str().to_owned(), on)),
-            ClusterOp::Forward(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -35,7 +37,7 @@ fn forwards(sim: &mut Sim) -> Vec<Publish> {
     ops.into_iter()
         .filter_map(|op| match op {
             ClusterOp::Forward(p) => Some(*p),
-            ClusterOp::Interest { .. } => None,
+            _ => None,
         })
         .collect()
 }
@@ -298,4 +300,203 @@ fn a_session_claimed_by_another_node_ends_here_with_0x8e() {
     assert!(!sim.broker.handle_session_claimed(sim.now, b"nobody"));
     assert_eq!(sim.broker.stats().cluster_takeovers, 1);
     sim.broker.check_invariants().expect("invariants");
+}
+
+/// The records the cluster's store keeps of a session "dev" that another node
+/// held: subscribed to `dev/in` at QoS 1, two messages queued, the first of
+/// them sent with packet id 7.
+fn records_of_dev(sim: &Sim) -> Vec<StoreOp> {
+    let client_id = MqttString::from_static("dev").expect("valid");
+    let message = |payload: &'static [u8]| StoredMessage {
+        publish: publish_packet("dev/in", QoS::AtLeastOnce, false, None, payload),
+        expires_at_unix_ms: None,
+    };
+    vec![
+        StoreOp::SessionUpsert(SessionRecord {
+            client_id: client_id.clone(),
+            authentication_name: None,
+            expiry_interval: 3600,
+            expires_at_unix_ms: Some(sim.now.unix_ms + 3_600_000),
+            subscriptions: vec![(
+                filter("dev/in"),
+                SubscriptionOptions::qos(QoS::AtLeastOnce),
+                None,
+            )],
+            will: None,
+        }),
+        StoreOp::MessageEnqueue {
+            client_id: client_id.clone(),
+            seq: 1,
+            message: message(b"one"),
+        },
+        StoreOp::MessageEnqueue {
+            client_id: client_id.clone(),
+            seq: 2,
+            message: message(b"two"),
+        },
+        StoreOp::MessageSent {
+            client_id,
+            seq: 1,
+            packet_id: 7,
+        },
+    ]
+}
+
+/// The acquisitions asked since the last call: (ticket, client id, clean start).
+fn acquisitions(sim: &mut Sim) -> Vec<(AuthTicket, String, bool)> {
+    let ops = std::mem::take(&mut sim.cluster);
+    ops.into_iter()
+        .filter_map(|op| match op {
+            ClusterOp::Acquire {
+                ticket,
+                client_id,
+                clean_start,
+                ..
+            } => Some((ticket, client_id.as_str().to_owned(), clean_start)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_session_from_another_node_is_restored_before_its_connack_with_its_queue() {
+    let mut sim = node();
+    // A stale copy of "dev" here (from before it moved away and back).
+    let (stale, _) = sim.connect_v5("dev", false, Some(3600));
+    sim.subscribe(stale, "stale/#", QoS::AtLeastOnce);
+    sim.kill(stale);
+    sim.auto_acquire = false;
+    interest(&mut sim);
+    let mut connect = connect_packet(V5, "dev", false);
+    connect.properties.session_expiry_interval = Some(3600);
+    let c = sim.accept(V5);
+    sim.send(c, Packet::Connect(Box::new(connect)));
+    // A SUBSCRIBE sent before the CONNACK waits with the CONNECT.
+    let sub = Subscribe {
+        packet_id: PacketId::new(1).expect("nonzero"),
+        properties: Default::default(),
+        filters: vec![(filter("more"), SubscriptionOptions::qos(QoS::AtMostOnce))],
+    };
+    sim.send(c, Packet::Subscribe(sub));
+    assert!(
+        sim.recv(c).is_none(),
+        "no CONNACK before the cluster answers"
+    );
+    let asked = acquisitions(&mut sim);
+    assert_eq!(asked.len(), 1);
+    let (ticket, client_id, clean) = asked[0].clone();
+    assert_eq!((client_id.as_str(), clean), ("dev", false));
+    let records = records_of_dev(&sim);
+    sim.broker
+        .handle_session_acquired(sim.now, ticket, Acquired::Session(records));
+    sim.drain();
+    match sim.recv(c) {
+        Some(Packet::ConnAck(a)) => assert!(a.session_present, "{a:?}"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // The in-flight message again with DUP and its packet id, then the queued one.
+    let all = sim.recv_all(c);
+    let got: Vec<Publish> = all
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads(&got), [&b"one"[..], &b"two"[..]]);
+    assert_eq!(got[0].packet_id, PacketId::new(7));
+    assert!(got[0].dup && !got[1].dup);
+    assert!(
+        all.iter().any(|p| matches!(p, Packet::SubAck(_))),
+        "the held SUBSCRIBE answered: {all:?}"
+    );
+    // Its subscription is back (and announced); the stale one is gone.
+    let filters = interest(&mut sim);
+    assert!(filters.contains(&owned("dev/in")), "{filters:?}");
+    assert!(
+        filters.contains(&("stale/#".to_owned(), false)),
+        "{filters:?}"
+    );
+    sim.auto_acquire = true;
+    let p = sim.connect(V5, "pub", true);
+    sim.publish(p, "dev/in", QoS::AtMostOnce, false, b"live");
+    assert_eq!(payloads(&sim.publishes(c)), [&b"live"[..]]);
+    sim.publish(p, "stale/x", QoS::AtMostOnce, false, b"gone");
+    assert!(sim.publishes(c).is_empty());
+    assert_eq!(sim.broker.stats().cluster_sessions_moved, 1);
+    // An answer quoting the ticket again is ignored.
+    sim.broker
+        .handle_session_acquired(sim.now, ticket, Acquired::Session(records_of_dev(&sim)));
+    sim.drain();
+    assert!(sim.publishes(c).is_empty());
+    sim.broker.check_invariants().expect("invariants");
+}
+
+#[test]
+fn a_connect_the_cluster_cannot_place_is_refused_with_0x88_or_0x97() {
+    let mut sim = node();
+    sim.auto_acquire = false;
+    for (answer, code) in [
+        (Acquired::Unavailable, ReasonCode::ServerUnavailable),
+        (Acquired::QuotaExceeded, ReasonCode::QuotaExceeded),
+    ] {
+        for version in [V5, V4] {
+            let c = sim.accept(version);
+            sim.send(
+                c,
+                Packet::Connect(Box::new(connect_packet(version, "x", true))),
+            );
+            let (ticket, _, clean) = acquisitions(&mut sim)[0].clone();
+            assert!(clean);
+            sim.broker
+                .handle_session_acquired(sim.now, ticket, answer.clone());
+            sim.drain();
+            let ack = match sim.recv(c) {
+                Some(Packet::ConnAck(a)) => a,
+                other => panic!("expected CONNACK, got {other:?}"),
+            };
+            // 3.1.1 has 0x03 Server unavailable for both.
+            let expected = if version == V5 {
+                code
+            } else {
+                ReasonCode::ServerUnavailable
+            };
+            assert_eq!(ack.reason_code, expected, "{version:?}");
+            assert!(sim.closed(c).is_some());
+        }
+    }
+    assert_eq!(sim.broker.session_count(), 0);
+}
+
+#[test]
+fn a_session_let_go_to_another_node_leaves_the_cluster_store_untouched() {
+    let mut sim = Sim::new(Config {
+        cluster: true,
+        store_effects: true,
+        ..Config::default()
+    });
+    let mut connect = connect_packet(V5, "dev", false);
+    connect.properties.session_expiry_interval = Some(3600);
+    let mut w = will("wills/dev", b"late", QoS::AtMostOnce, false);
+    w.properties.will_delay_interval = Some(60);
+    connect.will = Some(w);
+    let (d, _) = sim.connect_with(connect);
+    sim.subscribe(d, "dev/in", QoS::AtLeastOnce);
+    let watcher = sim.connect(V4, "watcher", true);
+    sim.subscribe(watcher, "wills/#", QoS::AtMostOnce);
+    sim.store_ops.clear();
+    assert!(sim.broker.handle_session_claimed(sim.now, b"dev"));
+    sim.drain();
+    assert_eq!(sim.expect_disconnect(d), ReasonCode::SessionTakenOver);
+    assert!(
+        !sim.store_ops
+            .iter()
+            .any(|op| matches!(op, StoreOp::SessionRemove { .. })),
+        "{:?}",
+        sim.store_ops
+    );
+    // The session lives on elsewhere: its delayed will is not this node's.
+    assert_eq!(sim.broker.session_count(), 1, "the watcher's");
+    sim.advance(std::time::Duration::from_secs(70));
+    assert!(sim.publishes(watcher).is_empty());
 }

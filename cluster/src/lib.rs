@@ -32,8 +32,12 @@
 #![forbid(unsafe_code)]
 
 pub mod node;
+pub mod state;
 pub mod subject;
 pub mod wire;
 
 pub use node::{ClusterNode, Inbound, Joined, Settings, StartError};
 pub use subject::{SubjectMap, DEFAULT_PREFIX};
+
+/// Where a node that claimed a session waits for the answer (a NATS inbox).
+pub type ReplyTo = async_nats::Subject;

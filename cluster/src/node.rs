@@ -41,12 +41,13 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::HeaderMap;
-use broker_state::ClusterOp;
+use broker_state::{Acquired, AuthTicket, ClusterOp, StoreOp};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use mqtt_proto::{Publish, TopicFilter, TopicName};
+use mqtt_proto::{MqttString, Publish, TopicFilter, TopicName};
 use tokio::sync::mpsc;
 
+use crate::state::{self, session_key, StateStore};
 use crate::wire;
 use crate::SubjectMap;
 
@@ -74,6 +75,9 @@ pub struct Settings {
     pub replicas: usize,
     /// How long [`ClusterNode::start`] waits for NATS.
     pub connect_timeout: Duration,
+    /// Event Grid's session limit per authentication name, counted over the
+    /// whole cluster (`limits.max_sessions_per_authentication_name`).
+    pub max_sessions_per_authentication_name: Option<usize>,
 }
 
 impl Settings {
@@ -90,6 +94,7 @@ impl Settings {
             tls_required: false,
             replicas: 1,
             connect_timeout: Duration::from_secs(10),
+            max_sessions_per_authentication_name: None,
         }
     }
 
@@ -119,8 +124,23 @@ pub enum Inbound {
         /// The message, its expiry interval what is left of it.
         publish: Option<Publish>,
     },
-    /// Another node took the session of this client identifier over.
-    Claimed(Bytes),
+    /// Another node took the session of this client identifier over. With
+    /// `reply`, that node waits for this one to let the session go: once the
+    /// core has, [`ClusterNode::released`] answers (after the session's last
+    /// changes reached the cluster's store).
+    Claimed {
+        /// The client identifier.
+        client_id: Bytes,
+        /// Where the other node waits for the answer.
+        reply: Option<async_nats::Subject>,
+    },
+    /// The answer to a [`ClusterOp::Acquire`].
+    Acquired {
+        /// The ticket it quoted.
+        ticket: broker_state::AuthTicket,
+        /// The session (or why not).
+        answer: broker_state::Acquired,
+    },
     /// The first node announced interest in this filter (`on`), or the last
     /// one withdrew it.
     RemoteInterest {
@@ -149,6 +169,9 @@ pub struct Joined {
     /// The filters the other nodes subscribe to (each once, however many
     /// nodes announced it).
     pub interest: Vec<TopicFilter>,
+    /// The sessions this node held when it stopped, as the cluster's store
+    /// keeps them (the records that restore them, session by session).
+    pub sessions: Vec<broker_state::StoreOp>,
 }
 
 /// Why the node could not join.
@@ -207,10 +230,12 @@ pub const MAX_QUEUED_FORWARDS: usize = 65_536;
 pub const MAX_SUBJECT_LEN: usize = 3_840;
 
 enum Command {
-    /// The ops, how many of them are forwards, and the ticket to report once
-    /// they are flushed.
-    Ops(Vec<ClusterOp>, u64, Option<u64>),
-    Claim(Bytes),
+    /// The ops, how many of them are forwards, the store effects for the
+    /// cluster's store, and the ticket to report once they are flushed and
+    /// stored.
+    Ops(Vec<ClusterOp>, u64, Vec<StoreOp>, Option<u64>),
+    /// The core let this session go: answer the node that claimed it.
+    Released(Bytes, Option<async_nats::Subject>),
     Shutdown,
 }
 
@@ -288,7 +313,7 @@ impl ClusterNode {
     /// forwards beyond [`MAX_QUEUED_FORWARDS`] waiting are dropped and
     /// counted (QoS 1 and 2 ones hold their publishers' acknowledgements, which
     /// bounds them).
-    pub fn submit(&self, mut ops: Vec<ClusterOp>, ticket: Option<u64>) {
+    pub fn submit(&self, mut ops: Vec<ClusterOp>, state: Vec<StoreOp>, ticket: Option<u64>) {
         let forwards = ops
             .iter()
             .filter(|o| matches!(o, ClusterOp::Forward(_)))
@@ -303,7 +328,7 @@ impl ClusterNode {
                 .forward_dropped
                 .fetch_add((before - ops.len()) as u64, Ordering::Relaxed);
         }
-        if ops.is_empty() && ticket.is_none() {
+        if ops.is_empty() && state.is_empty() && ticket.is_none() {
             return;
         }
         let n = ops
@@ -311,13 +336,16 @@ impl ClusterNode {
             .filter(|o| matches!(o, ClusterOp::Forward(_)))
             .count();
         self.queued.fetch_add(n, Ordering::Relaxed);
-        let _ = self.commands.send(Command::Ops(ops, n as u64, ticket));
+        let _ = self
+            .commands
+            .send(Command::Ops(ops, n as u64, state, ticket));
     }
 
-    /// This node accepted a client with this identifier: its session is here
-    /// now.
-    pub fn claim(&self, client_id: Bytes) {
-        let _ = self.commands.send(Command::Claim(client_id));
+    /// The core let the session of `client_id` go ([`Inbound::Claimed`]):
+    /// once what was submitted before is stored, the node that claimed it
+    /// hears so through `reply`.
+    pub fn released(&self, client_id: Bytes, reply: Option<async_nats::Subject>) {
+        let _ = self.commands.send(Command::Released(client_id, reply));
     }
 
     /// Moves what arrived into `out` (at most 1,024 at a time); when nothing
@@ -421,6 +449,16 @@ async fn bucket(
     settings: &Settings,
     what: &str,
 ) -> Result<jetstream::kv::Store, StartError> {
+    bucket_with(js, settings, what, None).await
+}
+
+/// A bucket whose purge markers JetStream forgets after `markers`.
+async fn bucket_with(
+    js: &jetstream::Context,
+    settings: &Settings,
+    what: &str,
+    markers: Option<Duration>,
+) -> Result<jetstream::kv::Store, StartError> {
     let name = settings.bucket(what);
     // A NATS cluster that is starting too elects its JetStream leader first:
     // until then the bucket is refused. Ask again until the connect timeout.
@@ -432,6 +470,7 @@ async fn bucket(
                 description: format!("brokk {what}"),
                 history: 1,
                 num_replicas: settings.replicas.max(1),
+                limit_markers: markers,
                 ..Default::default()
             })
             .await;
@@ -508,15 +547,58 @@ async fn run(
             }
         }
         let interest_watch = follow(interest.clone(), last, Resume::FromRevision);
+        // The sessions this node held when it stopped: back from the
+        // cluster's store, still claimed by it.
+        let state_kv = bucket_with(&js, &settings, "state", Some(state::MARKER_TTL)).await?;
+        let owners = bucket(&js, &settings, "owners").await?;
+        let mut state = StateStore::new(state_kv.clone(), js.clone());
+        let mut owned: HashMap<String, Claim> = HashMap::new();
+        let (entries, _) = read_all(&sessions, "sessions", settings.connect_timeout).await?;
+        for entry in entries {
+            let mine = entry.operation == jetstream::kv::Operation::Put
+                && entry.value[..] == *settings.node_id.as_bytes();
+            let Some(client_id) = claim_id(&entry.key).and_then(|id| MqttString::new(id).ok())
+            else {
+                continue;
+            };
+            if !mine {
+                continue;
+            }
+            let (ops, marks) =
+                state::read_session(&state_kv, &client_id, unix_ms(), settings.connect_timeout)
+                    .await
+                    .map_err(|e| StartError(e.to_string()))?;
+            owned.insert(
+                entry.key.clone(),
+                Claim {
+                    own: entry.revision,
+                    ..Claim::default()
+                },
+            );
+            if !ops.is_empty() {
+                state.adopt(client_id.as_bytes(), marks);
+                joined.sessions.extend(ops);
+            }
+        }
+        let release = main
+            .subscribe(format!(
+                "{}.release.{}",
+                settings.prefix,
+                session_key(settings.node_id.as_bytes())
+            ))
+            .await
+            .map_err(|e| StartError(format!("NATS subscription for session hand-overs: {e}")))?;
         Ok::<_, StartError>((
             (main, queues, retained, sessions, claims, watch),
             (interest, interest_watch, remote),
+            (state, owners, owned, release),
             joined,
         ))
     };
     let (
         (main, queues, retained, sessions, mut claims, mut watch),
         (interest, mut interest_watch, mut remote),
+        (mut state, owners, mut owned, mut release),
         joined,
     ) = match started.await {
         Ok(s) => s,
@@ -534,25 +616,34 @@ async fn run(
         "joined the cluster"
     );
     let (arrive_tx, mut arrivals) = mpsc::channel::<Arrival>(4096);
-    let (claimed_tx, mut claimed) = mpsc::unbounded_channel::<(String, Result<u64, String>)>();
+    let (acquired_tx, mut acquired) = mpsc::unbounded_channel::<AcquireResult>();
     let mut subscriptions: HashMap<TopicFilter, Vec<tokio::task::AbortHandle>> = HashMap::new();
-    // This node's claims, per client key.
-    let mut owned: HashMap<String, Claim> = HashMap::new();
     let me = settings.node_id.clone();
+    let hand_over = Arc::new(HandOver {
+        sessions: sessions.clone(),
+        state: state.kv.clone(),
+        owners: owners.clone(),
+        client: main.clone(),
+        release_prefix: format!("{}.release", settings.prefix),
+        me: me.clone(),
+        patience: settings.connect_timeout,
+        limit: settings.max_sessions_per_authentication_name,
+    });
     let mut shutdown = false;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 None | Some(Command::Shutdown) => break,
-                Some(Command::Claim(client_id)) => {
-                    claim(&sessions, &me, &claimed_tx, &mut owned, client_id);
+                Some(Command::Released(client_id, reply)) => {
+                    released(&main, &mut state, &client_id, reply).await;
                 }
-                Some(Command::Ops(ops, forwards, ticket)) => {
+                Some(Command::Ops(ops, forwards, state_ops, ticket)) => {
                     let mut ticket = ticket;
                     let mut ok = true;
-                    let mut batch = Some((ops, forwards));
+                    let mut batch = Some((ops, forwards, state_ops));
+                    let mut replies = Vec::new();
                     // Everything waiting goes out before one flush.
-                    while let Some((ops, forwards)) = batch.take() {
+                    while let Some((ops, forwards, state_ops)) = batch.take() {
                     for op in ops {
                         match op {
                             ClusterOp::Interest { filter, on: true } => {
@@ -579,20 +670,47 @@ async fn run(
                             ClusterOp::Forward(p) => {
                                 ok &= forward(&map, &main, &retained, &p, &me, &counters, settings.connect_timeout).await;
                             }
+                            ClusterOp::Acquire { ticket, client_id, clean_start, authentication_name } => {
+                                owned.entry(session_key(client_id.as_bytes())).or_default().in_flight += 1;
+                                let (hand_over, tx) = (hand_over.clone(), acquired_tx.clone());
+                                tokio::spawn(async move {
+                                    let r = hand_over.acquire(&client_id, clean_start, authentication_name.as_deref()).await;
+                                    let _ = tx.send(AcquireResult { ticket, client_id, result: r });
+                                });
+                            }
+                            ClusterOp::SessionEnded { client_id, authentication_name } => {
+                                if hand_over.limit.is_some() {
+                                    let hand_over = hand_over.clone();
+                                    tokio::spawn(async move {
+                                        hand_over.quota_remove(&authentication_name, client_id.as_bytes()).await;
+                                    });
+                                }
+                            }
                         }
                     }
                     queued.fetch_sub(forwards as usize, Ordering::Relaxed);
-                    match commands.try_recv() {
-                        Ok(Command::Ops(o, f, t)) => {
-                            ticket = t.or(ticket);
-                            batch = Some((o, f));
+                    if !state_ops.is_empty() {
+                        if let Err(e) = state.apply(state_ops, settings.connect_timeout).await {
+                            counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "the cluster's store refused a session's change");
+                            ok = false;
                         }
-                        Ok(Command::Claim(client_id)) => claim(&sessions, &me, &claimed_tx, &mut owned, client_id),
+                    }
+                    match commands.try_recv() {
+                        Ok(Command::Ops(o, f, st, t)) => {
+                            ticket = t.or(ticket);
+                            batch = Some((o, f, st));
+                        }
+                        Ok(Command::Released(client_id, reply)) => replies.push((client_id, reply)),
                         Ok(Command::Shutdown) => {
                             shutdown = true;
                         }
                         Err(_) => {}
                     }
+                    }
+                    // What was submitted before a release is stored by now.
+                    for (client_id, reply) in replies {
+                        released(&main, &mut state, &client_id, reply).await;
                     }
                     if let Some(ticket) = ticket {
                         // While NATS is unreachable a flush waits for the
@@ -660,31 +778,55 @@ async fn run(
                 c.later = c.later.max(entry.revision);
                 if c.taken() {
                     owned.remove(&entry.key);
-                    if let Some(id) = claim_id(&entry.key) {
-                        if inbound.send(Inbound::Claimed(id)).await.is_err() {
+                    if let Some(client_id) = claim_id(&entry.key) {
+                        if inbound.send(Inbound::Claimed { client_id, reply: None }).await.is_err() {
                             break;
                         }
                     }
                 }
             }
-            Some((key, result)) = claimed.recv() => {
-                let Some(c) = owned.get_mut(&key) else {
-                    continue;
-                };
-                c.in_flight -= 1;
-                match result {
-                    Ok(revision) => c.own = c.own.max(revision),
+            Some(request) = release.next() => {
+                // Another node claimed a session this node holds, and waits
+                // for it to be let go.
+                let client_id = request.payload.clone();
+                owned.remove(&session_key(&client_id));
+                if inbound.send(Inbound::Claimed { client_id, reply: request.reply }).await.is_err() {
+                    break;
+                }
+            }
+            Some(AcquireResult { ticket, client_id, result }) = acquired.recv() => {
+                let key = session_key(client_id.as_bytes());
+                let (answer, taken) = match result {
+                    Ok(Acquisition { answer, revision, marks }) => {
+                        let c = owned.entry(key.clone()).or_default();
+                        c.in_flight = c.in_flight.saturating_sub(1);
+                        if let Some(r) = revision {
+                            c.own = c.own.max(r);
+                        }
+                        if matches!(&answer, broker_state::Acquired::Session(ops) if !ops.is_empty()) {
+                            state.adopt(client_id.as_bytes(), marks);
+                        }
+                        (answer, c.taken())
+                    }
                     Err(e) => {
                         counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = e, "claiming a session in the sessions bucket");
-                    }
-                }
-                if c.taken() {
-                    owned.remove(&key);
-                    if let Some(id) = claim_id(&key) {
-                        if inbound.send(Inbound::Claimed(id)).await.is_err() {
-                            break;
+                        tracing::warn!(client_id = client_id.as_str(), error = %e, "cannot take a session over from the cluster");
+                        if let Some(c) = owned.get_mut(&key) {
+                            c.in_flight = c.in_flight.saturating_sub(1);
                         }
+                        (Acquired::Unavailable, false)
+                    }
+                };
+                if inbound.send(Inbound::Acquired { ticket, answer }).await.is_err() {
+                    break;
+                }
+                // Another node claimed it again while this claim was on its
+                // way: it goes there.
+                if taken {
+                    owned.remove(&key);
+                    let client_id = client_id.as_shared().clone();
+                    if inbound.send(Inbound::Claimed { client_id, reply: None }).await.is_err() {
+                        break;
                     }
                 }
             }
@@ -912,26 +1054,310 @@ impl Claim {
     }
 }
 
-/// Puts this node's name under the client's key, on a task of its own; the
-/// revision comes back on `done`.
-fn claim(
-    sessions: &jetstream::kv::Store,
-    me: &str,
-    done: &mpsc::UnboundedSender<(String, Result<u64, String>)>,
-    owned: &mut HashMap<String, Claim>,
-    client_id: Bytes,
+/// An acquisition's outcome, back on the node's loop.
+struct AcquireResult {
+    ticket: AuthTicket,
+    client_id: MqttString,
+    result: Result<Acquisition, state::StateError>,
+}
+
+/// What an acquisition found.
+struct Acquisition {
+    answer: Acquired,
+    /// The revision of this node's claim (none when refused before claiming).
+    revision: Option<u64>,
+    /// Which per-message keys the session read has (see `StateStore::adopt`).
+    marks: state::Marks,
+}
+
+/// What taking a session over needs, shared by the tasks that do it.
+struct HandOver {
+    sessions: jetstream::kv::Store,
+    state: jetstream::kv::Store,
+    owners: jetstream::kv::Store,
+    client: async_nats::Client,
+    release_prefix: String,
+    me: String,
+    patience: Duration,
+    limit: Option<usize>,
+}
+
+/// How many times a compare-and-set is tried against other nodes' writes.
+const CAS_TRIES: usize = 32;
+
+/// How long one request to the node that held a session waits for its answer.
+const RELEASE_ATTEMPT: Duration = Duration::from_millis(500);
+
+/// How long a node waits in all for the node that held a session to let it
+/// go (well within a client's connect timeout).
+const RELEASE_PATIENCE: Duration = Duration::from_secs(5);
+
+impl HandOver {
+    /// Takes the session of `client_id` over for this node: the name's quota
+    /// (when there is a limit), the claim (compare-and-set on the sessions
+    /// bucket, so that of two nodes claiming at once each sees the other's
+    /// revision), the node that held it asked to let it go (it answers once
+    /// its last changes are stored; a node that is gone has no responder and
+    /// is not waited for), then the session read from the cluster's store
+    /// (or, for a clean start, removed from it).
+    async fn acquire(
+        &self,
+        client_id: &MqttString,
+        clean_start: bool,
+        authentication_name: Option<&str>,
+    ) -> Result<Acquisition, state::StateError> {
+        let refused = |answer| Acquisition {
+            answer,
+            revision: None,
+            marks: state::Marks::new(),
+        };
+        if let (Some(max), Some(name)) = (self.limit, authentication_name) {
+            if !self.quota_add(name, client_id.as_bytes(), max).await? {
+                return Ok(refused(Acquired::QuotaExceeded));
+            }
+        }
+        let key = session_key(client_id.as_bytes());
+        let (revision, before) = self.claim(&key).await?;
+        let elsewhere = before.as_deref().filter(|b| *b != self.me);
+        if let Some(node) = elsewhere {
+            self.ask_release(node, client_id).await;
+        }
+        if clean_start {
+            if before.as_deref() != Some(self.me.as_str()) {
+                state::purge_session(&self.state, &key).await?;
+            }
+            return Ok(Acquisition {
+                answer: Acquired::Session(Vec::new()),
+                revision: Some(revision),
+                marks: state::Marks::new(),
+            });
+        }
+        if before.as_deref() == Some(self.me.as_str()) {
+            // Here already (the core has it, or it ended here).
+            return Ok(Acquisition {
+                answer: Acquired::Session(Vec::new()),
+                revision: Some(revision),
+                marks: state::Marks::new(),
+            });
+        }
+        let (ops, marks) =
+            state::read_session(&self.state, client_id, unix_ms(), self.patience).await?;
+        Ok(Acquisition {
+            answer: Acquired::Session(ops),
+            revision: Some(revision),
+            marks,
+        })
+    }
+
+    /// Puts this node's name under the client's key if nobody wrote it since
+    /// it was read; returns the new revision and the node named before.
+    async fn claim(&self, key: &str) -> Result<(u64, Option<String>), state::StateError> {
+        let failed = |e: &dyn core::fmt::Display| {
+            state::StateError(format!("claiming a session in the sessions bucket: {e}"))
+        };
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut raced = 0;
+        while raced < CAS_TRIES {
+            // While JetStream elects a leader for the bucket (a NATS server
+            // just died or started), it refuses: ask again until the patience
+            // is over.
+            let entry = match self.sessions.entry(key).await {
+                Ok(entry) => entry,
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(failed(&e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "sessions bucket not ready; asking again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let me = Bytes::from(self.me.clone());
+            let (written, before) = match entry {
+                Some(e) if e.operation == jetstream::kv::Operation::Put => {
+                    let before = String::from_utf8_lossy(&e.value).into_owned();
+                    (
+                        self.sessions
+                            .update(key, me, e.revision)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Some(before),
+                    )
+                }
+                Some(e) => (
+                    self.sessions
+                        .update(key, me, e.revision)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None,
+                ),
+                None => (
+                    self.sessions
+                        .create(key, me)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    None,
+                ),
+            };
+            match written {
+                Ok(revision) => return Ok((revision, before)),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(failed(&e)),
+                // Another node wrote in between (or JetStream was not ready):
+                // read again.
+                Err(e) => {
+                    tracing::debug!(error = e, "session claim raced; trying again");
+                    raced += 1;
+                }
+            }
+        }
+        Err(failed(&"other nodes kept claiming it"))
+    }
+
+    /// Asks `node` to let the session go, and waits for its answer. A node
+    /// that is gone has no responder, which NATS says at once; but for a
+    /// moment after it died the NATS servers may still route to it, and the
+    /// request goes unanswered: it is asked again every [`RELEASE_ATTEMPT`],
+    /// for at most [`RELEASE_PATIENCE`] in all (then what the cluster's store
+    /// has is taken: a CONNECT cannot wait for ever).
+    async fn ask_release(&self, node: &str, client_id: &MqttString) {
+        let subject = format!("{}.{}", self.release_prefix, session_key(node.as_bytes()));
+        let deadline = tokio::time::Instant::now() + RELEASE_PATIENCE.min(self.patience);
+        loop {
+            let asked = self
+                .client
+                .request(subject.clone(), client_id.as_shared().clone());
+            match tokio::time::timeout(RELEASE_ATTEMPT, asked).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                    tracing::info!(
+                        node,
+                        client_id = client_id.as_str(),
+                        "the node that held the session is gone: taking what the cluster stored"
+                    );
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(node, error = %e, "asking for a session; asking again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    node,
+                    client_id = client_id.as_str(),
+                    "the node that held the session did not answer in time: taking what the cluster stored"
+                );
+                return;
+            }
+        }
+    }
+
+    /// Adds `client_id` to the sessions of `name` unless it has `max`
+    /// already; returns whether it is there now.
+    async fn quota_add(
+        &self,
+        name: &str,
+        client_id: &[u8],
+        max: usize,
+    ) -> Result<bool, state::StateError> {
+        let key = session_key(name.as_bytes());
+        let me = session_key(client_id);
+        for _ in 0..CAS_TRIES {
+            let entry =
+                self.owners.entry(&key).await.map_err(|e| {
+                    state::StateError(format!("reading the sessions of {name:?}: {e}"))
+                })?;
+            let (mut list, revision) = match &entry {
+                Some(e) if e.operation == jetstream::kv::Operation::Put => {
+                    (owner_list(&e.value), Some(e.revision))
+                }
+                Some(e) => (Vec::new(), Some(e.revision)),
+                None => (Vec::new(), None),
+            };
+            if list.contains(&me) {
+                return Ok(true);
+            }
+            if list.len() >= max {
+                return Ok(false);
+            }
+            list.push(me.clone());
+            let value = Bytes::from(list.join("\n"));
+            let written = match revision {
+                Some(r) => self
+                    .owners
+                    .update(&key, value, r)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .owners
+                    .create(&key, value)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(_) => return Ok(true),
+                Err(e) => tracing::debug!(error = e, "session count raced; trying again"),
+            }
+        }
+        Err(state::StateError(format!(
+            "counting the sessions of {name:?}: other nodes kept changing it"
+        )))
+    }
+
+    /// Takes `client_id` off the sessions of `name`.
+    async fn quota_remove(&self, name: &str, client_id: &[u8]) {
+        let key = session_key(name.as_bytes());
+        let me = session_key(client_id);
+        for _ in 0..CAS_TRIES {
+            let Ok(Some(entry)) = self.owners.entry(&key).await else {
+                return;
+            };
+            if entry.operation != jetstream::kv::Operation::Put {
+                return;
+            }
+            let mut list = owner_list(&entry.value);
+            let before = list.len();
+            list.retain(|c| *c != me);
+            if list.len() == before {
+                return;
+            }
+            let value = Bytes::from(list.join("\n"));
+            if self
+                .owners
+                .update(&key, value, entry.revision)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        tracing::warn!(name, "could not take an ended session off its name's count");
+    }
+}
+
+/// The client keys in an owners value (one per line).
+fn owner_list(value: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(value)
+        .split('\n')
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The core let a session go: its marks are forgotten, and the node that
+/// claimed it hears so (everything submitted before is stored by now).
+async fn released(
+    client: &async_nats::Client,
+    state: &mut StateStore,
+    client_id: &[u8],
+    reply: Option<async_nats::Subject>,
 ) {
-    use base64::Engine as _;
-    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&client_id);
-    owned.entry(key.clone()).or_default().in_flight += 1;
-    let (sessions, tx, node) = (sessions.clone(), done.clone(), me.to_owned());
-    tokio::spawn(async move {
-        let r = sessions
-            .put(&key, Bytes::from(node))
-            .await
-            .map_err(|e| e.to_string());
-        let _ = tx.send((key, r));
-    });
+    state.forget(client_id);
+    if let Some(reply) = reply {
+        if let Err(e) = client.publish(reply, Bytes::new()).await {
+            tracing::warn!(error = %e, "answering a session hand-over");
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, client.flush()).await;
+    }
 }
 
 fn claim_id(key: &str) -> Option<Bytes> {

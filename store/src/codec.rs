@@ -280,8 +280,11 @@ const ENTRY_HEADER: usize = 4;
 /// whether its QoS 2 flow was released.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The message.
     pub message: StoredMessage,
+    /// The packet id it was sent with, once sent.
     pub packet_id: Option<u16>,
+    /// Its QoS 2 flow reached PUBREC.
     pub released: bool,
 }
 
@@ -321,6 +324,7 @@ pub fn entry_set_released(value: &[u8]) -> Result<Vec<u8>, BadRecord> {
     Ok(v)
 }
 
+/// A queue entry's value read back (what [`encode_new_entry`] and the patches made).
 pub fn decode_entry(value: &[u8]) -> Result<Entry, BadRecord> {
     let mut r = Reader::new(Bytes::copy_from_slice(value));
     r.version()?;
@@ -437,6 +441,7 @@ pub fn encode_session(rec: &SessionRecord) -> Result<Vec<u8>, Unencodable> {
     Ok(out.to_vec())
 }
 
+/// A session's value read back, for the session of `client_id`.
 pub fn decode_session(client_id: MqttString, value: &[u8]) -> Result<SessionRecord, BadRecord> {
     let mut r = Reader::new(Bytes::copy_from_slice(value));
     r.version()?;

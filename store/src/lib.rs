@@ -37,6 +37,16 @@ use broker_state::StoreOp;
 use redb::{Builder, CompactionMode, Database, ReadableDatabase};
 
 pub use codec::FORMAT_VERSION;
+
+/// The store file's value encodings (sessions, queue entries), for other
+/// keepers of the same state: a cluster keeps its sessions in JetStream in
+/// this form, so that both read one format.
+pub mod records {
+    pub use crate::codec::{
+        decode_entry, decode_session, encode_new_entry, encode_session, BadRecord, Entry,
+        Unencodable,
+    };
+}
 pub use error::{StoreError, StoreErrorKind};
 pub use recover::{RecoveryReport, TableSalvage};
 

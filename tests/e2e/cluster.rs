@@ -54,16 +54,24 @@ struct Cluster {
     nats: NatsCluster,
     nodes: Vec<Option<BrokkProcess>>,
     dir: tempfile::TempDir,
+    /// The end of every node's config file.
+    extra: String,
 }
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, "").await
+    }
+
+    /// Nodes whose config files end with `extra` (TOML).
+    async fn start_with(n: usize, extra: &str) -> Cluster {
         let nats = NatsCluster::start(n).await;
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut cluster = Cluster {
             nats,
             nodes: Vec::new(),
             dir,
+            extra: extra.to_owned(),
         };
         for i in 0..n {
             let node = cluster.spawn(i, &format!("node-{i}")).await;
@@ -84,8 +92,9 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nnode_id = \"{id}\"\nnats = [{}]\nreplicas = 3\nconnect_timeout_secs = 30\n",
-                servers.join(", ")
+                "[cluster]\nnode_id = \"{id}\"\nnats = [{}]\nreplicas = 3\nconnect_timeout_secs = 30\n{}",
+                servers.join(", "),
+                self.extra
             ),
         )
         .expect("write the node's config");
@@ -359,10 +368,15 @@ async fn messages_retained_shared_and_takeover_cross_nodes() {
     clearer
         .publish("status/door", b"", QoS::AtLeastOnce, true)
         .await;
-    within("the clearing to reach node 0", async {
+    let cleared = tokio::time::timeout(TIMEOUT, async {
         while retained_from(&cluster, 0, "status/door").await.is_some() {}
     })
     .await;
+    assert!(
+        cleared.is_ok(),
+        "the clearing did not reach node 0\n{}",
+        cluster.logs()
+    );
     assert_eq!(retained_from(&cluster, 1, "status/door").await, None);
 
     // --- takeover across nodes.
@@ -550,6 +564,224 @@ async fn a_brokk_node_killed_with_sigkill_loses_no_acknowledged_message() {
         resent_seen <= WINDOW as usize,
         "only resent messages come out of order: {resent_seen}"
     );
+}
+
+/// A CONNECT that resumes (or starts) a persistent session: 5.0 with an hour
+/// of session expiry, 3.1.1 with Clean Session 0.
+fn persistent(version: ProtocolVersion, id: &str) -> mqtt_proto::Connect {
+    let mut c = brokk_e2e::raw::connect_packet(version, id);
+    c.clean_start = false;
+    if version == V5 {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+/// `n` messages (acknowledged as their QoS asks), as (topic, payload byte).
+async fn receive(client: &mut RawClient, n: usize) -> Vec<(String, u8)> {
+    let mut got = Vec::new();
+    within("the queued messages", async {
+        while got.len() < n {
+            let p = client.recv_publish().await;
+            if p.topic.as_str().ends_with("/probe") {
+                continue;
+            }
+            got.push((p.topic.as_str().to_owned(), p.payload[0]));
+        }
+    })
+    .await;
+    got
+}
+
+/// Connects a persistent session on node `i`; returns it and Session Present.
+async fn resume(
+    cluster: &Cluster,
+    i: usize,
+    version: ProtocolVersion,
+    id: &str,
+) -> (RawClient, bool) {
+    let mut client = RawClient::open(cluster.addr(i), version).await;
+    client
+        .send(&Packet::Connect(Box::new(persistent(version, id))))
+        .await;
+    let ack = match client.next(TIMEOUT).await {
+        Next::Packet(p, _) => match *p {
+            Packet::ConnAck(ack) => ack,
+            other => panic!("expected CONNACK, got {other:?}"),
+        },
+        other => panic!(
+            "no CONNACK for {id} on node {i}: {other:?}\n{}",
+            cluster.logs()
+        ),
+    };
+    assert_eq!(
+        ack.reason_code,
+        ReasonCode::Success,
+        "{id} on node {i}\n{}",
+        cluster.logs()
+    );
+    (client, ack.session_present)
+}
+
+#[tokio::test]
+async fn a_persistent_session_moves_with_its_queue_and_outlives_its_node() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let mut cluster =
+        Cluster::start_with(3, "[limits]\nmax_sessions_per_authentication_name = 2\n").await;
+    // A 5.0 session at QoS 1 and a 3.1.1 session at QoS 2, on node 0.
+    let (mut a, present) = resume(&cluster, 0, V5, "mover-5").await;
+    assert!(!present);
+    assert_eq!(
+        a.subscribe("move/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    let (mut b, _) = resume(&cluster, 0, V311, "mover-3").await;
+    assert_eq!(
+        b.subscribe("move/#", QoS::ExactlyOnce).await,
+        ReasonCode::GrantedQoS2
+    );
+    let mut watch0 = cluster.client(0, V5, "watch-0").await;
+    watch0.subscribe("move/#", QoS::AtLeastOnce).await;
+    let mut publisher = cluster.client(1, V5, "move-pub").await;
+    until_routed(&mut publisher, &mut a, "move/probe").await;
+    quiet(&mut b, Duration::from_millis(300)).await;
+    quiet(&mut watch0, Duration::from_millis(300)).await;
+
+    // Offline, 20 QoS 1 and 20 QoS 2 messages are queued for them on node 0
+    // (a watcher there sees all of them go by).
+    a.disconnect().await;
+    b.disconnect().await;
+    for i in 0..20u8 {
+        publisher
+            .publish("move/q1", &[i], QoS::AtLeastOnce, false)
+            .await;
+    }
+    for i in 0..20u8 {
+        publisher
+            .publish("move/q2", &[i], QoS::ExactlyOnce, false)
+            .await;
+    }
+    assert_eq!(receive(&mut watch0, 40).await.len(), 40);
+
+    // They come back on node 2: the session is there with everything queued,
+    // in order, QoS 2 once; node 0 let it go.
+    let expected: Vec<(String, u8)> = (0..20u8)
+        .map(|i| ("move/q1".to_owned(), i))
+        .chain((0..20u8).map(|i| ("move/q2".to_owned(), i)))
+        .collect();
+    let (mut a, present) = resume(&cluster, 2, V5, "mover-5").await;
+    assert!(
+        present,
+        "5.0 session present on another node\n{}",
+        cluster.logs()
+    );
+    assert_eq!(receive(&mut a, 40).await, expected);
+    let (mut b, present) = resume(&cluster, 2, V311, "mover-3").await;
+    assert!(present, "3.1.1 session present on another node");
+    assert_eq!(receive(&mut b, 40).await, expected);
+    assert!(
+        quiet(&mut b, Duration::from_millis(500)).await.is_empty(),
+        "no duplicate"
+    );
+    // Their subscriptions came along: a live message reaches them on node 2.
+    publisher
+        .publish("move/live", &[99], QoS::AtLeastOnce, false)
+        .await;
+    assert_eq!(receive(&mut a, 1).await, [("move/live".to_owned(), 99)]);
+    assert_eq!(receive(&mut b, 1).await, [("move/live".to_owned(), 99)]);
+
+    // Offline again, 10 more queued on node 2, then node 2 is killed.
+    a.disconnect().await;
+    b.disconnect().await;
+    let mut watch2 = cluster.client(2, V5, "watch-2").await;
+    watch2.subscribe("move/#", QoS::AtLeastOnce).await;
+    until_routed(&mut publisher, &mut watch2, "move/probe").await;
+    for i in 0..10u8 {
+        publisher
+            .publish("move/after", &[i], QoS::AtLeastOnce, false)
+            .await;
+    }
+    assert_eq!(receive(&mut watch2, 10).await.len(), 10);
+    // A QoS 1 message published on node 2 itself is acknowledged only once
+    // the sessions' queues up to it are in the cluster's store.
+    watch2
+        .publish("move/after", &[10], QoS::AtLeastOnce, false)
+        .await;
+    let node = cluster.nodes[2].take().expect("node 2 runs");
+    node.signal(libc::SIGKILL);
+    drop(node);
+
+    // The sessions outlive their node: back on node 0 with what was queued.
+    let after: Vec<(String, u8)> = (0..11u8).map(|i| ("move/after".to_owned(), i)).collect();
+    let (mut a, present) = resume(&cluster, 0, V5, "mover-5").await;
+    assert!(present, "the session outlived its node\n{}", cluster.logs());
+    assert_eq!(receive(&mut a, 11).await, after);
+    let (mut b, present) = resume(&cluster, 0, V311, "mover-3").await;
+    assert!(present);
+    assert_eq!(receive(&mut b, 11).await, after);
+    assert!(
+        quiet(&mut b, Duration::from_millis(500)).await.is_empty(),
+        "no duplicate"
+    );
+    // A clean start elsewhere (a session that ends with its connection)
+    // leaves nothing of it in the cluster.
+    a.disconnect().await;
+    let (a, _) = RawClient::connect_with(cluster.addr(1), {
+        let mut c = persistent(V5, "mover-5");
+        c.clean_start = true;
+        c.properties.session_expiry_interval = None;
+        c
+    })
+    .await;
+    a.disconnect().await;
+    let (_a, present) = resume(&cluster, 0, V5, "mover-5").await;
+    assert!(!present, "a clean start ended it everywhere");
+
+    // Event Grid's session limit per authentication name (2 here) counts the
+    // sessions on every node.
+    let (_alice1, code) = login(&cluster, 0, "alice-1", "alice").await;
+    assert_eq!(code, ReasonCode::Success);
+    let (alice2, code) = login(&cluster, 1, "alice-2", "alice").await;
+    assert_eq!(code, ReasonCode::Success);
+    let (_, code) = login(&cluster, 0, "alice-3", "alice").await;
+    assert_eq!(
+        code,
+        ReasonCode::QuotaExceeded,
+        "a third session of alice, on node 0"
+    );
+    let (_bob, code) = login(&cluster, 0, "bob-1", "bob").await;
+    assert_eq!(
+        code,
+        ReasonCode::Success,
+        "another name is not limited by alice's"
+    );
+    // A session of alice's moving to another node keeps its place.
+    let (_alice1, code) = login(&cluster, 1, "alice-1", "alice").await;
+    assert_eq!(code, ReasonCode::Success);
+    // A session that ends (clean start, no expiry) frees its place everywhere.
+    alice2.disconnect().await;
+    within("alice-3 after alice-2 left", async {
+        loop {
+            match login(&cluster, 0, "alice-3", "alice").await {
+                (_, ReasonCode::Success) => break,
+                // The end of alice-2 is still on its way.
+                (_, ReasonCode::QuotaExceeded) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                (_, code) => panic!("alice-3 refused with {code:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+/// A 5.0 client with a user name (its authentication name) connects to node
+/// `i`; the client and its CONNACK's reason code.
+async fn login(cluster: &Cluster, i: usize, id: &str, user: &str) -> (RawClient, ReasonCode) {
+    let mut connect = brokk_e2e::raw::connect_packet(V5, id);
+    connect.username = Some(mqtt_proto::MqttString::copy_from_str(user).expect("a valid name"));
+    let (client, ack) = RawClient::connect_with(cluster.addr(i), connect).await;
+    (client, ack.reason_code)
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use mqtt_proto::{Auth, AuthProperties, Connect, MqttString, Packet, ReasonCode, 
 
 use super::{conn_id, key, Authenticated, Broker};
 use crate::authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS};
-use crate::event::{Event, Now};
+use crate::event::{Acquired, ClusterOp, Event, Now};
 use crate::hooks::{AuthRequest, AuthStep};
 use crate::ids::ConnKey;
 use crate::session::{ConnAuth, ConnState, PendingConnect};
@@ -57,6 +57,7 @@ impl Broker {
                 connect: p,
                 plan,
                 held: Vec::new(),
+                authenticated: None,
             }));
         }
         self.ask(now, k, client_id, kind);
@@ -197,6 +198,7 @@ impl Broker {
                     connect,
                     plan,
                     held,
+                    ..
                 } = *pending;
                 let enhanced = method.map(|m| (m, data));
                 let auth = Authenticated {
@@ -204,24 +206,136 @@ impl Broker {
                     enhanced,
                     attributes,
                 };
-                self.finish_connect(now, k, connect, plan, auth);
-                if self.conns.get(k).is_some_and(|c| c.session().is_some()) {
-                    self.set_credentials_expiry(k, expires);
+                if self.config.cluster {
+                    return self.acquire(k, connect, plan, held, (auth, expires));
                 }
-                // What the client sent after CONNECT, in order, now that it is
-                // connected (if it is: a refusal drops it).
-                let conn = conn_id(k);
-                for packet in held {
-                    if self.conns.get(k).is_none_or(|c| c.session().is_none()) {
-                        break;
-                    }
-                    self.handle_packet(now, conn, packet);
-                }
+                self.connect_authenticated(now, k, connect, plan, held, auth, expires);
             }
             (AuthStep::Failure(code), _) => {
                 self.refuse(k, failure_code(code, ReasonContext::ConnAck))
             }
         }
+    }
+
+    /// CONNECT once its client is known: the session bound, CONNACK, then what
+    /// the client sent after CONNECT, in order (unless it was refused).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn connect_authenticated(
+        &mut self,
+        now: Now,
+        k: ConnKey,
+        connect: Connect,
+        plan: super::ConnectPlan,
+        held: Vec<Packet>,
+        auth: Authenticated,
+        expires: Option<Instant>,
+    ) {
+        self.finish_connect(now, k, connect, plan, auth);
+        if self.conns.get(k).is_some_and(|c| c.session().is_some()) {
+            self.set_credentials_expiry(k, expires);
+        }
+        // What the client sent after CONNECT, in order, now that it is
+        // connected (if it is: a refusal drops it).
+        let conn = conn_id(k);
+        for packet in held {
+            if self.conns.get(k).is_none_or(|c| c.session().is_none()) {
+                break;
+            }
+            self.handle_packet(now, conn, packet);
+        }
+    }
+
+    /// On a node of a cluster: asks the cluster for the client's session
+    /// ([`ClusterOp::Acquire`]) and waits, holding what the client sends, for
+    /// [`Broker::handle_session_acquired`].
+    fn acquire(
+        &mut self,
+        k: ConnKey,
+        connect: Connect,
+        plan: super::ConnectPlan,
+        held: Vec<Packet>,
+        authenticated: (Authenticated, Option<Instant>),
+    ) {
+        self.auth_seq = self.auth_seq.wrapping_add(1).max(1);
+        let seq = self.auth_seq;
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        c.auth_ticket = seq;
+        let op = ClusterOp::Acquire {
+            ticket: AuthTicket {
+                conn: conn_id(k),
+                seq,
+            },
+            client_id: plan.client_id.clone(),
+            clean_start: connect.clean_start,
+            authentication_name: authenticated.0.authentication_name.clone(),
+        };
+        c.pending_connect = Some(Box::new(PendingConnect {
+            connect,
+            plan,
+            held,
+            authenticated: Some(Box::new(authenticated)),
+        }));
+        self.events.push_back(Event::Cluster(op));
+    }
+
+    /// The cluster's answer to [`ClusterOp::Acquire`]: the CONNECT goes on
+    /// with the session as the cluster kept it (restored here first when it
+    /// was on another node, replacing any stale copy here), or is refused
+    /// (0x88 when the cluster cannot be asked, 0x97 when the client's
+    /// authentication name owns too many sessions in the cluster). An answer
+    /// to a connection that is gone or to a question no longer asked is
+    /// ignored.
+    pub fn handle_session_acquired(&mut self, now: Now, ticket: AuthTicket, answer: Acquired) {
+        let k = key(ticket.conn);
+        let Some(c) = self.conns.get_mut(k) else {
+            return;
+        };
+        if ticket.seq == 0 || c.auth_ticket != ticket.seq {
+            return;
+        }
+        let waiting = c
+            .pending_connect
+            .as_ref()
+            .is_some_and(|p| p.authenticated.is_some());
+        if !waiting {
+            return;
+        }
+        c.auth_ticket = 0;
+        let Some(pending) = c.pending_connect.take() else {
+            return;
+        };
+        let PendingConnect {
+            connect,
+            plan,
+            held,
+            authenticated,
+        } = *pending;
+        let Some(authenticated) = authenticated else {
+            return;
+        };
+        if let Some(c) = self.conns.get_mut(k) {
+            if c.client_id.is_none() {
+                c.client_id = Some(plan.client_id.clone());
+            }
+        }
+        let records = match answer {
+            Acquired::Session(records) => records,
+            Acquired::Unavailable => return self.refuse(k, ReasonCode::ServerUnavailable),
+            Acquired::QuotaExceeded => return self.refuse(k, ReasonCode::QuotaExceeded),
+        };
+        if !records.is_empty() && !connect.clean_start {
+            if let Some(&sk) = self.by_client_id.get(plan.client_id.as_bytes()) {
+                self.release_session(now, sk);
+            }
+            for op in records {
+                self.handle_restore(now, op);
+            }
+            self.stats.cluster_sessions_moved += 1;
+        }
+        let (auth, expires) = *authenticated;
+        self.connect_authenticated(now, k, connect, plan, held, auth, expires);
     }
 
     /// A packet that arrived while the answer to its connection's CONNECT is

@@ -163,18 +163,48 @@ impl Broker {
     /// Another node of the cluster took the session of `client_id` over: a
     /// client connected there with that identifier. The connection here (if
     /// any) gets DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3] and closes
-    /// (its will follows as on a takeover here), and the session here ends:
-    /// it lives on the other node now. Returns whether there was one.
+    /// (its will follows as on a takeover here), and the session leaves this
+    /// node: it lives on the other node now, which read it from the cluster's
+    /// store. The store keeps it: the changes emitted here up to now (the
+    /// disconnection's included) must reach the cluster's store before the
+    /// other node reads it, which the transport sees to. Returns whether there
+    /// was one.
     pub fn handle_session_claimed(&mut self, now: Now, client_id: &[u8]) -> bool {
         let Some(&sk) = self.by_client_id.get(client_id) else {
             return false;
         };
         self.stats.cluster_takeovers += 1;
+        self.release_session(now, sk);
+        true
+    }
+
+    /// A session leaves this node for another one (or a stale copy of one that
+    /// another node held since is dropped): its connection closed as on a
+    /// takeover; then it goes without a trace in the store (the cluster's
+    /// store keeps it for its new node), without its delayed will (the session
+    /// goes on), and without handing its shared messages to other members
+    /// (they go with the session).
+    pub(super) fn release_session(&mut self, now: Now, sk: SessionKey) {
         if let Some(old) = self.sessions.get(sk).and_then(|s| s.conn) {
             self.close_taken_over(now, old, sk);
         }
+        let Some(s) = self.sessions.get_mut(sk) else {
+            return;
+        };
+        s.stored = false;
+        s.delayed_will = None;
+        for q in s.queue.iter_mut() {
+            q.shared = None;
+        }
+        for f in s.inflight.iter_mut() {
+            f.msg.shared = None;
+        }
+        // Still owned by its name, elsewhere: not counted here any more, and
+        // not ended for the cluster's quota.
+        if let Some(name) = s.auth_name.take() {
+            self.uncount_owned_session(&name);
+        }
         self.end_session(now, sk);
-        true
     }
 }
 

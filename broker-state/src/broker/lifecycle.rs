@@ -203,6 +203,16 @@ impl Broker {
         }
     }
 
+    /// One session fewer owned by `name`.
+    pub(super) fn uncount_owned_session(&mut self, name: &str) {
+        if let Some(n) = self.sessions_per_auth.get_mut(name) {
+            *n -= 1;
+            if *n == 0 {
+                self.sessions_per_auth.remove(name);
+            }
+        }
+    }
+
     /// Ends a session: subscriptions removed, a pending will published [MQTT-3.1.3-9],
     /// queued messages discarded.
     /// Tells the adapter that the broker is about to end a session on its own.
@@ -223,11 +233,14 @@ impl Broker {
         };
         self.by_client_id.remove(s.client_id.as_bytes());
         if let Some(a) = &s.auth_name {
-            if let Some(n) = self.sessions_per_auth.get_mut(a) {
-                *n -= 1;
-                if *n == 0 {
-                    self.sessions_per_auth.remove(a);
-                }
+            self.uncount_owned_session(a);
+            // The cluster counts a name's sessions on every node.
+            if self.config.cluster {
+                self.events
+                    .push_back(Event::Cluster(ClusterOp::SessionEnded {
+                        client_id: s.client_id.clone(),
+                        authentication_name: a.clone(),
+                    }));
             }
         }
         for sub in s.subscriptions.iter() {

@@ -56,6 +56,10 @@ pub struct Sim {
     /// Tell the broker its store effects are durable as soon as they are applied
     /// to `store` (true unless a test holds them back to watch what waits).
     pub auto_commit: bool,
+    /// On a node of a cluster: answer every `ClusterOp::Acquire` at once with
+    /// "no session elsewhere" (true unless a test answers them itself; then
+    /// they stay in `cluster`).
+    pub auto_acquire: bool,
 }
 
 pub type C = usize;
@@ -82,6 +86,7 @@ impl Sim {
             cluster: Vec::new(),
             auto_answer: false,
             auto_commit: true,
+            auto_acquire: true,
         }
     }
 
@@ -235,6 +240,15 @@ impl Sim {
                 Event::Connected { .. } => {}
                 Event::Authenticate(q) => self.questions.push(*q),
                 Event::Lifecycle(e) => self.lifecycle.push(*e),
+                Event::Cluster(broker_state::ClusterOp::Acquire { ticket, .. })
+                    if self.auto_acquire =>
+                {
+                    self.broker.handle_session_acquired(
+                        self.now,
+                        ticket,
+                        broker_state::Acquired::Session(Vec::new()),
+                    );
+                }
                 Event::Cluster(op) => self.cluster.push(op),
                 Event::SessionEnded {
                     client_id,

@@ -612,6 +612,19 @@ impl Harness {
                     self.broker.handle_session_claimed(self.now, &p.payload[1..]);
                 }
             }
+            // The cluster hands the session over at once (nothing elsewhere),
+            // or cannot be asked for a client id whose length is 3 mod 7.
+            ClusterOp::Acquire {
+                ticket, client_id, ..
+            } => {
+                let answer = if client_id.len() % 7 == 3 {
+                    broker_state::Acquired::Unavailable
+                } else {
+                    broker_state::Acquired::Session(Vec::new())
+                };
+                self.broker.handle_session_acquired(self.now, ticket, answer);
+            }
+            ClusterOp::SessionEnded { .. } => {}
         }
     }
 

@@ -212,14 +212,15 @@ pub enum ClusterOp {
         /// Who the client authenticated as (the session's owner).
         authentication_name: Option<String>,
     },
-    /// A session owned by an authentication name ended on this node (not
-    /// moved to another one): the cluster's count of the name's sessions goes
-    /// down (see [`Acquired::QuotaExceeded`]).
+    /// A session ended on this node (not moved to another one, nor replaced
+    /// by a new session of the same client here): the cluster forgets that
+    /// this node holds the client identifier, and the count of its owner's
+    /// sessions goes down (see [`Acquired::QuotaExceeded`]).
     SessionEnded {
         /// The session's client identifier.
         client_id: MqttString,
-        /// Its owner.
-        authentication_name: String,
+        /// Its owner, if it has one.
+        authentication_name: Option<String>,
     },
 }
 

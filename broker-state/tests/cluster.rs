@@ -500,3 +500,41 @@ fn a_session_let_go_to_another_node_leaves_the_cluster_store_untouched() {
     sim.advance(std::time::Duration::from_secs(70));
     assert!(sim.publishes(watcher).is_empty());
 }
+
+/// The client identifiers the node said it no longer holds since the last call.
+fn ended(sim: &mut Sim) -> Vec<String> {
+    let ops = std::mem::take(&mut sim.cluster);
+    ops.into_iter()
+        .filter_map(|op| match op {
+            ClusterOp::SessionEnded { client_id, .. } => Some(client_id.as_str().to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_cluster_hears_of_a_session_that_ended_here_but_not_of_one_replaced_or_moved() {
+    let mut sim = node();
+    let a = sim.connect(V5, "a", true);
+    sim.cluster.clear();
+    // A new connection of "a" replaces its session here: still held here.
+    let a2 = sim.connect(V5, "a", true);
+    assert_eq!(sim.expect_disconnect(a), ReasonCode::SessionTakenOver);
+    assert_eq!(ended(&mut sim), Vec::<String>::new());
+    // Its end is the cluster's news.
+    sim.disconnect(a2);
+    assert_eq!(ended(&mut sim), ["a"]);
+    // A session that moves to another node did not end.
+    let (b, _) = sim.connect_v5("b", false, Some(60));
+    sim.cluster.clear();
+    sim.broker.handle_session_claimed(sim.now, b"b");
+    sim.drain();
+    assert_eq!(sim.expect_disconnect(b), ReasonCode::SessionTakenOver);
+    assert_eq!(ended(&mut sim), Vec::<String>::new());
+    // An offline session that expires ended.
+    let (c, _) = sim.connect_v5("c", false, Some(60));
+    sim.disconnect(c);
+    assert_eq!(ended(&mut sim), Vec::<String>::new());
+    sim.advance(std::time::Duration::from_secs(61));
+    assert_eq!(ended(&mut sim), ["c"]);
+}

@@ -506,7 +506,7 @@ async fn run(
         let queues = connect(&settings, false, "shared", counters.clone()).await?;
         let js = jetstream::new(main.clone());
         let retained = bucket(&js, &settings, "retained").await?;
-        let sessions = bucket(&js, &settings, "sessions").await?;
+        let sessions = bucket_with(&js, &settings, "sessions", Some(state::MARKER_TTL)).await?;
         // Started by its task (which tries again while JetStream has no leader
         // for the bucket).
         let claims = follow(sessions.clone(), 0, Resume::NewOnly);
@@ -679,10 +679,20 @@ async fn run(
                                 });
                             }
                             ClusterOp::SessionEnded { client_id, authentication_name } => {
-                                if hand_over.limit.is_some() {
+                                // The claim goes, unless a newer one (this
+                                // node's or another's) replaced it.
+                                let key = session_key(client_id.as_bytes());
+                                let claimed = owned.remove(&key).filter(|c| c.in_flight == 0 && c.own > 0);
+                                let name = authentication_name.filter(|_| hand_over.limit.is_some());
+                                if claimed.is_some() || name.is_some() {
                                     let hand_over = hand_over.clone();
                                     tokio::spawn(async move {
-                                        hand_over.quota_remove(&authentication_name, client_id.as_bytes()).await;
+                                        if let Some(c) = claimed {
+                                            hand_over.unclaim(&key, c.own).await;
+                                        }
+                                        if let Some(name) = name {
+                                            hand_over.quota_remove(&name, client_id.as_bytes()).await;
+                                        }
                                     });
                                 }
                             }
@@ -690,7 +700,7 @@ async fn run(
                     }
                     queued.fetch_sub(forwards as usize, Ordering::Relaxed);
                     if !state_ops.is_empty() {
-                        if let Err(e) = state.apply(state_ops, settings.connect_timeout).await {
+                        if let Err(e) = state.apply(&state_ops, settings.connect_timeout).await {
                             counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "the cluster's store refused a session's change");
                             ok = false;
@@ -1082,7 +1092,42 @@ struct HandOver {
     limit: Option<usize>,
 }
 
-/// How many times a compare-and-set is tried against other nodes' writes.
+/// How long taking a session over keeps asking JetStream while it refuses
+/// (electing a new leader after a NATS server died takes seconds), well
+/// within a client's connect timeout.
+const ACQUIRE_PATIENCE: Duration = Duration::from_secs(8);
+
+/// Runs `attempt` again every 100 ms while it fails, until `deadline`.
+async fn persist<T, F, Fut>(
+    deadline: tokio::time::Instant,
+    mut attempt: F,
+) -> Result<T, state::StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, state::StateError>>,
+{
+    loop {
+        // An attempt that hangs (a request to a JetStream leader that just
+        // died waits for its timeout) ends at the deadline too.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(50));
+        let tried = tokio::time::timeout(left, attempt())
+            .await
+            .unwrap_or_else(|_| Err(state::StateError("JetStream did not answer in time".into())));
+        match tried {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "JetStream refused; asking again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// How many times a compare-and-set of a name's sessions is tried against
+/// other nodes' writes.
 const CAS_TRIES: usize = 32;
 
 /// How long one request to the node that held a session waits for its answer.
@@ -1111,20 +1156,25 @@ impl HandOver {
             revision: None,
             marks: state::Marks::new(),
         };
+        // Every step shares one deadline, well within the client's connect
+        // timeout: a cluster that cannot answer by then refuses with 0x88.
+        let deadline = tokio::time::Instant::now() + self.patience.min(ACQUIRE_PATIENCE);
         if let (Some(max), Some(name)) = (self.limit, authentication_name) {
-            if !self.quota_add(name, client_id.as_bytes(), max).await? {
+            let added =
+                persist(deadline, || self.quota_add(name, client_id.as_bytes(), max)).await?;
+            if !added {
                 return Ok(refused(Acquired::QuotaExceeded));
             }
         }
         let key = session_key(client_id.as_bytes());
-        let (revision, before) = self.claim(&key).await?;
+        let (revision, before) = persist(deadline, || self.claim_once(&key)).await?;
         let elsewhere = before.as_deref().filter(|b| *b != self.me);
         if let Some(node) = elsewhere {
-            self.ask_release(node, client_id).await;
+            self.ask_release(node, client_id, deadline).await;
         }
         if clean_start {
             if before.as_deref() != Some(self.me.as_str()) {
-                state::purge_session(&self.state, &key).await?;
+                persist(deadline, || state::purge_session(&self.state, &key)).await?;
             }
             return Ok(Acquisition {
                 answer: Acquired::Session(Vec::new()),
@@ -1140,8 +1190,10 @@ impl HandOver {
                 marks: state::Marks::new(),
             });
         }
-        let (ops, marks) =
-            state::read_session(&self.state, client_id, unix_ms(), self.patience).await?;
+        let (ops, marks) = persist(deadline, || {
+            state::read_session(&self.state, client_id, unix_ms(), self.patience)
+        })
+        .await?;
         Ok(Acquisition {
             answer: Acquired::Session(ops),
             revision: Some(revision),
@@ -1150,65 +1202,52 @@ impl HandOver {
     }
 
     /// Puts this node's name under the client's key if nobody wrote it since
-    /// it was read; returns the new revision and the node named before.
-    async fn claim(&self, key: &str) -> Result<(u64, Option<String>), state::StateError> {
+    /// it was read (once); returns the new revision and the node named
+    /// before. Another node that wrote in between makes it fail, and
+    /// [`persist`] reads again.
+    async fn claim_once(&self, key: &str) -> Result<(u64, Option<String>), state::StateError> {
         let failed = |e: &dyn core::fmt::Display| {
             state::StateError(format!("claiming a session in the sessions bucket: {e}"))
         };
-        let deadline = tokio::time::Instant::now() + self.patience;
-        let mut raced = 0;
-        while raced < CAS_TRIES {
-            // While JetStream elects a leader for the bucket (a NATS server
-            // just died or started), it refuses: ask again until the patience
-            // is over.
-            let entry = match self.sessions.entry(key).await {
-                Ok(entry) => entry,
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(failed(&e)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "sessions bucket not ready; asking again");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let me = Bytes::from(self.me.clone());
-            let (written, before) = match entry {
-                Some(e) if e.operation == jetstream::kv::Operation::Put => {
-                    let before = String::from_utf8_lossy(&e.value).into_owned();
-                    (
-                        self.sessions
-                            .update(key, me, e.revision)
-                            .await
-                            .map_err(|e| e.to_string()),
-                        Some(before),
-                    )
-                }
-                Some(e) => (
+        let entry = self.sessions.entry(key).await.map_err(|e| failed(&e))?;
+        let me = Bytes::from(self.me.clone());
+        let (written, before) = match entry {
+            Some(e) if e.operation == jetstream::kv::Operation::Put => {
+                let before = String::from_utf8_lossy(&e.value).into_owned();
+                (
                     self.sessions
                         .update(key, me, e.revision)
                         .await
-                        .map_err(|e| e.to_string()),
-                    None,
-                ),
-                None => (
-                    self.sessions
-                        .create(key, me)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    None,
-                ),
-            };
-            match written {
-                Ok(revision) => return Ok((revision, before)),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(failed(&e)),
-                // Another node wrote in between (or JetStream was not ready):
-                // read again.
-                Err(e) => {
-                    tracing::debug!(error = e, "session claim raced; trying again");
-                    raced += 1;
-                }
+                        .map_err(|e| failed(&e)),
+                    Some(before),
+                )
             }
+            Some(e) => (
+                self.sessions
+                    .update(key, me, e.revision)
+                    .await
+                    .map_err(|e| failed(&e)),
+                None,
+            ),
+            None => (
+                self.sessions.create(key, me).await.map_err(|e| failed(&e)),
+                None,
+            ),
+        };
+        Ok((written?, before))
+    }
+
+    /// Takes this node's claim of a session that ended off the sessions
+    /// bucket (if it is still the claim of `revision`), leaving a marker that
+    /// JetStream forgets: client identifiers that come and go leave nothing.
+    async fn unclaim(&self, key: &str, revision: u64) {
+        let purged = self
+            .sessions
+            .purge_expect_revision_with_ttl(key, revision, state::MARKER_TTL)
+            .await;
+        if let Err(e) = purged {
+            tracing::debug!(error = %e, "a claim changed since the session ended here; kept");
         }
-        Err(failed(&"other nodes kept claiming it"))
     }
 
     /// Asks `node` to let the session go, and waits for its answer. A node
@@ -1217,9 +1256,9 @@ impl HandOver {
     /// request goes unanswered: it is asked again every [`RELEASE_ATTEMPT`],
     /// for at most [`RELEASE_PATIENCE`] in all (then what the cluster's store
     /// has is taken: a CONNECT cannot wait for ever).
-    async fn ask_release(&self, node: &str, client_id: &MqttString) {
+    async fn ask_release(&self, node: &str, client_id: &MqttString, until: tokio::time::Instant) {
         let subject = format!("{}.{}", self.release_prefix, session_key(node.as_bytes()));
-        let deadline = tokio::time::Instant::now() + RELEASE_PATIENCE.min(self.patience);
+        let deadline = until.min(tokio::time::Instant::now() + RELEASE_PATIENCE);
         loop {
             let asked = self
                 .client

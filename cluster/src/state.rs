@@ -95,15 +95,43 @@ impl StateStore {
 
     /// Writes `ops` in order, and waits until JetStream has stored every one
     /// of them (or `patience` is over).
+    ///
+    /// While JetStream refuses (it elects a new leader for the bucket after a
+    /// NATS server died, which takes seconds), the whole batch is written
+    /// again: this node alone writes its sessions' keys, so writing the same
+    /// changes again in order ends in the same state.
     pub(crate) async fn apply(
         &mut self,
-        ops: Vec<StoreOp>,
+        ops: &[StoreOp],
         patience: Duration,
+    ) -> Result<(), StateError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut again = false;
+        loop {
+            match self.apply_once(ops, patience, again).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "the cluster's store refused; writing again");
+                    again = true;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// `again`: the batch was written before, in part: a removal purges
+    /// every key a message may have (its marks are gone with the first try).
+    async fn apply_once(
+        &mut self,
+        ops: &[StoreOp],
+        patience: Duration,
+        again: bool,
     ) -> Result<(), StateError> {
         let mut acks = Vec::new();
         let mut failed = None;
         for op in ops {
-            if let Err(e) = self.send(op, &mut acks, patience).await {
+            if let Err(e) = self.send(op, &mut acks, patience, again).await {
                 failed.get_or_insert(e);
             }
         }
@@ -144,14 +172,15 @@ impl StateStore {
 
     async fn send(
         &mut self,
-        op: StoreOp,
+        op: &StoreOp,
         acks: &mut Vec<PublishAckFuture>,
         patience: Duration,
+        again: bool,
     ) -> Result<(), StateError> {
         match op {
             StoreOp::SessionUpsert(rec) => {
                 let s = session_key(rec.client_id.as_bytes());
-                let value = records::encode_session(&rec)
+                let value = records::encode_session(rec)
                     .map_err(|e| error("encoding a session record", e.0))?;
                 self.marks.entry(s.clone()).or_default();
                 self.put(format!("{s}.r"), value.into(), acks).await
@@ -170,9 +199,9 @@ impl StateStore {
                 message,
             } => {
                 let s = session_key(client_id.as_bytes());
-                let value = records::encode_new_entry(&message)
+                let value = records::encode_new_entry(message)
                     .map_err(|e| error("encoding a queued message", e.0))?;
-                self.marks.entry(s.clone()).or_default().insert(seq, 0);
+                self.marks.entry(s.clone()).or_default().insert(*seq, 0);
                 self.put(format!("{s}.m.{seq}"), value.into(), acks).await
             }
             StoreOp::MessageSent {
@@ -185,7 +214,7 @@ impl StateStore {
                     .marks
                     .entry(s.clone())
                     .or_default()
-                    .entry(seq)
+                    .entry(*seq)
                     .or_default() |= SENT;
                 let value = Bytes::copy_from_slice(&packet_id.to_be_bytes());
                 self.put(format!("{s}.p.{seq}"), value, acks).await
@@ -196,7 +225,7 @@ impl StateStore {
                     .marks
                     .entry(s.clone())
                     .or_default()
-                    .entry(seq)
+                    .entry(*seq)
                     .or_default() |= RELEASED;
                 self.put(format!("{s}.x.{seq}"), Bytes::new(), acks).await
             }
@@ -205,8 +234,8 @@ impl StateStore {
                 let marks = self
                     .marks
                     .get_mut(&s)
-                    .and_then(|m| m.remove(&seq))
-                    .unwrap_or(0);
+                    .and_then(|m| m.remove(seq))
+                    .unwrap_or(if again { SENT | RELEASED } else { 0 });
                 self.purge(format!("{s}.m.{seq}"), acks).await?;
                 if marks & SENT != 0 {
                     self.purge(format!("{s}.p.{seq}"), acks).await?;

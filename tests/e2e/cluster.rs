@@ -124,8 +124,46 @@ impl Cluster {
             .collect()
     }
 
+    /// A client connected to node `i` with a clean session (the nodes' logs
+    /// in the failure if it is not).
     async fn client(&self, i: usize, version: ProtocolVersion, id: &str) -> RawClient {
-        RawClient::connect(self.addr(i), version, id).await
+        self.connect(i, brokk_e2e::raw::connect_packet(version, id))
+            .await
+    }
+
+    /// Sends `connect` to node `i` and expects CONNACK 0x00. While JetStream
+    /// fails over (a NATS server died) a node answers 0x88 Server unavailable,
+    /// and the client tries again, as clients do.
+    async fn connect(&self, i: usize, connect: mqtt_proto::Connect) -> RawClient {
+        let id = connect.client_id.as_str().to_owned();
+        let deadline = tokio::time::Instant::now() + RECONNECT;
+        loop {
+            let mut client = RawClient::open(self.addr(i), connect.protocol).await;
+            client
+                .send(&Packet::Connect(Box::new(connect.clone())))
+                .await;
+            match client.next(TIMEOUT).await {
+                Next::Packet(p, _) => match *p {
+                    Packet::ConnAck(ack) if ack.reason_code == ReasonCode::Success => {
+                        return client
+                    }
+                    Packet::ConnAck(ack)
+                        if ack.reason_code == ReasonCode::ServerUnavailable
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => panic!(
+                        "{id} on node {i}: expected CONNACK 0x00, got {other:?}\n{}",
+                        self.logs()
+                    ),
+                },
+                other => panic!(
+                    "no CONNACK for {id} on node {i}: {other:?}\n{}",
+                    self.logs()
+                ),
+            }
+        }
     }
 }
 
@@ -369,7 +407,7 @@ async fn messages_retained_shared_and_takeover_cross_nodes() {
         .publish("status/door", b"", QoS::AtLeastOnce, true)
         .await;
     let cleared = tokio::time::timeout(TIMEOUT, async {
-        while retained_from(&cluster, 0, "status/door").await.is_some() {}
+        while retained_once(&cluster, 0, "status/door").await.is_some() {}
     })
     .await;
     assert!(
@@ -403,20 +441,7 @@ async fn messages_retained_shared_and_takeover_cross_nodes() {
 async fn retained_from(cluster: &Cluster, i: usize, topic: &str) -> Option<Vec<u8>> {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
-        let mut c = cluster.client(i, V5, &format!("reader-{i}")).await;
-        c.subscribe(topic, QoS::AtMostOnce).await;
-        let got = match c.next(Duration::from_millis(300)).await {
-            Next::Packet(p, _) => match *p {
-                Packet::Publish(p) => {
-                    assert!(p.retain, "a retained message has RETAIN set");
-                    Some(p.payload.to_vec())
-                }
-                other => panic!("expected PUBLISH, got {other:?}"),
-            },
-            Next::TimedOut => None,
-            Next::Closed => panic!("node {i} closed the reader"),
-        };
-        c.disconnect().await;
+        let got = retained_once(cluster, i, topic).await;
         if got.is_some() || tokio::time::Instant::now() >= deadline {
             return got;
         }
@@ -426,6 +451,26 @@ async fn retained_from(cluster: &Cluster, i: usize, topic: &str) -> Option<Vec<u
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What a new subscriber on node `i` gets as the retained message of
+/// `topic` within 300 ms.
+async fn retained_once(cluster: &Cluster, i: usize, topic: &str) -> Option<Vec<u8>> {
+    let mut c = cluster.client(i, V5, &format!("reader-{i}")).await;
+    c.subscribe(topic, QoS::AtMostOnce).await;
+    let got = match c.next(Duration::from_millis(300)).await {
+        Next::Packet(p, _) => match *p {
+            Packet::Publish(p) => {
+                assert!(p.retain, "a retained message has RETAIN set");
+                Some(p.payload.to_vec())
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        },
+        Next::TimedOut => None,
+        Next::Closed => panic!("node {i} closed the reader"),
+    };
+    c.disconnect().await;
+    got
 }
 
 #[tokio::test]

@@ -199,12 +199,8 @@ impl Broker {
         for f in s.inflight.iter_mut() {
             f.msg.shared = None;
         }
-        // Still owned by its name, elsewhere: not counted here any more, and
-        // not ended for the cluster's quota.
-        if let Some(name) = s.auth_name.take() {
-            self.uncount_owned_session(&name);
-        }
-        self.end_session(now, sk);
+        // It lives on elsewhere: not ended for the cluster.
+        self.end_session_as(now, sk, false);
     }
 }
 

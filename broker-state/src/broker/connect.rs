@@ -221,7 +221,8 @@ impl Broker {
             // A taken-over session with expiry 0 was already ended by `detach`: its
             // key is stale, and Session Present must be 0 [MQTT-3.2.2-2].
             if p.clean_start || self.sessions.get(sk).is_none_or(|s| s.expiry_interval == 0) {
-                self.end_session(now, sk);
+                // Replaced by the new session of the same client.
+                self.end_session_as(now, sk, false);
                 existing = None;
             }
         }

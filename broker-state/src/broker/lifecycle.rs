@@ -157,7 +157,10 @@ impl Broker {
             }
         }
         if expiry == 0 {
-            return self.end_session(now, sk);
+            // Taken over: the client identifier is held still (here by its new
+            // connection, or on the node that took it).
+            let taken = matches!(ending, Ending::Server(ReasonCode::SessionTakenOver));
+            return self.end_session_as(now, sk, !taken);
         }
         // QoS 1 messages in flight stay with the session for redelivery; QoS 0 in
         // the connection's output are dropped with it.
@@ -228,20 +231,27 @@ impl Broker {
     }
 
     pub(super) fn end_session(&mut self, now: Now, sk: SessionKey) {
+        self.end_session_as(now, sk, true);
+    }
+
+    /// [`Broker::end_session`]; on a node of a cluster, `announce` says the
+    /// client identifier is free in the cluster ([`ClusterOp::SessionEnded`]):
+    /// not when a new session of the same client replaces it here, nor when it
+    /// moves to another node.
+    pub(super) fn end_session_as(&mut self, now: Now, sk: SessionKey, announce: bool) {
         let Some(s) = self.sessions.remove(sk) else {
             return;
         };
         self.by_client_id.remove(s.client_id.as_bytes());
         if let Some(a) = &s.auth_name {
             self.uncount_owned_session(a);
-            // The cluster counts a name's sessions on every node.
-            if self.config.cluster {
-                self.events
-                    .push_back(Event::Cluster(ClusterOp::SessionEnded {
-                        client_id: s.client_id.clone(),
-                        authentication_name: a.clone(),
-                    }));
-            }
+        }
+        if announce && self.config.cluster {
+            self.events
+                .push_back(Event::Cluster(ClusterOp::SessionEnded {
+                    client_id: s.client_id.clone(),
+                    authentication_name: s.auth_name.clone(),
+                }));
         }
         for sub in s.subscriptions.iter() {
             self.route_unsubscribe(&sub.filter, sk);

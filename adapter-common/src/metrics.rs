@@ -281,6 +281,7 @@ pub fn render(s: &Snapshot) -> String {
         ]
         .map(|(reason, n)| (l(&[("reason", reason)]), n)),
     );
+
     family(
         &mut r,
         "mqtt_subscription_refusals",
@@ -320,6 +321,12 @@ pub fn render(s: &Snapshot) -> String {
             "cluster_duplicate_copies",
             "Copies of another node's message that came through a newer of several matching filters, dropped",
             st.cluster_duplicates,
+        );
+        counter(
+            &mut r,
+            "cluster_sessions_moved",
+            "Sessions read from the cluster's store when their client connected here after another node held them",
+            st.cluster_sessions_moved,
         );
     }
     if let Some(store) = &s.store {

@@ -2,10 +2,10 @@
 //! on a single-threaded tokio runtime), so that the broker's thread, whatever
 //! runtime drives it, never waits on the network.
 //!
-//! The broker's thread hands the core's [`ClusterOp`]s and its session claims
-//! over with [`ClusterNode::submit`] and [`ClusterNode::claim`] (never blocking),
-//! and takes what the cluster sends with [`ClusterNode::poll_inbound`] (a waker,
-//! no runtime needed). On the thread:
+//! The broker's thread hands the core's [`ClusterOp`]s and store effects over
+//! with [`ClusterNode::submit`] (never blocking), and takes what the cluster
+//! sends with [`ClusterNode::poll_inbound`] (a waker, no runtime needed). On
+//! the thread:
 //!
 //! - **Interest**: a local filter's first subscription subscribes its subjects
 //!   ([`SubjectMap::filter_to_subjects`]) on the node's main connection, which
@@ -20,13 +20,16 @@
 //!   reads all of it when it starts ([`ClusterNode::start`] returns it) and
 //!   follows its changes, so a subscription on any node sees the same retained
 //!   messages.
-//! - **Sessions**: a key-value bucket from client identifier to the node that
-//!   holds its session. A node that accepts a client puts its own name there;
-//!   every node watches the bucket, and one whose client was claimed by another
-//!   node with a later revision than its own claim hands
-//!   [`Inbound::Claimed`] to the core, which closes the old connection with
-//!   0x8E. The revisions order claims that race: the later one wins on both
-//!   nodes.
+//! - **Sessions**: the store effects go to the state bucket
+//!   ([`crate::state`]); a key-value bucket names the node that holds each
+//!   client's session. [`ClusterOp::Acquire`] claims it there with a
+//!   compare-and-set, asks the node that held it to let it go (a NATS request
+//!   to `<prefix>.release.<node>`; that node hands [`Inbound::Claimed`] to
+//!   its core and answers with [`ClusterNode::released`] once the session's
+//!   last changes are stored), reads the session back and answers with
+//!   [`Inbound::Acquired`]. Every node also watches the bucket: one whose
+//!   client was claimed by another node with a later revision than its own
+//!   claim lets it go too (the revisions order claims that race).
 //!
 //! Delivery between nodes is NATS core's: at most once, in order per publisher.
 //! A QoS 1 or 2 message reaches another node's subscribers unless a node or the

@@ -103,9 +103,11 @@ impl Cluster {
             config.into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--listen".into(),
+            "http://127.0.0.1:0".into(),
             "--in-memory".into(),
         ];
-        BrokkProcess::spawn(Runtime::from_env(), args, 1).await
+        BrokkProcess::spawn(Runtime::from_env(), args, 2).await
     }
 
     fn addr(&self, i: usize) -> SocketAddr {
@@ -113,6 +115,32 @@ impl Cluster {
             .as_ref()
             .expect("the node is running")
             .addr(ListenerKind::Mqtt)
+    }
+
+    /// The value of a metric without labels in node `i`'s `GET /metrics`.
+    async fn metric(&self, i: usize, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let http = self.nodes[i]
+            .as_ref()
+            .expect("the node is running")
+            .addr(ListenerKind::Http);
+        let mut stream = tokio::net::TcpStream::connect(http)
+            .await
+            .expect("connect to the HTTP listener");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: brokk\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send GET /metrics");
+        let mut text = String::new();
+        within("GET /metrics", stream.read_to_string(&mut text))
+            .await
+            .expect("read GET /metrics");
+        text.lines()
+            .find_map(|line| {
+                let (n, v) = line.split_once(' ')?;
+                (n == name).then(|| v.trim().parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
     }
 
     /// What the nodes logged, for a failure's message.
@@ -727,6 +755,18 @@ async fn a_persistent_session_moves_with_its_queue_and_outlives_its_node() {
     assert!(
         quiet(&mut b, Duration::from_millis(500)).await.is_empty(),
         "no duplicate"
+    );
+    assert_eq!(
+        cluster
+            .metric(2, "brokk_cluster_sessions_moved_total")
+            .await,
+        2.0
+    );
+    assert_eq!(
+        cluster
+            .metric(0, "brokk_cluster_sessions_moved_total")
+            .await,
+        0.0
     );
     // Their subscriptions came along: a live message reaches them on node 2.
     publisher

@@ -10,6 +10,9 @@
 # per message received.
 #
 # Usage: benches/cluster/run.sh [ROUNDS]   (default 1)
+# SCENARIOS picks brokk-load scenarios; LOAD_ARGS adds brokk-load options to every
+# run (LOAD_ARGS=--persistent: subscribers with persistent sessions, whose queues a
+# cluster node writes to JetStream).
 # Needs nats-server (scripts/install-clients.sh installs it; scripts/nats-server-path.sh
 # finds it) and taskset.
 set -euo pipefail
@@ -74,8 +77,8 @@ for round in $(seq "$ROUNDS"); do
     for scenario in $SCENARIOS; do
       before=0
       for p in $a $b $nats; do before=$((before + $(ticks "$p"))); done
-      extra=()
-      [ "$sub_port" != "$pub_port" ] && extra=(--sub-port "$sub_port")
+      extra=(${LOAD_ARGS:-})
+      [ "$sub_port" != "$pub_port" ] && extra+=(--sub-port "$sub_port")
       line="$(taskset -c 1 "$LOAD" run "$scenario" --port "$pub_port" "${extra[@]}" 2>&1 | tail -1)"
       after=0
       for p in $a $b $nats; do after=$((after + $(ticks "$p"))); done

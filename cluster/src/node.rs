@@ -242,10 +242,35 @@ enum Command {
     Shutdown,
 }
 
+/// The most store effects waiting for the cluster's store: beyond it, the node
+/// takes no more messages from the other nodes until JetStream catches up (NATS
+/// then holds them, and drops them for a subscription that stays too slow,
+/// counted as `slow_consumer`), so a cluster's store slower than the traffic
+/// cannot grow a node's memory without bound.
+pub const MAX_STATE_BACKLOG: usize = 65_536;
+
+/// Messages async-nats holds for one subscription of this node while the node
+/// does not take them (its cluster's store is behind, see
+/// [`MAX_STATE_BACKLOG`]); beyond it NATS drops them for this node (counted as
+/// `slow_consumer`). Per subscription, so a node's memory under such a backlog
+/// grows with its filters: 4,096 keeps it near 1 MiB of 256-byte messages each.
+pub const SUBSCRIPTION_CAPACITY: usize = 4_096;
+
+/// What the broker's thread and the node's thread share about the work waiting.
+#[derive(Default)]
+struct Backlog {
+    /// Store effects submitted and not yet written.
+    state: AtomicUsize,
+    /// Shutting down: a store write that fails is not tried again, and what
+    /// waits behind it is dropped (NATS gone, the process must still end).
+    stopping: std::sync::atomic::AtomicBool,
+}
+
 /// This node's link to the cluster. Owned by the broker's thread.
 pub struct ClusterNode {
     commands: mpsc::UnboundedSender<Command>,
     inbound: mpsc::Receiver<Inbound>,
+    backlog: Arc<Backlog>,
     queued: Arc<AtomicUsize>,
     counters: Arc<Counters>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -263,9 +288,10 @@ impl ClusterNode {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let counters = Arc::new(Counters::default());
         let queued = Arc::new(AtomicUsize::new(0));
+        let backlog = Arc::new(Backlog::default());
         let timeout = settings.connect_timeout;
         let thread = {
-            let (counters, queued) = (counters.clone(), queued.clone());
+            let (counters, queued, backlog) = (counters.clone(), queued.clone(), backlog.clone());
             std::thread::Builder::new()
                 .name("brokk-cluster".into())
                 .spawn(move || {
@@ -280,7 +306,7 @@ impl ClusterNode {
                         }
                     };
                     rt.block_on(run(
-                        settings, map, cmd_rx, in_tx, ready_tx, counters, queued,
+                        settings, map, cmd_rx, in_tx, ready_tx, counters, queued, backlog,
                     ));
                 })
                 .map_err(|e| StartError(format!("cannot start the cluster thread: {e}")))?
@@ -303,6 +329,7 @@ impl ClusterNode {
             ClusterNode {
                 commands: cmd_tx,
                 inbound: in_rx,
+                backlog,
                 queued,
                 counters,
                 thread: Some(thread),
@@ -339,6 +366,7 @@ impl ClusterNode {
             .filter(|o| matches!(o, ClusterOp::Forward(_)))
             .count();
         self.queued.fetch_add(n, Ordering::Relaxed);
+        self.backlog.state.fetch_add(state.len(), Ordering::Relaxed);
         let _ = self
             .commands
             .send(Command::Ops(ops, n as u64, state, ticket));
@@ -366,8 +394,10 @@ impl ClusterNode {
         &self.counters
     }
 
-    /// Flushes what was forwarded and closes the connections.
+    /// Flushes what was forwarded and stored and closes the connections
+    /// (giving up on what NATS does not take within a couple of seconds).
     pub fn shutdown(mut self) {
+        self.backlog.stopping.store(true, Ordering::Relaxed);
         let _ = self.commands.send(Command::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -411,7 +441,7 @@ async fn connect(
         .name(format!("brokk {} {what}", settings.node_id))
         .connection_timeout(settings.connect_timeout)
         .max_reconnects(None)
-        .subscription_capacity(65_536)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .require_tls(settings.tls_required);
     if no_echo {
         opts = opts.no_echo();
@@ -503,6 +533,7 @@ async fn run(
     ready: std::sync::mpsc::Sender<Result<Joined, StartError>>,
     counters: Arc<Counters>,
     queued: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
 ) {
     let started = async {
         let main = connect(&settings, true, "main", counters.clone()).await?;
@@ -633,6 +664,7 @@ async fn run(
         limit: settings.max_sessions_per_authentication_name,
     });
     let mut shutdown = false;
+    let mut gave_up = false;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -703,11 +735,22 @@ async fn run(
                     }
                     queued.fetch_sub(forwards as usize, Ordering::Relaxed);
                     if !state_ops.is_empty() {
-                        if let Err(e) = state.apply(&state_ops, settings.connect_timeout).await {
-                            counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "the cluster's store refused a session's change");
+                        let stopping = backlog.stopping.load(Ordering::Relaxed);
+                        if stopping && gave_up {
                             ok = false;
+                        } else {
+                            let patience = if stopping { SHUTDOWN_FLUSH } else { settings.connect_timeout };
+                            if let Err(e) = state.apply(&state_ops, patience).await {
+                                counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(error = %e, "the cluster's store refused a session's change");
+                                ok = false;
+                                if stopping {
+                                    tracing::warn!("shutting down without the cluster's store: the sessions' last changes are lost");
+                                    gave_up = true;
+                                }
+                            }
                         }
+                        backlog.state.fetch_sub(state_ops.len(), Ordering::Relaxed);
                     }
                     match commands.try_recv() {
                         Ok(Command::Ops(o, f, st, t)) => {
@@ -750,7 +793,7 @@ async fn run(
                     }
                 }
             },
-            Some((message, through)) = arrivals.recv() => {
+            Some((message, through)) = arrivals.recv(), if backlog.state.load(Ordering::Relaxed) < MAX_STATE_BACKLOG => {
                 let Some(inbound_msg) = arrival(&map, message, through, &counters) else {
                     continue;
                 };

@@ -537,6 +537,29 @@ async fn run(
 ) {
     let started = async {
         let main = connect(&settings, true, "main", counters.clone()).await?;
+        // Two nodes with one name would take each other's sessions and
+        // filters: a running node answers on its name's subject.
+        let presence = format!(
+            "{}.node.{}",
+            settings.prefix,
+            session_key(settings.node_id.as_bytes())
+        );
+        let asked = main.request(presence.clone(), Bytes::new());
+        match tokio::time::timeout(Duration::from_secs(2), asked).await {
+            Ok(Ok(_)) => {
+                return Err(StartError(format!(
+                    "node_id {:?} is in use by a running node of this cluster (prefix {:?}): every node needs its own",
+                    settings.node_id, settings.prefix
+                )))
+            }
+            Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not ask whether this node's name is in use"),
+            Err(_) => tracing::warn!("could not ask whether this node's name is in use: no answer"),
+        }
+        let present = main
+            .subscribe(presence)
+            .await
+            .map_err(|e| StartError(format!("NATS subscription for the node's name: {e}")))?;
         let queues = connect(&settings, false, "shared", counters.clone()).await?;
         let js = jetstream::new(main.clone());
         let retained = bucket(&js, &settings, "retained").await?;
@@ -625,14 +648,14 @@ async fn run(
         Ok::<_, StartError>((
             (main, queues, retained, sessions, claims, watch),
             (interest, interest_watch, remote),
-            (state, owners, owned, release),
+            (state, owners, owned, release, present),
             joined,
         ))
     };
     let (
         (main, queues, retained, sessions, mut claims, mut watch),
         (interest, mut interest_watch, mut remote),
-        (mut state, owners, mut owned, mut release),
+        (mut state, owners, mut owned, mut release, mut present),
         joined,
     ) = match started.await {
         Ok(s) => s,
@@ -839,6 +862,13 @@ async fn run(
                             break;
                         }
                     }
+                }
+            }
+            Some(ping) = present.next() => {
+                // Another node starting with this node's name.
+                if let Some(reply) = ping.reply {
+                    tracing::warn!("another node tried to join with this node's name; it was refused");
+                    let _ = main.publish(reply, Bytes::from(me.clone())).await;
                 }
             }
             Some(request) = release.next() => {

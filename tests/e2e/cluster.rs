@@ -82,6 +82,17 @@ impl Cluster {
 
     /// Starts node `id` with NATS server `i` first.
     async fn spawn(&self, i: usize, id: &str) -> BrokkProcess {
+        BrokkProcess::spawn(Runtime::from_env(), self.node_args(i, id), 2).await
+    }
+
+    /// Runs node `id` (NATS server `i` first) expecting it to refuse to start.
+    async fn refused(&self, i: usize, id: &str) -> std::process::Output {
+        let args = self.node_args(i, id);
+        BrokkProcess::run(Runtime::from_env(), args, "", Duration::from_secs(60)).await
+    }
+
+    /// The command line of node `id` (its config file written).
+    fn node_args(&self, i: usize, id: &str) -> Vec<OsString> {
         let servers: Vec<String> = self
             .nats
             .urls_from(i)
@@ -107,7 +118,7 @@ impl Cluster {
             "http://127.0.0.1:0".into(),
             "--in-memory".into(),
         ];
-        BrokkProcess::spawn(Runtime::from_env(), args, 2).await
+        args
     }
 
     fn addr(&self, i: usize) -> SocketAddr {
@@ -821,6 +832,15 @@ async fn a_persistent_session_moves_with_its_queue_and_outlives_its_node() {
     a.disconnect().await;
     let (_a, present) = resume(&cluster, 0, V5, "mover-5").await;
     assert!(!present, "a clean start ended it everywhere");
+
+    // A second node with a running node's name is refused.
+    let out = cluster.refused(2, "node-1").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second node-1 started\n{stderr}");
+    assert!(
+        stderr.contains("node_id \"node-1\" is in use"),
+        "the refusal names the node id:\n{stderr}"
+    );
 
     // Event Grid's session limit per authentication name (2 here) counts the
     // sessions on every node.

@@ -464,6 +464,19 @@ impl Broker {
             Input::AuthAnswer(ticket, answer) => self.handle_auth_answer(now, ticket, answer),
             Input::StoreCommitted(through) => self.handle_store_committed(now, through),
             Input::StoreFailed(through) => self.handle_store_failed(now, through),
+            Input::ClusterPublish(p, through) => {
+                self.handle_cluster_publish(now, *p, &through);
+            }
+            Input::ClusterRetained(p) => {
+                self.handle_cluster_retained(now, *p);
+            }
+            Input::RemoteInterest(filter, on) => self.handle_remote_interest(&filter, on),
+            Input::SessionClaimed(client_id) => {
+                self.handle_session_claimed(now, &client_id);
+            }
+            Input::SessionAcquired(ticket, answer) => {
+                self.handle_session_acquired(now, ticket, answer)
+            }
         }
         None
     }

@@ -411,6 +411,21 @@ pub enum Input {
     StoreCommitted(u64),
     /// Store effects up to this number failed ([`crate::Broker::handle_store_failed`]).
     StoreFailed(u64),
+    /// Another node's message, through one of this node's filters
+    /// ([`crate::Broker::handle_cluster_publish`]).
+    ClusterPublish(Box<Publish>, TopicFilter),
+    /// A retained message from the cluster's retained store
+    /// ([`crate::Broker::handle_cluster_retained`]).
+    ClusterRetained(Box<Publish>),
+    /// Another node's interest in a filter begins or ends
+    /// ([`crate::Broker::handle_remote_interest`]).
+    RemoteInterest(TopicFilter, bool),
+    /// Another node took this client's session
+    /// ([`crate::Broker::handle_session_claimed`]).
+    SessionClaimed(bytes::Bytes),
+    /// The cluster's answer to [`ClusterOp::Acquire`]
+    /// ([`crate::Broker::handle_session_acquired`]).
+    SessionAcquired(crate::AuthTicket, Acquired),
 }
 
 /// A message as the store keeps it.

@@ -5,7 +5,7 @@
 mod sim;
 
 use broker_state::{
-    Acquired, AuthTicket, ClusterOp, Config, SessionRecord, StoreOp, StoredMessage,
+    Acquired, AuthTicket, ClusterOp, Config, Input, SessionRecord, StoreOp, StoredMessage,
 };
 use mqtt_proto::*;
 use sim::*;
@@ -387,8 +387,9 @@ fn a_session_from_another_node_is_restored_before_its_connack_with_its_queue() {
     let (ticket, client_id, clean) = asked[0].clone();
     assert_eq!((client_id.as_str(), clean), ("dev", false));
     let records = records_of_dev(&sim);
-    sim.broker
-        .handle_session_acquired(sim.now, ticket, Acquired::Session(records));
+    // Through `handle`, as a replay of recorded inputs would.
+    let input = Input::SessionAcquired(ticket, Acquired::Session(records));
+    sim.broker.handle(sim.now, input);
     sim.drain();
     match sim.recv(c) {
         Some(Packet::ConnAck(a)) => assert!(a.session_present, "{a:?}"),

@@ -833,6 +833,64 @@ async fn a_persistent_session_moves_with_its_queue_and_outlives_its_node() {
     let (_a, present) = resume(&cluster, 0, V5, "mover-5").await;
     assert!(!present, "a clean start ended it everywhere");
 
+    // A client that sends SUBSCRIBE and PUBLISH right behind its CONNECT, in
+    // one write: they wait while the node asks the cluster for its session,
+    // then go in order.
+    let mut eager = RawClient::open(cluster.addr(1), V5).await;
+    let mut bytes = brokk_e2e::raw::encode(
+        &Packet::Connect(Box::new(brokk_e2e::raw::connect_packet(V5, "eager"))),
+        V5,
+    );
+    bytes.extend_from_slice(&brokk_e2e::raw::encode(
+        &Packet::Subscribe(mqtt_proto::Subscribe {
+            packet_id: NonZeroU16::new(1).expect("nonzero"),
+            filters: vec![(
+                mqtt_proto::TopicFilter::copy_from_str("eager/#").expect("a valid filter"),
+                mqtt_proto::SubscriptionOptions::qos(QoS::AtLeastOnce),
+            )],
+            properties: Default::default(),
+        }),
+        V5,
+    ));
+    bytes.extend_from_slice(&brokk_e2e::raw::encode(
+        &Packet::Publish(publish_packet(
+            "eager/x",
+            b"first",
+            QoS::AtLeastOnce,
+            false,
+            NonZeroU16::new(2),
+        )),
+        V5,
+    ));
+    eager.send_bytes(&bytes).await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        match eager.next(TIMEOUT).await {
+            Next::Packet(p, _) => kinds.push(match *p {
+                Packet::ConnAck(a) => format!("CONNACK {:?}", a.reason_code),
+                Packet::SubAck(_) => "SUBACK".to_owned(),
+                Packet::PubAck(_) => "PUBACK".to_owned(),
+                Packet::Publish(p) => format!("PUBLISH {}", String::from_utf8_lossy(&p.payload)),
+                other => format!("{other:?}"),
+            }),
+            other => panic!(
+                "eager client: {other:?} after {kinds:?}\n{}",
+                cluster.logs()
+            ),
+        }
+    }
+    assert_eq!(
+        kinds[..2],
+        ["CONNACK Success", "SUBACK"],
+        "CONNACK, then SUBACK: {kinds:?}"
+    );
+    kinds[2..].sort();
+    assert_eq!(
+        kinds[2..],
+        ["PUBACK", "PUBLISH first"],
+        "then the delivery and the PUBACK, in either order: {kinds:?}"
+    );
+
     // A second node with a running node's name is refused.
     let out = cluster.refused(2, "node-1").await;
     let stderr = String::from_utf8_lossy(&out.stderr);

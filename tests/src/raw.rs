@@ -149,6 +149,12 @@ impl RawClient {
         self.send_bytes(&bytes).await;
     }
 
+    /// Sends a packet; an error (the broker is gone) is returned, not a panic.
+    pub async fn try_send(&mut self, packet: &Packet) -> std::io::Result<()> {
+        let bytes = encode(packet, self.version);
+        within("write to the broker", self.stream.write_all(&bytes)).await
+    }
+
     /// Sends bytes as they are.
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         within("write to the broker", self.stream.write_all(bytes))

@@ -87,11 +87,12 @@ impl core::fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// Where a forwarded message came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+/// Where a forwarded message came from (borrowed from its header: nothing is
+/// copied per message for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin<'a> {
     /// The node that accepted it.
-    pub node: String,
+    pub node: &'a str,
 }
 
 /// The headers of a forwarded message, in order (names may repeat).
@@ -130,13 +131,13 @@ pub fn from_headers<'a, F, I>(
     topic: TopicName,
     header: F,
     payload: Bytes,
-) -> Result<(Publish, Origin), WireError>
+) -> Result<(Publish, Origin<'a>), WireError>
 where
     F: Fn(&'static str) -> I,
     I: Iterator<Item = &'a str>,
 {
     let one = |name: &'static str| header(name).next();
-    let node = one(ORIGIN).ok_or(WireError::Missing(ORIGIN))?.to_owned();
+    let node = one(ORIGIN).ok_or(WireError::Missing(ORIGIN))?;
     let qos = match one(QOS).ok_or(WireError::Missing(QOS))? {
         "0" => QoS::AtMostOnce,
         "1" => QoS::AtLeastOnce,
@@ -330,10 +331,10 @@ mod tests {
     }
 
     /// Decodes `headers` as NATS would hand them over.
-    fn decode(
+    fn decode<'a>(
         p: &Publish,
-        headers: &[(&'static str, String)],
-    ) -> Result<(Publish, Origin), WireError> {
+        headers: &'a [(&'static str, String)],
+    ) -> Result<(Publish, Origin<'a>), WireError> {
         let mut map: HashMap<&str, Vec<&str>> = HashMap::new();
         for (k, v) in headers {
             map.entry(k).or_default().push(v);
@@ -380,7 +381,7 @@ mod tests {
                 .cloned()
                 .collect();
             h.push((name, value.to_owned()));
-            decode(&p, &h)
+            decode(&p, &h).map(|(p, _)| p)
         };
         assert_eq!(with(QOS, "3"), Err(WireError::Invalid(QOS)));
         assert_eq!(with(RETAIN, "yes"), Err(WireError::Invalid(RETAIN)));

@@ -361,7 +361,7 @@ mod tests {
         assert_eq!(
             origin,
             Origin {
-                node: "node-1".into(),
+                node: "node-1",
             }
         );
     }

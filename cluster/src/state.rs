@@ -53,6 +53,8 @@ pub(crate) struct StateStore {
     pub(crate) kv: jetstream::kv::Store,
     js: jetstream::Context,
     marks: HashMap<String, Marks>,
+    /// The headers of a purge (the same for every key), made once.
+    purge_headers: async_nats::HeaderMap,
 }
 
 /// Why the cluster's store could not do what it was asked.
@@ -71,15 +73,26 @@ fn error(what: &str, e: impl core::fmt::Display) -> StateError {
 
 impl StateStore {
     pub(crate) fn new(kv: jetstream::kv::Store, js: jetstream::Context) -> Self {
+        let mut purge_headers = async_nats::HeaderMap::new();
+        purge_headers.insert("KV-Operation", "PURGE");
+        purge_headers.insert("Nats-Rollup", "sub");
+        purge_headers.insert("Nats-TTL", MARKER_TTL.as_secs().to_string().as_str());
         StateStore {
             kv,
             js,
             marks: HashMap::new(),
+            purge_headers,
         }
     }
 
-    fn subject(&self, key: &str) -> String {
-        format!("{}{key}", self.kv.prefix)
+    /// The subject of key `<s>.<kind>.<n>` (one allocation).
+    fn subject(&self, s: &str, kind: char, n: impl core::fmt::Display) -> String {
+        format!("{}{s}.{kind}.{n}", self.kv.prefix)
+    }
+
+    /// Marks that message `seq` of session `s` has a `flag` key too.
+    fn mark(&mut self, s: String, seq: u64, flag: u8) {
+        *self.marks.entry(s).or_default().entry(seq).or_default() |= flag;
     }
 
     /// Records what the keys of a session read from the bucket are, so that
@@ -143,27 +156,27 @@ impl StateStore {
 
     async fn put(
         &self,
-        key: String,
+        subject: String,
         value: Bytes,
         acks: &mut Vec<PublishAckFuture>,
     ) -> Result<(), StateError> {
         let ack = self
             .js
-            .publish(self.subject(&key), value)
+            .publish(subject, value)
             .await
             .map_err(|e| error("writing a session to JetStream", e))?;
         acks.push(ack);
         Ok(())
     }
 
-    async fn purge(&self, key: String, acks: &mut Vec<PublishAckFuture>) -> Result<(), StateError> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("KV-Operation", "PURGE");
-        headers.insert("Nats-Rollup", "sub");
-        headers.insert("Nats-TTL", MARKER_TTL.as_secs().to_string().as_str());
+    async fn purge(
+        &self,
+        subject: String,
+        acks: &mut Vec<PublishAckFuture>,
+    ) -> Result<(), StateError> {
         let ack = self
             .js
-            .publish_with_headers(self.subject(&key), headers, Bytes::new())
+            .publish_with_headers(subject, self.purge_headers.clone(), Bytes::new())
             .await
             .map_err(|e| error("purging a session's key in JetStream", e))?;
         acks.push(ack);
@@ -182,8 +195,9 @@ impl StateStore {
                 let s = session_key(rec.client_id.as_bytes());
                 let value = records::encode_session(rec)
                     .map_err(|e| error("encoding a session record", e.0))?;
-                self.marks.entry(s.clone()).or_default();
-                self.put(format!("{s}.r"), value.into(), acks).await
+                let subject = format!("{}{s}.r", self.kv.prefix);
+                self.marks.entry(s).or_default();
+                self.put(subject, value.into(), acks).await
             }
             StoreOp::SessionRemove { client_id } => {
                 let s = session_key(client_id.as_bytes());
@@ -201,8 +215,9 @@ impl StateStore {
                 let s = session_key(client_id.as_bytes());
                 let value = records::encode_new_entry(message)
                     .map_err(|e| error("encoding a queued message", e.0))?;
-                self.marks.entry(s.clone()).or_default().insert(*seq, 0);
-                self.put(format!("{s}.m.{seq}"), value.into(), acks).await
+                let subject = self.subject(&s, 'm', seq);
+                self.marks.entry(s).or_default().insert(*seq, 0);
+                self.put(subject, value.into(), acks).await
             }
             StoreOp::MessageSent {
                 client_id,
@@ -210,24 +225,16 @@ impl StateStore {
                 packet_id,
             } => {
                 let s = session_key(client_id.as_bytes());
-                *self
-                    .marks
-                    .entry(s.clone())
-                    .or_default()
-                    .entry(*seq)
-                    .or_default() |= SENT;
+                let subject = self.subject(&s, 'p', seq);
+                self.mark(s, *seq, SENT);
                 let value = Bytes::copy_from_slice(&packet_id.to_be_bytes());
-                self.put(format!("{s}.p.{seq}"), value, acks).await
+                self.put(subject, value, acks).await
             }
             StoreOp::MessageReleased { client_id, seq } => {
                 let s = session_key(client_id.as_bytes());
-                *self
-                    .marks
-                    .entry(s.clone())
-                    .or_default()
-                    .entry(*seq)
-                    .or_default() |= RELEASED;
-                self.put(format!("{s}.x.{seq}"), Bytes::new(), acks).await
+                let subject = self.subject(&s, 'x', seq);
+                self.mark(s, *seq, RELEASED);
+                self.put(subject, Bytes::new(), acks).await
             }
             StoreOp::MessageRemove { client_id, seq } => {
                 let s = session_key(client_id.as_bytes());
@@ -236,12 +243,12 @@ impl StateStore {
                     .get_mut(&s)
                     .and_then(|m| m.remove(seq))
                     .unwrap_or(if again { SENT | RELEASED } else { 0 });
-                self.purge(format!("{s}.m.{seq}"), acks).await?;
+                self.purge(self.subject(&s, 'm', seq), acks).await?;
                 if marks & SENT != 0 {
-                    self.purge(format!("{s}.p.{seq}"), acks).await?;
+                    self.purge(self.subject(&s, 'p', seq), acks).await?;
                 }
                 if marks & RELEASED != 0 {
-                    self.purge(format!("{s}.x.{seq}"), acks).await?;
+                    self.purge(self.subject(&s, 'x', seq), acks).await?;
                 }
                 Ok(())
             }
@@ -250,7 +257,7 @@ impl StateStore {
                 packet_id,
             } => {
                 let s = session_key(client_id.as_bytes());
-                self.put(format!("{s}.i.{packet_id}"), Bytes::new(), acks)
+                self.put(self.subject(&s, 'i', packet_id), Bytes::new(), acks)
                     .await
             }
             StoreOp::Qos2Released {
@@ -258,7 +265,7 @@ impl StateStore {
                 packet_id,
             } => {
                 let s = session_key(client_id.as_bytes());
-                self.purge(format!("{s}.i.{packet_id}"), acks).await
+                self.purge(self.subject(&s, 'i', packet_id), acks).await
             }
             // The retained bucket is the cluster's retained store.
             StoreOp::RetainSet(_) | StoreOp::RetainClear { .. } => Ok(()),

@@ -358,12 +358,7 @@ mod tests {
         }
         let (back, origin) = decode(&p, &headers).expect("decodes");
         assert_eq!(back, p);
-        assert_eq!(
-            origin,
-            Origin {
-                node: "node-1",
-            }
-        );
+        assert_eq!(origin, Origin { node: "node-1" });
     }
 
     #[test]

@@ -67,8 +67,7 @@ impl Broker {
     /// authentication, else of the synchronous hooks, whose answer is handled at
     /// once.
     fn ask(&mut self, now: Now, k: ConnKey, client_id: MqttString, kind: AuthKind) {
-        self.auth_seq = self.auth_seq.wrapping_add(1).max(1);
-        let seq = self.auth_seq;
+        let seq = self.next_question();
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -132,15 +131,28 @@ impl Broker {
     ///
     /// [`Event::Authenticate`]: crate::Event::Authenticate
     pub fn handle_auth_answer(&mut self, now: Now, ticket: AuthTicket, answer: AuthStep) {
+        if let Some(k) = self.take_question(ticket) {
+            self.answer(now, k, answer);
+        }
+    }
+
+    /// The number of a new question (authentication or acquisition), never 0.
+    fn next_question(&mut self) -> u32 {
+        self.auth_seq = self.auth_seq.wrapping_add(1).max(1);
+        self.auth_seq
+    }
+
+    /// The connection whose current question `ticket` answers, which no
+    /// longer waits for it; `None` for a connection that is gone or a
+    /// question no longer asked.
+    fn take_question(&mut self, ticket: AuthTicket) -> Option<ConnKey> {
         let k = key(ticket.conn);
-        let Some(c) = self.conns.get_mut(k) else {
-            return;
-        };
+        let c = self.conns.get_mut(k)?;
         if ticket.seq == 0 || c.auth_ticket != ticket.seq {
-            return;
+            return None;
         }
         c.auth_ticket = 0;
-        self.answer(now, k, answer);
+        Some(k)
     }
 
     fn answer(&mut self, now: Now, k: ConnKey, step: AuthStep) {
@@ -256,8 +268,7 @@ impl Broker {
         held: Vec<Packet>,
         authenticated: (Authenticated, Option<Instant>),
     ) {
-        self.auth_seq = self.auth_seq.wrapping_add(1).max(1);
-        let seq = self.auth_seq;
+        let seq = self.next_question();
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
@@ -288,22 +299,12 @@ impl Broker {
     /// to a connection that is gone or to a question no longer asked is
     /// ignored.
     pub fn handle_session_acquired(&mut self, now: Now, ticket: AuthTicket, answer: Acquired) {
-        let k = key(ticket.conn);
-        let Some(c) = self.conns.get_mut(k) else {
+        // Its ticket is only ever given to a CONNECT that holds who the
+        // client is (`acquire`).
+        let Some(k) = self.take_question(ticket) else {
             return;
         };
-        if ticket.seq == 0 || c.auth_ticket != ticket.seq {
-            return;
-        }
-        let waiting = c
-            .pending_connect
-            .as_ref()
-            .is_some_and(|p| p.authenticated.is_some());
-        if !waiting {
-            return;
-        }
-        c.auth_ticket = 0;
-        let Some(pending) = c.pending_connect.take() else {
+        let Some(pending) = self.conns.get_mut(k).and_then(|c| c.pending_connect.take()) else {
             return;
         };
         let PendingConnect {
@@ -315,11 +316,6 @@ impl Broker {
         let Some(authenticated) = authenticated else {
             return;
         };
-        if let Some(c) = self.conns.get_mut(k) {
-            if c.client_id.is_none() {
-                c.client_id = Some(plan.client_id.clone());
-            }
-        }
         let records = match answer {
             Acquired::Session(records) => records,
             Acquired::Unavailable => return self.refuse(k, ReasonCode::ServerUnavailable),

@@ -386,16 +386,15 @@ impl<W: Wake> Hub<W> {
             || batch.iter().any(|op| {
                 matches!(op, broker_state::ClusterOp::Forward(p) if p.qos != mqtt_proto::QoS::AtMostOnce)
             });
-        let mut handed = false;
-        if let Some(cluster) = &self.cluster {
-            let ticket = numbered.then(|| self.broker.store_effects_emitted());
-            if let Some(t) = ticket {
-                self.tickets.cluster.push_back(t);
-            }
-            cluster.submit(batch, state, ticket);
-            handed = ticket.is_some();
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let ticket = numbered.then(|| self.broker.store_effects_emitted());
+        if let Some(t) = ticket {
+            self.tickets.cluster.push_back(t);
         }
-        handed
+        cluster.submit(batch, state, ticket);
+        ticket.is_some()
     }
 
     /// Answers the nodes waiting for sessions this node let go, after the

@@ -281,7 +281,6 @@ pub fn render(s: &Snapshot) -> String {
         ]
         .map(|(reason, n)| (l(&[("reason", reason)]), n)),
     );
-
     family(
         &mut r,
         "mqtt_subscription_refusals",

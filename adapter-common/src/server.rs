@@ -232,8 +232,9 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             let mut settings = settings.clone();
             settings.max_sessions_per_authentication_name =
                 broker.config().max_sessions_per_authentication_name;
+            let node_id = settings.node_id.clone();
             let (node, joined) =
-                brokk_cluster::ClusterNode::start(settings.clone()).map_err(StartError::Cluster)?;
+                brokk_cluster::ClusterNode::start(settings).map_err(StartError::Cluster)?;
             let now = crate::runtime::now();
             let (retained, filters) = (joined.retained.len(), joined.interest.len());
             for op in joined.sessions {
@@ -247,7 +248,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
                 broker.handle_remote_interest(f, true);
             }
             tracing::info!(
-                node = settings.node_id,
+                node = node_id,
                 retained,
                 filters,
                 sessions,

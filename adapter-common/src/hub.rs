@@ -214,6 +214,10 @@ pub struct Hub<W: Wake> {
     /// Sessions let go to other nodes this round, whose new nodes wait for
     /// the answer.
     releases: Vec<(bytes::Bytes, Option<brokk_cluster::ReplyTo>)>,
+    /// The last message from this node's queue the core took since the last
+    /// hand-over: JetStream keeps it until the round's store effects are
+    /// stored.
+    delivered: Option<u64>,
     /// The numbered effects handed to the store and to the cluster and not yet
     /// done (see [`Tickets`]).
     tickets: Tickets,
@@ -295,6 +299,7 @@ impl<W: Wake> Hub<W> {
             cluster_batch: Vec::new(),
             state_batch: Vec::new(),
             releases: Vec::new(),
+            delivered: None,
             tickets: Tickets::default(),
         }
     }
@@ -352,8 +357,12 @@ impl<W: Wake> Hub<W> {
                         self.broker.handle_store_failed(now, ticket);
                     }
                 }
-                brokk_cluster::Inbound::RemoteInterest { filter, on } => {
-                    self.broker.handle_remote_interest(&filter, on);
+                brokk_cluster::Inbound::RemoteInterest { node, filter, on } => {
+                    self.broker.handle_remote_interest(node, &filter, on);
+                }
+                brokk_cluster::Inbound::Delivery { publish, seq } => {
+                    self.broker.handle_cluster_delivery(now, publish);
+                    self.delivered = Some(seq);
                 }
                 brokk_cluster::Inbound::Claimed { client_id, reply } => {
                     if self.broker.handle_session_claimed(now, &client_id) {
@@ -376,7 +385,8 @@ impl<W: Wake> Hub<W> {
     /// Hands the round's cluster effects to the cluster's thread, with a
     /// ticket when QoS 1/2 forwards among them hold acknowledgements.
     fn submit_cluster_batch(&mut self) -> bool {
-        if self.cluster_batch.is_empty() && self.state_batch.is_empty() {
+        if self.cluster_batch.is_empty() && self.state_batch.is_empty() && self.delivered.is_none()
+        {
             return false;
         }
         let len = self.cluster_batch.len();
@@ -384,7 +394,7 @@ impl<W: Wake> Hub<W> {
         let state = core::mem::take(&mut self.state_batch);
         let numbered = !state.is_empty()
             || batch.iter().any(|op| {
-                matches!(op, broker_state::ClusterOp::Forward(p) if p.qos != mqtt_proto::QoS::AtMostOnce)
+                matches!(op, broker_state::ClusterOp::Forward { publish, .. } if publish.qos != mqtt_proto::QoS::AtMostOnce)
             });
         let Some(cluster) = &self.cluster else {
             return false;
@@ -393,7 +403,7 @@ impl<W: Wake> Hub<W> {
         if let Some(t) = ticket {
             self.tickets.cluster.push_back(t);
         }
-        cluster.submit(batch, state, ticket);
+        cluster.submit(batch, state, ticket, self.delivered.take());
         ticket.is_some()
     }
 

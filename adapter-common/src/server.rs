@@ -244,8 +244,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, StartError> {
             for p in joined.retained {
                 broker.handle_cluster_retained(now, p);
             }
-            for f in &joined.interest {
-                broker.handle_remote_interest(f, true);
+            for (node, f) in &joined.interest {
+                broker.handle_remote_interest(*node, f, true);
             }
             tracing::info!(
                 node = node_id,

@@ -467,10 +467,18 @@ impl Broker {
             Input::ClusterPublish(p, through) => {
                 self.handle_cluster_publish(now, *p, &through);
             }
+            Input::ClusterDelivery(p) => {
+                self.handle_cluster_delivery(now, *p);
+            }
+            Input::RemoteNodeGone(node) => {
+                self.handle_remote_node_gone(node);
+            }
             Input::ClusterRetained(p) => {
                 self.handle_cluster_retained(now, *p);
             }
-            Input::RemoteInterest(filter, on) => self.handle_remote_interest(&filter, on),
+            Input::RemoteInterest(node, filter, on) => {
+                self.handle_remote_interest(node, &filter, on)
+            }
             Input::SessionClaimed(client_id) => {
                 self.handle_session_claimed(now, &client_id);
             }

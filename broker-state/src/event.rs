@@ -187,10 +187,22 @@ pub enum ClusterOp {
     /// ([`crate::Broker::store_effects_emitted`] counts it): the publisher's
     /// PUBACK or PUBREC waits, as for a durable message, until the adapter says
     /// with [`crate::Broker::handle_store_committed`] that everything up to its
-    /// number is done, here meaning handed to the cluster's transport and
-    /// flushed to it. So a node that dies after acknowledging a message has
-    /// already passed it on.
-    Forward(Box<Publish>),
+    /// number is done, here meaning that the cluster's transport has it: kept
+    /// durably for each of `nodes` (QoS 1 and 2), flushed to it (QoS 0 and
+    /// shared groups'). So a node that dies after acknowledging a message has
+    /// already passed it on, and one that dies before its subscribers got it
+    /// finds it waiting.
+    Forward {
+        /// The message.
+        publish: Box<Publish>,
+        /// The other nodes with a non-shared filter matching the topic (as
+        /// [`crate::Broker::handle_remote_interest`] numbered them), each once:
+        /// each gets one copy ([`crate::Broker::handle_cluster_delivery`]).
+        nodes: Vec<u32>,
+        /// A shared group matches, here or on another node: the transport picks
+        /// a node with a member ([`crate::Broker::handle_cluster_publish`]).
+        shared: bool,
+    },
     /// A client authenticated here and wants its session: the transport takes
     /// the session over for this node (a compare-and-set on its owner), asks the
     /// node that held it to let it go (that node closes the old connection with
@@ -414,12 +426,18 @@ pub enum Input {
     /// Another node's message, through one of this node's filters
     /// ([`crate::Broker::handle_cluster_publish`]).
     ClusterPublish(Box<Publish>, TopicFilter),
+    /// Another node's message, addressed to this node
+    /// ([`crate::Broker::handle_cluster_delivery`]).
+    ClusterDelivery(Box<Publish>),
     /// A retained message from the cluster's retained store
     /// ([`crate::Broker::handle_cluster_retained`]).
     ClusterRetained(Box<Publish>),
     /// Another node's interest in a filter begins or ends
     /// ([`crate::Broker::handle_remote_interest`]).
-    RemoteInterest(TopicFilter, bool),
+    RemoteInterest(u32, TopicFilter, bool),
+    /// Every filter of another node is withdrawn
+    /// ([`crate::Broker::handle_remote_node_gone`]).
+    RemoteNodeGone(u32),
     /// Another node took this client's session
     /// ([`crate::Broker::handle_session_claimed`]).
     SessionClaimed(bytes::Bytes),

@@ -33,10 +33,20 @@ fn interest(sim: &mut Sim) -> Vec<(String, bool)> {
 
 /// The messages forwarded since the last call.
 fn forwards(sim: &mut Sim) -> Vec<Publish> {
+    addressed(sim).into_iter().map(|(p, _, _)| p).collect()
+}
+
+/// The messages forwarded since the last call, with the nodes they are
+/// addressed to and whether a shared group wants them.
+fn addressed(sim: &mut Sim) -> Vec<(Publish, Vec<u32>, bool)> {
     let ops = std::mem::take(&mut sim.cluster);
     ops.into_iter()
         .filter_map(|op| match op {
-            ClusterOp::Forward(p) => Some(*p),
+            ClusterOp::Forward {
+                publish,
+                nodes,
+                shared,
+            } => Some((*publish, nodes, shared)),
             _ => None,
         })
         .collect()
@@ -96,15 +106,17 @@ fn messages_accepted_here_are_forwarded_and_delivered_here_at_once() {
     let s = sim.connect(V5, "s", true);
     sim.subscribe(s, "t", QoS::AtLeastOnce);
     let p = sim.connect(V5, "p", true);
-    // Another node wants t and wills/#.
-    sim.broker.handle_remote_interest(&filter("t"), true);
+    // Node 2 wants t, node 3 has a shared group on wills/#.
+    sim.broker.handle_remote_interest(2, &filter("t"), true);
     sim.broker
-        .handle_remote_interest(&filter("$share/g/wills/#"), true);
+        .handle_remote_interest(3, &filter("$share/g/wills/#"), true);
     sim.cluster.clear();
     sim.publish(p, "t", QoS::AtLeastOnce, true, b"1");
     assert_eq!(payloads(&sim.publishes(s)), [&b"1"[..]]);
-    let f = forwards(&mut sim);
+    let f = addressed(&mut sim);
     assert_eq!(f.len(), 1);
+    assert_eq!((f[0].1.as_slice(), f[0].2), (&[2][..], false));
+    let f: Vec<Publish> = f.into_iter().map(|(p, _, _)| p).collect();
     assert_eq!(
         (f[0].topic.as_str(), f[0].retain, f[0].qos),
         ("t", true, QoS::AtLeastOnce)
@@ -122,10 +134,24 @@ fn messages_accepted_here_are_forwarded_and_delivered_here_at_once() {
     // Retained: forwarded all the same (the retained store is the cluster's).
     sim.publish(p, "nobody/here", QoS::AtLeastOnce, true, b"r");
     assert_eq!(forwards(&mut sim).len(), 1);
-    // Interest withdrawn: no longer forwarded. Announced twice, withdrawn once:
-    // gone (the adapter aggregates nodes).
-    sim.broker.handle_remote_interest(&filter("t"), true);
-    sim.broker.handle_remote_interest(&filter("t"), false);
+    // Every node with a matching filter is named once, however many of its
+    // filters match.
+    sim.broker.handle_remote_interest(4, &filter("#"), true);
+    sim.broker.handle_remote_interest(4, &filter("+"), true);
+    sim.broker
+        .handle_remote_interest(5, &filter("$share/h/t"), true);
+    sim.publish(p, "t", QoS::AtMostOnce, false, b"3");
+    let f = addressed(&mut sim);
+    let mut nodes = f[0].1.clone();
+    nodes.sort_unstable();
+    assert_eq!((nodes, f[0].2), (vec![2, 4], true));
+    // A node that leaves takes its filters with it.
+    assert_eq!(sim.broker.handle_remote_node_gone(4), 2);
+    assert_eq!(sim.broker.handle_remote_node_gone(5), 1);
+    // Interest withdrawn: no longer forwarded. Announced twice, withdrawn
+    // once: gone (announcements are idempotent per node).
+    sim.broker.handle_remote_interest(2, &filter("t"), true);
+    sim.broker.handle_remote_interest(2, &filter("t"), false);
     sim.publish(p, "t", QoS::AtMostOnce, false, b"3");
     assert_eq!(forwards(&mut sim).len(), 0);
     // A local shared group's messages go through the cluster even when no
@@ -144,16 +170,21 @@ fn messages_accepted_here_are_forwarded_and_delivered_here_at_once() {
     c.will = Some(will("wills/w", b"gone", QoS::AtLeastOnce, false));
     let (w, _) = sim.connect_with(c);
     sim.kill(w);
-    let f = forwards(&mut sim);
+    let f = addressed(&mut sim);
     assert_eq!(f.len(), 1);
-    assert_eq!(f[0].topic.as_str(), "wills/w");
+    assert_eq!(f[0].0.topic.as_str(), "wills/w");
+    assert_eq!(
+        (f[0].1.as_slice(), f[0].2),
+        (&[][..], true),
+        "for node 3's shared group"
+    );
 }
 
 #[test]
 fn the_puback_of_a_qos1_message_waits_until_its_forward_is_handed_over() {
     let mut sim = node();
     sim.auto_commit = false;
-    sim.broker.handle_remote_interest(&filter("t"), true);
+    sim.broker.handle_remote_interest(1, &filter("t"), true);
     let p = sim.connect(V5, "p", true);
     let before = sim.broker.store_effects_emitted();
     let id = sim
@@ -226,6 +257,45 @@ fn another_nodes_message_reaches_the_non_shared_subscriptions_once() {
     let late = sim.connect(V5, "late", true);
     sim.subscribe(late, "t/a", QoS::AtMostOnce);
     assert!(sim.publishes(late).is_empty());
+}
+
+#[test]
+fn a_message_addressed_to_this_node_reaches_every_matching_subscription_once() {
+    let mut sim = Sim::new(Config {
+        cluster: true,
+        store_effects: true,
+        ..Config::default()
+    });
+    let s5 = sim.connect(V5, "s5", true);
+    sim.subscribe(s5, "t/+", QoS::ExactlyOnce);
+    sim.subscribe(s5, "t/#", QoS::AtLeastOnce);
+    let s4 = sim.connect(V4, "s4", true);
+    sim.subscribe(s4, "t/a", QoS::AtMostOnce);
+    let sh = sim.connect(V5, "sh", true);
+    sim.subscribe(sh, "$share/g/t/#", QoS::AtLeastOnce);
+    // A persistent session, offline: its queue keeps the message, durably.
+    let off = sim.connect(V4, "off", false);
+    sim.subscribe(off, "t/a", QoS::AtLeastOnce);
+    sim.disconnect(off);
+    sim.drain();
+    let stored = sim.store_ops.len();
+    let p = publish_packet("t/a", QoS::ExactlyOnce, false, None, b"remote");
+    assert_eq!(sim.broker.handle_cluster_delivery(sim.now, p), 4);
+    sim.drain();
+    let got = sim.publishes(s5);
+    assert_eq!(got.len(), 1, "overlapping filters: one delivery");
+    assert_eq!(got[0].qos, QoS::ExactlyOnce);
+    assert_eq!(payloads(&sim.publishes(s4)), [&b"remote"[..]]);
+    assert!(
+        sim.publishes(sh).is_empty(),
+        "shared groups only through the group"
+    );
+    assert!(
+        sim.store_ops.len() > stored,
+        "the offline session's queue is stored: {:?}",
+        &sim.store_ops[stored..]
+    );
+    assert!(forwards(&mut sim).is_empty(), "nothing goes back");
 }
 
 #[test]

@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod node;
+pub mod queue;
 pub mod state;
 pub mod subject;
 pub mod wire;

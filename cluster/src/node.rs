@@ -13,9 +13,13 @@
 //!   A shared group's first local member joins the NATS queue group of
 //!   `(group, filter)` on a second connection (with echo, so that the node
 //!   that published can be the one chosen).
-//! - **Forward**: published on the topic's subject with the properties as
-//!   headers ([`crate::wire`]); a retained message is also put in the retained
-//!   bucket (an empty one deletes its key).
+//! - **Forward**: a QoS 1 or 2 message goes to the durable queue of each node
+//!   the core names ([`crate::queue`]: JetStream, acknowledged to the
+//!   publisher once stored); a QoS 0 message is published on the topic's
+//!   subject, a shared group's on the shared space's subject
+//!   (`<prefix>.g....`), with the properties as headers ([`crate::wire`]); a
+//!   retained message is also put in the retained bucket (an empty one
+//!   deletes its key).
 //! - **Retained**: a JetStream key-value bucket, one value per topic. Every node
 //!   reads all of it when it starts ([`ClusterNode::start`] returns it) and
 //!   follows its changes, so a subscription on any node sees the same retained
@@ -31,11 +35,11 @@
 //!   client was claimed by another node with a later revision than its own
 //!   claim lets it go too (the revisions order claims that race).
 //!
-//! Delivery between nodes is NATS core's: at most once, in order per publisher.
-//! A QoS 1 or 2 message reaches another node's subscribers unless a node or the
-//! connection between it and NATS fails while the message is on its way.
+//! Delivery between nodes: QoS 1 and 2 through JetStream, at least once (a
+//! node's queue keeps a message until the node stored what it did with it);
+//! QoS 0 and shared groups' messages through NATS core, at most once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,6 +54,7 @@ use futures_util::StreamExt;
 use mqtt_proto::{MqttString, Publish, TopicFilter, TopicName};
 use tokio::sync::mpsc;
 
+use crate::queue;
 use crate::state::{self, session_key, StateStore};
 use crate::wire;
 use crate::SubjectMap;
@@ -101,7 +106,7 @@ impl Settings {
         }
     }
 
-    fn bucket(&self, what: &str) -> String {
+    pub(crate) fn bucket(&self, what: &str) -> String {
         // Bucket names allow `A-Z a-z 0-9 - _`; the prefix's dots become `_`.
         format!("{}_{what}", self.prefix.replace('.', "_"))
     }
@@ -144,13 +149,26 @@ pub enum Inbound {
         /// The session (or why not).
         answer: broker_state::Acquired,
     },
-    /// The first node announced interest in this filter (`on`), or the last
-    /// one withdrew it.
+    /// Another node announced interest in this filter (`on`), or withdrew
+    /// it.
     RemoteInterest {
+        /// The node, as this node numbers the others (the numbers
+        /// [`ClusterOp::Forward`] names).
+        node: u32,
         /// The filter (`$share/...` for a shared group).
         filter: TopicFilter,
         /// Begins or ends.
         on: bool,
+    },
+    /// A QoS 1 or 2 message another node sent this one (from this node's
+    /// durable queue, see [`crate::queue`]): JetStream keeps it until the
+    /// broker says, with a later [`ClusterNode::submit`] whose `delivered` is
+    /// at least `seq`, that its deliveries' store effects are in the batch.
+    Delivery {
+        /// The message.
+        publish: Publish,
+        /// Its number, counted up from 1 by this node.
+        seq: u64,
     },
     /// The forwards submitted with this ticket (and every earlier one) are
     /// flushed to NATS; `ok` is false when a retained message among them could
@@ -169,9 +187,9 @@ pub enum Inbound {
 pub struct Joined {
     /// The cluster's retained messages.
     pub retained: Vec<Publish>,
-    /// The filters the other nodes subscribe to (each once, however many
-    /// nodes announced it).
-    pub interest: Vec<TopicFilter>,
+    /// The filters the other nodes subscribe to, with the number of the node
+    /// that announced each.
+    pub interest: Vec<(u32, TopicFilter)>,
     /// The sessions this node held when it stopped, as the cluster's store
     /// keeps them (the records that restore them, session by session).
     pub sessions: Vec<broker_state::StoreOp>,
@@ -197,8 +215,9 @@ pub struct Counters {
     /// Forwards dropped: the queue to the NATS thread was full, or the subject
     /// would be longer than NATS takes.
     pub forward_dropped: AtomicU64,
-    /// Messages received from other nodes (a message that matches several
-    /// of this node's filters counts once per filter).
+    /// Messages received from other nodes (a QoS 0 message that matches
+    /// several of this node's filters counts once per filter; a QoS 1 or 2
+    /// message from this node's queue once).
     pub received: AtomicU64,
     /// Messages from NATS that did not decode.
     pub malformed: AtomicU64,
@@ -234,9 +253,9 @@ pub const MAX_SUBJECT_LEN: usize = 3_840;
 
 enum Command {
     /// The ops, how many of them are forwards, the store effects for the
-    /// cluster's store, and the ticket to report once they are flushed and
-    /// stored.
-    Ops(Vec<ClusterOp>, u64, Vec<StoreOp>, Option<u64>),
+    /// cluster's store, the ticket to report once they are flushed and
+    /// stored, and the last [`Inbound::Delivery`] they include the effects of.
+    Ops(Vec<ClusterOp>, u64, Vec<StoreOp>, Option<u64>, Option<u64>),
     /// The core let this session go: answer the node that claimed it.
     Released(Bytes, Option<async_nats::Subject>),
     Shutdown,
@@ -343,33 +362,43 @@ impl ClusterNode {
     /// forwards beyond [`MAX_QUEUED_FORWARDS`] waiting are dropped and
     /// counted (QoS 1 and 2 ones hold their publishers' acknowledgements, which
     /// bounds them).
-    pub fn submit(&self, mut ops: Vec<ClusterOp>, state: Vec<StoreOp>, ticket: Option<u64>) {
+    ///
+    /// `delivered`: the core has handled every [`Inbound::Delivery`] up to
+    /// this number, and `state` (or an earlier submission) holds their store
+    /// effects; once those are stored, JetStream may forget the messages.
+    pub fn submit(
+        &self,
+        mut ops: Vec<ClusterOp>,
+        state: Vec<StoreOp>,
+        ticket: Option<u64>,
+        delivered: Option<u64>,
+    ) {
         let forwards = ops
             .iter()
-            .filter(|o| matches!(o, ClusterOp::Forward(_)))
+            .filter(|o| matches!(o, ClusterOp::Forward { .. }))
             .count();
         let waiting = self.queued.load(Ordering::Relaxed);
         if waiting + forwards > MAX_QUEUED_FORWARDS {
             let before = ops.len();
             ops.retain(
-                |o| !matches!(o, ClusterOp::Forward(p) if p.qos == mqtt_proto::QoS::AtMostOnce),
+                |o| !matches!(o, ClusterOp::Forward { publish, .. } if publish.qos == mqtt_proto::QoS::AtMostOnce),
             );
             self.counters
                 .forward_dropped
                 .fetch_add((before - ops.len()) as u64, Ordering::Relaxed);
         }
-        if ops.is_empty() && state.is_empty() && ticket.is_none() {
+        if ops.is_empty() && state.is_empty() && ticket.is_none() && delivered.is_none() {
             return;
         }
         let n = ops
             .iter()
-            .filter(|o| matches!(o, ClusterOp::Forward(_)))
+            .filter(|o| matches!(o, ClusterOp::Forward { .. }))
             .count();
         self.queued.fetch_add(n, Ordering::Relaxed);
         self.backlog.state.fetch_add(state.len(), Ordering::Relaxed);
         let _ = self
             .commands
-            .send(Command::Ops(ops, n as u64, state, ticket));
+            .send(Command::Ops(ops, n as u64, state, ticket, delivered));
     }
 
     /// The core let the session of `client_id` go ([`Inbound::Claimed`]):
@@ -535,6 +564,15 @@ async fn run(
     queued: Arc<AtomicUsize>,
     backlog: Arc<Backlog>,
 ) {
+    // Shared groups' messages travel on subjects of their own, so that a
+    // node's non-shared subscriptions never see them.
+    let shared_map = match SubjectMap::new(&format!("{}.g", settings.prefix)) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ready.send(Err(StartError(format!("cluster prefix: {e}"))));
+            return;
+        }
+    };
     let started = async {
         let main = connect(&settings, true, "main", counters.clone()).await?;
         // Two nodes with one name would take each other's sessions and
@@ -583,7 +621,7 @@ async fn run(
         let watch = follow(retained.clone(), last, Resume::FromRevision);
         let interest = bucket(&js, &settings, "interest").await?;
         let (entries, last) = read_all(&interest, "interest", settings.connect_timeout).await?;
-        let mut remote = RemoteFilters::default();
+        let mut peers = Peers::new(&settings.prefix);
         for entry in &entries {
             match interest_key(&entry.key) {
                 // This node's own keys are from an earlier run: withdrawn.
@@ -593,9 +631,7 @@ async fn run(
                     }
                 }
                 Some((node, filter)) if entry.operation == jetstream::kv::Operation::Put => {
-                    if remote.set(node, filter.clone(), true) {
-                        joined.interest.push(filter);
-                    }
+                    joined.interest.push((peers.index(node), filter));
                 }
                 Some(_) => {}
                 None => {
@@ -604,6 +640,17 @@ async fn run(
             }
         }
         let interest_watch = follow(interest.clone(), last, Resume::FromRevision);
+        // This node's queue of QoS 1 and 2 messages: what the others sent
+        // while it was away waits there.
+        let forward_stream = queue::open(&js, &settings).await?;
+        queue::consumer(&forward_stream, &settings.prefix, &settings.node_id)
+            .await
+            .map_err(|e| StartError(format!("JetStream consumer of this node's queue: {e}")))?;
+        let deliveries = queue::follow(
+            forward_stream,
+            settings.prefix.clone(),
+            settings.node_id.clone(),
+        );
         // The sessions this node held when it stopped: back from the
         // cluster's store, still claimed by it.
         let state_kv = bucket_with(&js, &settings, "state", Some(state::MARKER_TTL)).await?;
@@ -647,14 +694,14 @@ async fn run(
             .map_err(|e| StartError(format!("NATS subscription for session hand-overs: {e}")))?;
         Ok::<_, StartError>((
             (main, queues, retained, sessions, claims, watch),
-            (interest, interest_watch, remote),
+            (interest, interest_watch, peers, deliveries),
             (state, owners, owned, release, present),
             joined,
         ))
     };
     let (
         (main, queues, retained, sessions, mut claims, mut watch),
-        (interest, mut interest_watch, mut remote),
+        (interest, mut interest_watch, mut peers, mut deliveries),
         (mut state, owners, mut owned, mut release, mut present),
         joined,
     ) = match started.await {
@@ -688,6 +735,28 @@ async fn run(
     });
     let mut shutdown = false;
     let mut gave_up = false;
+    let outbox = Outbox {
+        map: &map,
+        shared: &shared_map,
+        main: &main,
+        js: jetstream::new(main.clone()),
+        retained: &retained,
+        me: &me,
+        counters: &counters,
+        patience: settings.connect_timeout,
+    };
+    let own_queue = match queue::queue_map(&settings.prefix, &me) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = e, "this node's queue has no subject");
+            return;
+        }
+    };
+    // The messages read from this node's queue and not yet acknowledged, with
+    // the numbers the broker knows them by.
+    let mut unacked: VecDeque<(u64, jetstream::Message)> = VecDeque::new();
+    let mut delivery_seq = 0u64;
+    let mut msg_ids = 0u64;
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -695,11 +764,13 @@ async fn run(
                 Some(Command::Released(client_id, reply)) => {
                     released(&main, &mut state, &client_id, reply).await;
                 }
-                Some(Command::Ops(ops, forwards, state_ops, ticket)) => {
+                Some(Command::Ops(ops, forwards, state_ops, ticket, delivered)) => {
                     let mut ticket = ticket;
+                    let mut delivered = delivered;
                     let mut ok = true;
                     let mut batch = Some((ops, forwards, state_ops));
                     let mut replies = Vec::new();
+                    let mut copies = Vec::new();
                     // Everything waiting goes out before one flush.
                     while let Some((ops, forwards, state_ops)) = batch.take() {
                     for op in ops {
@@ -708,7 +779,7 @@ async fn run(
                                 // Subscribed before announced: a node that
                                 // forwards once it sees the announcement finds
                                 // the subscription there.
-                                let handles = subscribe(&map, &main, &queues, &filter, &arrive_tx).await;
+                                let handles = subscribe(&map, &shared_map, &main, &queues, &filter, &arrive_tx).await;
                                 let flushed = async {
                                     let _ = main.flush().await;
                                     let _ = queues.flush().await;
@@ -725,8 +796,8 @@ async fn run(
                                     handles.iter().for_each(|h| h.abort());
                                 }
                             }
-                            ClusterOp::Forward(p) => {
-                                ok &= forward(&map, &main, &retained, &p, &me, &counters, settings.connect_timeout).await;
+                            ClusterOp::Forward { publish, nodes, shared } => {
+                                ok &= outbox.forward(publish, &nodes, shared, &peers, &mut msg_ids, &mut copies).await;
                             }
                             ClusterOp::Acquire { ticket, client_id, clean_start, authentication_name } => {
                                 owned.entry(session_key(client_id.as_bytes())).or_default().in_flight += 1;
@@ -776,8 +847,9 @@ async fn run(
                         backlog.state.fetch_sub(state_ops.len(), Ordering::Relaxed);
                     }
                     match commands.try_recv() {
-                        Ok(Command::Ops(o, f, st, t)) => {
+                        Ok(Command::Ops(o, f, st, t, d)) => {
                             ticket = t.or(ticket);
+                            delivered = d.or(delivered);
                             batch = Some((o, f, st));
                         }
                         Ok(Command::Released(client_id, reply)) => replies.push((client_id, reply)),
@@ -791,6 +863,21 @@ async fn run(
                     for (client_id, reply) in replies {
                         released(&main, &mut state, &client_id, reply).await;
                     }
+                    // The deliveries' effects are stored: JetStream may
+                    // forget the messages (one acknowledgement for all).
+                    if let Some(delivered) = delivered.filter(|_| ok) {
+                        let mut last = None;
+                        while unacked.front().is_some_and(|(seq, _)| *seq <= delivered) {
+                            last = unacked.pop_front().map(|(_, m)| m);
+                        }
+                        if let Some(m) = last {
+                            if let Err(e) = m.ack().await {
+                                tracing::warn!(error = %e, "acknowledging this node's queue");
+                            }
+                        }
+                    }
+                    // Every QoS 1 and 2 copy stored by JetStream.
+                    ok &= outbox.settle(copies, &peers).await;
                     if let Some(ticket) = ticket {
                         // While NATS is unreachable a flush waits for the
                         // reconnection; the acknowledgements wait with it, for
@@ -817,11 +904,29 @@ async fn run(
                 }
             },
             Some((message, through)) = arrivals.recv(), if backlog.state.load(Ordering::Relaxed) < MAX_STATE_BACKLOG => {
-                let Some(inbound_msg) = arrival(&map, message, through, &counters) else {
+                let Some(inbound_msg) = arrival(&map, &shared_map, message, through, &counters) else {
                     continue;
                 };
                 if inbound.send(inbound_msg).await.is_err() {
                     break;
+                }
+            }
+            Some(m) = deliveries.recv(), if backlog.state.load(Ordering::Relaxed) < MAX_STATE_BACKLOG => {
+                match delivery(&own_queue, &m, &counters) {
+                    Some(publish) => {
+                        delivery_seq += 1;
+                        unacked.push_back((delivery_seq, m));
+                        if inbound.send(Inbound::Delivery { publish, seq: delivery_seq }).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Acknowledged with the message before it, or at once.
+                    None => match unacked.back_mut() {
+                        Some(last) => last.1 = m,
+                        None => {
+                            let _ = m.ack().await;
+                        }
+                    },
                 }
             }
             Some(entry) = watch.recv() => {
@@ -840,9 +945,8 @@ async fn run(
                     continue;
                 }
                 let on = entry.operation == jetstream::kv::Operation::Put;
-                if remote.set(node, filter.clone(), on)
-                    && inbound.send(Inbound::RemoteInterest { filter, on }).await.is_err()
-                {
+                let node = peers.index(node);
+                if inbound.send(Inbound::RemoteInterest { node, filter, on }).await.is_err() {
                     break;
                 }
             }
@@ -1020,30 +1124,37 @@ async fn announce(
     }
 }
 
-/// Which nodes announced which filters: a filter is wanted while one node
-/// does.
-#[derive(Default)]
-struct RemoteFilters {
-    nodes: HashMap<TopicFilter, std::collections::HashSet<String>>,
+/// The other nodes, numbered for the core in the order they appear (a number
+/// is never reused while this node runs), with the subjects of their queues.
+struct Peers {
+    prefix: String,
+    by_name: HashMap<String, u32>,
+    queues: Vec<Option<SubjectMap>>,
 }
 
-impl RemoteFilters {
-    /// Records `node`'s interest in `filter`; true when the filter's interest
-    /// began (first node) or ended (last node).
-    fn set(&mut self, node: &str, filter: TopicFilter, on: bool) -> bool {
-        if on {
-            let nodes = self.nodes.entry(filter).or_default();
-            nodes.insert(node.to_owned()) && nodes.len() == 1
-        } else {
-            let Some(nodes) = self.nodes.get_mut(&filter) else {
-                return false;
-            };
-            let ended = nodes.remove(node) && nodes.is_empty();
-            if nodes.is_empty() {
-                self.nodes.remove(&filter);
-            }
-            ended
+impl Peers {
+    fn new(prefix: &str) -> Peers {
+        Peers {
+            prefix: prefix.to_owned(),
+            by_name: HashMap::new(),
+            queues: Vec::new(),
         }
+    }
+
+    /// The number of the node `name`.
+    fn index(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.by_name.get(name) {
+            return i;
+        }
+        let i = self.queues.len() as u32;
+        self.by_name.insert(name.to_owned(), i);
+        self.queues.push(queue::queue_map(&self.prefix, name).ok());
+        i
+    }
+
+    /// The subjects of node `i`'s queue.
+    fn queue(&self, i: u32) -> Option<&SubjectMap> {
+        self.queues.get(i as usize).and_then(Option::as_ref)
     }
 }
 
@@ -1487,6 +1598,7 @@ fn claim_id(key: &str) -> Option<Bytes> {
 /// `arrivals` from a task of its own (aborting it unsubscribes).
 async fn subscribe(
     map: &SubjectMap,
+    shared: &SubjectMap,
     main: &async_nats::Client,
     queues: &async_nats::Client,
     filter: &TopicFilter,
@@ -1494,7 +1606,7 @@ async fn subscribe(
 ) -> Vec<tokio::task::AbortHandle> {
     let (subjects, queue) = match filter.shared() {
         Some((group, f)) => (
-            map.filter_to_subjects(f),
+            shared.filter_to_subjects(f),
             Some(map.shared_queue_group(group, f)),
         ),
         None => (map.filter_to_subjects(filter.as_str()), None),
@@ -1525,75 +1637,230 @@ async fn subscribe(
     handles
 }
 
-/// Publishes a forward (and stores a retained one). Returns false when a
-/// retained message could not be stored within `patience` (JetStream without
-/// a leader for that long).
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    map: &SubjectMap,
-    main: &async_nats::Client,
-    retained: &jetstream::kv::Store,
-    p: &Publish,
-    me: &str,
-    counters: &Counters,
+/// What forwarding needs, for the node's loop.
+struct Outbox<'a> {
+    map: &'a SubjectMap,
+    shared: &'a SubjectMap,
+    main: &'a async_nats::Client,
+    js: jetstream::Context,
+    retained: &'a jetstream::kv::Store,
+    me: &'a str,
+    counters: &'a Counters,
     patience: Duration,
-) -> bool {
-    let subject = map.topic_to_subject(p.topic.as_str());
-    if subject.len() > MAX_SUBJECT_LEN {
-        counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
-        return true;
+}
+
+/// A QoS 1 or 2 copy published to another node's queue, until JetStream
+/// says it stored it.
+struct Copy {
+    publish: Arc<Publish>,
+    node: u32,
+    id: String,
+    ack: Option<jetstream::context::PublishAckFuture>,
+}
+
+impl Outbox<'_> {
+    /// Sends a forward on its way: a QoS 1 or 2 copy to the queue of each of
+    /// `nodes` (added to `copies`, see [`Outbox::settle`]), a QoS 0 message on
+    /// its topic's subject, a shared group's on the shared subject (and a
+    /// retained message into the retained bucket). Returns false when a
+    /// retained message could not be stored within the patience (JetStream
+    /// without a leader for that long).
+    async fn forward(
+        &self,
+        p: Box<Publish>,
+        nodes: &[u32],
+        shared: bool,
+        peers: &Peers,
+        msg_ids: &mut u64,
+        copies: &mut Vec<Copy>,
+    ) -> bool {
+        let counters = self.counters;
+        let p: Arc<Publish> = Arc::from(p);
+        let too_long = self.map.max_subject_len(p.topic.len()) > MAX_SUBJECT_LEN
+            && self.map.topic_to_subject(p.topic.as_str()).len() > MAX_SUBJECT_LEN;
+        if too_long {
+            counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        let durable = p.qos != mqtt_proto::QoS::AtMostOnce;
+        if durable {
+            for &node in nodes {
+                *msg_ids += 1;
+                let id = format!("{}-{}", self.me, msg_ids);
+                let mut copy = Copy {
+                    publish: p.clone(),
+                    node,
+                    id,
+                    ack: None,
+                };
+                copy.ack = self.publish_copy(&copy, peers).await;
+                copies.push(copy);
+            }
+        }
+        let mut subjects = Vec::with_capacity(2);
+        if !durable && !nodes.is_empty() {
+            subjects.push(self.map.topic_to_subject(p.topic.as_str()));
+        }
+        if shared {
+            subjects.push(self.shared.topic_to_subject(p.topic.as_str()));
+        }
+        for subject in subjects {
+            match self
+                .main
+                .publish_with_headers(subject, headers(&p, self.me), p.payload.clone())
+                .await
+            {
+                Ok(()) => {
+                    counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "forwarding to NATS");
+                }
+            }
+        }
+        if !p.retain {
+            return true;
+        }
+        // JetStream answers "no stream" or times out while the bucket's servers
+        // elect a new leader (one of them died): ask again for a while.
+        let key = wire::retained_key(p.topic.as_str());
+        let value = wire::retained_value(&p, unix_ms());
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            let result = if p.payload.is_empty() {
+                self.retained.delete(&key).await.map_err(|e| e.to_string())
+            } else {
+                self.retained
+                    .put(&key, value.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            match result {
+                Ok(()) => return true,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = e, "storing a retained message in JetStream failed");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::debug!(error = e, "storing a retained message in JetStream; again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
     }
+
+    /// Publishes `copy` to its node's queue; `None` when NATS refused it at
+    /// once (it is published again in [`Outbox::settle`]).
+    async fn publish_copy(
+        &self,
+        copy: &Copy,
+        peers: &Peers,
+    ) -> Option<jetstream::context::PublishAckFuture> {
+        let queue = peers.queue(copy.node)?;
+        let mut headers = headers(&copy.publish, self.me);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, copy.id.as_str());
+        let subject = queue.topic_to_subject(copy.publish.topic.as_str());
+        match self
+            .js
+            .publish_with_headers(subject, headers, copy.publish.payload.clone())
+            .await
+        {
+            Ok(ack) => Some(ack),
+            Err(e) => {
+                tracing::debug!(error = %e, "publishing to another node's queue; again");
+                None
+            }
+        }
+    }
+
+    /// Waits until JetStream stored every copy, publishing again (the same
+    /// message id: stored once) one it refused or did not confirm, for at most
+    /// the patience. Returns false if one could not be stored: its
+    /// publisher is refused the acknowledgement and sends it again.
+    async fn settle(&self, copies: Vec<Copy>, peers: &Peers) -> bool {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut ok = true;
+        for mut copy in copies {
+            loop {
+                let stored = match copy.ack.take() {
+                    Some(ack) => match ack.await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "JetStream did not store a copy; again");
+                            false
+                        }
+                    },
+                    None => false,
+                };
+                if stored {
+                    self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                if peers.queue(copy.node).is_none() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    self.counters
+                        .jetstream_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("JetStream did not store a message for another node");
+                    ok = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                copy.ack = self.publish_copy(&copy, peers).await;
+            }
+        }
+        ok
+    }
+}
+
+/// The wire headers of a forward.
+fn headers(p: &Publish, me: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in wire::to_headers(p, me) {
         headers.append(header_name(name), value);
     }
-    match main
-        .publish_with_headers(subject, headers, p.payload.clone())
-        .await
-    {
-        Ok(()) => {
-            counters.forwarded.fetch_add(1, Ordering::Relaxed);
+    headers
+}
+
+/// A message read from this node's queue, as the core takes it; `None` (and
+/// counted) when it does not decode.
+fn delivery(queue: &SubjectMap, m: &jetstream::Message, counters: &Counters) -> Option<Publish> {
+    let Some(topic) = queue
+        .subject_to_topic(m.subject.as_str())
+        .and_then(|t| TopicName::new(Bytes::from(t)).ok())
+    else {
+        counters.malformed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let Some(headers) = &m.headers else {
+        counters.malformed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    };
+    let decoded = wire::from_headers(
+        topic,
+        |name| headers.get_all(header_name(name)).map(|v| v.as_str()),
+        m.payload.clone(),
+    );
+    match decoded {
+        Ok((publish, _origin)) => {
+            counters.received.fetch_add(1, Ordering::Relaxed);
+            Some(publish)
         }
-        Err(e) => {
-            counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "forwarding to NATS");
-        }
-    }
-    if !p.retain {
-        return true;
-    }
-    // JetStream answers "no stream" or times out while the bucket's servers
-    // elect a new leader (one of them died): ask again for a while.
-    let key = wire::retained_key(p.topic.as_str());
-    let value = wire::retained_value(p, unix_ms());
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        let result = if p.payload.is_empty() {
-            retained.delete(&key).await.map_err(|e| e.to_string())
-        } else {
-            retained
-                .put(&key, value.clone())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        match result {
-            Ok(()) => return true,
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = e, "storing a retained message in JetStream failed");
-                return false;
-            }
-            Err(e) => {
-                tracing::debug!(error = e, "storing a retained message in JetStream; again");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+        Err(_) => {
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            None
         }
     }
 }
 
 fn arrival(
     map: &SubjectMap,
+    shared: &SubjectMap,
     m: async_nats::Message,
     through: TopicFilter,
     counters: &Counters,
@@ -1601,6 +1868,11 @@ fn arrival(
     let malformed = || {
         counters.malformed.fetch_add(1, Ordering::Relaxed);
         None
+    };
+    let map = if through.shared().is_some() {
+        shared
+    } else {
+        map
     };
     let Some(topic) = map
         .subject_to_topic(m.subject.as_str())
@@ -1702,25 +1974,6 @@ mod tests {
 
     fn filter(s: &str) -> TopicFilter {
         TopicFilter::copy_from_str(s).expect("a valid filter")
-    }
-
-    #[test]
-    fn a_filter_is_wanted_from_its_first_node_to_its_last() {
-        let mut r = RemoteFilters::default();
-        assert!(
-            r.set("a", filter("t/#"), true),
-            "first node: interest begins"
-        );
-        assert!(!r.set("b", filter("t/#"), true), "second node: nothing new");
-        assert!(
-            !r.set("a", filter("t/#"), true),
-            "announced again: nothing new"
-        );
-        assert!(!r.set("a", filter("t/#"), false), "one node left");
-        assert!(!r.set("a", filter("t/#"), false), "withdrawn twice");
-        assert!(r.set("b", filter("t/#"), false), "last node: interest ends");
-        assert!(!r.set("b", filter("t/#"), false), "nothing left to end");
-        assert!(r.set("a", filter("$share/g/t"), true));
     }
 
     #[test]

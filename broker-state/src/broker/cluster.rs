@@ -46,16 +46,20 @@ impl Broker {
 
     /// Hands a message accepted on this node to the cluster (when this is a
     /// node of one), if anyone elsewhere wants it: another node announced a
-    /// matching filter, a local shared group matched (`shared`: the cluster
-    /// picks the member, maybe here), or it is retained (the retained store is
-    /// the cluster's). A QoS 1 or 2 forward is numbered with the store effects,
-    /// so that the publisher's acknowledgement waits until the adapter reports
-    /// it handed over (see [`ClusterOp::Forward`]).
-    pub(super) fn forward(&mut self, p: &Publish, shared: bool) {
+    /// matching non-shared filter (those nodes are named in the forward), a
+    /// shared group here or elsewhere matched (`shared_here`: a local one; the
+    /// cluster picks the member, maybe here), or it is retained (the retained
+    /// store is the cluster's). A QoS 1 or 2 forward is numbered with the store
+    /// effects, so that the publisher's acknowledgement waits until the adapter
+    /// reports it handed over (see [`ClusterOp::Forward`]).
+    pub(super) fn forward(&mut self, p: &Publish, shared_here: bool) {
         if !self.config.cluster {
             return;
         }
-        if !p.retain && !shared && !self.remote.wants(p.topic.as_bytes()) {
+        let mut nodes = Vec::new();
+        self.remote.direct_nodes(p.topic.as_bytes(), &mut nodes);
+        let shared = shared_here || self.remote.wants_shared(p.topic.as_bytes());
+        if !p.retain && !shared && nodes.is_empty() {
             self.stats.cluster_not_forwarded += 1;
             return;
         }
@@ -67,8 +71,24 @@ impl Broker {
         p.packet_id = None;
         p.properties.topic_alias = None;
         p.properties.subscription_identifiers = Vec::new();
-        self.events
-            .push_back(Event::Cluster(ClusterOp::Forward(Box::new(p))));
+        self.events.push_back(Event::Cluster(ClusterOp::Forward {
+            publish: Box::new(p),
+            nodes,
+            shared,
+        }));
+    }
+
+    /// A message another node of the cluster accepted and addressed to this
+    /// node (one of [`ClusterOp::Forward`]'s `nodes`): one copy per node, so it
+    /// is delivered to every matching non-shared subscription here, as if
+    /// published here (by nobody: No Local excludes no one). Shared groups
+    /// get their messages through [`Broker::handle_cluster_publish`]. The
+    /// deliveries' store effects are emitted now: the transport keeps the
+    /// message until they are durable (a persistent session's queue holds it
+    /// from then on). Returns the deliveries made.
+    pub fn handle_cluster_delivery(&mut self, now: Now, p: Publish) -> usize {
+        let (p, expires_at) = from_cluster(now, p);
+        self.route(now, None, &p, expires_at).matched
     }
 
     /// A message another node of the cluster accepted, which reached this node
@@ -150,14 +170,21 @@ impl Broker {
         ok
     }
 
-    /// Another node of the cluster announced interest in `filter` (`on`), or
-    /// its last node withdrew it. From then on a message published here is
-    /// forwarded only if some node's filter matches it (or it is retained, or a
-    /// local shared group matched). Announcements are idempotent: the same
-    /// filter on twice counts once. The adapter aggregates nodes: `on` when the
-    /// first node announces a filter, `!on` when the last one withdraws it.
-    pub fn handle_remote_interest(&mut self, filter: &TopicFilter, on: bool) {
-        self.remote.set(filter, on);
+    /// Node `node` of the cluster (a number the adapter gives each other
+    /// node) announced interest in `filter` (`on`), or withdrew it. From then
+    /// on a message published here is forwarded only if some node's filter
+    /// matches it (or it is retained, or a local shared group matched), and a
+    /// forward names the nodes whose non-shared filters match. Announcements
+    /// are idempotent: the same filter of the same node on twice counts once.
+    pub fn handle_remote_interest(&mut self, node: u32, filter: &TopicFilter, on: bool) {
+        self.remote.set(node, filter, on);
+    }
+
+    /// Every filter node `node` announced is withdrawn (the node left the
+    /// cluster, or another took its sessions over). Returns how many there
+    /// were.
+    pub fn handle_remote_node_gone(&mut self, node: u32) -> usize {
+        self.remote.forget(node)
     }
 
     /// Another node of the cluster took the session of `client_id` over: a
@@ -224,66 +251,123 @@ fn owned_filter(filter: &TopicFilter) -> TopicFilter {
     TopicFilter::new(Bytes::copy_from_slice(filter.as_bytes())).unwrap_or_else(|_| filter.clone())
 }
 
-/// The filters other nodes announced, by their filter part (a shared
-/// subscription's messages are wanted wherever its filter matches), in a route
-/// table of their own so that a publish asks one trie walk whether anyone
-/// elsewhere wants it.
+/// The filters other nodes announced, in two route tables of their own whose
+/// "sessions" are the nodes: their non-shared filters (a publish asks one trie
+/// walk which nodes want it), and their shared groups' filter parts (a shared
+/// group's messages are wanted wherever its filter matches).
 pub(crate) struct RemoteInterest {
-    router: Router,
-    /// Announced filters (whole, `$share/...` included).
-    announced: crate::hash::Map<Bytes, ()>,
-    /// How many announced filters share each filter part.
-    parts: crate::hash::Map<Bytes, u32>,
+    direct: Router,
+    shared: Router,
+    /// Announced filters (whole, `$share/...` included), by node.
+    announced: crate::hash::Map<(u32, Bytes), ()>,
+    /// How many of a node's announced shared groups share each filter part.
+    parts: crate::hash::Map<(u32, Bytes), u32>,
+    scratch: Vec<crate::router::Match>,
 }
 
-/// The one "session" remote filters are held for in their route table.
-const REMOTE: SessionKey = SessionKey::new(u32::MAX, 0);
+/// A node as the "session" its filters are held for.
+fn node_key(node: u32) -> SessionKey {
+    SessionKey::new(node, u32::MAX)
+}
+
+/// No shared groups are in the direct table: nothing to pick from.
+struct NoPick;
+
+impl crate::router::Picker for NoPick {
+    fn pick(&mut self, _members: &[SubEntry]) -> usize {
+        0
+    }
+}
 
 impl RemoteInterest {
     pub(crate) fn new(hasher: crate::hash::SeededState) -> Self {
         RemoteInterest {
-            router: Router::new(hasher),
+            direct: Router::new(hasher),
+            shared: Router::new(hasher),
             announced: crate::hash::Map::with_hasher(hasher),
             parts: crate::hash::Map::with_hasher(hasher),
+            scratch: Vec::new(),
         }
     }
 
-    fn set(&mut self, filter: &TopicFilter, on: bool) {
+    fn set(&mut self, node: u32, filter: &TopicFilter, on: bool) {
         let whole = Bytes::copy_from_slice(filter.as_bytes());
-        let (_, part) = split_shared(filter);
-        let part = Bytes::copy_from_slice(&part);
+        let entry = SubEntry {
+            session: node_key(node),
+            options: mqtt_proto::SubscriptionOptions::qos(QoS::AtMostOnce),
+            id: None,
+        };
+        let key = (node, whole);
         if on {
-            if self.announced.insert(whole, ()).is_some() {
+            if self.announced.insert(key.clone(), ()).is_some() {
                 return;
             }
-            let n = self.parts.entry(part.clone()).or_insert(0);
+        } else if self.announced.remove(&key).is_none() {
+            return;
+        }
+        let (group, part) = split_shared(filter);
+        let part = Bytes::copy_from_slice(&part);
+        if group.is_none() {
+            if on {
+                self.direct.subscribe(None, &part, filter, entry);
+            } else {
+                self.direct.unsubscribe(None, &part, entry.session);
+            }
+            return;
+        }
+        let key = (node, part.clone());
+        if on {
+            let n = self.parts.entry(key).or_insert(0);
             *n += 1;
             if *n == 1 {
                 if let Ok(f) = TopicFilter::new(part.clone()) {
-                    let entry = SubEntry {
-                        session: REMOTE,
-                        options: mqtt_proto::SubscriptionOptions::qos(QoS::AtMostOnce),
-                        id: None,
-                    };
-                    self.router.subscribe(None, &part, &f, entry);
+                    self.shared.subscribe(None, &part, &f, entry);
                 }
             }
-        } else {
-            if self.announced.remove(&whole[..]).is_none() {
-                return;
-            }
-            if let Some(n) = self.parts.get_mut(&part[..]) {
-                *n -= 1;
-                if *n == 0 {
-                    self.parts.remove(&part[..]);
-                    self.router.unsubscribe(None, &part, REMOTE);
-                }
+        } else if let Some(n) = self.parts.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.parts.remove(&key);
+                self.shared.unsubscribe(None, &part, entry.session);
             }
         }
     }
 
-    /// Whether some other node announced a filter matching `topic`.
-    pub(crate) fn wants(&self, topic: &[u8]) -> bool {
-        !self.parts.is_empty() && self.router.oldest_match(topic).is_some()
+    /// Withdraws every filter of `node`; returns how many there were.
+    fn forget(&mut self, node: u32) -> usize {
+        let gone: Vec<Bytes> = self
+            .announced
+            .keys()
+            .filter(|(n, _)| *n == node)
+            .map(|(_, f)| f.clone())
+            .collect();
+        for f in &gone {
+            if let Ok(filter) = TopicFilter::new(f.clone()) {
+                self.set(node, &filter, false);
+            }
+        }
+        gone.len()
+    }
+
+    /// Appends the nodes with a non-shared filter matching `topic`, each once.
+    pub(crate) fn direct_nodes(&mut self, topic: &[u8], out: &mut Vec<u32>) {
+        if self.announced.is_empty() {
+            return;
+        }
+        let mut matches = core::mem::take(&mut self.scratch);
+        matches.clear();
+        self.direct.matches(topic, &mut NoPick, &mut matches);
+        for m in &matches {
+            let node = m.entry.session.index;
+            if !out.contains(&node) {
+                out.push(node);
+            }
+        }
+        self.scratch = matches;
+    }
+
+    /// Whether some other node has a shared group whose filter matches `topic`.
+    pub(crate) fn wants_shared(&self, topic: &[u8]) -> bool {
+        !self.parts.is_empty() && self.shared.oldest_match(topic).is_some()
     }
 }

@@ -567,39 +567,63 @@ struct Harness {
 }
 
 impl Harness {
-    /// A cluster effect, answered as a cluster whose other node is this broker
-    /// again: a forwarded message comes back through every announced filter it
-    /// matches, shared or not (as NATS would hand it to this node; only one
-    /// non-shared copy may be taken), a retained one goes to the retained
-    /// store, and a forward whose payload starts with `t` claims the session of
-    /// the client named by the rest for the "other" node.
+    /// A cluster effect, answered as a cluster whose other node (node 1) is
+    /// this broker again: a forwarded message comes back addressed to the node
+    /// (QoS 1 and 2) or through every announced non-shared filter it matches
+    /// (QoS 0, as NATS would hand it over; only one copy may be taken), and
+    /// through every matching shared group; a retained one goes to the
+    /// retained store, and a forward whose payload starts with `t` claims the
+    /// session of the client named by the rest for the "other" node.
     fn cluster(&mut self, op: ClusterOp) {
         match op {
             ClusterOp::Interest { filter, on: true } => {
                 // The "other node" has the same interest.
-                self.broker.handle_remote_interest(&filter, true);
+                self.broker.handle_remote_interest(1, &filter, true);
                 self.interests.push(filter);
             }
             ClusterOp::Interest { filter, on: false } => {
-                self.broker.handle_remote_interest(&filter, false);
+                self.broker.handle_remote_interest(1, &filter, false);
                 let i = self.interests.iter().position(|f| *f == filter);
                 let i = i.unwrap_or_else(|| panic!("interest in {filter:?} withdrawn twice"));
                 self.interests.swap_remove(i);
             }
-            ClusterOp::Forward(p) => {
+            ClusterOp::Forward {
+                publish: p,
+                nodes,
+                shared,
+            } => {
                 let topic = p.topic.as_bytes();
                 if p.retain {
                     self.broker.handle_cluster_retained(self.now, (*p).clone());
                 }
+                let matching = |f: &&TopicFilter| {
+                    let m = f.shared().map_or(f.as_str(), |(_, m)| m);
+                    broker_state::filter_matches(m.as_bytes(), topic)
+                };
+                let direct = self
+                    .interests
+                    .iter()
+                    .filter(matching)
+                    .any(|f| f.shared().is_none());
+                assert_eq!(
+                    nodes,
+                    if direct { vec![1] } else { vec![] },
+                    "the nodes named are those with a matching non-shared filter"
+                );
                 let through: Vec<TopicFilter> = self
                     .interests
                     .iter()
-                    .filter(|f| {
-                        let m = f.shared().map_or(f.as_str(), |(_, m)| m);
-                        broker_state::filter_matches(m.as_bytes(), topic)
-                    })
+                    .filter(matching)
+                    .filter(|f| f.shared().is_some() || p.qos == QoS::AtMostOnce)
                     .cloned()
                     .collect();
+                assert!(
+                    shared || through.iter().all(|f| f.shared().is_none()),
+                    "a matching shared group is named"
+                );
+                if p.qos != QoS::AtMostOnce && direct {
+                    self.broker.handle_cluster_delivery(self.now, (*p).clone());
+                }
                 let mut taken = 0;
                 for f in through {
                     let n = self.broker.handle_cluster_publish(self.now, (*p).clone(), &f);

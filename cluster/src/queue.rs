@@ -1,0 +1,161 @@
+//! Every node's durable queue of the QoS 1 and 2 messages other nodes send it.
+//!
+//! One JetStream stream, `<prefix>_forward` (a file stream with the buckets'
+//! replicas), holds the subjects `<prefix>.q.<node>.<topic's subject>`: a node
+//! that accepts a QoS 1 or 2 message publishes one copy on the subject of each
+//! node whose filters match it (the core names them), and acknowledges its
+//! publisher only once JetStream has stored every copy. Each node reads its own
+//! subjects through a durable pull consumer named after it, and acknowledges
+//! what it read (JetStream's "ack all": the last message acknowledges every one
+//! before it) only once the core's deliveries of it are stored: a message in a
+//! persistent session's queue is in the cluster's store by then. Until then
+//! JetStream keeps it, so a node that dies, restarts or falls behind loses
+//! nothing it was sent, and a node that is behind is sent no more than its
+//! consumer's `max_ack_pending` until it catches up (backpressure instead of
+//! dropped messages). The stream keeps a message until the consumer it is for
+//! acknowledged it (interest retention), at most [`MAX_AGE`].
+//!
+//! A copy carries a `Nats-Msg-Id` (the sending node and a number), so that a
+//! publish sent again after a lost acknowledgement is stored once.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::node::{Settings, StartError};
+use crate::state::session_key;
+use crate::SubjectMap;
+
+/// How long a message waits for a node that never comes back.
+pub const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Messages a node may have read and not yet acknowledged: the most it holds
+/// in memory for the cluster when its store is behind.
+pub const MAX_ACK_PENDING: i64 = 16_384;
+
+/// How long JetStream waits for an acknowledgement before it sends a message
+/// again (a node whose store stalls for longer gets it twice).
+pub const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// The subjects of `node`'s queue: `<prefix>.q.<node, base64url>` and the
+/// topic's subject after it.
+pub(crate) fn queue_map(prefix: &str, node: &str) -> Result<SubjectMap, String> {
+    SubjectMap::new(&format!("{prefix}.q.{}", session_key(node.as_bytes())))
+}
+
+/// The consumer's name for `node` (base64url: a valid JetStream name).
+pub(crate) fn consumer_name(node: &str) -> String {
+    session_key(node.as_bytes())
+}
+
+/// Opens (or creates) the stream, asking again while JetStream elects a
+/// leader, for at most the connect timeout.
+pub(crate) async fn open(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> Result<stream::Stream, StartError> {
+    let name = settings.bucket("forward");
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    loop {
+        let made = js
+            .get_or_create_stream(stream::Config {
+                name: name.clone(),
+                description: Some("brokk: QoS 1 and 2 messages between nodes".into()),
+                subjects: vec![format!("{}.q.>", settings.prefix)],
+                retention: stream::RetentionPolicy::Interest,
+                storage: stream::StorageType::File,
+                num_replicas: settings.replicas.max(1),
+                max_age: MAX_AGE,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await;
+        match made {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(StartError(format!("JetStream stream {name}: {e}")));
+            }
+            Err(e) => {
+                tracing::debug!(stream = name, error = %e, "JetStream not ready; asking again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// The consumer of `node`'s queue (created if it is new).
+pub(crate) async fn consumer(
+    stream: &stream::Stream,
+    prefix: &str,
+    node: &str,
+) -> Result<consumer::PullConsumer, String> {
+    let name = consumer_name(node);
+    stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("brokk node {node}")),
+                filter_subject: format!("{prefix}.q.{name}.>"),
+                ack_policy: consumer::AckPolicy::All,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: MAX_ACK_PENDING,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Reads `consumer` on a task of its own and hands the messages over; when
+/// reading fails (the consumer's server went away), it starts again twice a
+/// second until it works (JetStream sends what was not acknowledged again).
+pub(crate) fn follow(
+    stream: stream::Stream,
+    prefix: String,
+    node: String,
+) -> mpsc::Receiver<jetstream::Message> {
+    let (tx, rx) = mpsc::channel(4096);
+    tokio::spawn(async move {
+        loop {
+            let messages = match consumer(&stream, &prefix, &node).await {
+                Ok(c) => c.stream().max_messages_per_batch(1024).messages().await,
+                Err(e) => {
+                    tracing::warn!(node, error = e, "cannot open this node's queue yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "cannot read this node's queue yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            loop {
+                match messages.next().await {
+                    Some(Ok(m)) => {
+                        if tx.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(node, error = %e, "reading this node's queue failed; reading again");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    rx
+}

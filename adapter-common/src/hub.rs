@@ -374,6 +374,10 @@ impl<W: Wake> Hub<W> {
                     // Answered once this round's changes are handed over.
                     self.releases.push((client_id, reply));
                 }
+                brokk_cluster::Inbound::Adopted { records } => {
+                    let n = self.broker.handle_sessions_adopted(now, records);
+                    tracing::info!(sessions = n, "took over the sessions of a node that left");
+                }
                 brokk_cluster::Inbound::Acquired { ticket, answer } => {
                     self.broker.handle_session_acquired(now, ticket, answer);
                 }

@@ -327,6 +327,12 @@ pub fn render(s: &Snapshot) -> String {
             "Sessions read from the cluster's store when their client connected here after another node held them",
             st.cluster_sessions_moved,
         );
+        counter(
+            &mut r,
+            "cluster_sessions_adopted",
+            "Sessions taken over from a node that left the cluster without letting them go",
+            st.cluster_sessions_adopted,
+        );
     }
     if let Some(store) = &s.store {
         counter(

@@ -104,6 +104,9 @@ pub struct Stats {
     /// Sessions that came to this node from another one (read from the
     /// cluster's store when their client connected here).
     pub cluster_sessions_moved: u64,
+    /// Sessions this node took over from a node that left the cluster
+    /// without letting them go ([`Broker::handle_sessions_adopted`]).
+    pub cluster_sessions_adopted: u64,
 }
 
 /// The sans-IO MQTT broker. See the crate documentation for the run-loop contract.
@@ -472,6 +475,9 @@ impl Broker {
             }
             Input::RemoteNodeGone(node) => {
                 self.handle_remote_node_gone(node);
+            }
+            Input::SessionsAdopted(records) => {
+                self.handle_sessions_adopted(now, records);
             }
             Input::ClusterRetained(p) => {
                 self.handle_cluster_retained(now, *p);

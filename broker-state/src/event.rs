@@ -438,6 +438,9 @@ pub enum Input {
     /// Every filter of another node is withdrawn
     /// ([`crate::Broker::handle_remote_node_gone`]).
     RemoteNodeGone(u32),
+    /// A departed node's sessions, now this node's
+    /// ([`crate::Broker::handle_sessions_adopted`]).
+    SessionsAdopted(Vec<StoreOp>),
     /// Another node took this client's session
     /// ([`crate::Broker::handle_session_claimed`]).
     SessionClaimed(bytes::Bytes),

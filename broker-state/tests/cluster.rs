@@ -504,6 +504,42 @@ fn a_session_from_another_node_is_restored_before_its_connack_with_its_queue() {
 }
 
 #[test]
+fn a_departed_nodes_sessions_come_back_offline_and_take_its_queue() {
+    let mut sim = node();
+    // A stale copy of "dev" here, from before it moved to the departed node.
+    let (stale, _) = sim.connect_v5("dev", false, Some(3600));
+    sim.subscribe(stale, "stale/#", QoS::AtLeastOnce);
+    sim.kill(stale);
+    interest(&mut sim);
+    let records = records_of_dev(&sim);
+    // Through `handle`, as a replay of recorded inputs would.
+    sim.broker.handle(sim.now, Input::SessionsAdopted(records));
+    sim.drain();
+    assert_eq!(sim.broker.stats().cluster_sessions_adopted, 1);
+    // Its subscription is announced as this node's; the stale one withdrawn.
+    let filters = interest(&mut sim);
+    assert!(filters.contains(&owned("dev/in")), "{filters:?}");
+    assert!(
+        filters.contains(&("stale/#".to_owned(), false)),
+        "{filters:?}"
+    );
+    // The departed node's queue: delivered into the offline session.
+    let m = publish_packet("dev/in", QoS::AtLeastOnce, false, None, b"three");
+    assert_eq!(sim.broker.handle_cluster_delivery(sim.now, m), 1);
+    let m = publish_packet("stale/x", QoS::AtLeastOnce, false, None, b"no");
+    assert_eq!(sim.broker.handle_cluster_delivery(sim.now, m), 0);
+    // Its client comes back here: in flight again, queued, then the queue's.
+    let mut connect = connect_packet(V5, "dev", false);
+    connect.properties.session_expiry_interval = Some(3600);
+    let (c, ack) = sim.connect_with(connect);
+    assert!(ack.session_present);
+    let got = sim.publishes(c);
+    assert_eq!(payloads(&got), [&b"one"[..], &b"two"[..], &b"three"[..]]);
+    assert!(got[0].dup && got[0].packet_id == PacketId::new(7));
+    sim.broker.check_invariants().expect("invariants");
+}
+
+#[test]
 fn a_connect_the_cluster_cannot_place_is_refused_with_0x88_or_0x97() {
     let mut sim = node();
     sim.auto_acquire = false;

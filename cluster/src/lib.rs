@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod adopt;
 pub mod node;
 pub mod queue;
 pub mod state;

@@ -54,6 +54,7 @@ use futures_util::StreamExt;
 use mqtt_proto::{MqttString, Publish, TopicFilter, TopicName};
 use tokio::sync::mpsc;
 
+use crate::adopt;
 use crate::queue;
 use crate::state::{self, session_key, StateStore};
 use crate::wire;
@@ -169,6 +170,14 @@ pub enum Inbound {
         publish: Publish,
         /// Its number, counted up from 1 by this node.
         seq: u64,
+    },
+    /// The sessions of a node that left the cluster without letting them go,
+    /// now this node's (in the store's replay order; see the crate's `adopt`
+    /// module):
+    /// for [`broker_state::Broker::handle_sessions_adopted`].
+    Adopted {
+        /// The sessions' records.
+        records: Vec<StoreOp>,
     },
     /// The forwards submitted with this ticket (and every earlier one) are
     /// flushed to NATS; `ok` is false when a retained message among them could
@@ -646,15 +655,20 @@ async fn run(
         queue::consumer(&forward_stream, &settings.prefix, &settings.node_id)
             .await
             .map_err(|e| StartError(format!("JetStream consumer of this node's queue: {e}")))?;
-        let deliveries = queue::follow(
-            forward_stream,
+        let (queued_tx, deliveries) = mpsc::channel::<queue::Queued>(4096);
+        queue::follow(
+            forward_stream.clone(),
             settings.prefix.clone(),
             settings.node_id.clone(),
+            queue::consumer_name(&settings.node_id),
+            0,
+            queued_tx.clone(),
         );
         // The sessions this node held when it stopped: back from the
         // cluster's store, still claimed by it.
         let state_kv = bucket_with(&js, &settings, "state", Some(state::MARKER_TTL)).await?;
         let owners = bucket(&js, &settings, "owners").await?;
+        wait_for_adoption(&owners, &main, &settings).await?;
         let mut state = StateStore::new(state_kv.clone(), js.clone());
         let mut owned: HashMap<String, Claim> = HashMap::new();
         let (entries, _) = read_all(&sessions, "sessions", settings.connect_timeout).await?;
@@ -684,6 +698,10 @@ async fn run(
                 joined.sessions.extend(ops);
             }
         }
+        let adopt_requests = main
+            .subscribe(adopt::adopt_subject(&settings.prefix, &settings.node_id))
+            .await
+            .map_err(|e| StartError(format!("NATS subscription for adoptions: {e}")))?;
         let release = main
             .subscribe(format!(
                 "{}.release.{}",
@@ -696,6 +714,7 @@ async fn run(
             (main, queues, retained, sessions, claims, watch),
             (interest, interest_watch, peers, deliveries),
             (state, owners, owned, release, present),
+            (forward_stream, queued_tx, adopt_requests),
             joined,
         ))
     };
@@ -703,6 +722,7 @@ async fn run(
         (main, queues, retained, sessions, mut claims, mut watch),
         (interest, mut interest_watch, mut peers, mut deliveries),
         (mut state, owners, mut owned, mut release, mut present),
+        (forward_stream, queued_tx, mut adopt_requests),
         joined,
     ) = match started.await {
         Ok(s) => s,
@@ -729,6 +749,7 @@ async fn run(
         owners: owners.clone(),
         client: main.clone(),
         release_prefix: format!("{}.release", settings.prefix),
+        prefix: settings.prefix.clone(),
         me: me.clone(),
         patience: settings.connect_timeout,
         limit: settings.max_sessions_per_authentication_name,
@@ -754,7 +775,10 @@ async fn run(
     };
     // The messages read from this node's queue and not yet acknowledged, with
     // the numbers the broker knows them by.
-    let mut unacked: VecDeque<(u64, jetstream::Message)> = VecDeque::new();
+    let mut unacked: VecDeque<(u64, u32, jetstream::Message)> = VecDeque::new();
+    let (adopt_tx, mut adopt_events) = mpsc::unbounded_channel::<AdoptEvent>();
+    let mut adopting: Option<Adopting> = None;
+    let mut tags = 0u32;
     let mut delivery_seq = 0u64;
     let mut msg_ids = 0u64;
     loop {
@@ -804,7 +828,8 @@ async fn run(
                                 let (hand_over, tx) = (hand_over.clone(), acquired_tx.clone());
                                 tokio::spawn(async move {
                                     let r = hand_over.acquire(&client_id, clean_start, authentication_name.as_deref()).await;
-                                    let _ = tx.send(AcquireResult { ticket, client_id, result: r });
+                                    let adopt = r.as_ref().ok().and_then(|a| a.adopt.clone());
+                                    let _ = tx.send(AcquireResult { ticket, client_id, result: r, adopt });
                                 });
                             }
                             ClusterOp::SessionEnded { client_id, authentication_name } => {
@@ -866,13 +891,18 @@ async fn run(
                     // The deliveries' effects are stored: JetStream may
                     // forget the messages (one acknowledgement for all).
                     if let Some(delivered) = delivered.filter(|_| ok) {
-                        let mut last = None;
-                        while unacked.front().is_some_and(|(seq, _)| *seq <= delivered) {
-                            last = unacked.pop_front().map(|(_, m)| m);
+                        // The last of each queue acknowledges those before it.
+                        let mut last: Vec<(u32, jetstream::Message)> = Vec::new();
+                        while unacked.front().is_some_and(|(seq, _, _)| *seq <= delivered) {
+                            let Some((_, tag, m)) = unacked.pop_front() else { break };
+                            match last.iter_mut().find(|(t, _)| *t == tag) {
+                                Some(l) => l.1 = m,
+                                None => last.push((tag, m)),
+                            }
                         }
-                        if let Some(m) = last {
+                        for (_, m) in last {
                             if let Err(e) = m.ack().await {
-                                tracing::warn!(error = %e, "acknowledging this node's queue");
+                                tracing::warn!(error = %e, "acknowledging a queue");
                             }
                         }
                     }
@@ -911,23 +941,130 @@ async fn run(
                     break;
                 }
             }
-            Some(m) = deliveries.recv(), if backlog.state.load(Ordering::Relaxed) < MAX_STATE_BACKLOG => {
-                match delivery(&own_queue, &m, &counters) {
+            Some((tag, m)) = deliveries.recv(), if backlog.state.load(Ordering::Relaxed) < MAX_STATE_BACKLOG => {
+                // While a departed node's queue is read, a message that
+                // reached both queues is taken once.
+                let again = adopting.as_mut().is_some_and(|a| {
+                    adopt::forward_id(&m).is_some_and(|id| !a.seen.insert(id.to_owned()))
+                });
+                let queue_map = match &adopting {
+                    Some(a) if a.tag == tag => &a.queue,
+                    _ => &own_queue,
+                };
+                let decoded = if again { None } else { delivery(queue_map, &m, &counters) };
+                match decoded {
                     Some(publish) => {
                         delivery_seq += 1;
-                        unacked.push_back((delivery_seq, m));
+                        unacked.push_back((delivery_seq, tag, m));
                         if inbound.send(Inbound::Delivery { publish, seq: delivery_seq }).await.is_err() {
                             break;
                         }
                     }
-                    // Acknowledged with the message before it, or at once.
-                    None => match unacked.back_mut() {
-                        Some(last) => last.1 = m,
+                    // Acknowledged with the message before it from its
+                    // queue, or at once.
+                    None => match unacked.iter_mut().rev().find(|(_, t, _)| *t == tag) {
+                        Some(last) => last.2 = m,
                         None => {
                             let _ = m.ack().await;
                         }
                     },
                 }
+            }
+            Some(event) = adopt_events.recv() => match event {
+                AdoptEvent::Sessions { node, sessions, reply, trigger, initial } => {
+                    // The departed queue is read once the sessions it had
+                    // are here (the first claims, made under the lock).
+                    let start = initial && adopting.as_ref().is_some_and(|a| a.node == node && a.follower.is_none());
+                    if start {
+                        tracing::info!(node, sessions = sessions.len(), "adopting a node that left the cluster");
+                    }
+                    let Some(a) = adopting.as_mut().filter(|a| a.node == node) else {
+                        continue;
+                    };
+                    let mut records = Vec::new();
+                    a.clients.extend(trigger);
+                    for s in sessions {
+                        owned.insert(s.key, Claim { own: s.revision, ..Claim::default() });
+                        if !s.ops.is_empty() {
+                            state.adopt(s.client_id.as_bytes(), s.marks);
+                        }
+                        a.clients.insert(s.client_id.as_shared().clone());
+                        records.extend(s.ops);
+                    }
+                    if inbound.send(Inbound::Adopted { records }).await.is_err() {
+                        break;
+                    }
+                    if let Some(reply) = reply {
+                        let _ = main.publish(reply, Bytes::new()).await;
+                    }
+                    if start {
+                        a.follower = Some(queue::follow(
+                            forward_stream.clone(),
+                            settings.prefix.clone(),
+                            node.clone(),
+                            queue::adopted_name(&node),
+                            a.tag,
+                            queued_tx.clone(),
+                        ));
+                        // Its filters go once this node announced the
+                        // adopted sessions' own; then its queue drains.
+                        let (stream, interest, tx, patience) = (forward_stream.clone(), interest.clone(), adopt_tx.clone(), settings.connect_timeout);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            adopt::withdraw_interest(&interest, &node, patience).await;
+                            let name = queue::adopted_name(&node);
+                            let mut empty = 0;
+                            for _ in 0..200 {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                empty = if queue::drained(&stream, &name).await { empty + 1 } else { 0 };
+                                if empty >= 2 {
+                                    break;
+                                }
+                            }
+                            let _ = tx.send(AdoptEvent::Drained(node));
+                        });
+                    }
+                }
+                AdoptEvent::Drained(node) => {
+                    let Some(a) = adopting.take_if(|a| a.node == node) else {
+                        continue;
+                    };
+                    if let Some(f) = &a.follower {
+                        f.abort();
+                    }
+                    let name = queue::adopted_name(&node);
+                    if let Err(e) = forward_stream.delete_consumer(&name).await {
+                        tracing::warn!(node, error = %e, "cannot delete the adopted queue's consumer");
+                    }
+                    let _ = owners.delete(adopt::lock_key(&node)).await;
+                    tracing::info!(node, "adopted the node that left: its queue is read");
+                    // The sessions asked for meanwhile go now.
+                    for (client_id, reply) in a.deferred {
+                        if inbound.send(Inbound::Claimed { client_id, reply }).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            },
+            Some(request) = adopt_requests.next() => {
+                // Another node gave this adopter a session of the departed
+                // node back.
+                let Some(a) = &adopting else {
+                    if let Some(reply) = request.reply {
+                        let _ = main.publish(reply, Bytes::new()).await;
+                    }
+                    continue;
+                };
+                let key = String::from_utf8_lossy(&request.payload).into_owned();
+                let (hand_over, node, tx) = (hand_over.clone(), a.node.clone(), adopt_tx.clone());
+                tokio::spawn(async move {
+                    let sessions = adopt::claim_sessions(&hand_over.sessions, &hand_over.state, &hand_over.me, &node, Some(&key), hand_over.patience).await;
+                    let sessions = sessions.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot take a session of the departed node");
+                        Vec::new()
+                    });
+                    let _ = tx.send(AdoptEvent::Sessions { node, sessions, reply: request.reply, trigger: None, initial: false });
+                });
             }
             Some(entry) = watch.recv() => {
                 if let Some(i) = retained_entry(&entry, &counters) {
@@ -962,6 +1099,10 @@ async fn run(
                 if c.taken() {
                     owned.remove(&entry.key);
                     if let Some(client_id) = claim_id(&entry.key) {
+                        if let Some(a) = adopting.as_mut().filter(|a| a.clients.contains(&client_id)) {
+                            a.deferred.push((client_id, None));
+                            continue;
+                        }
                         if inbound.send(Inbound::Claimed { client_id, reply: None }).await.is_err() {
                             break;
                         }
@@ -971,7 +1112,9 @@ async fn run(
             Some(ping) = present.next() => {
                 // Another node starting with this node's name.
                 if let Some(reply) = ping.reply {
-                    tracing::warn!("another node tried to join with this node's name; it was refused");
+                    if ping.payload.is_empty() {
+                        tracing::warn!("another node tried to join with this node's name; it was refused");
+                    }
                     let _ = main.publish(reply, Bytes::from(me.clone())).await;
                 }
             }
@@ -980,14 +1123,18 @@ async fn run(
                 // for it to be let go.
                 let client_id = request.payload.clone();
                 owned.remove(&session_key(&client_id));
+                if let Some(a) = adopting.as_mut().filter(|a| a.clients.contains(&client_id)) {
+                    a.deferred.push((client_id, request.reply));
+                    continue;
+                }
                 if inbound.send(Inbound::Claimed { client_id, reply: request.reply }).await.is_err() {
                     break;
                 }
             }
-            Some(AcquireResult { ticket, client_id, result }) = acquired.recv() => {
+            Some(AcquireResult { ticket, client_id, result, adopt }) = acquired.recv() => {
                 let key = session_key(client_id.as_bytes());
                 let (answer, taken) = match result {
-                    Ok(Acquisition { answer, revision, marks }) => {
+                    Ok(Acquisition { answer, revision, marks, .. }) => {
                         let c = owned.entry(key.clone()).or_default();
                         c.in_flight = c.in_flight.saturating_sub(1);
                         if let Some(r) = revision {
@@ -1009,6 +1156,41 @@ async fn run(
                 };
                 if inbound.send(Inbound::Acquired { ticket, answer }).await.is_err() {
                     break;
+                }
+                // The session's holder is gone: this node adopts it (after
+                // the session went to the core, so that the departed
+                // queue's messages for it find it there).
+                if let Some(node) = adopt.filter(|_| adopting.is_none()) {
+                    let queue = match queue::queue_map(&settings.prefix, &node) {
+                        Ok(q) => q,
+                        Err(e) => {
+                            tracing::warn!(node, error = e, "the departed node's queue has no subject");
+                            continue;
+                        }
+                    };
+                    tags += 1;
+                    adopting = Some(Adopting {
+                        node: node.clone(),
+                        tag: tags,
+                        queue,
+                        clients: Default::default(),
+                        deferred: Vec::new(),
+                        follower: None,
+                        seen: Default::default(),
+                    });
+                    let (hand_over, stream, tx) = (hand_over.clone(), forward_stream.clone(), adopt_tx.clone());
+                    let trigger = client_id.as_shared().clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = queue::take_over(&stream, &hand_over.prefix, &node).await {
+                            tracing::warn!(node, error = e, "cannot take the departed node's queue over");
+                        }
+                        let sessions = adopt::claim_sessions(&hand_over.sessions, &hand_over.state, &hand_over.me, &node, None, hand_over.patience).await;
+                        let sessions = sessions.unwrap_or_else(|e| {
+                            tracing::warn!(node, error = %e, "cannot take the departed node's sessions");
+                            Vec::new()
+                        });
+                        let _ = tx.send(AdoptEvent::Sessions { node, sessions, reply: None, trigger: Some(trigger), initial: true });
+                    });
                 }
                 // Another node claimed it again while this claim was on its
                 // way: it goes there.
@@ -1040,7 +1222,7 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// included); returns them and the revision of the last. While a NATS server
 /// of the cluster has just died, JetStream refuses consumers until the bucket's
 /// stream has a new leader: the read is tried again until `patience` is over.
-async fn read_all(
+pub(crate) async fn read_all(
     store: &jetstream::kv::Store,
     what: &str,
     patience: Duration,
@@ -1091,7 +1273,7 @@ fn interest_key_of(node: &str, filter: &TopicFilter) -> String {
 }
 
 /// The node and filter of an interest bucket's key.
-fn interest_key(key: &str) -> Option<(&str, TopicFilter)> {
+pub(crate) fn interest_key(key: &str) -> Option<(&str, TopicFilter)> {
     use base64::Engine as _;
     let (node, filter) = key.split_once('.')?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -1256,6 +1438,74 @@ struct AcquireResult {
     ticket: AuthTicket,
     client_id: MqttString,
     result: Result<Acquisition, state::StateError>,
+    /// The session's holder left the cluster, and this node adopts it.
+    adopt: Option<String>,
+}
+
+/// A departed node this node adopts (see the `adopt` module).
+struct Adopting {
+    node: String,
+    /// Its queue's messages' tag.
+    tag: u32,
+    /// Its queue's subjects.
+    queue: SubjectMap,
+    /// The sessions adopted (and the one whose acquisition found the node
+    /// gone): another node that asks for one waits until the queue is read.
+    clients: std::collections::HashSet<Bytes>,
+    deferred: Vec<(Bytes, Option<async_nats::Subject>)>,
+    /// Reads its queue, once its sessions are here.
+    follower: Option<tokio::task::AbortHandle>,
+    /// Forwards seen from either queue meanwhile.
+    seen: std::collections::HashSet<String>,
+}
+
+/// Adoption's steps, back on the node's loop.
+enum AdoptEvent {
+    /// Sessions of `node` claimed and read (`reply`: the node that gave one
+    /// back waits; `trigger`: the session whose acquisition found it gone).
+    Sessions {
+        node: String,
+        sessions: Vec<adopt::Adopted>,
+        reply: Option<async_nats::Subject>,
+        trigger: Option<Bytes>,
+        /// The claims made under the lock (its queue is read from then on).
+        initial: bool,
+    },
+    /// Its filters are withdrawn and its queue is read to the end.
+    Drained(String),
+}
+
+/// A node that starts while another adopts its sessions (it was taken for
+/// gone) waits until that is over; an adopter that is gone too leaves a lock
+/// that is dropped here.
+async fn wait_for_adoption(
+    owners: &jetstream::kv::Store,
+    client: &async_nats::Client,
+    settings: &Settings,
+) -> Result<(), StartError> {
+    let lock = adopt::lock_key(&settings.node_id);
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    loop {
+        let entry = owners.entry(&lock).await.ok().flatten();
+        let Some(entry) = entry.filter(|e| e.operation == jetstream::kv::Operation::Put) else {
+            return Ok(());
+        };
+        let adopter = String::from_utf8_lossy(&entry.value).into_owned();
+        if !adopt::alive(client, &settings.prefix, &adopter).await {
+            let _ = owners.delete(&lock).await;
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StartError(format!(
+                "node {adopter:?} is taking this node's sessions over (it was taken for gone); start it again in a few seconds"
+            )));
+        }
+        tracing::info!(
+            adopter,
+            "another node is taking this node's sessions over; waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// What an acquisition found.
@@ -1265,6 +1515,8 @@ struct Acquisition {
     revision: Option<u64>,
     /// Which per-message keys the session read has (see `StateStore::adopt`).
     marks: state::Marks,
+    /// The session's holder left the cluster, and this node adopts it.
+    adopt: Option<String>,
 }
 
 /// What taking a session over needs, shared by the tasks that do it.
@@ -1274,6 +1526,7 @@ struct HandOver {
     owners: jetstream::kv::Store,
     client: async_nats::Client,
     release_prefix: String,
+    prefix: String,
     me: String,
     patience: Duration,
     limit: Option<usize>,
@@ -1342,6 +1595,7 @@ impl HandOver {
             answer,
             revision: None,
             marks: state::Marks::new(),
+            adopt: None,
         };
         // Every step shares one deadline, well within the client's connect
         // timeout: a cluster that cannot answer by then refuses with 0x88.
@@ -1354,11 +1608,72 @@ impl HandOver {
             }
         }
         let key = session_key(client_id.as_bytes());
-        let (revision, before) = persist(deadline, || self.claim_once(&key)).await?;
-        let elsewhere = before.as_deref().filter(|b| *b != self.me);
-        if let Some(node) = elsewhere {
-            self.ask_release(node, client_id, deadline).await;
-        }
+        let mut adopt = None;
+        let (revision, before) = loop {
+            // A departed holder's sessions are claimed by its adopter first
+            // (its queue may hold messages for them): not from it directly.
+            if let Some(holder) = self.holder(&key).await {
+                if holder != self.me && !adopt::alive(&self.client, &self.prefix, &holder).await {
+                    let gate = adopt::gate(
+                        &self.owners,
+                        &self.sessions,
+                        &self.client,
+                        &self.prefix,
+                        &self.me,
+                        &holder,
+                        &key,
+                        None,
+                    )
+                    .await?;
+                    match gate {
+                        adopt::Gate::Adopt => adopt = Some(holder),
+                        adopt::Gate::Mine => {}
+                        adopt::Gate::HandedTo if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        adopt::Gate::HandedTo => {
+                            return Err(state::StateError(
+                                "the session's departed node is being adopted".into(),
+                            ))
+                        }
+                    }
+                }
+            }
+            let (revision, before) = persist(deadline, || self.claim_once(&key)).await?;
+            let Some(node) = before.as_deref().filter(|b| *b != self.me) else {
+                break (revision, before);
+            };
+            if self.ask_release(node, client_id, deadline).await {
+                break (revision, before);
+            }
+            // Gone: its queue may hold messages for this session.
+            let gate = adopt::gate(
+                &self.owners,
+                &self.sessions,
+                &self.client,
+                &self.prefix,
+                &self.me,
+                node,
+                &key,
+                Some(revision),
+            )
+            .await?;
+            match gate {
+                adopt::Gate::Adopt => {
+                    adopt = Some(node.to_owned());
+                    break (revision, before);
+                }
+                adopt::Gate::Mine => break (revision, before),
+                // From the adopter, as from any node.
+                adopt::Gate::HandedTo if tokio::time::Instant::now() < deadline => {}
+                adopt::Gate::HandedTo => {
+                    return Err(state::StateError(
+                        "the session's departed node is being adopted".into(),
+                    ))
+                }
+            }
+        };
         if clean_start {
             if before.as_deref() != Some(self.me.as_str()) {
                 persist(deadline, || state::purge_session(&self.state, &key)).await?;
@@ -1367,6 +1682,7 @@ impl HandOver {
                 answer: Acquired::Session(Vec::new()),
                 revision: Some(revision),
                 marks: state::Marks::new(),
+                adopt,
             });
         }
         if before.as_deref() == Some(self.me.as_str()) {
@@ -1375,6 +1691,7 @@ impl HandOver {
                 answer: Acquired::Session(Vec::new()),
                 revision: Some(revision),
                 marks: state::Marks::new(),
+                adopt,
             });
         }
         let (ops, marks) = persist(deadline, || {
@@ -1385,7 +1702,15 @@ impl HandOver {
             answer: Acquired::Session(ops),
             revision: Some(revision),
             marks,
+            adopt,
         })
+    }
+
+    /// The node the sessions bucket names for `key`, if any.
+    async fn holder(&self, key: &str) -> Option<String> {
+        let entry = self.sessions.entry(key).await.ok().flatten()?;
+        (entry.operation == jetstream::kv::Operation::Put)
+            .then(|| String::from_utf8_lossy(&entry.value).into_owned())
     }
 
     /// Puts this node's name under the client's key if nobody wrote it since
@@ -1443,7 +1768,12 @@ impl HandOver {
     /// request goes unanswered: it is asked again every [`RELEASE_ATTEMPT`],
     /// for at most [`RELEASE_PATIENCE`] in all (then what the cluster's store
     /// has is taken: a CONNECT cannot wait for ever).
-    async fn ask_release(&self, node: &str, client_id: &MqttString, until: tokio::time::Instant) {
+    async fn ask_release(
+        &self,
+        node: &str,
+        client_id: &MqttString,
+        until: tokio::time::Instant,
+    ) -> bool {
         let subject = format!("{}.{}", self.release_prefix, session_key(node.as_bytes()));
         let deadline = until.min(tokio::time::Instant::now() + RELEASE_PATIENCE);
         loop {
@@ -1451,14 +1781,14 @@ impl HandOver {
                 .client
                 .request(subject.clone(), client_id.as_shared().clone());
             match tokio::time::timeout(RELEASE_ATTEMPT, asked).await {
-                Ok(Ok(_)) => return,
+                Ok(Ok(_)) => return true,
                 Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
                     tracing::info!(
                         node,
                         client_id = client_id.as_str(),
-                        "the node that held the session is gone: taking what the cluster stored"
+                        "the node that held the session is gone"
                     );
-                    return;
+                    return false;
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(node, error = %e, "asking for a session; asking again");
@@ -1472,7 +1802,7 @@ impl HandOver {
                     client_id = client_id.as_str(),
                     "the node that held the session did not answer in time: taking what the cluster stored"
                 );
-                return;
+                return true;
             }
         }
     }
@@ -1586,7 +1916,7 @@ async fn released(
     }
 }
 
-fn claim_id(key: &str) -> Option<Bytes> {
+pub(crate) fn claim_id(key: &str) -> Option<Bytes> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(key)
@@ -1684,9 +2014,11 @@ impl Outbox<'_> {
         }
         let durable = p.qos != mqtt_proto::QoS::AtMostOnce;
         if durable {
+            // One id per forward, and the node each copy is for after it: a
+            // node reading two queues takes the copies once (see `adopt`).
+            *msg_ids += 1;
             for &node in nodes {
-                *msg_ids += 1;
-                let id = format!("{}-{}", self.me, msg_ids);
+                let id = format!("{}-{}-{node}", self.me, msg_ids);
                 let mut copy = Copy {
                     publish: p.clone(),
                     node,
@@ -1962,7 +2294,7 @@ fn retained_entry(entry: &jetstream::kv::Entry, counters: &Counters) -> Option<I
     }
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

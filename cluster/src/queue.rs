@@ -85,6 +85,25 @@ pub(crate) async fn open(
     }
 }
 
+/// The configuration of `node`'s consumer: its own subjects, ack all.
+fn config(
+    prefix: &str,
+    node: &str,
+    name: String,
+    deliver: consumer::DeliverPolicy,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(name),
+        description: Some(format!("brokk node {node}")),
+        filter_subject: format!("{prefix}.q.{}.>", consumer_name(node)),
+        ack_policy: consumer::AckPolicy::All,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: MAX_ACK_PENDING,
+        deliver_policy: deliver,
+        ..Default::default()
+    }
+}
+
 /// The consumer of `node`'s queue (created if it is new).
 pub(crate) async fn consumer(
     stream: &stream::Stream,
@@ -92,39 +111,89 @@ pub(crate) async fn consumer(
     node: &str,
 ) -> Result<consumer::PullConsumer, String> {
     let name = consumer_name(node);
+    let config = config(prefix, node, name.clone(), consumer::DeliverPolicy::All);
     stream
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                description: Some(format!("brokk node {node}")),
-                filter_subject: format!("{prefix}.q.{name}.>"),
-                ack_policy: consumer::AckPolicy::All,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: MAX_ACK_PENDING,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            },
-        )
+        .get_or_create_consumer(&name, config)
         .await
         .map_err(|e| e.to_string())
 }
 
-/// Reads `consumer` on a task of its own and hands the messages over; when
-/// reading fails (the consumer's server went away), it starts again twice a
-/// second until it works (JetStream sends what was not acknowledged again).
+/// The name of the consumer another node reads a departed node's queue with.
+pub(crate) fn adopted_name(node: &str) -> String {
+    format!("{}-adopted", consumer_name(node))
+}
+
+/// Takes `node`'s queue over: a consumer of this node's own, from the first
+/// message `node` did not acknowledge (what it read and did not acknowledge
+/// comes again at once, not after the ack wait), made before `node`'s own
+/// consumer is deleted so that JetStream keeps every message in between.
+/// A consumer left by an earlier adopter that stopped is taken as it is.
+pub(crate) async fn take_over(
+    stream: &stream::Stream,
+    prefix: &str,
+    node: &str,
+) -> Result<(), String> {
+    let name = adopted_name(node);
+    let own = consumer_name(node);
+    let deliver = match stream.consumer_info(&own).await {
+        Ok(info) => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: info.ack_floor.stream_sequence + 1,
+        },
+        Err(_) => consumer::DeliverPolicy::All,
+    };
+    stream
+        .get_or_create_consumer::<consumer::pull::Config>(
+            &name,
+            config(prefix, node, name.clone(), deliver),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = stream.delete_consumer(&own).await {
+        tracing::debug!(node, error = %e, "the departed node's consumer was not there to delete");
+    }
+    Ok(())
+}
+
+/// Whether the consumer `name` has nothing left to deliver or to be
+/// acknowledged (a consumer that is gone has nothing left either).
+pub(crate) async fn drained(stream: &stream::Stream, name: &str) -> bool {
+    match stream.consumer_info(name).await {
+        Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+        Err(_) => false,
+    }
+}
+
+/// A message of a queue, and which of the queues this node reads it came
+/// from (0: its own; an adopted one's number otherwise).
+pub(crate) type Queued = (u32, jetstream::Message);
+
+/// Reads the consumer `name` on a task of its own and hands its messages
+/// over, tagged with `tag`; when reading fails (the consumer's server went
+/// away), it starts again twice a second until it works (JetStream sends
+/// what was not acknowledged again). The consumer is made by the caller
+/// (the node's own is made again if it is missing).
 pub(crate) fn follow(
     stream: stream::Stream,
     prefix: String,
     node: String,
-) -> mpsc::Receiver<jetstream::Message> {
-    let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(async move {
+    name: String,
+    tag: u32,
+    tx: mpsc::Sender<Queued>,
+) -> tokio::task::AbortHandle {
+    let task = tokio::spawn(async move {
         loop {
-            let messages = match consumer(&stream, &prefix, &node).await {
+            let found = if tag == 0 {
+                consumer(&stream, &prefix, &node).await
+            } else {
+                stream
+                    .get_consumer::<consumer::pull::Config>(&name)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let messages = match found {
                 Ok(c) => c.stream().max_messages_per_batch(1024).messages().await,
                 Err(e) => {
-                    tracing::warn!(node, error = e, "cannot open this node's queue yet");
+                    tracing::warn!(node, error = e, "cannot open the queue yet");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -132,7 +201,7 @@ pub(crate) fn follow(
             let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
-                    tracing::warn!(node, error = %e, "cannot read this node's queue yet");
+                    tracing::warn!(node, error = %e, "cannot read the queue yet");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
@@ -140,12 +209,12 @@ pub(crate) fn follow(
             loop {
                 match messages.next().await {
                     Some(Ok(m)) => {
-                        if tx.send(m).await.is_err() {
+                        if tx.send((tag, m)).await.is_err() {
                             return;
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(node, error = %e, "reading this node's queue failed; reading again");
+                        tracing::warn!(node, error = %e, "reading the queue failed; reading again");
                         break;
                     }
                     None => break,
@@ -157,5 +226,5 @@ pub(crate) fn follow(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
-    rx
+    task.abort_handle()
 }

@@ -1010,3 +1010,141 @@ async fn a_killed_nats_server_is_survived() {
         node.stderr()
     );
 }
+
+/// Publishes `total` QoS 1 messages on `topic` (payload: the number, 8 bytes
+/// big-endian), at most `window` unacknowledged; `acked` counts the
+/// acknowledgements as they come. Returns the numbers acknowledged.
+async fn publish_window(
+    client: &mut RawClient,
+    topic: &str,
+    total: u64,
+    window: usize,
+    acked: &std::sync::atomic::AtomicU64,
+) -> HashSet<u64> {
+    let mut done = HashSet::new();
+    let mut in_flight: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut next = 0u64;
+    while next < total || !in_flight.is_empty() {
+        while in_flight.len() < window && next < total {
+            let id = (next % 60_000 + 1) as u16;
+            let p = publish_packet(
+                topic,
+                &next.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                NonZeroU16::new(id),
+            );
+            client.send(&Packet::Publish(p)).await;
+            in_flight.insert(id, next);
+            next += 1;
+        }
+        match client.recv().await {
+            Packet::PubAck(a) => {
+                assert_eq!(a.reason_code, ReasonCode::Success);
+                if let Some(seq) = in_flight.remove(&a.packet_id.get()) {
+                    done.insert(seq);
+                    acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    done
+}
+
+/// Every message number (8 bytes big-endian) on `topic` that arrives until
+/// `expected` are all in or nothing comes for `gap`, acknowledged.
+async fn collect_numbers(
+    client: &mut RawClient,
+    topic: &str,
+    expected: &HashSet<u64>,
+    gap: Duration,
+) -> HashSet<u64> {
+    let mut got = HashSet::new();
+    while !expected.is_subset(&got) {
+        let p = match client.next(gap).await {
+            Next::Packet(p, _) => match *p {
+                Packet::Publish(p) => {
+                    ack(client, &p).await;
+                    p
+                }
+                other => panic!("expected PUBLISH, got {other:?}"),
+            },
+            Next::Closed | Next::TimedOut => break,
+        };
+        if p.topic.as_str() == topic && p.payload.len() == 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&p.payload);
+            got.insert(u64::from_be_bytes(b));
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_subscribers_node_killed_with_sigkill_loses_no_acknowledged_message() {
+    let _one_at_a_time = SERIAL.lock().await;
+    // Room for every message in an offline session's queue (the default,
+    // Event Grid's, is 100).
+    let mut cluster = Cluster::start_with(3, "[limits]\noffline_queue_messages = 10000\n").await;
+    // Two persistent sessions on node 1 (5.0 and 3.1.1), which do not read
+    // while the messages flow: what node 1 took is in their queues, in its
+    // TCP buffers or on its way from the publisher's node when it dies.
+    let (mut a, _) = resume(&cluster, 1, V5, "durable-5").await;
+    assert_eq!(
+        a.subscribe("gone/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    let (mut b, _) = resume(&cluster, 1, V311, "durable-3").await;
+    assert_eq!(
+        b.subscribe("gone/#", QoS::AtLeastOnce).await,
+        ReasonCode::GrantedQoS1
+    );
+    let mut publisher = cluster.client(0, V5, "gone-pub").await;
+    until_routed(&mut publisher, &mut a, "gone/probe").await;
+    quiet(&mut b, Duration::from_millis(300)).await;
+
+    // Node 1 is killed once a third of the messages are acknowledged; the
+    // publisher (on node 0) goes on.
+    const TOTAL: u64 = 3_000;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flow = {
+        let acked = acked.clone();
+        tokio::spawn(
+            async move { publish_window(&mut publisher, "gone/seq", TOTAL, 16, &acked).await },
+        )
+    };
+    within("a third of the messages acknowledged", async {
+        while acked.load(std::sync::atomic::Ordering::Relaxed) < TOTAL / 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let node = cluster.nodes[1].take().expect("node 1 runs");
+    node.signal(libc::SIGKILL);
+    drop(node);
+    let sent = flow.await.expect("the publisher");
+    assert_eq!(sent.len() as u64, TOTAL, "node 0 acknowledged everything");
+    drop(a);
+    drop(b);
+
+    // The clients come back at once, each to another node: both sessions are
+    // there with every acknowledged message.
+    let ((mut a, a_present), (mut b, b_present)) = tokio::join!(
+        resume(&cluster, 2, V5, "durable-5"),
+        resume(&cluster, 0, V311, "durable-3"),
+    );
+    assert!(a_present && b_present, "{}", cluster.logs());
+    for (client, who) in [(&mut a, "durable-5"), (&mut b, "durable-3")] {
+        let got = collect_numbers(client, "gone/seq", &sent, Duration::from_secs(20)).await;
+        let mut missing: Vec<u64> = sent.difference(&got).copied().collect();
+        missing.sort_unstable();
+        assert!(
+            missing.is_empty(),
+            "{who}: {} acknowledged messages never delivered, first {:?}\n{}",
+            missing.len(),
+            &missing[..missing.len().min(20)],
+            cluster.logs()
+        );
+    }
+}

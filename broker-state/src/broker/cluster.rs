@@ -205,6 +205,30 @@ impl Broker {
         true
     }
 
+    /// The sessions of a node that left the cluster without letting them go,
+    /// which the transport took over for this node (it claimed them and read
+    /// them from the cluster's store; `records` in the store's replay order).
+    /// They come back here offline, as after a restart: their subscriptions
+    /// (announced to the cluster like any subscription here), queued
+    /// messages, in-flight state and delayed wills. A local copy of one is
+    /// stale (the departed node held it since) and goes first. Their clients
+    /// find them here, or on another node that acquires them from this one.
+    /// Returns how many sessions came.
+    pub fn handle_sessions_adopted(&mut self, now: Now, records: Vec<StoreOp>) -> usize {
+        let mut n = 0;
+        for op in records {
+            if let StoreOp::SessionUpsert(rec) = &op {
+                if let Some(&sk) = self.by_client_id.get(rec.client_id.as_bytes()) {
+                    self.release_session(now, sk);
+                }
+                n += 1;
+            }
+            self.handle_restore(now, op);
+        }
+        self.stats.cluster_sessions_adopted += n as u64;
+        n
+    }
+
     /// A session leaves this node for another one (or a stale copy of one that
     /// another node held since is dropped): its connection closed as on a
     /// takeover; then it goes without a trace in the store (the cluster's

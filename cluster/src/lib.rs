@@ -2,19 +2,25 @@
 //! JetStream (issue 21).
 //!
 //! Interest travels as NATS subscriptions on subjects mapped from MQTT topic
-//! filters, publishes are forwarded on subjects mapped from MQTT topic names, and
-//! shared subscriptions become NATS queue groups; retained messages, session
-//! ownership and the sessions themselves ([`state`]) live in JetStream
-//! key-value buckets. This crate holds the mapping,
-//! [`SubjectMap`] (the scheme, with examples and the reason for each rule, is in
-//! [`subject`]), the wire form of a forwarded message ([`wire`]), and the
-//! node's transport ([`node::ClusterNode`]: async-nats on a thread of its own).
+//! filters (announced in a JetStream key-value bucket, per node), QoS 0
+//! publishes are forwarded on subjects mapped from MQTT topic names, QoS 1 and
+//! 2 publishes go to each interested node's durable queue ([`queue`]: a
+//! JetStream stream, acknowledged by the receiver once it stored what it did
+//! with them), and shared subscriptions become NATS queue groups; retained
+//! messages, session ownership and the sessions themselves ([`state`]) live in
+//! JetStream key-value buckets, and a node that leaves without letting its
+//! sessions go is adopted by another (the crate's `adopt` module). This crate
+//! holds the mapping, [`SubjectMap`] (the scheme, with examples and the reason
+//! for each rule, is in [`subject`]), the wire form of a forwarded message
+//! ([`wire`]), and the node's transport ([`node::ClusterNode`]: async-nats on a
+//! thread of its own).
 //!
 //! The core stays sans-IO: it emits [`broker_state::ClusterOp`]s (interest,
 //! forwards, session acquisitions and ends) and store effects, and takes what
 //! the cluster sends as input (`Broker::handle_cluster_publish`,
-//! `handle_cluster_retained`, `handle_session_claimed`,
-//! `handle_session_acquired`); the adapter's hub carries them between the two.
+//! `handle_cluster_delivery`, `handle_cluster_retained`,
+//! `handle_session_claimed`, `handle_session_acquired`,
+//! `handle_sessions_adopted`); the adapter's hub carries them between the two.
 //!
 //! ```
 //! use brokk_cluster::SubjectMap;

@@ -436,6 +436,9 @@ impl ClusterNode {
     /// (giving up on what NATS does not take within a couple of seconds).
     pub fn shutdown(mut self) {
         self.backlog.stopping.store(true, Ordering::Relaxed);
+        // Nothing more is taken from the thread: one that waits to hand
+        // something over stops waiting.
+        self.inbound.close();
         let _ = self.commands.send(Command::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -901,8 +904,11 @@ async fn run(
                             }
                         }
                         for (_, m) in last {
-                            if let Err(e) = m.ack().await {
-                                tracing::warn!(error = %e, "acknowledging a queue");
+                            match tokio::time::timeout(SHUTDOWN_FLUSH, m.ack()).await {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => tracing::warn!(error = %e, "acknowledging a queue"),
+                                // JetStream sends it again after the ack wait.
+                                Err(_) => tracing::warn!("acknowledging a queue: NATS unreachable"),
                             }
                         }
                     }
@@ -965,7 +971,7 @@ async fn run(
                     None => match unacked.iter_mut().rev().find(|(_, t, _)| *t == tag) {
                         Some(last) => last.2 = m,
                         None => {
-                            let _ = m.ack().await;
+                            let _ = tokio::time::timeout(SHUTDOWN_FLUSH, m.ack()).await;
                         }
                     },
                 }
@@ -995,7 +1001,7 @@ async fn run(
                         break;
                     }
                     if let Some(reply) = reply {
-                        let _ = main.publish(reply, Bytes::new()).await;
+                        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, main.publish(reply, Bytes::new())).await;
                     }
                     if start {
                         a.follower = Some(queue::follow(
@@ -1051,7 +1057,7 @@ async fn run(
                 // node back.
                 let Some(a) = &adopting else {
                     if let Some(reply) = request.reply {
-                        let _ = main.publish(reply, Bytes::new()).await;
+                        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, main.publish(reply, Bytes::new())).await;
                     }
                     continue;
                 };
@@ -1115,7 +1121,7 @@ async fn run(
                     if ping.payload.is_empty() {
                         tracing::warn!("another node tried to join with this node's name; it was refused");
                     }
-                    let _ = main.publish(reply, Bytes::from(me.clone())).await;
+                    let _ = tokio::time::timeout(SHUTDOWN_FLUSH, main.publish(reply, Bytes::from(me.clone()))).await;
                 }
             }
             Some(request) = release.next() => {
@@ -1909,10 +1915,13 @@ async fn released(
 ) {
     state.forget(client_id);
     if let Some(reply) = reply {
-        if let Err(e) = client.publish(reply, Bytes::new()).await {
-            tracing::warn!(error = %e, "answering a session hand-over");
-        }
-        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, client.flush()).await;
+        let answered = async {
+            if let Err(e) = client.publish(reply, Bytes::new()).await {
+                tracing::warn!(error = %e, "answering a session hand-over");
+            }
+            let _ = client.flush().await;
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, answered).await;
     }
 }
 
@@ -2037,17 +2046,19 @@ impl Outbox<'_> {
             subjects.push(self.shared.topic_to_subject(p.topic.as_str()));
         }
         for subject in subjects {
-            match self
-                .main
-                .publish_with_headers(subject, headers(&p, self.me), p.payload.clone())
-                .await
-            {
-                Ok(()) => {
+            let sent =
+                self.main
+                    .publish_with_headers(subject, headers(&p, self.me), p.payload.clone());
+            match tokio::time::timeout(self.patience, sent).await {
+                Ok(Ok(())) => {
                     counters.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "forwarding to NATS");
+                }
+                Err(_) => {
+                    counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -2095,16 +2106,17 @@ impl Outbox<'_> {
         let mut headers = headers(&copy.publish, self.me);
         headers.insert(async_nats::header::NATS_MESSAGE_ID, copy.id.as_str());
         let subject = queue.topic_to_subject(copy.publish.topic.as_str());
-        match self
+        // While NATS is unreachable a publish waits for the reconnection.
+        let sent = self
             .js
-            .publish_with_headers(subject, headers, copy.publish.payload.clone())
-            .await
-        {
-            Ok(ack) => Some(ack),
-            Err(e) => {
+            .publish_with_headers(subject, headers, copy.publish.payload.clone());
+        match tokio::time::timeout(self.patience, sent).await {
+            Ok(Ok(ack)) => Some(ack),
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "publishing to another node's queue; again");
                 None
             }
+            Err(_) => None,
         }
     }
 
@@ -2118,12 +2130,13 @@ impl Outbox<'_> {
         for mut copy in copies {
             loop {
                 let stored = match copy.ack.take() {
-                    Some(ack) => match ack.await {
-                        Ok(_) => true,
-                        Err(e) => {
+                    Some(ack) => match tokio::time::timeout_at(deadline, ack).await {
+                        Ok(Ok(_)) => true,
+                        Ok(Err(e)) => {
                             tracing::debug!(error = %e, "JetStream did not store a copy; again");
                             false
                         }
+                        Err(_) => false,
                     },
                     None => false,
                 };

@@ -14,6 +14,10 @@
 //!   through it: the publisher reconnects to another node and resends what was
 //!   not acknowledged; the subscriber on a third node has every message that
 //!   was acknowledged;
+//! - the node of two persistent subscribers killed with SIGKILL while QoS 1
+//!   messages flow to it: the clients come back at once on two other nodes and
+//!   find every acknowledged message (one node adopts the dead one's sessions
+//!   and queue; the other gets its session from the adopter);
 //! - a NATS server killed: the nodes that used it reconnect to another one, and
 //!   messages and retained messages (3 JetStream replicas) keep working.
 //!

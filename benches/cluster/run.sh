@@ -27,8 +27,19 @@ LOAD=target/release/brokk-load
 work="$(mktemp -d)"
 pids=()
 stop_all() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # The nodes first (in reverse order of start: nats-server last); a process that
+  # has not exited after 20 s is killed and said so (the next run would
+  # otherwise measure it: it keeps the port).
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    p="${pids[$i]}"
+    kill "$p" 2>/dev/null || true
+    for _ in $(seq 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$p" 2>/dev/null; then
+      echo "pid $p did not exit within 20 s of SIGTERM: killed" >&2
+      kill -9 "$p" 2>/dev/null || true
+    fi
+    wait "$p" 2>/dev/null || true
+  done
   pids=()
 }
 trap 'stop_all; rm -rf "$work"' EXIT

@@ -812,13 +812,13 @@ async fn run(
                                     let _ = queues.flush().await;
                                 };
                                 let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flushed).await;
-                                announce(&interest, &me, &filter, true, &counters).await;
+                                announce_within(&interest, &me, &filter, true, &counters, &backlog, &mut gave_up, settings.connect_timeout).await;
                                 if let Some(old) = subscriptions.insert(filter, handles) {
                                     old.iter().for_each(|h| h.abort());
                                 }
                             }
                             ClusterOp::Interest { filter, on: false } => {
-                                announce(&interest, &me, &filter, false, &counters).await;
+                                announce_within(&interest, &me, &filter, false, &counters, &backlog, &mut gave_up, settings.connect_timeout).await;
                                 if let Some(handles) = subscriptions.remove(&filter) {
                                     handles.iter().for_each(|h| h.abort());
                                 }
@@ -1309,6 +1309,37 @@ async fn announce(
     if let Err(e) = result {
         counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = e, "announcing interest in the interest bucket");
+    }
+}
+
+/// [`announce`], for at most the connect timeout; while shutting down for at
+/// most [`SHUTDOWN_FLUSH`], and not at all once JetStream did not answer then
+/// (a node that stops withdraws every filter at once: with NATS gone, each
+/// would wait for JetStream's timeout). A node deletes its own keys when it
+/// starts again.
+#[allow(clippy::too_many_arguments)]
+async fn announce_within(
+    interest: &jetstream::kv::Store,
+    me: &str,
+    filter: &TopicFilter,
+    on: bool,
+    counters: &Counters,
+    backlog: &Backlog,
+    gave_up: &mut bool,
+    patience: Duration,
+) {
+    let stopping = backlog.stopping.load(Ordering::Relaxed);
+    if stopping && *gave_up {
+        return;
+    }
+    let patience = if stopping { SHUTDOWN_FLUSH } else { patience };
+    let announced = announce(interest, me, filter, on, counters);
+    if tokio::time::timeout(patience, announced).await.is_err() {
+        counters.jetstream_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("announcing interest: JetStream did not answer");
+        if stopping {
+            *gave_up = true;
+        }
     }
 }
 

@@ -455,6 +455,7 @@ impl Drop for ClusterNode {
 async fn connect(
     settings: &Settings,
     no_echo: bool,
+    capacity: usize,
     what: &str,
     counters: Arc<Counters>,
 ) -> Result<async_nats::Client, StartError> {
@@ -482,7 +483,7 @@ async fn connect(
         .name(format!("brokk {} {what}", settings.node_id))
         .connection_timeout(settings.connect_timeout)
         .max_reconnects(None)
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .subscription_capacity(capacity)
         .require_tls(settings.tls_required);
     if no_echo {
         opts = opts.no_echo();
@@ -586,7 +587,14 @@ async fn run(
         }
     };
     let started = async {
-        let main = connect(&settings, true, "main", counters.clone()).await?;
+        let main = connect(
+            &settings,
+            true,
+            SUBSCRIPTION_CAPACITY,
+            "main",
+            counters.clone(),
+        )
+        .await?;
         // Two nodes with one name would take each other's sessions and
         // filters: a running node answers on its name's subject.
         let presence = format!(
@@ -610,7 +618,14 @@ async fn run(
             .subscribe(presence)
             .await
             .map_err(|e| StartError(format!("NATS subscription for the node's name: {e}")))?;
-        let queues = connect(&settings, false, "shared", counters.clone()).await?;
+        let queues = connect(
+            &settings,
+            false,
+            SUBSCRIPTION_CAPACITY,
+            "shared",
+            counters.clone(),
+        )
+        .await?;
         let js = jetstream::new(main.clone());
         let retained = bucket(&js, &settings, "retained").await?;
         let sessions = bucket_with(&js, &settings, "sessions", Some(state::MARKER_TTL)).await?;
@@ -654,7 +669,19 @@ async fn run(
         let interest_watch = follow(interest.clone(), last, Resume::FromRevision);
         // This node's queue of QoS 1 and 2 messages: what the others sent
         // while it was away waits there.
-        let forward_stream = queue::open(&js, &settings).await?;
+        // This node's queue is read on a connection of its own, whose
+        // subscriptions hold every message JetStream may have sent and not
+        // had acknowledged: never a slow consumer's drop (which JetStream
+        // would send again only after the ack wait).
+        let queue_conn = connect(
+            &settings,
+            false,
+            queue::SUBSCRIPTION_CAPACITY,
+            "queue",
+            counters.clone(),
+        )
+        .await?;
+        let forward_stream = queue::open(&jetstream::new(queue_conn), &settings).await?;
         queue::consumer(&forward_stream, &settings.prefix, &settings.node_id)
             .await
             .map_err(|e| StartError(format!("JetStream consumer of this node's queue: {e}")))?;
@@ -825,6 +852,12 @@ async fn run(
                             }
                             ClusterOp::Forward { publish, nodes, shared } => {
                                 ok &= outbox.forward(publish, &nodes, shared, &peers, &mut msg_ids, &mut copies).await;
+                                // async-nats holds at most 5,000 publishes
+                                // waiting for JetStream's answer: a publish
+                                // beyond them would wait for ever.
+                                if copies.len() >= MAX_COPIES_WAITING {
+                                    ok &= outbox.settle(core::mem::take(&mut copies), &peers).await;
+                                }
                             }
                             ClusterOp::Acquire { ticket, client_id, clean_start, authentication_name } => {
                                 owned.entry(session_key(client_id.as_bytes())).or_default().in_flight += 1;
@@ -2018,6 +2051,10 @@ struct Outbox<'a> {
     counters: &'a Counters,
     patience: Duration,
 }
+
+/// The most QoS 1/2 copies published and not yet confirmed by JetStream
+/// (async-nats's limit, `max_ack_inflight`, is 5,000).
+const MAX_COPIES_WAITING: usize = 2_048;
 
 /// A QoS 1 or 2 copy published to another node's queue, until JetStream
 /// says it stored it.

@@ -33,7 +33,12 @@ pub const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Messages a node may have read and not yet acknowledged: the most it holds
 /// in memory for the cluster when its store is behind.
-pub const MAX_ACK_PENDING: i64 = 16_384;
+pub const MAX_ACK_PENDING: i64 = 8_192;
+
+/// What the queue's NATS connection holds per subscription: more than
+/// JetStream ever sends without an acknowledgement, so that the client never
+/// drops one as a slow consumer's.
+pub const SUBSCRIPTION_CAPACITY: usize = 2 * MAX_ACK_PENDING as usize;
 
 /// How long JetStream waits for an acknowledgement before it sends a message
 /// again (a node whose store stalls for longer gets it twice).

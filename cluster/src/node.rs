@@ -1684,17 +1684,7 @@ impl HandOver {
             // (its queue may hold messages for them): not from it directly.
             if let Some(holder) = self.holder(&key).await {
                 if holder != self.me && !adopt::alive(&self.client, &self.prefix, &holder).await {
-                    let gate = adopt::gate(
-                        &self.owners,
-                        &self.sessions,
-                        &self.client,
-                        &self.prefix,
-                        &self.me,
-                        &holder,
-                        &key,
-                        None,
-                    )
-                    .await?;
+                    let gate = self.gate(&holder, &key, None).await?;
                     match gate {
                         adopt::Gate::Adopt => adopt = Some(holder),
                         adopt::Gate::Mine => {}
@@ -1718,17 +1708,7 @@ impl HandOver {
                 break (revision, before);
             }
             // Gone: its queue may hold messages for this session.
-            let gate = adopt::gate(
-                &self.owners,
-                &self.sessions,
-                &self.client,
-                &self.prefix,
-                &self.me,
-                node,
-                &key,
-                Some(revision),
-            )
-            .await?;
+            let gate = self.gate(node, &key, Some(revision)).await?;
             match gate {
                 adopt::Gate::Adopt => {
                     adopt = Some(node.to_owned());
@@ -1774,6 +1754,26 @@ impl HandOver {
             marks,
             adopt,
         })
+    }
+
+    /// Who adopts `node`, gone from the session `key` ([`adopt::gate`]).
+    async fn gate(
+        &self,
+        node: &str,
+        key: &str,
+        revision: Option<u64>,
+    ) -> Result<adopt::Gate, state::StateError> {
+        adopt::gate(
+            &self.owners,
+            &self.sessions,
+            &self.client,
+            &self.prefix,
+            &self.me,
+            node,
+            key,
+            revision,
+        )
+        .await
     }
 
     /// The node the sessions bucket names for `key`, if any.

@@ -682,9 +682,23 @@ async fn run(
         )
         .await?;
         let forward_stream = queue::open(&jetstream::new(queue_conn), &settings).await?;
-        queue::consumer(&forward_stream, &settings.prefix, &settings.node_id)
-            .await
-            .map_err(|e| StartError(format!("JetStream consumer of this node's queue: {e}")))?;
+        // Asked again while JetStream elects the stream's leader (a node
+        // started right after a NATS server died met a time-out here).
+        let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+        loop {
+            match queue::consumer(&forward_stream, &settings.prefix, &settings.node_id).await {
+                Ok(_) => break,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(StartError(format!(
+                        "JetStream consumer of this node's queue: {e}"
+                    )));
+                }
+                Err(e) => {
+                    tracing::debug!(error = e, "JetStream not ready; asking again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
         let (queued_tx, deliveries) = mpsc::channel::<queue::Queued>(4096);
         queue::follow(
             forward_stream.clone(),

@@ -866,10 +866,8 @@ async fn run(
                             }
                             ClusterOp::Forward { publish, nodes, shared } => {
                                 ok &= outbox.forward(publish, &nodes, shared, &peers, &mut msg_ids, &mut copies).await;
-                                // async-nats holds at most 5,000 publishes
-                                // waiting for JetStream's answer: a publish
-                                // beyond them would wait for ever.
-                                if copies.len() >= MAX_COPIES_WAITING {
+                                // See `state::MAX_ACKS_WAITING`.
+                                if copies.len() >= state::MAX_ACKS_WAITING {
                                     ok &= outbox.settle(core::mem::take(&mut copies), &peers).await;
                                 }
                             }
@@ -2065,10 +2063,6 @@ struct Outbox<'a> {
     counters: &'a Counters,
     patience: Duration,
 }
-
-/// The most QoS 1/2 copies published and not yet confirmed by JetStream
-/// (async-nats's limit, `max_ack_inflight`, is 5,000).
-const MAX_COPIES_WAITING: usize = 2_048;
 
 /// A QoS 1 or 2 copy published to another node's queue, until JetStream
 /// says it stored it.

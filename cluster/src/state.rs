@@ -147,6 +147,13 @@ impl StateStore {
             if let Err(e) = self.send(op, &mut acks, patience, again).await {
                 failed.get_or_insert(e);
             }
+            // A publish beyond async-nats's limit of unanswered ones would
+            // wait for a permit that only awaiting these frees.
+            if acks.len() >= MAX_ACKS_WAITING {
+                if let Err(e) = settle(&mut acks, patience).await {
+                    failed.get_or_insert(e);
+                }
+            }
         }
         if let Err(e) = settle(&mut acks, patience).await {
             failed.get_or_insert(e);
@@ -274,6 +281,12 @@ impl StateStore {
 }
 
 /// Waits for every acknowledgement in `acks` (at most `patience`).
+/// The most JetStream publishes one writer leaves unanswered before it
+/// awaits them: async-nats lets a context have 5,000 (`max_ack_inflight`),
+/// and a publish beyond them waits for a permit for ever, so a batch that
+/// publishes everything before awaiting anything must stop below it.
+pub(crate) const MAX_ACKS_WAITING: usize = 2_048;
+
 async fn settle(acks: &mut Vec<PublishAckFuture>, patience: Duration) -> Result<(), StateError> {
     let all =
         futures_util::future::join_all(acks.drain(..).map(std::future::IntoFuture::into_future));

@@ -1152,3 +1152,57 @@ async fn a_subscribers_node_killed_with_sigkill_loses_no_acknowledged_message() 
         );
     }
 }
+
+#[tokio::test]
+async fn a_burst_that_queues_thousands_of_session_writes_at_once_is_acknowledged() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let cluster = Cluster::start_with(3, "[limits]\noffline_queue_messages = 10000\n").await;
+    // Four offline persistent sessions on node 0: each QoS 1 message is four
+    // queued records in the cluster's store.
+    const SESSIONS: usize = 4;
+    for i in 0..SESSIONS {
+        let (mut c, _) = resume(&cluster, 0, V5, &format!("burst-{i}")).await;
+        assert_eq!(
+            c.subscribe("burst/#", QoS::AtLeastOnce).await,
+            ReasonCode::GrantedQoS1
+        );
+        c.disconnect().await;
+    }
+    // 2,000 QoS 1 messages in one write: the node's rounds hand thousands of
+    // session writes to JetStream at once, more than async-nats lets wait
+    // for an answer (5,000).
+    const TOTAL: u16 = 2_000;
+    let mut publisher = cluster.client(0, V5, "burst-pub").await;
+    let mut burst = Vec::new();
+    for i in 1..=TOTAL {
+        let p = publish_packet(
+            "burst/x",
+            &i.to_be_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            NonZeroU16::new(i),
+        );
+        burst.extend_from_slice(&brokk_e2e::raw::encode(&Packet::Publish(p), V5));
+    }
+    publisher.send_bytes(&burst).await;
+    let mut acked = 0;
+    while acked < TOTAL {
+        match publisher.next(TIMEOUT).await {
+            Next::Packet(p, _) => match *p {
+                Packet::PubAck(a) => {
+                    assert_eq!(a.reason_code, ReasonCode::Success, "{}", cluster.logs());
+                    acked += 1;
+                }
+                other => panic!("expected PUBACK, got {other:?}"),
+            },
+            other => panic!(
+                "{acked} of {TOTAL} acknowledged, then {other:?}\n{}",
+                cluster.logs()
+            ),
+        }
+    }
+    // Every session has every message, from another node.
+    let (mut c, present) = resume(&cluster, 1, V5, "burst-0").await;
+    assert!(present);
+    assert_eq!(receive(&mut c, TOTAL as usize).await.len(), TOTAL as usize);
+}

@@ -473,9 +473,6 @@ impl Broker {
             Input::ClusterDelivery(p) => {
                 self.handle_cluster_delivery(now, *p);
             }
-            Input::RemoteNodeGone(node) => {
-                self.handle_remote_node_gone(node);
-            }
             Input::SessionsAdopted(records) => {
                 self.handle_sessions_adopted(now, records);
             }

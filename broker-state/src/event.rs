@@ -435,9 +435,6 @@ pub enum Input {
     /// Another node's interest in a filter begins or ends
     /// ([`crate::Broker::handle_remote_interest`]).
     RemoteInterest(u32, TopicFilter, bool),
-    /// Every filter of another node is withdrawn
-    /// ([`crate::Broker::handle_remote_node_gone`]).
-    RemoteNodeGone(u32),
     /// A departed node's sessions, now this node's
     /// ([`crate::Broker::handle_sessions_adopted`]).
     SessionsAdopted(Vec<StoreOp>),

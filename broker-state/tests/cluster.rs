@@ -145,9 +145,11 @@ fn messages_accepted_here_are_forwarded_and_delivered_here_at_once() {
     let mut nodes = f[0].1.clone();
     nodes.sort_unstable();
     assert_eq!((nodes, f[0].2), (vec![2, 4], true));
-    // A node that leaves takes its filters with it.
-    assert_eq!(sim.broker.handle_remote_node_gone(4), 2);
-    assert_eq!(sim.broker.handle_remote_node_gone(5), 1);
+    // A node's filters withdrawn (as when its keys leave the interest bucket).
+    sim.broker.handle_remote_interest(4, &filter("#"), false);
+    sim.broker.handle_remote_interest(4, &filter("+"), false);
+    sim.broker
+        .handle_remote_interest(5, &filter("$share/h/t"), false);
     // Interest withdrawn: no longer forwarded. Announced twice, withdrawn
     // once: gone (announcements are idempotent per node).
     sim.broker.handle_remote_interest(2, &filter("t"), true);

@@ -685,20 +685,13 @@ async fn run(
         // Asked again while JetStream elects the stream's leader (a node
         // started right after a NATS server died met a time-out here).
         let deadline = tokio::time::Instant::now() + settings.connect_timeout;
-        loop {
-            match queue::consumer(&forward_stream, &settings.prefix, &settings.node_id).await {
-                Ok(_) => break,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(StartError(format!(
-                        "JetStream consumer of this node's queue: {e}"
-                    )));
-                }
-                Err(e) => {
-                    tracing::debug!(error = e, "JetStream not ready; asking again");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
+        persist(deadline, || async {
+            queue::consumer(&forward_stream, &settings.prefix, &settings.node_id)
+                .await
+                .map_err(state::StateError)
+        })
+        .await
+        .map_err(|e| StartError(format!("JetStream consumer of this node's queue: {e}")))?;
         let (queued_tx, deliveries) = mpsc::channel::<queue::Queued>(4096);
         queue::follow(
             forward_stream.clone(),
@@ -876,8 +869,7 @@ async fn run(
                                 let (hand_over, tx) = (hand_over.clone(), acquired_tx.clone());
                                 tokio::spawn(async move {
                                     let r = hand_over.acquire(&client_id, clean_start, authentication_name.as_deref()).await;
-                                    let adopt = r.as_ref().ok().and_then(|a| a.adopt.clone());
-                                    let _ = tx.send(AcquireResult { ticket, client_id, result: r, adopt });
+                                    let _ = tx.send(AcquireResult { ticket, client_id, result: r });
                                 });
                             }
                             ClusterOp::SessionEnded { client_id, authentication_name } => {
@@ -1182,10 +1174,12 @@ async fn run(
                     break;
                 }
             }
-            Some(AcquireResult { ticket, client_id, result, adopt }) = acquired.recv() => {
+            Some(AcquireResult { ticket, client_id, result }) = acquired.recv() => {
                 let key = session_key(client_id.as_bytes());
+                let mut adopt = None;
                 let (answer, taken) = match result {
-                    Ok(Acquisition { answer, revision, marks, .. }) => {
+                    Ok(Acquisition { answer, revision, marks, adopt: departed }) => {
+                        adopt = departed;
                         let c = owned.entry(key.clone()).or_default();
                         c.in_flight = c.in_flight.saturating_sub(1);
                         if let Some(r) = revision {
@@ -1520,8 +1514,6 @@ struct AcquireResult {
     ticket: AuthTicket,
     client_id: MqttString,
     result: Result<Acquisition, state::StateError>,
-    /// The session's holder left the cluster, and this node adopts it.
-    adopt: Option<String>,
 }
 
 /// A departed node this node adopts (see the `adopt` module).
@@ -1620,7 +1612,7 @@ struct HandOver {
 const ACQUIRE_PATIENCE: Duration = Duration::from_secs(8);
 
 /// Runs `attempt` again every 100 ms while it fails, until `deadline`.
-async fn persist<T, F, Fut>(
+pub(crate) async fn persist<T, F, Fut>(
     deadline: tokio::time::Instant,
     mut attempt: F,
 ) -> Result<T, state::StateError>
@@ -2089,33 +2081,46 @@ impl Outbox<'_> {
         msg_ids: &mut u64,
         copies: &mut Vec<Copy>,
     ) -> bool {
-        let counters = self.counters;
-        let p: Arc<Publish> = Arc::from(p);
         let too_long = self.map.max_subject_len(p.topic.len()) > MAX_SUBJECT_LEN
             && self.map.topic_to_subject(p.topic.as_str()).len() > MAX_SUBJECT_LEN;
         if too_long {
-            counters.forward_dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .forward_dropped
+                .fetch_add(1, Ordering::Relaxed);
             return true;
         }
         let durable = p.qos != mqtt_proto::QoS::AtMostOnce;
-        if durable {
-            // One id per forward, and the node each copy is for after it: a
-            // node reading two queues takes the copies once (see `adopt`).
-            *msg_ids += 1;
-            for &node in nodes {
-                let id = format!("{}-{}-{node}", self.me, msg_ids);
-                let mut copy = Copy {
-                    publish: p.clone(),
-                    node,
-                    id,
-                    ack: None,
-                };
-                copy.ack = self.publish_copy(&copy, peers).await;
-                copies.push(copy);
-            }
+        if !durable || nodes.is_empty() {
+            return self
+                .publish(&p, !durable && !nodes.is_empty(), shared)
+                .await;
         }
+        // Shared by the copies (each may be published again).
+        let p: Arc<Publish> = Arc::from(p);
+        // One id per forward, and the node each copy is for after it: a node
+        // reading two queues takes the copies once (see `adopt`).
+        *msg_ids += 1;
+        for &node in nodes {
+            let id = format!("{}-{}-{node}", self.me, msg_ids);
+            let mut copy = Copy {
+                publish: p.clone(),
+                node,
+                id,
+                ack: None,
+            };
+            copy.ack = self.publish_copy(&copy, peers).await;
+            copies.push(copy);
+        }
+        self.publish(&p, false, shared).await
+    }
+
+    /// Publishes a forward on its topic's subject (`on_topic`, QoS 0), on the
+    /// shared space's subject (`shared`), and keeps a retained one in the
+    /// retained bucket; false when that could not be stored.
+    async fn publish(&self, p: &Publish, on_topic: bool, shared: bool) -> bool {
+        let counters = self.counters;
         let mut subjects = Vec::with_capacity(2);
-        if !durable && !nodes.is_empty() {
+        if on_topic {
             subjects.push(self.map.topic_to_subject(p.topic.as_str()));
         }
         if shared {
@@ -2124,7 +2129,7 @@ impl Outbox<'_> {
         for subject in subjects {
             let sent =
                 self.main
-                    .publish_with_headers(subject, headers(&p, self.me), p.payload.clone());
+                    .publish_with_headers(subject, headers(p, self.me), p.payload.clone());
             match tokio::time::timeout(self.patience, sent).await {
                 Ok(Ok(())) => {
                     counters.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -2144,7 +2149,7 @@ impl Outbox<'_> {
         // JetStream answers "no stream" or times out while the bucket's servers
         // elect a new leader (one of them died): ask again for a while.
         let key = wire::retained_key(p.topic.as_str());
-        let value = wire::retained_value(&p, unix_ms());
+        let value = wire::retained_value(p, unix_ms());
         let deadline = tokio::time::Instant::now() + self.patience;
         loop {
             let result = if p.payload.is_empty() {
@@ -2221,6 +2226,10 @@ impl Outbox<'_> {
                     break;
                 }
                 if peers.queue(copy.node).is_none() {
+                    // A node whose name makes no subject: never sent.
+                    self.counters
+                        .forward_dropped
+                        .fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -2248,37 +2257,53 @@ fn headers(p: &Publish, me: &str) -> HeaderMap {
     headers
 }
 
-/// A message read from this node's queue, as the core takes it; `None` (and
-/// counted) when it does not decode.
-fn delivery(queue: &SubjectMap, m: &jetstream::Message, counters: &Counters) -> Option<Publish> {
-    let Some(topic) = queue
-        .subject_to_topic(m.subject.as_str())
+/// A forwarded message as the core takes it: its topic from `subject` (as
+/// `map` makes subjects), the rest from its headers; `None` (and counted) when
+/// it does not decode.
+fn decode(
+    map: &SubjectMap,
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &Bytes,
+    counters: &Counters,
+) -> Option<Publish> {
+    let decoded = map
+        .subject_to_topic(subject)
         .and_then(|t| TopicName::new(Bytes::from(t)).ok())
-    else {
-        counters.malformed.fetch_add(1, Ordering::Relaxed);
-        return None;
-    };
-    let Some(headers) = &m.headers else {
-        counters.malformed.fetch_add(1, Ordering::Relaxed);
-        return None;
-    };
-    let decoded = wire::from_headers(
-        topic,
-        |name| headers.get_all(header_name(name)).map(|v| v.as_str()),
-        m.payload.clone(),
-    );
+        .zip(headers)
+        .and_then(|(topic, headers)| {
+            wire::from_headers(
+                topic,
+                |name| headers.get_all(header_name(name)).map(|v| v.as_str()),
+                payload.clone(),
+            )
+            .ok()
+        });
     match decoded {
-        Ok((publish, _origin)) => {
+        Some((publish, _origin)) => {
             counters.received.fetch_add(1, Ordering::Relaxed);
             Some(publish)
         }
-        Err(_) => {
+        None => {
             counters.malformed.fetch_add(1, Ordering::Relaxed);
             None
         }
     }
 }
 
+/// A message read from one of the queues this node reads.
+fn delivery(queue: &SubjectMap, m: &jetstream::Message, counters: &Counters) -> Option<Publish> {
+    decode(
+        queue,
+        m.subject.as_str(),
+        m.headers.as_ref(),
+        &m.payload,
+        counters,
+    )
+}
+
+/// A message from one of this node's subscriptions, and the filter it came
+/// through.
 fn arrival(
     map: &SubjectMap,
     shared: &SubjectMap,
@@ -2286,33 +2311,18 @@ fn arrival(
     through: TopicFilter,
     counters: &Counters,
 ) -> Option<Inbound> {
-    let malformed = || {
-        counters.malformed.fetch_add(1, Ordering::Relaxed);
-        None
-    };
     let map = if through.shared().is_some() {
         shared
     } else {
         map
     };
-    let Some(topic) = map
-        .subject_to_topic(m.subject.as_str())
-        .and_then(|t| TopicName::new(Bytes::from(t)).ok())
-    else {
-        return malformed();
-    };
-    let Some(headers) = &m.headers else {
-        return malformed();
-    };
-    let decoded = wire::from_headers(
-        topic,
-        |name| headers.get_all(header_name(name)).map(|v| v.as_str()),
-        m.payload.clone(),
-    );
-    let Ok((publish, _origin)) = decoded else {
-        return malformed();
-    };
-    counters.received.fetch_add(1, Ordering::Relaxed);
+    let publish = decode(
+        map,
+        m.subject.as_str(),
+        m.headers.as_ref(),
+        &m.payload,
+        counters,
+    )?;
     Some(Inbound::Publish { publish, through })
 }
 

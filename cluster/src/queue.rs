@@ -63,31 +63,24 @@ pub(crate) async fn open(
 ) -> Result<stream::Stream, StartError> {
     let name = settings.bucket("forward");
     let deadline = tokio::time::Instant::now() + settings.connect_timeout;
-    loop {
-        let made = js
-            .get_or_create_stream(stream::Config {
-                name: name.clone(),
-                description: Some("brokk: QoS 1 and 2 messages between nodes".into()),
-                subjects: vec![format!("{}.q.>", settings.prefix)],
-                retention: stream::RetentionPolicy::Interest,
-                storage: stream::StorageType::File,
-                num_replicas: settings.replicas.max(1),
-                max_age: MAX_AGE,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await;
-        match made {
-            Ok(s) => return Ok(s),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(StartError(format!("JetStream stream {name}: {e}")));
-            }
-            Err(e) => {
-                tracing::debug!(stream = name, error = %e, "JetStream not ready; asking again");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
-    }
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some("brokk: QoS 1 and 2 messages between nodes".into()),
+        subjects: vec![format!("{}.q.>", settings.prefix)],
+        retention: stream::RetentionPolicy::Interest,
+        storage: stream::StorageType::File,
+        num_replicas: settings.replicas.max(1),
+        max_age: MAX_AGE,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    crate::node::persist(deadline, || async {
+        js.get_or_create_stream(config.clone())
+            .await
+            .map_err(|e| crate::state::StateError(e.to_string()))
+    })
+    .await
+    .map_err(|e| StartError(format!("JetStream stream {name}: {e}")))
 }
 
 /// The configuration of `node`'s consumer: its own subjects, ack all.

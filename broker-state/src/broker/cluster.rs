@@ -180,13 +180,6 @@ impl Broker {
         self.remote.set(node, filter, on);
     }
 
-    /// Every filter node `node` announced is withdrawn (the node left the
-    /// cluster, or another took its sessions over). Returns how many there
-    /// were.
-    pub fn handle_remote_node_gone(&mut self, node: u32) -> usize {
-        self.remote.forget(node)
-    }
-
     /// Another node of the cluster took the session of `client_id` over: a
     /// client connected there with that identifier. The connection here (if
     /// any) gets DISCONNECT 0x8E Session taken over [MQTT-3.1.4-3] and closes
@@ -355,22 +348,6 @@ impl RemoteInterest {
                 self.shared.unsubscribe(None, &part, entry.session);
             }
         }
-    }
-
-    /// Withdraws every filter of `node`; returns how many there were.
-    fn forget(&mut self, node: u32) -> usize {
-        let gone: Vec<Bytes> = self
-            .announced
-            .keys()
-            .filter(|(n, _)| *n == node)
-            .map(|(_, f)| f.clone())
-            .collect();
-        for f in &gone {
-            if let Ok(filter) = TopicFilter::new(f.clone()) {
-                self.set(node, &filter, false);
-            }
-        }
-        gone.len()
     }
 
     /// Appends the nodes with a non-shared filter matching `topic`, each once.

@@ -11,7 +11,7 @@
 //! packet in its read buffer and hands them to the core together, then pulls all the
 //! core has for it into one write.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -171,10 +171,75 @@ struct Entry<W> {
     closing: Option<ReasonCode>,
 }
 
+/// The hub's entries by connection: a vector indexed by the core's connection
+/// index, which is dense (the core reuses freed indices), so about 32 bytes a
+/// connection where a hash map took 54 (the load factor and control bytes).
+struct ConnTable<W> {
+    slots: Vec<Option<(ConnId, Entry<W>)>>,
+    len: usize,
+}
+
+impl<W> ConnTable<W> {
+    fn new() -> Self {
+        ConnTable {
+            slots: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn get(&self, conn: &ConnId) -> Option<&Entry<W>> {
+        match self.slots.get(conn.index()) {
+            Some(Some((id, e))) if id == conn => Some(e),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, conn: &ConnId) -> Option<&mut Entry<W>> {
+        match self.slots.get_mut(conn.index()) {
+            Some(Some((id, e))) if id == conn => Some(e),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, conn: ConnId, entry: Entry<W>) {
+        let i = conn.index();
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if let Some(slot) = self.slots.get_mut(i) {
+            if slot.is_none() {
+                self.len += 1;
+            }
+            *slot = Some((conn, entry));
+        }
+    }
+
+    fn remove(&mut self, conn: &ConnId) -> Option<Entry<W>> {
+        let slot = self.slots.get_mut(conn.index())?;
+        if !matches!(slot, Some((id, _)) if id == conn) {
+            return None;
+        }
+        self.len -= 1;
+        slot.take().map(|(_, e)| e)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Entry<W>> {
+        self.slots.iter().flatten().map(|(_, e)| e)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// The broker core and its connections, for one runtime thread.
 pub struct Hub<W: Wake> {
     broker: Broker,
-    conns: HashMap<ConnId, Entry<W>>,
+    conns: ConnTable<W>,
     timer: Option<W>,
     armed: Option<Instant>,
     /// The parking lot's task, woken when a parked connection must run again.
@@ -279,7 +344,7 @@ impl<W: Wake> Hub<W> {
     pub fn new(broker: Broker) -> Self {
         Hub {
             broker,
-            conns: HashMap::new(),
+            conns: ConnTable::new(),
             timer: None,
             armed: None,
             lot: None,
@@ -957,6 +1022,25 @@ mod tests {
             "CONNECT delivers nothing"
         );
         (conn, io)
+    }
+
+    #[test]
+    fn a_closed_connections_reused_index_is_a_new_entry_and_the_old_id_misses() {
+        let mut hub = Hub::new(Broker::new(broker_state::Config::default(), [7; 32]));
+        let (a, _) = client(&mut hub, b'a');
+        let (b, _) = client(&mut hub, b'b');
+        assert_eq!(hub.len(), 2);
+        hub.closed(now(), a);
+        assert_eq!(hub.len(), 1);
+        assert_eq!(hub.closing(a), None);
+        let (c, _) = client(&mut hub, b'c');
+        assert_eq!(c.index(), a.index(), "the core reuses the freed index");
+        assert_eq!(hub.len(), 2);
+        hub.closed(now(), a);
+        assert_eq!(hub.len(), 2, "the stale id does not remove its successor");
+        hub.closed(now(), c);
+        hub.closed(now(), b);
+        assert!(hub.is_empty());
     }
 
     #[test]

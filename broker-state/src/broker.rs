@@ -116,7 +116,7 @@ pub struct Broker {
     config: Config,
     conns: Slab<Conn>,
     sessions: Slab<Session>,
-    by_client_id: Map<Bytes, SessionKey>,
+    by_client_id: crate::client_ids::ClientIds,
     sessions_per_auth: Map<String, usize>,
     router: Router,
     /// On a node of a cluster: the filters the other nodes announced (shared
@@ -321,7 +321,7 @@ impl Broker {
             config,
             conns: Slab::new(),
             sessions: Slab::new(),
-            by_client_id: Map::with_hasher(hasher),
+            by_client_id: crate::client_ids::ClientIds::new(hasher),
             sessions_per_auth: Map::with_hasher(hasher),
             router: Router::new(hasher),
             remote: cluster::RemoteInterest::new(hasher),
@@ -429,7 +429,7 @@ impl Broker {
 
     /// Client identifier bound to a connection.
     pub fn client_id(&self, conn: ConnId) -> Option<&MqttString> {
-        self.conns.get(key(conn))?.client_id.as_ref()
+        self.conns.get(key(conn))?.client_id(&self.sessions)
     }
 
     /// The transport details given at accept.
@@ -450,8 +450,10 @@ impl Broker {
 
     /// Messages queued (not in flight) for a session, by client id.
     pub fn queued_messages(&self, client_id: &str) -> Option<usize> {
-        let k = *self.by_client_id.get(client_id.as_bytes())?;
-        self.sessions.get(k).map(|s| s.queue.len())
+        let k = self
+            .by_client_id
+            .get(&self.sessions, client_id.as_bytes())?;
+        self.sessions.get(k).map(|s| s.flows.queue.len())
     }
 
     // ---------------------------------------------------------------- inputs
@@ -496,7 +498,7 @@ impl Broker {
     /// CONNECT.
     pub fn handle_accept(&mut self, now: Now, peer: PeerInfo) -> ConnId {
         let deadline = now.instant + self.config.connect_timeout;
-        let mut conn = Conn::new(peer, deadline, now.instant);
+        let mut conn = Conn::new(peer, now.instant);
         // One timer entry per connection: the connect timeout, which becomes the
         // keep-alive check once CONNECT came (`check_connection`).
         conn.timer_at = Some(deadline);
@@ -759,7 +761,7 @@ impl Broker {
                         .flight_session()
                         .and_then(|sk| self.sessions.get_mut(sk))
                         .filter(|s| s.conn.is_none_or(|owner| owner == conn))
-                        .and_then(|s| unsent_flight(&mut s.inflight, id, flights));
+                        .and_then(|s| unsent_flight(&mut s.flows.inflight, id, flights));
                     // Gone (acknowledged early, or dropped): nothing to send.
                     if let Some((f, (p, _))) =
                         flight.and_then(|f| self.msgs.get(f.msg.msg).map(|m| (f, m)))

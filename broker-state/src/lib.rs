@@ -75,6 +75,7 @@ mod alias;
 pub mod authentication;
 pub mod authz;
 mod broker;
+mod client_ids;
 mod config;
 mod event;
 mod hash;

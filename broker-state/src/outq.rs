@@ -260,8 +260,8 @@ pub(crate) struct OutQueue {
     /// Packets at the front of `packets` that go out before anything in `order`.
     lead: u32,
     order: VecDeque<Tag>,
-    /// Flight tags waiting.
-    flights: usize,
+    /// Flight tags waiting (at most the peer's Receive Maximum, 65,535).
+    flights: u32,
     /// Approximate memory held (see `out_size`), bounded by `outbound_buffer_bytes`
     /// for QoS 0.
     bytes: usize,
@@ -278,7 +278,7 @@ impl OutQueue {
 
     /// Flight tags waiting: the newest this many in-flight entries are unsent.
     pub(crate) fn flights(&self) -> usize {
-        self.flights
+        self.flights as usize
     }
 
     /// Once drained: gives the buffers back to the pool (or frees them), so an idle
@@ -402,7 +402,7 @@ impl OutQueue {
         if packets != self.packets.len() {
             return Err("packet tags do not match the packets waiting");
         }
-        if flights != self.flights {
+        if flights != self.flights as usize {
             return Err("flight count does not match the flight tags");
         }
         Ok(())

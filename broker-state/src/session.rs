@@ -171,14 +171,15 @@ pub(crate) struct Session {
     /// Deadline while offline.
     pub(crate) expires_at: Option<Instant>,
     pub(crate) subscriptions: Subscriptions,
-    pub(crate) inflight: VecDeque<InFlight>,
-    pub(crate) queue: VecDeque<Queued>,
-    pub(crate) queue_bytes: usize,
-    /// Incoming QoS 2 packet ids received and not yet released (PUBREL).
-    pub(crate) incoming_qos2: IncomingQos2,
-    pub(crate) last_packet_id: u16,
-    pub(crate) allocations: u64,
+    /// The in-flight window, the queue and the incoming QoS 2 ids: allocated by
+    /// the first message flow (see [`Flows`]).
+    pub(crate) flows: Flows,
+    /// The store's number of the last message queued: never reused within the
+    /// session, so it lives outside `flows`, which may be given back.
     pub(crate) next_seq: u64,
+    /// The packet id handed out last: kept across connections (and when `flows`
+    /// is given back), so that ids go on in sequence.
+    pub(crate) last_packet_id: u16,
     /// A will whose delay is running (the connection is gone).
     /// Boxed: most sessions have none, and a `Publish` is ~240 bytes.
     pub(crate) delayed_will: Option<Box<(Instant, Publish)>>,
@@ -203,13 +204,9 @@ impl Session {
             expiry_interval: 0,
             expires_at: None,
             subscriptions: Subscriptions::default(),
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            queue_bytes: 0,
-            incoming_qos2: IncomingQos2::default(),
-            last_packet_id: 0,
-            allocations: 0,
+            flows: Flows::default(),
             next_seq: 0,
+            last_packet_id: 0,
             delayed_will: None,
             stored: false,
             route_mark: 0,
@@ -220,23 +217,105 @@ impl Session {
         self.expiry_interval > 0
     }
 
+    /// The next free packet id for an outbound message (see
+    /// [`FlowState::next_packet_id`]).
+    pub(crate) fn next_packet_id(&mut self) -> Option<PacketId> {
+        let last = &mut self.last_packet_id;
+        self.flows.next_packet_id(last)
+    }
+
+    pub(crate) fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+}
+
+/// A session's message flows: its in-flight window, its queue, the incoming QoS 2
+/// ids it has not seen released, and its packet id sequence.
+#[derive(Debug, Default)]
+pub(crate) struct FlowState {
+    pub(crate) inflight: VecDeque<InFlight>,
+    pub(crate) queue: VecDeque<Queued>,
+    pub(crate) queue_bytes: usize,
+    /// Incoming QoS 2 packet ids received and not yet released (PUBREL).
+    pub(crate) incoming_qos2: IncomingQos2,
+    /// Packet ids handed out while this state lived (see `next_packet_id`).
+    pub(crate) allocations: u64,
+}
+
+/// What every session without a flow reads.
+static NO_FLOWS: FlowState = FlowState {
+    inflight: VecDeque::new(),
+    queue: VecDeque::new(),
+    queue_bytes: 0,
+    incoming_qos2: IncomingQos2 {
+        ids: Vec::new(),
+        earlier: 0,
+    },
+    allocations: 0,
+};
+
+/// A session's [`FlowState`], boxed and allocated by the first write: most of a
+/// fleet's sessions sit idle with nothing in flight, and keep 8 bytes instead of
+/// the state's 120. Reading through it never allocates (an absent state reads
+/// as empty); writing through it does (`DerefMut`), so code that may find
+/// nothing to do checks with a read first. [`Flows::release_if_idle`] gives the
+/// box back once everything in it is done.
+#[derive(Debug, Default)]
+pub(crate) struct Flows(Option<Box<FlowState>>);
+
+impl core::ops::Deref for Flows {
+    type Target = FlowState;
+    #[inline]
+    fn deref(&self) -> &FlowState {
+        self.0.as_deref().unwrap_or(&NO_FLOWS)
+    }
+}
+
+impl core::ops::DerefMut for Flows {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut FlowState {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl Flows {
+    /// The state, if it is allocated: for changes that have nothing to change
+    /// in an empty one.
+    pub(crate) fn allocated(&mut self) -> Option<&mut FlowState> {
+        self.0.as_deref_mut()
+    }
+
+    /// Frees the state once nothing is queued, in flight or unreleased (the
+    /// session keeps its last packet id and its store sequence).
+    pub(crate) fn release_if_idle(&mut self) {
+        if self.0.as_deref().is_some_and(|f| {
+            f.inflight.is_empty() && f.queue.is_empty() && f.incoming_qos2.ids.is_empty()
+        }) {
+            self.0 = None;
+        }
+    }
+}
+
+impl FlowState {
     /// The next free packet id for an outbound message, or `None` if all 65,535 are
     /// in flight.
     ///
     /// Ids are handed out in sequence and `inflight` is kept in allocation order, so
     /// the candidate can only be taken if the oldest in-flight entry was allocated at
     /// least 65,535 allocations ago; only then is the in-flight list searched.
-    pub(crate) fn next_packet_id(&mut self) -> Option<PacketId> {
+    /// `last_packet_id` is the session's, which outlives this state.
+    pub(crate) fn next_packet_id(&mut self, last_packet_id: &mut u16) -> Option<PacketId> {
         if self.inflight.len() >= u16::MAX as usize {
             return None;
         }
         loop {
-            self.last_packet_id = self.last_packet_id.wrapping_add(1);
-            if self.last_packet_id == 0 {
-                self.last_packet_id = 1;
+            *last_packet_id = last_packet_id.wrapping_add(1);
+            if *last_packet_id == 0 {
+                *last_packet_id = 1;
             }
             self.allocations += 1;
-            let candidate = self.last_packet_id;
+            let candidate = *last_packet_id;
             let maybe_taken = self
                 .inflight
                 .front()
@@ -245,11 +324,6 @@ impl Session {
                 return PacketId::new(candidate);
             }
         }
-    }
-
-    pub(crate) fn take_seq(&mut self) -> u64 {
-        self.next_seq += 1;
-        self.next_seq
     }
 }
 
@@ -346,25 +420,35 @@ impl IncomingQos2 {
     }
 }
 
-/// Per-connection state.
+/// Per-connection state. The client id that names the connection in the
+/// adapter's logs is the session's while it is bound; before and after, the
+/// state keeps it (boxed: 8 bytes in every connection, not a 32-byte string).
 pub(crate) enum ConnState {
-    /// Accepted, waiting for CONNECT until the deadline.
-    AwaitingConnect { deadline: Instant },
+    /// Accepted, waiting for CONNECT until the connection's timer (`timer_at`,
+    /// the connect timeout until CONNECT is accepted). `client_id` once a
+    /// CONNECT is being authenticated.
+    AwaitingConnect { client_id: Option<Box<MqttString>> },
     /// CONNECT accepted; bound to a session.
     Active { session: SessionKey },
     /// The broker is done with it; the adapter drains the output and closes it.
     /// `session` is the one it was bound to, whose in-flight PUBLISHes still queued
     /// for it are written before it closes (as copies would be).
-    Closing { session: Option<SessionKey> },
+    Closing {
+        session: Option<SessionKey>,
+        client_id: Option<Box<MqttString>>,
+    },
 }
 
-/// A connection's authentication beyond its name: what lasts for its life.
+/// What only some connections have: its authentication beyond its name (what
+/// lasts for its life) and the topic aliases its client set.
 #[derive(Debug, Default)]
-pub(crate) struct ConnAuth {
+pub(crate) struct ConnExtras {
     /// The Authentication Method agreed at CONNECT.
     pub(crate) method: Option<MqttString>,
     /// When the credentials stop being valid (monotonic).
     pub(crate) expires: Option<Instant>,
+    /// Inbound topic aliases, indexed by alias - 1; allocated on first use.
+    pub(crate) inbound_aliases: Box<[Option<TopicName>]>,
 }
 
 pub(crate) struct Conn {
@@ -375,8 +459,9 @@ pub(crate) struct Conn {
     pub(crate) out: crate::outq::OutQueue,
     /// A Transmit event is outstanding.
     pub(crate) transmit_signalled: bool,
-    /// 1.5 x Keep Alive, or `None` when keep-alive is off.
-    pub(crate) keep_alive: Option<core::time::Duration>,
+    /// 1.5 x Keep Alive in milliseconds (at most 98,302,500), 0 when keep-alive
+    /// is off: 4 bytes, not an `Option<Duration>`'s 16.
+    pub(crate) keep_alive_ms: u32,
     pub(crate) last_rx: Instant,
     /// When the connection's one timer entry fires (connect timeout, then
     /// keep-alive check); other entries for it are stale.
@@ -385,12 +470,10 @@ pub(crate) struct Conn {
     pub(crate) peer_max_packet: u32,
     /// Peer's Receive Maximum (our window towards it).
     pub(crate) peer_receive_max: u16,
-    /// Inbound topic aliases, indexed by alias - 1; allocated on first use.
-    pub(crate) inbound_aliases: Box<[Option<TopicName>]>,
-    /// The Authentication Method agreed at CONNECT (enhanced authentication) and
-    /// when the credentials expire. Boxed: most connections have neither (8 bytes
-    /// instead of 40 in every `Conn`).
-    pub(crate) auth: Option<Box<ConnAuth>>,
+    /// The Authentication Method agreed at CONNECT (enhanced authentication),
+    /// when the credentials expire, the inbound topic aliases. Boxed: most
+    /// connections have none of them (8 bytes instead of 56 in every `Conn`).
+    pub(crate) extras: Option<Box<ConnExtras>>,
     /// A CONNECT waiting for its authentication (an answer, or the client's next
     /// AUTH).
     pub(crate) pending_connect: Option<Box<PendingConnect>>,
@@ -408,7 +491,6 @@ pub(crate) struct Conn {
     /// Whether the client asked for Reason Strings and User Properties on failures
     /// (Request Problem Information, default true).
     pub(crate) problem_info: bool,
-    pub(crate) client_id: Option<MqttString>,
     /// Session expiry requested at CONNECT was 0 (a DISCONNECT may not raise it
     /// [MQTT-3.14.2-2]).
     pub(crate) connect_expiry_zero: bool,
@@ -424,28 +506,26 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(peer: PeerInfo, deadline: Instant, now: Instant) -> Self {
+    pub(crate) fn new(peer: PeerInfo, now: Instant) -> Self {
         Conn {
             peer,
-            state: ConnState::AwaitingConnect { deadline },
+            state: ConnState::AwaitingConnect { client_id: None },
             version: ProtocolVersion::V3_1_1,
             out: crate::outq::OutQueue::default(),
             transmit_signalled: false,
-            keep_alive: None,
+            keep_alive_ms: 0,
             last_rx: now,
             timer_at: None,
             peer_max_packet: u32::MAX,
             peer_receive_max: u16::MAX,
-            inbound_aliases: Box::default(),
             peer_topic_alias_max: 0,
-            auth: None,
+            extras: None,
             pending_connect: None,
             auth_ticket: 0,
             reauthenticating: false,
             out_aliases: crate::alias::OutboundAliases::default(),
             will: None,
             problem_info: true,
-            client_id: None,
             connect_expiry_zero: true,
             unsendable: false,
             held_acks: 0,
@@ -475,15 +555,39 @@ impl Conn {
     pub(crate) fn flight_session(&self) -> Option<SessionKey> {
         match self.state {
             ConnState::Active { session } => Some(session),
-            ConnState::Closing { session } => session,
+            ConnState::Closing { session, .. } => session,
             ConnState::AwaitingConnect { .. } => None,
         }
     }
 
-    /// Marks the connection closing (remembering its session, see `Closing`).
-    pub(crate) fn start_closing(&mut self) {
+    /// The client id naming the connection: its session's while bound (looked
+    /// up in `sessions`), else the one its state keeps.
+    pub(crate) fn client_id<'a>(
+        &'a self,
+        sessions: &'a crate::ids::Slab<Session>,
+    ) -> Option<&'a MqttString> {
+        match &self.state {
+            ConnState::Active { session } => sessions.get(*session).map(|s| &s.client_id),
+            ConnState::AwaitingConnect { client_id } | ConnState::Closing { client_id, .. } => {
+                client_id.as_deref()
+            }
+        }
+    }
+
+    /// Marks the connection closing (remembering its session, see `Closing`, and
+    /// its client id, looked up in `sessions`).
+    pub(crate) fn start_closing(&mut self, sessions: &crate::ids::Slab<Session>) {
+        let client_id = match &mut self.state {
+            ConnState::Active { session } => sessions
+                .get(*session)
+                .map(|s| Box::new(s.client_id.clone())),
+            ConnState::AwaitingConnect { client_id } | ConnState::Closing { client_id, .. } => {
+                client_id.take()
+            }
+        };
         self.state = ConnState::Closing {
             session: self.flight_session(),
+            client_id,
         };
     }
 }
@@ -503,4 +607,49 @@ pub(crate) fn approx_size(p: &Publish) -> usize {
 
 pub(crate) fn qos_min(a: QoS, b: QoS) -> QoS {
     a.min(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(flows: &Flows) -> bool {
+        flows.0.is_some()
+    }
+
+    #[test]
+    fn an_idle_session_holds_no_flow_state_and_reading_it_allocates_none() {
+        assert!(
+            core::mem::size_of::<Flows>() == 8,
+            "the point of Flows is one pointer in every session"
+        );
+        let mut s = Session::new(MqttString::default(), None);
+        assert!(s.flows.inflight.is_empty() && s.flows.queue.is_empty());
+        assert_eq!(s.flows.queue_bytes, 0);
+        assert!(s.flows.allocated().is_none());
+        assert!(
+            !held(&s.flows),
+            "reads and `allocated` leave it unallocated"
+        );
+
+        // The first packet id allocates it; ids go on in sequence after it is
+        // given back.
+        assert_eq!(s.next_packet_id().map(|p| p.get()), Some(1));
+        assert!(held(&s.flows));
+        s.flows.release_if_idle();
+        assert!(!held(&s.flows), "nothing in flight: given back");
+        assert_eq!(s.next_packet_id().map(|p| p.get()), Some(2));
+    }
+
+    #[test]
+    fn flow_state_in_use_is_kept() {
+        let mut s = Session::new(MqttString::default(), None);
+        let id = PacketId::new(7).expect("non-zero");
+        s.flows.incoming_qos2.insert(id);
+        s.flows.release_if_idle();
+        assert!(held(&s.flows), "an unreleased QoS 2 id keeps it");
+        assert!(s.flows.incoming_qos2.release(id));
+        s.flows.release_if_idle();
+        assert!(!held(&s.flows));
+    }
 }

@@ -9,7 +9,7 @@ use crate::authentication::{AuthKind, AuthQuestion, AuthTicket, MAX_HELD_PACKETS
 use crate::event::{Acquired, ClusterOp, Event, Now};
 use crate::hooks::{AuthRequest, AuthStep};
 use crate::ids::ConnKey;
-use crate::session::{ConnAuth, ConnState, PendingConnect};
+use crate::session::{ConnExtras, ConnState, PendingConnect};
 use crate::timer::TimerKind;
 use std::time::Instant;
 
@@ -171,8 +171,11 @@ impl Broker {
         // The client id names the connection in the adapter's logs, also when the
         // answer refuses it.
         if let Some(c) = self.conns.get_mut(k) {
-            if c.client_id.is_none() {
-                c.client_id = Some(pending.plan.client_id.clone());
+            if let ConnState::AwaitingConnect {
+                client_id: id @ None,
+            } = &mut c.state
+            {
+                *id = Some(Box::new(pending.plan.client_id.clone()));
             }
         }
         let method = pending.connect.properties.authentication_method.clone();
@@ -183,7 +186,7 @@ impl Broker {
             &method,
             matches!(step, AuthStep::Failure(_)),
         ) {
-            c.auth.get_or_insert_with(Box::default).method = Some(m.clone());
+            c.extras.get_or_insert_with(Box::default).method = Some(m.clone());
         }
         match (step, method) {
             (AuthStep::Continue(data), Some(method)) => {
@@ -322,7 +325,10 @@ impl Broker {
             Acquired::QuotaExceeded => return self.refuse(k, ReasonCode::QuotaExceeded),
         };
         if !records.is_empty() && !connect.clean_start {
-            if let Some(&sk) = self.by_client_id.get(plan.client_id.as_bytes()) {
+            if let Some(sk) = self
+                .by_client_id
+                .get(&self.sessions, plan.client_id.as_bytes())
+            {
                 self.release_session(now, sk);
             }
             for op in records {
@@ -357,7 +363,7 @@ impl Broker {
     pub(super) fn on_auth(&mut self, now: Now, k: ConnKey, a: Auth) {
         let Some(c) = self.conns.get(k) else { return };
         let connected = matches!(c.state, ConnState::Active { .. });
-        let agreed = c.auth.as_ref().and_then(|a| a.method.clone());
+        let agreed = c.extras.as_ref().and_then(|a| a.method.clone());
         let method = a.properties.authentication_method.clone();
         // [MQTT-4.12.0-1] no method agreed at CONNECT; [MQTT-4.12.0-5] the method
         // may not change; and no AUTH while the server has not answered the last.
@@ -370,10 +376,9 @@ impl Broker {
         let data = a.properties.authentication_data;
         let pending = !connected && c.pending_connect.is_some();
         let reauth_running = connected && c.reauthenticating;
-        let client_id = match (&c.pending_connect, &c.client_id) {
-            (Some(p), _) => p.plan.client_id.clone(),
-            (None, Some(id)) => id.clone(),
-            (None, None) => MqttString::default(),
+        let client_id = match &c.pending_connect {
+            Some(p) => p.plan.client_id.clone(),
+            None => c.client_id(&self.sessions).cloned().unwrap_or_default(),
         };
         let kind = match a.reason_code {
             ReasonCode::ContinueAuthentication if pending || reauth_running => AuthKind::Step {
@@ -400,7 +405,7 @@ impl Broker {
         let Some(agreed) = self
             .conns
             .get(k)
-            .and_then(|c| c.auth.as_ref()?.method.clone())
+            .and_then(|c| c.extras.as_ref()?.method.clone())
         else {
             return;
         };
@@ -464,13 +469,13 @@ impl Broker {
         let Some(c) = self.conns.get_mut(k) else {
             return;
         };
-        match (&mut c.auth, expires) {
+        match (&mut c.extras, expires) {
             (Some(a), _) => a.expires = expires,
             (None, None) => return,
             (slot @ None, Some(_)) => {
-                *slot = Some(Box::new(ConnAuth {
-                    method: None,
+                *slot = Some(Box::new(ConnExtras {
                     expires,
+                    ..ConnExtras::default()
                 }))
             }
         }

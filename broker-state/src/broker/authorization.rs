@@ -163,8 +163,8 @@ impl Broker {
     /// must know before a QoS 0 message, which MQTT never acknowledges (publish
     /// over HTTP answers 403). `false` for a client id with no session.
     pub fn may_publish(&mut self, client_id: &[u8], topic: &TopicName, retain: bool) -> bool {
-        match self.by_client_id.get(client_id) {
-            Some(&sk) => self.session_may_publish(sk, topic, retain),
+        match self.by_client_id.get(&self.sessions, client_id) {
+            Some(sk) => self.session_may_publish(sk, topic, retain),
             None => false,
         }
     }

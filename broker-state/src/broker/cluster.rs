@@ -190,7 +190,7 @@ impl Broker {
     /// other node reads it, which the transport sees to. Returns whether there
     /// was one.
     pub fn handle_session_claimed(&mut self, now: Now, client_id: &[u8]) -> bool {
-        let Some(&sk) = self.by_client_id.get(client_id) else {
+        let Some(sk) = self.by_client_id.get(&self.sessions, client_id) else {
             return false;
         };
         self.stats.cluster_takeovers += 1;
@@ -211,7 +211,10 @@ impl Broker {
         let mut n = 0;
         for op in records {
             if let StoreOp::SessionUpsert(rec) = &op {
-                if let Some(&sk) = self.by_client_id.get(rec.client_id.as_bytes()) {
+                if let Some(sk) = self
+                    .by_client_id
+                    .get(&self.sessions, rec.client_id.as_bytes())
+                {
                     self.release_session(now, sk);
                 }
                 n += 1;
@@ -237,11 +240,13 @@ impl Broker {
         };
         s.stored = false;
         s.delayed_will = None;
-        for q in s.queue.iter_mut() {
-            q.shared = None;
-        }
-        for f in s.inflight.iter_mut() {
-            f.msg.shared = None;
+        if let Some(flows) = s.flows.allocated() {
+            for q in flows.queue.iter_mut() {
+                q.shared = None;
+            }
+            for f in flows.inflight.iter_mut() {
+                f.msg.shared = None;
+            }
         }
         // It lives on elsewhere: not ended for the cluster.
         self.end_session_as(now, sk, false);

@@ -75,7 +75,7 @@ impl Broker {
         // name is not for this client. A session without an owner (created by a
         // client without an authentication name) follows the plain MQTT rules, and
         // a client with a name that resumes or replaces it becomes its owner.
-        let existing = self.by_client_id.get(client_id.as_bytes()).copied();
+        let existing = self.by_client_id.get(&self.sessions, client_id.as_bytes());
         let existing_owner = existing
             .and_then(|sk| self.sessions.get(sk))
             .map(|s| s.auth_name.as_ref());
@@ -242,7 +242,7 @@ impl Broker {
                 let sk = self
                     .sessions
                     .insert(Session::new(client_id.clone(), auth_name.clone()));
-                self.by_client_id.insert(client_id.as_shared().clone(), sk);
+                self.by_client_id.insert(&self.sessions, sk);
                 if let Some(a) = &auth_name {
                     self.count_owned_session(a);
                 }
@@ -258,20 +258,22 @@ impl Broker {
             s.expires_at = None;
             s.expiry_interval = granted;
             // The send quota starts afresh with the connection (5.0 section 4.9).
-            s.incoming_qos2.new_connection();
+            if let Some(f) = s.flows.allocated() {
+                f.incoming_qos2.new_connection();
+            }
             // [MQTT-3.1.3-9] a resumed session cancels a will whose delay is running.
             s.delayed_will = None;
         }
         let keep_alive_deadline = if keep_alive > 0 {
-            // [MQTT-3.1.2-24] 1.5 times the Keep Alive.
-            let ka = Duration::from_millis(u64::from(keep_alive) * 1500);
-            Some((ka, now.instant + ka))
+            // [MQTT-3.1.2-24] 1.5 times the Keep Alive (65,535 s at most: fits
+            // in 32 bits of milliseconds).
+            let ka_ms = u32::from(keep_alive) * 1500;
+            Some((ka_ms, now.instant + Duration::from_millis(u64::from(ka_ms))))
         } else {
             None
         };
         if let Some(c) = self.conns.get_mut(k) {
             c.state = ConnState::Active { session: sk };
-            c.client_id = Some(client_id.clone());
             c.will = will.map(Box::new);
             c.connect_expiry_zero = requested == 0;
             if v5 {
@@ -286,7 +288,7 @@ impl Broker {
                 c.peer_receive_max = self.config.max_inflight_v3;
             }
             if let Some((ka, deadline)) = keep_alive_deadline {
-                c.keep_alive = Some(ka);
+                c.keep_alive_ms = ka;
                 // The connection's timer (armed for the connect timeout) checks the
                 // keep-alive when it fires; a new entry only if that is too late.
                 if c.timer_at.is_none_or(|at| at > deadline) {
@@ -316,7 +318,11 @@ impl Broker {
     pub(super) fn assign_client_id(&mut self) -> MqttString {
         loop {
             let id = format!("brokk-{:016x}", self.rng.next_u64());
-            if !self.by_client_id.contains_key(id.as_bytes()) {
+            if self
+                .by_client_id
+                .get(&self.sessions, id.as_bytes())
+                .is_none()
+            {
                 // Only ASCII hex digits: always a valid MQTT string.
                 if let Ok(s) = MqttString::copy_from_str(&id) {
                     return s;
@@ -342,10 +348,11 @@ impl Broker {
         let (Some(s), Some(c)) = (self.sessions.get_mut(sk), self.conns.get(k)) else {
             return;
         };
-        let mut packets = Vec::with_capacity(s.inflight.len());
+        let mut packets = Vec::with_capacity(s.flows.inflight.len());
         let mut expired = Vec::new();
         let mut too_large = Vec::new();
-        for f in s.inflight.iter_mut() {
+        let window = s.flows.allocated().map(|f| f.inflight.iter_mut());
+        for f in window.into_iter().flatten() {
             // Resent as copies below: no output queue names them any more.
             f.sent = true;
             match f.state {

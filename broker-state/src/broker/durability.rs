@@ -196,7 +196,7 @@ impl Broker {
             }
             Packet::PubRec(mut a) if v5 => {
                 if let Some(s) = sk.and_then(|sk| self.sessions.get_mut(sk)) {
-                    s.incoming_qos2.release(a.packet_id);
+                    s.flows.incoming_qos2.release(a.packet_id);
                 }
                 a.reason_code = ReasonCode::UnspecifiedError;
                 a.properties = self.ack_properties(k, a.reason_code);

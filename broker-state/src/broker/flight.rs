@@ -9,8 +9,8 @@ impl Broker {
     /// or near the front.
     fn flight_of(&self, sk: SessionKey, id: PacketId) -> Option<(usize, (QoS, FlightState))> {
         let s = self.sessions.get(sk)?;
-        let i = s.inflight.iter().position(|f| f.packet_id == id)?;
-        let f = &s.inflight[i];
+        let i = s.flows.inflight.iter().position(|f| f.packet_id == id)?;
+        let f = &s.flows.inflight[i];
         Some((i, (f.msg.qos, f.state)))
     }
 
@@ -70,7 +70,7 @@ impl Broker {
                 if let Some(s) = self.sessions.get_mut(sk) {
                     let stored = self.config.store_effects && s.persistent();
                     let mut released = None;
-                    if let Some(f) = s.inflight.get_mut(at) {
+                    if let Some(f) = s.flows.inflight.get_mut(at) {
                         if f.state == FlightState::Published && stored {
                             released = Some(f.msg.seq);
                         }
@@ -95,7 +95,7 @@ impl Broker {
             return;
         };
         let mut comp = PubAck::new(a.packet_id);
-        if !s.incoming_qos2.release(a.packet_id) {
+        if !s.flows.incoming_qos2.release(a.packet_id) {
             comp.reason_code = ReasonCode::PacketIdentifierNotFound;
         } else if self.config.store_effects && s.persistent() {
             let client_id = s.client_id.clone();
@@ -115,7 +115,7 @@ impl Broker {
         let at = self
             .sessions
             .get(sk)
-            .and_then(|s| s.inflight.iter().position(|f| f.packet_id == id));
+            .and_then(|s| s.flows.inflight.iter().position(|f| f.packet_id == id));
         if let Some(at) = at {
             self.remove_inflight_at(sk, at);
         }
@@ -127,7 +127,7 @@ impl Broker {
         let Some(s) = self.sessions.get_mut(sk) else {
             return;
         };
-        let Some(f) = s.inflight.remove(at) else {
+        let Some(f) = s.flows.inflight.remove(at) else {
             return;
         };
         self.msgs.release(f.msg.msg);

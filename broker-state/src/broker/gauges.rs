@@ -43,9 +43,9 @@ impl Broker {
             } else {
                 g.sessions_offline += 1;
             }
-            g.queued_messages += s.queue.len();
-            g.queued_bytes += s.queue_bytes;
-            g.inflight += s.inflight.len();
+            g.queued_messages += s.flows.queue.len();
+            g.queued_bytes += s.flows.queue_bytes;
+            g.inflight += s.flows.inflight.len();
         }
         g
     }

@@ -90,7 +90,7 @@ impl Broker {
         let mut owned = 0;
         for (sk, s) in self.sessions.iter() {
             let name = &s.client_id;
-            if self.by_client_id.get(name.as_bytes()) != Some(&sk) {
+            if self.by_client_id.get(&self.sessions, name.as_bytes()) != Some(sk) {
                 return Err(format!("session {name:?} is not indexed by its client id"));
             }
             if let Some(c) = s.conn {
@@ -105,22 +105,23 @@ impl Broker {
                     return Err(format!("online session {name:?} has an expiry deadline"));
                 }
             }
-            let bytes: usize = s.queue.iter().map(|q| self.msgs.size(q.msg)).sum();
-            if bytes != s.queue_bytes {
+            let bytes: usize = s.flows.queue.iter().map(|q| self.msgs.size(q.msg)).sum();
+            if bytes != s.flows.queue_bytes {
                 return Err(format!(
                     "session {name:?}: queue_bytes {} but {bytes} bytes queued",
-                    s.queue_bytes
+                    s.flows.queue_bytes
                 ));
             }
-            if s.queue.len() > max_queue || s.queue_bytes > max_queue_bytes {
+            if s.flows.queue.len() > max_queue || s.flows.queue_bytes > max_queue_bytes {
                 return Err(format!(
                     "session {name:?}: {} messages / {} bytes queued, over the limits",
-                    s.queue.len(),
-                    s.queue_bytes
+                    s.flows.queue.len(),
+                    s.flows.queue_bytes
                 ));
             }
-            for (i, f) in s.inflight.iter().enumerate() {
-                if s.inflight
+            for (i, f) in s.flows.inflight.iter().enumerate() {
+                if s.flows
+                    .inflight
                     .iter()
                     .skip(i + 1)
                     .any(|g| g.packet_id == f.packet_id)
@@ -131,7 +132,7 @@ impl Broker {
                     ));
                 }
             }
-            let (ids, earlier) = s.incoming_qos2.ids();
+            let (ids, earlier) = s.flows.incoming_qos2.ids();
             if earlier > ids.len() {
                 return Err(format!(
                     "session {name:?}: {earlier} incoming QoS 2 ids of earlier connections, \
@@ -173,7 +174,12 @@ impl Broker {
             }
         }
         for (_, s) in self.sessions.iter() {
-            for q in s.queue.iter().chain(s.inflight.iter().map(|f| &f.msg)) {
+            for q in s
+                .flows
+                .queue
+                .iter()
+                .chain(s.flows.inflight.iter().map(|f| &f.msg))
+            {
                 *refs.entry(q.msg).or_default() += 1;
             }
         }

@@ -21,7 +21,7 @@ impl Broker {
         // [MQTT-3.1.2-10] a normal DISCONNECT discards the will; 0x04 keeps it.
         let with_will = d.reason_code == ReasonCode::DisconnectWithWillMessage;
         if let Some(c) = self.conns.get_mut(k) {
-            c.start_closing();
+            c.start_closing(&self.sessions);
         }
         self.events.push_back(Event::Close {
             conn: conn_id(k),
@@ -44,7 +44,7 @@ impl Broker {
         }
         self.push_disconnect(k, code);
         if let Some(c) = self.conns.get_mut(k) {
-            c.start_closing();
+            c.start_closing(&self.sessions);
         }
         self.events.push_back(Event::Close {
             conn: conn_id(k),
@@ -89,7 +89,7 @@ impl Broker {
             if matches!(c.state, ConnState::Closing { .. }) {
                 return;
             }
-            c.start_closing();
+            c.start_closing(&self.sessions);
             self.events.push_back(Event::Close {
                 conn: conn_id(k),
                 reason,
@@ -111,7 +111,7 @@ impl Broker {
         } else {
             Ending::Lost
         };
-        c.start_closing();
+        c.start_closing(&self.sessions);
         self.detach(now, k, sk, publish_will, ending);
     }
 
@@ -141,6 +141,7 @@ impl Broker {
             return;
         };
         s.conn = None;
+        s.flows.release_if_idle();
         let expiry = s.expiry_interval;
         if let (true, Some(w)) = (publish_will, will) {
             // [MQTT-3.1.3-9] the will waits for the smaller of its delay and the
@@ -181,7 +182,7 @@ impl Broker {
         let ok = key(old);
         self.push_disconnect(ok, ReasonCode::SessionTakenOver);
         if let Some(c) = self.conns.get_mut(ok) {
-            c.start_closing();
+            c.start_closing(&self.sessions);
         }
         self.events.push_back(Event::Close {
             conn: old,
@@ -224,8 +225,8 @@ impl Broker {
             self.events.push_back(Event::SessionEnded {
                 client_id: s.client_id.clone(),
                 reason,
-                queued_messages: s.queue.len() + s.inflight.len(),
-                queued_bytes: s.queue_bytes,
+                queued_messages: s.flows.queue.len() + s.flows.inflight.len(),
+                queued_bytes: s.flows.queue_bytes,
             });
         }
     }
@@ -242,7 +243,7 @@ impl Broker {
         let Some(s) = self.sessions.remove(sk) else {
             return;
         };
-        self.by_client_id.remove(s.client_id.as_bytes());
+        self.by_client_id.remove(s.client_id.as_bytes(), sk);
         if let Some(a) = &s.auth_name {
             self.uncount_owned_session(a);
         }
@@ -257,7 +258,12 @@ impl Broker {
             self.route_unsubscribe(&sub.filter, sk);
         }
         self.redeliver_shared(now, sk, &s);
-        for q in s.queue.iter().chain(s.inflight.iter().map(|f| &f.msg)) {
+        for q in s
+            .flows
+            .queue
+            .iter()
+            .chain(s.flows.inflight.iter().map(|f| &f.msg))
+        {
             self.msgs.release(q.msg);
         }
         // `stored`, not `persistent()`: a DISCONNECT may have set the expiry to 0.
@@ -284,11 +290,12 @@ impl Broker {
     /// exactly once.
     pub(super) fn redeliver_shared(&mut self, now: Now, ended: SessionKey, s: &Session) {
         let unacked = s
+            .flows
             .inflight
             .iter()
             .filter(|f| f.state == FlightState::Published)
             .map(|f| &f.msg)
-            .chain(s.queue.iter());
+            .chain(s.flows.queue.iter());
         for q in unacked {
             let Some((filter, published)) = &q.shared else {
                 continue;
@@ -344,20 +351,22 @@ impl Broker {
             return;
         }
         c.timer_at = None;
-        match c.state {
-            ConnState::AwaitingConnect { deadline } if deadline <= now.instant => {
+        let sk = match c.state {
+            // Until CONNECT is accepted, the timer is the connect timeout.
+            ConnState::AwaitingConnect { .. } => {
                 return self.close(k, ReasonCode::MaximumConnectTime);
             }
-            ConnState::Active { .. } => {}
+            ConnState::Active { session } => session,
             _ => return,
-        }
+        };
         // Credentials that expired (a token's `exp`) and were not renewed by a
         // re-authentication: the time this connection was authorized for is over.
-        let expires = c.auth.as_ref().and_then(|a| a.expires);
+        let expires = c.extras.as_ref().and_then(|a| a.expires);
         if expires.is_some_and(|at| at <= now.instant) {
             return self.violation(now, k, ReasonCode::MaximumConnectTime);
         }
-        let keep_alive = c.keep_alive.map(|ka| c.last_rx + ka);
+        let keep_alive = (c.keep_alive_ms > 0)
+            .then(|| c.last_rx + Duration::from_millis(u64::from(c.keep_alive_ms)));
         if keep_alive.is_some_and(|at| at <= now.instant) {
             // [MQTT-3.1.2-24] nothing received for 1.5 x Keep Alive.
             return self.violation(now, k, ReasonCode::KeepAliveTimeout);
@@ -365,6 +374,11 @@ impl Broker {
         if let Some(next) = keep_alive.into_iter().chain(expires).min() {
             c.timer_at = Some(next);
             self.timers.schedule(next, TimerKind::Conn(k));
+        }
+        // A connection that went quiet gives back its session's flow state (the
+        // keep-alive check is its periodic visit).
+        if let Some(s) = self.sessions.get_mut(sk) {
+            s.flows.release_if_idle();
         }
     }
 }

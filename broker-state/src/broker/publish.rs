@@ -25,11 +25,12 @@ impl Broker {
                     return self.violation(now, k, ReasonCode::TopicAliasInvalid);
                 }
                 let slot = usize::from(alias.get() - 1);
-                if c.inbound_aliases.len() < usize::from(max) {
-                    c.inbound_aliases = vec![None; usize::from(max)].into_boxed_slice();
+                let aliases = &mut c.extras.get_or_insert_with(Box::default).inbound_aliases;
+                if aliases.len() < usize::from(max) {
+                    *aliases = vec![None; usize::from(max)].into_boxed_slice();
                 }
                 if p.topic.is_empty() {
-                    match &c.inbound_aliases[slot] {
+                    match &aliases[slot] {
                         Some(t) => p.topic = t.clone(),
                         // Section 3.3.2.3.4: an empty topic with an alias that names no topic.
                         None => return self.violation(now, k, ReasonCode::ProtocolError),
@@ -37,7 +38,7 @@ impl Broker {
                 } else {
                     // Aliases live as long as the connection: keep the topic, not the
                     // read buffer it points into.
-                    c.inbound_aliases[slot] = Some(detach_topic(&p.topic));
+                    aliases[slot] = Some(detach_topic(&p.topic));
                 }
             }
         }
@@ -51,7 +52,7 @@ impl Broker {
                 return;
             };
             // QoS 2 duplicate: acknowledge again, do not route again [MQTT-4.3.3-2].
-            if s.incoming_qos2.received_again(id) {
+            if s.flows.incoming_qos2.received_again(id) {
                 self.push_ack(k, Packet::PubRec(PubAck::new(id)), mark);
                 return;
             }
@@ -63,7 +64,8 @@ impl Broker {
             // `IncomingQos2`); closing a conforming client instead would lose its
             // messages.
             if v5
-                && s.incoming_qos2.on_this_connection() >= usize::from(self.config.receive_maximum)
+                && s.flows.incoming_qos2.on_this_connection()
+                    >= usize::from(self.config.receive_maximum)
             {
                 return self.violation(now, k, ReasonCode::ReceiveMaximumExceeded);
             }
@@ -114,7 +116,7 @@ impl Broker {
             (QoS::ExactlyOnce, Some(id)) => {
                 if code.is_success() {
                     if let Some(s) = self.sessions.get_mut(sk) {
-                        s.incoming_qos2.insert(id);
+                        s.flows.incoming_qos2.insert(id);
                         if self.config.store_effects && s.persistent() {
                             let client_id = s.client_id.clone();
                             self.emit_store(StoreOp::Qos2Received {
@@ -364,7 +366,7 @@ impl Broker {
                 // The size is checked where the message goes out, in
                 // `send_inflight`, which queued messages pass through as well.
                 let window = usize::from(c.peer_receive_max);
-                if s.inflight.len() < window && s.queue.is_empty() {
+                if s.flows.inflight.len() < window && s.flows.queue.is_empty() {
                     self.store_enqueue(sk, &q, now);
                     self.send_inflight(now, ck, sk, q);
                 } else {
@@ -414,20 +416,20 @@ impl Broker {
         }
         let Some(id) = s.next_packet_id() else {
             // All 65,535 ids in flight: keep it queued.
-            s.queue_bytes += self.msgs.size(q.msg);
-            s.queue.push_front(q);
+            s.flows.queue_bytes += self.msgs.size(q.msg);
+            s.flows.queue.push_front(q);
             return;
         };
         // The in-flight entry is what goes on the wire: the output queue only names it.
         let size = self.msgs.size(q.msg);
-        let allocated = s.allocations;
+        let allocated = s.flows.allocations;
         let qos2 = q.qos == QoS::ExactlyOnce;
         let sent_op = (self.config.store_effects && s.persistent()).then(|| StoreOp::MessageSent {
             client_id: s.client_id.clone(),
             seq: q.seq,
             packet_id: id.get(),
         });
-        s.inflight.push_back(InFlight {
+        s.flows.inflight.push_back(InFlight {
             packet_id: id,
             state: FlightState::Published,
             msg: q,
@@ -454,7 +456,7 @@ impl Broker {
         };
         let size = self.msgs.size(q.msg);
         let full = |s: &Session| {
-            s.queue.len() + 1 > limits.messages || s.queue_bytes + size > limits.bytes
+            s.flows.queue.len() + 1 > limits.messages || s.flows.queue_bytes + size > limits.bytes
         };
         // A message larger than the queue's whole byte limit can never be queued:
         // drop it alone, whatever the policy, instead of first discarding (or ending
@@ -475,10 +477,10 @@ impl Broker {
                 // Slow consumer, online: drop the oldest QoS 1 message; if only QoS 2
                 // messages wait, drop the new one (QoS 2 is never dropped once queued).
                 while full(s) {
-                    match s.queue.iter().position(|m| m.qos == QoS::AtLeastOnce) {
+                    match s.flows.queue.iter().position(|m| m.qos == QoS::AtLeastOnce) {
                         Some(i) => {
-                            if let Some(old) = s.queue.remove(i) {
-                                s.queue_bytes -= self.msgs.size(old.msg);
+                            if let Some(old) = s.flows.queue.remove(i) {
+                                s.flows.queue_bytes -= self.msgs.size(old.msg);
                                 removed.push(old.seq);
                                 self.msgs.release(old.msg);
                             }
@@ -507,9 +509,9 @@ impl Broker {
                     }
                     OverflowPolicy::DropOldest => {
                         while full(s) {
-                            match s.queue.pop_front() {
+                            match s.flows.queue.pop_front() {
                                 Some(old) => {
-                                    s.queue_bytes -= self.msgs.size(old.msg);
+                                    s.flows.queue_bytes -= self.msgs.size(old.msg);
                                     removed.push(old.seq);
                                     self.msgs.release(old.msg);
                                     self.stats.dropped_offline_queue_full += 1;
@@ -534,8 +536,8 @@ impl Broker {
         if drop_new {
             self.msgs.release(q.msg);
         } else {
-            s.queue_bytes += size;
-            s.queue.push_back(q);
+            s.flows.queue_bytes += size;
+            s.flows.queue.push_back(q);
         }
         // The store forgets what was dropped, also when the new message was dropped
         // too (otherwise a restart would bring the dropped messages back).
@@ -543,7 +545,7 @@ impl Broker {
             self.store_remove(persistent, client_id.clone(), seq);
         }
         if self.config.store_effects && persistent && !drop_new {
-            if let Some(q) = self.sessions.get(sk).and_then(|s| s.queue.back()) {
+            if let Some(q) = self.sessions.get(sk).and_then(|s| s.flows.queue.back()) {
                 if let Some(op) = enqueue_op(&self.msgs, client_id, q, now) {
                     self.emit_store(op);
                 }
@@ -559,11 +561,18 @@ impl Broker {
             };
             let Some(ck) = s.conn.map(key) else { return };
             let Some(c) = self.conns.get(ck) else { return };
-            if c.session() != Some(sk) || s.inflight.len() >= usize::from(c.peer_receive_max) {
+            if c.session() != Some(sk) || s.flows.inflight.len() >= usize::from(c.peer_receive_max)
+            {
                 return;
             }
-            let Some(q) = s.queue.pop_front() else { return };
-            s.queue_bytes -= self.msgs.size(q.msg);
+            // (A read first: a session without flows keeps none.)
+            if s.flows.queue.is_empty() {
+                return;
+            }
+            let Some(q) = s.flows.queue.pop_front() else {
+                return;
+            };
+            s.flows.queue_bytes -= self.msgs.size(q.msg);
             self.send_inflight(now, ck, sk, q);
         }
     }

@@ -5,7 +5,9 @@ use super::*;
 impl Broker {
     /// The session a store record names, if it was restored.
     fn restored_session(&mut self, client_id: &MqttString) -> Option<&mut Session> {
-        let k = *self.by_client_id.get(client_id.as_bytes())?;
+        let k = self
+            .by_client_id
+            .get(&self.sessions, client_id.as_bytes())?;
         self.sessions.get_mut(k)
     }
 
@@ -16,15 +18,17 @@ impl Broker {
     pub fn handle_restore(&mut self, now: Now, op: StoreOp) {
         match op {
             StoreOp::SessionUpsert(rec) => {
-                let k = match self.by_client_id.get(rec.client_id.as_bytes()) {
-                    Some(&k) => k,
+                let k = match self
+                    .by_client_id
+                    .get(&self.sessions, rec.client_id.as_bytes())
+                {
+                    Some(k) => k,
                     None => {
                         let k = self.sessions.insert(Session::new(
                             rec.client_id.clone(),
                             rec.authentication_name.clone(),
                         ));
-                        self.by_client_id
-                            .insert(rec.client_id.as_shared().clone(), k);
+                        self.by_client_id.insert(&self.sessions, k);
                         if let Some(a) = &rec.authentication_name {
                             self.count_owned_session(a);
                         }
@@ -73,7 +77,7 @@ impl Broker {
                 }
             }
             StoreOp::SessionRemove { client_id } => {
-                if let Some(&k) = self.by_client_id.get(client_id.as_bytes()) {
+                if let Some(k) = self.by_client_id.get(&self.sessions, client_id.as_bytes()) {
                     self.end_session(now, k);
                 }
             }
@@ -82,7 +86,7 @@ impl Broker {
                 seq,
                 message,
             } => {
-                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                let Some(k) = self.by_client_id.get(&self.sessions, client_id.as_bytes()) else {
                     return;
                 };
                 let Some(expires_at) = wall_to_instant(now, message.expires_at_unix_ms) else {
@@ -97,8 +101,8 @@ impl Broker {
                     strip_delivery(&mut p);
                     let msg = self.msgs.insert(p, expires_at);
                     s.next_seq = s.next_seq.max(seq);
-                    s.queue_bytes += self.msgs.size(msg);
-                    s.queue.push_back(Queued {
+                    s.flows.queue_bytes += self.msgs.size(msg);
+                    s.flows.queue.push_back(Queued {
                         msg,
                         qos,
                         retain,
@@ -110,13 +114,13 @@ impl Broker {
                 }
             }
             StoreOp::MessageRemove { client_id, seq } => {
-                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                let Some(k) = self.by_client_id.get(&self.sessions, client_id.as_bytes()) else {
                     return;
                 };
                 if let Some(s) = self.sessions.get_mut(k) {
-                    if let Some(i) = s.queue.iter().position(|q| q.seq == seq) {
-                        if let Some(q) = s.queue.remove(i) {
-                            s.queue_bytes -= self.msgs.size(q.msg);
+                    if let Some(i) = s.flows.queue.iter().position(|q| q.seq == seq) {
+                        if let Some(q) = s.flows.queue.remove(i) {
+                            s.flows.queue_bytes -= self.msgs.size(q.msg);
                             self.msgs.release(q.msg);
                         }
                     }
@@ -137,7 +141,7 @@ impl Broker {
                 seq,
                 packet_id,
             } => {
-                let Some(&k) = self.by_client_id.get(client_id.as_bytes()) else {
+                let Some(k) = self.by_client_id.get(&self.sessions, client_id.as_bytes()) else {
                     return;
                 };
                 let Some(id) = PacketId::new(packet_id) else {
@@ -146,18 +150,18 @@ impl Broker {
                 let Some(s) = self.sessions.get_mut(k) else {
                     return;
                 };
-                let Some(i) = s.queue.iter().position(|q| q.seq == seq) else {
+                let Some(i) = s.flows.queue.iter().position(|q| q.seq == seq) else {
                     return;
                 };
-                if s.inflight.iter().any(|f| f.packet_id == id) {
+                if s.flows.inflight.iter().any(|f| f.packet_id == id) {
                     return;
                 }
-                if let Some(q) = s.queue.remove(i) {
-                    s.queue_bytes -= self.msgs.size(q.msg);
+                if let Some(q) = s.flows.queue.remove(i) {
+                    s.flows.queue_bytes -= self.msgs.size(q.msg);
                     // Restored ids are not in allocation order: `next_packet_id`
                     // searches the window until they are gone (see there).
-                    s.allocations = s.allocations.max(u64::from(u16::MAX));
-                    s.inflight.push_back(InFlight {
+                    s.flows.allocations = s.flows.allocations.max(u64::from(u16::MAX));
+                    s.flows.inflight.push_back(InFlight {
                         packet_id: id,
                         state: FlightState::Published,
                         msg: q,
@@ -169,7 +173,7 @@ impl Broker {
             StoreOp::MessageReleased { client_id, seq } => {
                 if let Some(f) = self
                     .restored_session(&client_id)
-                    .and_then(|s| s.inflight.iter_mut().find(|f| f.msg.seq == seq))
+                    .and_then(|s| s.flows.inflight.iter_mut().find(|f| f.msg.seq == seq))
                 {
                     f.state = FlightState::Released;
                 }
@@ -180,11 +184,11 @@ impl Broker {
             } => {
                 let id = PacketId::new(packet_id);
                 if let (Some(s), Some(id)) = (self.restored_session(&client_id), id) {
-                    if !s.incoming_qos2.received_again(id) {
-                        s.incoming_qos2.insert(id);
+                    if !s.flows.incoming_qos2.received_again(id) {
+                        s.flows.incoming_qos2.insert(id);
                     }
                     // Received on a connection before the restart.
-                    s.incoming_qos2.new_connection();
+                    s.flows.incoming_qos2.new_connection();
                 }
             }
             StoreOp::Qos2Released {
@@ -193,7 +197,7 @@ impl Broker {
             } => {
                 let id = PacketId::new(packet_id);
                 if let (Some(s), Some(id)) = (self.restored_session(&client_id), id) {
-                    s.incoming_qos2.release(id);
+                    s.flows.incoming_qos2.release(id);
                 }
             }
         }

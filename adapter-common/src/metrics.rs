@@ -356,6 +356,12 @@ pub fn render(s: &Snapshot) -> String {
         );
         counter(
             &mut r,
+            "store_ops_folded",
+            "Store operations written as part of the enqueue of their message",
+            store.ops_folded,
+        );
+        counter(
+            &mut r,
             "store_bytes_written",
             "Bytes of keys and values written",
             store.bytes_written,

@@ -254,6 +254,7 @@ pub async fn run_server<R: Runtime>(rt: R, prepared: Prepared, stop: impl Future
                 batches = s.batches,
                 ops = s.ops_applied,
                 elided = s.ops_elided,
+                folded = s.ops_folded,
                 fsyncs = s.fsyncs,
                 bytes = s.bytes_written,
                 commit_ms_total = s.commit_time_total.as_millis() as u64,

@@ -309,19 +309,31 @@ fn entry_header(value: &[u8]) -> Result<(), BadRecord> {
 
 /// The entry with its packet id set (MessageSent).
 pub fn entry_set_sent(value: &[u8], packet_id: u16) -> Result<Vec<u8>, BadRecord> {
-    entry_header(value)?;
     let mut v = value.to_vec();
-    v[1] |= E_SENT;
-    v[2..4].copy_from_slice(&packet_id.to_be_bytes());
+    entry_mark_sent(&mut v, packet_id)?;
     Ok(v)
 }
 
 /// The entry marked released (MessageReleased).
 pub fn entry_set_released(value: &[u8]) -> Result<Vec<u8>, BadRecord> {
-    entry_header(value)?;
     let mut v = value.to_vec();
-    v[1] |= E_RELEASED;
+    entry_mark_released(&mut v)?;
     Ok(v)
+}
+
+/// Sets the packet id of an encoded entry in place.
+pub fn entry_mark_sent(v: &mut [u8], packet_id: u16) -> Result<(), BadRecord> {
+    entry_header(v)?;
+    v[1] |= E_SENT;
+    v[2..4].copy_from_slice(&packet_id.to_be_bytes());
+    Ok(())
+}
+
+/// Marks an encoded entry released in place.
+pub fn entry_mark_released(v: &mut [u8]) -> Result<(), BadRecord> {
+    entry_header(v)?;
+    v[1] |= E_RELEASED;
+    Ok(())
 }
 
 /// A queue entry's value read back (what [`encode_new_entry`] and the patches made).

@@ -140,6 +140,9 @@ pub struct StoreStats {
     /// Ops not written because they cancelled out within their group (a message
     /// queued and acknowledged while the group waited for the disk).
     pub ops_elided: u64,
+    /// `MessageSent` / `MessageReleased` ops written as part of the enqueue of
+    /// their message in the same group instead of as a rewrite of its entry.
+    pub ops_folded: u64,
 }
 
 /// The durable store: a handle to the writer thread.

@@ -102,6 +102,31 @@ pub enum Prepared<'a> {
         cid: &'a [u8],
         packet_id: u16,
     },
+    /// A `Sent` or `Released` already applied to the entry of the `Enqueue`
+    /// before it in the same group (see the writer's `Fate::FoldInto`):
+    /// nothing left to write.
+    Folded,
+}
+
+impl Prepared<'_> {
+    /// Applies this op, a `Sent` or `Released`, to `enqueue`, an `Enqueue` of
+    /// the same message earlier in the group, and leaves `Folded` in its place.
+    /// False (and nothing changed) for any other pair.
+    pub fn fold_into(&mut self, enqueue: &mut Prepared<'_>) -> bool {
+        let Prepared::Enqueue { value, .. } = enqueue else {
+            return false;
+        };
+        let done = match self {
+            Prepared::Sent { packet_id, .. } => codec::entry_mark_sent(value, *packet_id),
+            Prepared::Released { .. } => codec::entry_mark_released(value),
+            _ => return false,
+        };
+        if done.is_err() {
+            return false;
+        }
+        *self = Prepared::Folded;
+        true
+    }
 }
 
 /// Encodes what `op` will write.
@@ -262,6 +287,7 @@ impl<'t> WriteTables<'t> {
                 self.qos2_in.remove((*cid, *packet_id))?;
                 Ok(0)
             }
+            Prepared::Folded => Ok(0),
         }
     }
 

@@ -26,15 +26,29 @@ pub(crate) struct Batch {
     pub size: usize,
 }
 
-/// The ops of a group (flattened, in order) whose effects are undone within it: a
-/// message queued and removed again in the same group (delivered and acknowledged
-/// while the group waited for the disk), with its flow state between. The final
-/// state is the same without them; only the remove, a lookup that finds nothing,
-/// reaches the tree: a subscriber that keeps up costs no inserts.
-fn elided_ops(group: &[Batch]) -> Vec<bool> {
+/// What becomes of each op of a group (flattened, in order).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Fate {
+    /// Written as it is.
+    Keep,
+    /// Undone within the group: a message queued and removed again in the same
+    /// group (delivered and acknowledged while the group waited for the disk),
+    /// with its flow state between. The final state is the same without them;
+    /// only the remove, a lookup that finds nothing, reaches the tree: a
+    /// subscriber that keeps up costs no inserts.
+    Elided,
+    /// A `MessageSent` or `MessageReleased` of a message queued earlier in the
+    /// same group and not removed in it: applied to that enqueue's encoded entry
+    /// before it is inserted, instead of a read and a rewrite of the entry in the
+    /// tree (a message that goes straight into flight costs one insert).
+    FoldInto(usize),
+}
+
+/// The fate of every op of `group`.
+fn fates(group: &[Batch]) -> Vec<Fate> {
     use std::collections::HashMap;
     let ops: Vec<&StoreOp> = group.iter().flat_map(|b| b.ops.iter()).collect();
-    let mut elided = vec![false; ops.len()];
+    let mut fates = vec![Fate::Keep; ops.len()];
     // (client id, seq) queued in this group -> the indices of its ops so far.
     let mut open: HashMap<(&[u8], u64), Vec<usize>> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
@@ -58,14 +72,20 @@ fn elided_ops(group: &[Batch]) -> Vec<bool> {
             StoreOp::MessageRemove { client_id, seq } => {
                 if let Some(v) = open.remove(&(client_id.as_bytes(), *seq)) {
                     for j in v {
-                        elided[j] = true;
+                        fates[j] = Fate::Elided;
                     }
                 }
             }
             // A session removed (and perhaps created again, its seqs starting
             // over): what it queued before cannot pair with what comes after.
             StoreOp::SessionRemove { client_id } => {
-                open.retain(|(cid, _), _| *cid != client_id.as_bytes());
+                let cid = client_id.as_bytes();
+                open.retain(|(c, _), v| {
+                    if *c == cid {
+                        fold(&ops, v, &mut fates);
+                    }
+                    *c != cid
+                });
             }
             StoreOp::SessionUpsert(_)
             | StoreOp::RetainSet(_)
@@ -74,7 +94,26 @@ fn elided_ops(group: &[Batch]) -> Vec<bool> {
             | StoreOp::Qos2Released { .. } => {}
         }
     }
-    elided
+    for v in open.values() {
+        fold(&ops, v, &mut fates);
+    }
+    fates
+}
+
+/// The flow state of a message still queued at the end of its chain `v` (ops of
+/// one key, in order) folds into the enqueue before it.
+fn fold(ops: &[&StoreOp], v: &[usize], fates: &mut [Fate]) {
+    let mut target = None;
+    for &j in v {
+        match ops[j] {
+            StoreOp::MessageEnqueue { .. } => target = Some(j),
+            _ => {
+                if let Some(t) = target {
+                    fates[j] = Fate::FoldInto(t);
+                }
+            }
+        }
+    }
 }
 
 /// Rough bytes a batch writes: payloads and topics plus a fixed cost per op.
@@ -122,6 +161,7 @@ pub(crate) struct Counters {
     failed_batches: AtomicU64,
     failed_commits: AtomicU64,
     elided: AtomicU64,
+    folded: AtomicU64,
 }
 
 impl Counters {
@@ -138,6 +178,7 @@ impl Counters {
             failed_batches: g(&self.failed_batches),
             failed_commits: g(&self.failed_commits),
             ops_elided: g(&self.elided),
+            ops_folded: g(&self.folded),
         }
     }
 }
@@ -340,23 +381,30 @@ impl Writer {
             return;
         }
         let path = self.path.display().to_string();
-        let elided = elided_ops(&group);
-        c.elided.fetch_add(
-            elided.iter().filter(|&&e| e).count() as u64,
-            Ordering::Relaxed,
-        );
-        let mut elided = elided.into_iter();
-        let prepared: Vec<Result<Vec<Prepared<'_>>, String>> = group
+        let fates = fates(&group);
+        let count = |f: fn(&Fate) -> bool| fates.iter().filter(|x| f(x)).count() as u64;
+        c.elided
+            .fetch_add(count(|f| *f == Fate::Elided), Ordering::Relaxed);
+        c.folded
+            .fetch_add(count(|f| matches!(f, Fate::FoldInto(_))), Ordering::Relaxed);
+        // Each batch prepared whole (or failed alone), its ops with their index
+        // in the group.
+        let mut start = 0;
+        let mut prepared: Vec<Result<Vec<(usize, Prepared<'_>)>, String>> = group
             .iter()
             .map(|b| {
+                let first = start;
+                start += b.ops.len();
                 b.ops
                     .iter()
-                    .filter(|_| !elided.next().unwrap_or(false))
-                    .map(prepare)
+                    .enumerate()
+                    .filter(|(k, _)| fates[first + k] != Fate::Elided)
+                    .map(|(k, op)| prepare(op).map(|p| (first + k, p)))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("{path}: batch {} cannot be stored: {}", b.ticket, e.0))
             })
             .collect();
+        fold_prepared(&mut prepared, &fates);
         let durability = self.durability();
         let outcome = match self.db() {
             Err(e) => Err(format!("{path}: {e}")),
@@ -442,18 +490,54 @@ impl Writer {
     }
 }
 
+/// Folds the ops whose fate is `FoldInto` into their enqueue, where both their
+/// batches were prepared (an op of a batch that failed is not applied at all).
+fn fold_prepared(prepared: &mut [Result<Vec<(usize, Prepared<'_>)>, String>], fates: &[Fate]) {
+    // Where each prepared op is: (batch, position), by index in the group.
+    let mut at = vec![None; fates.len()];
+    for (b, batch) in prepared.iter().enumerate() {
+        for (i, (k, _)) in batch.iter().flatten().enumerate() {
+            at[*k] = Some((b, i));
+        }
+    }
+    for (k, fate) in fates.iter().enumerate() {
+        let Fate::FoldInto(t) = *fate else { continue };
+        let (Some((b, i)), Some((bt, it))) = (at[k], at[t]) else {
+            continue;
+        };
+        // Two distinct ops (t < k), perhaps of one batch: take the later one out
+        // while it is folded in.
+        let Some(Ok(batch)) = prepared.get_mut(b) else {
+            continue;
+        };
+        let mut op = core::mem::replace(&mut batch[i].1, Prepared::Folded);
+        let folded = match prepared.get_mut(bt) {
+            Some(Ok(target)) => op.fold_into(&mut target[it].1),
+            _ => false,
+        };
+        if !folded {
+            if let Some(Ok(batch)) = prepared.get_mut(b) {
+                batch[i].1 = op;
+            }
+        }
+    }
+}
+
 /// One write transaction applying every prepared batch: (ops, bytes) written.
 fn commit(
     db: &Database,
     durability: Durability,
-    prepared: &[Result<Vec<Prepared<'_>>, String>],
+    prepared: &[Result<Vec<(usize, Prepared<'_>)>, String>],
 ) -> Result<(u64, u64), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(durability).map_err(|e| e.to_string())?;
     let (mut ops, mut bytes) = (0u64, 0u64);
     {
         let mut tables = WriteTables::open(&txn).map_err(|e| e.to_string())?;
-        for op in prepared.iter().flatten().flatten() {
+        for (_, op) in prepared.iter().flatten().flatten() {
+            if matches!(op, Prepared::Folded) {
+                continue;
+            }
             bytes += tables.apply(op).map_err(|e| e.to_string())?;
             ops += 1;
         }

@@ -88,7 +88,7 @@ fn poll_completions_wakes_the_poller() {
 }
 
 #[test]
-fn a_message_queued_and_removed_in_one_group_is_never_written() {
+fn a_message_queued_and_removed_in_one_group_is_never_written_and_one_sent_in_it_is_written_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = common::open(dir.path(), FsyncPolicy::Always).store;
     let id = || common::cid("quick");
@@ -122,13 +122,30 @@ fn a_message_queued_and_removed_in_one_group_is_never_written() {
         client_id: id(),
         seq: 3,
     });
+    // 4 and 5: queued, then sent (5 also released), and still in flight: their
+    // flow state goes into the entry as it is inserted.
+    ops.push(StoreOp::MessageSent {
+        client_id: id(),
+        seq: 4,
+        packet_id: 7,
+    });
+    ops.push(enqueue(5));
+    ops.push(StoreOp::MessageSent {
+        client_id: id(),
+        seq: 5,
+        packet_id: 9,
+    });
+    ops.push(StoreOp::MessageReleased {
+        client_id: id(),
+        seq: 5,
+    });
     let mut memory = broker_state::MemoryStore::new();
     for op in &ops {
         memory.apply(op).unwrap();
     }
     store.submit(ops, 1);
     assert!(common::wait_for(&store, 1)[0].result.is_ok());
-    let elided = store.stats().ops_elided;
+    let (elided, folded) = (store.stats().ops_elided, store.stats().ops_folded);
     store.flush_and_close().unwrap();
     let replay = common::open(dir.path(), FsyncPolicy::Always).replay;
     assert_eq!(
@@ -139,4 +156,5 @@ fn a_message_queued_and_removed_in_one_group_is_never_written() {
     // 1's enqueue and sent, and the new session's enqueue of 3, were not written
     // (the removes are kept: a lookup that finds nothing).
     assert_eq!(elided, 3);
+    assert_eq!(folded, 3, "4's and 5's sent, 5's released");
 }

@@ -257,7 +257,7 @@ static NO_FLOWS: FlowState = FlowState {
 
 /// A session's [`FlowState`], boxed and allocated by the first write: most of a
 /// fleet's sessions sit idle with nothing in flight, and keep 8 bytes instead of
-/// the state's 120. Reading through it never allocates (an absent state reads
+/// the state's 112. Reading through it never allocates (an absent state reads
 /// as empty); writing through it does (`DerefMut`), so code that may find
 /// nothing to do checks with a read first. [`Flows::release_if_idle`] gives the
 /// box back once everything in it is done.

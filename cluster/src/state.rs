@@ -280,13 +280,13 @@ impl StateStore {
     }
 }
 
-/// Waits for every acknowledgement in `acks` (at most `patience`).
 /// The most JetStream publishes one writer leaves unanswered before it
 /// awaits them: async-nats lets a context have 5,000 (`max_ack_inflight`),
 /// and a publish beyond them waits for a permit for ever, so a batch that
 /// publishes everything before awaiting anything must stop below it.
 pub(crate) const MAX_ACKS_WAITING: usize = 2_048;
 
+/// Waits for every acknowledgement in `acks` (at most `patience`).
 async fn settle(acks: &mut Vec<PublishAckFuture>, patience: Duration) -> Result<(), StateError> {
     let all =
         futures_util::future::join_all(acks.drain(..).map(std::future::IntoFuture::into_future));

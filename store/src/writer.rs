@@ -382,11 +382,10 @@ impl Writer {
         }
         let path = self.path.display().to_string();
         let fates = fates(&group);
-        let count = |f: fn(&Fate) -> bool| fates.iter().filter(|x| f(x)).count() as u64;
-        c.elided
-            .fetch_add(count(|f| *f == Fate::Elided), Ordering::Relaxed);
-        c.folded
-            .fetch_add(count(|f| matches!(f, Fate::FoldInto(_))), Ordering::Relaxed);
+        c.elided.fetch_add(
+            fates.iter().filter(|f| **f == Fate::Elided).count() as u64,
+            Ordering::Relaxed,
+        );
         // Each batch prepared whole (or failed alone), its ops with their index
         // in the group.
         let mut start = 0;
@@ -404,7 +403,8 @@ impl Writer {
                     .map_err(|e| format!("{path}: batch {} cannot be stored: {}", b.ticket, e.0))
             })
             .collect();
-        fold_prepared(&mut prepared, &fates);
+        c.folded
+            .fetch_add(fold_prepared(&mut prepared, &fates), Ordering::Relaxed);
         let durability = self.durability();
         let outcome = match self.db() {
             Err(e) => Err(format!("{path}: {e}")),
@@ -491,8 +491,13 @@ impl Writer {
 }
 
 /// Folds the ops whose fate is `FoldInto` into their enqueue, where both their
-/// batches were prepared (an op of a batch that failed is not applied at all).
-fn fold_prepared(prepared: &mut [Result<Vec<(usize, Prepared<'_>)>, String>], fates: &[Fate]) {
+/// batches were prepared (an op of a batch that failed is not applied at all);
+/// returns how many were folded.
+fn fold_prepared(
+    prepared: &mut [Result<Vec<(usize, Prepared<'_>)>, String>],
+    fates: &[Fate],
+) -> u64 {
+    let mut folded_ops = 0;
     // Where each prepared op is: (batch, position), by index in the group.
     let mut at = vec![None; fates.len()];
     for (b, batch) in prepared.iter().enumerate() {
@@ -519,8 +524,11 @@ fn fold_prepared(prepared: &mut [Result<Vec<(usize, Prepared<'_>)>, String>], fa
             if let Some(Ok(batch)) = prepared.get_mut(b) {
                 batch[i].1 = op;
             }
+        } else {
+            folded_ops += 1;
         }
     }
+    folded_ops
 }
 
 /// One write transaction applying every prepared batch: (ops, bytes) written.
